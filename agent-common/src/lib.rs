@@ -1,0 +1,19 @@
+//! The BPF map ABI shared by `agent-ebpf` and the agent.
+//!
+//! Every type here is `#[repr(C)]` with explicit padding fields and no `bool`, `Option` or enum
+//! fields, so the kernel and userspace agree on every byte. Each map family has its own module
+//! with its pinned, versioned map name: a change to a layout bumps the `_V` suffix, so a new agent
+//! never reinterprets an old agent's pinned map.
+//!
+//! Addresses are held in one form for both families: IPv4 as IPv4-mapped IPv6 (`::ffff:a.b.c.d`),
+//! as four network-order words exactly like the kernel's `bpf_sock_addr.user_ip6`. A dual-stack
+//! socket dialling `::ffff:a.b.c.d` therefore finds the same `STEERED` entry as an IPv4 socket.
+#![no_std]
+
+pub mod addr;
+pub mod config;
+pub mod orig;
+pub mod stats;
+pub mod steered;
+
+pub use addr::{Endpoint, NetAddr};

@@ -1,0 +1,41 @@
+//! cgroup/connect6: redirect IPv6 connects. A v4-mapped destination (`::ffff:a.b.c.d`, used by
+//! dual-stack clients to dial IPv4) is looked up like IPv4 and sent to the v4-mapped IPv4 proxy;
+//! connect6 cannot change the address family, so a native IPv6 destination needs the IPv6 proxy.
+use agent_common::{
+    Endpoint, NetAddr,
+    config::{FLAG_PROXY4, FLAG_PROXY6},
+    stats,
+};
+use aya_ebpf::{macros::cgroup_sock_addr, programs::SockAddrContext};
+
+use crate::{
+    maps::count,
+    steer::{ALLOW, Verdict, decide, set_user_ip6},
+};
+
+#[cgroup_sock_addr(connect6)]
+pub fn shunt_connect6(ctx: SockAddrContext) -> i32 {
+    try_connect6(&ctx)
+}
+
+#[inline(always)]
+fn try_connect6(ctx: &SockAddrContext) -> i32 {
+    let sa = unsafe { &mut *ctx.sock_addr };
+    let addr = NetAddr::from_ip6_words(sa.user_ip6);
+    let dst = Endpoint::new(addr, sa.user_port as u16);
+    match decide(ctx, dst) {
+        Verdict::Direct => {}
+        Verdict::Redirect(cfg) if addr.is_v4_mapped() && cfg.flags & FLAG_PROXY4 != 0 => {
+            set_user_ip6(sa, NetAddr::from_ip4_be(cfg.proxy4).words);
+            sa.user_port = u32::from(cfg.proxy4_port_be);
+            count(stats::STEERED);
+        }
+        Verdict::Redirect(cfg) if !addr.is_v4_mapped() && cfg.flags & FLAG_PROXY6 != 0 => {
+            set_user_ip6(sa, cfg.proxy6);
+            sa.user_port = u32::from(cfg.proxy6_port_be);
+            count(stats::STEERED);
+        }
+        Verdict::Redirect(_) => count(stats::NO_PROXY_FOR_FAMILY),
+    }
+    ALLOW
+}

@@ -1,0 +1,75 @@
+//! The decision shared by connect4 and connect6: is this destination steered, is the caller
+//! exempt, and if so remember the original destination by socket cookie.
+use agent_common::{Endpoint, config::ProxyConfig, orig::OrigDst, stats};
+use aya_ebpf::{
+    bindings::bpf_sock_addr,
+    helpers::generated::{bpf_get_current_cgroup_id, bpf_get_socket_cookie},
+    programs::SockAddrContext,
+};
+
+use crate::maps::{ORIG_COOKIE, PROXY_CFG, STEERED, count};
+
+/// Allow the syscall to proceed (with or without a rewrite): cgroup sock_addr verdict.
+pub const ALLOW: i32 = 1;
+
+const SOCK_STREAM: u32 = 1;
+const IPPROTO_TCP: u32 = 6;
+
+/// What to do with one `connect()`.
+pub enum Verdict {
+    /// Leave it alone.
+    Direct,
+    /// Rewrite it to the proxy described by this config.
+    Redirect(ProxyConfig),
+}
+
+/// Decide for a connect to `dst`. Records the original destination when redirecting, and returns
+/// `Direct` if that record cannot be written: a redirect without it could never be resolved.
+#[inline(always)]
+pub fn decide(ctx: &SockAddrContext, dst: Endpoint) -> Verdict {
+    let sa: &bpf_sock_addr = unsafe { &*ctx.sock_addr };
+    // connect4/6 also run for UDP connect(); only TCP is steered.
+    if sa.type_ != SOCK_STREAM || sa.protocol != IPPROTO_TCP {
+        return Verdict::Direct;
+    }
+    let Some(service) = (unsafe { STEERED.get(&dst) }) else {
+        return Verdict::Direct;
+    };
+    let service_id = service.service_id;
+    let Some(cfg) = PROXY_CFG.get(0) else {
+        return Verdict::Direct;
+    };
+    let cfg = *cfg;
+    if cfg.agent_cgroup_id != 0 && unsafe { bpf_get_current_cgroup_id() } == cfg.agent_cgroup_id {
+        count(stats::EXEMPT_AGENT_CGROUP);
+        return Verdict::Direct;
+    }
+    if cfg.flags & agent_common::config::FLAG_EXEMPT_MARK != 0 {
+        let sk = unsafe { sa.__bindgen_anon_1.sk };
+        if !sk.is_null() && unsafe { (*sk).mark } == cfg.agent_mark {
+            count(stats::EXEMPT_AGENT_MARK);
+            return Verdict::Direct;
+        }
+    }
+    let cookie = unsafe { bpf_get_socket_cookie(ctx.sock_addr.cast()) };
+    let orig = OrigDst { dst, service_id };
+    if ORIG_COOKIE.insert(&cookie, &orig, 0).is_err() {
+        count(stats::ORIG_COOKIE_INSERT_FAILED);
+        return Verdict::Direct;
+    }
+    Verdict::Redirect(cfg)
+}
+
+/// Writes an IPv6 destination into the context word by word. A plain array assignment compiles to
+/// a memcpy through a derived pointer, which the verifier rejects ("dereference of modified ctx
+/// ptr"); each store must be a fixed offset from the context.
+#[inline(always)]
+pub fn set_user_ip6(sa: *mut bpf_sock_addr, words: [u32; 4]) {
+    // SAFETY: sa is the program's context; the fields are 4-byte aligned u32s.
+    unsafe {
+        core::ptr::write_volatile(core::ptr::addr_of_mut!((*sa).user_ip6[0]), words[0]);
+        core::ptr::write_volatile(core::ptr::addr_of_mut!((*sa).user_ip6[1]), words[1]);
+        core::ptr::write_volatile(core::ptr::addr_of_mut!((*sa).user_ip6[2]), words[2]);
+        core::ptr::write_volatile(core::ptr::addr_of_mut!((*sa).user_ip6[3]), words[3]);
+    }
+}

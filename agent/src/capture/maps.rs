@@ -1,0 +1,123 @@
+//! Typed handles on the pinned maps.
+use std::{collections::BTreeMap, net::SocketAddr};
+
+use agent_common::{Endpoint, orig::OrigDst, stats, steered::SteeredService};
+use aya::maps::{HashMap, MapData, MapError, PerCpuArray};
+
+/// `STEERED`: which destinations are redirected. One writer (route sync) at a time.
+pub struct SteeredMap {
+    map: HashMap<MapData, Endpoint, SteeredService>,
+}
+
+/// What applying a desired steered set changed.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct SyncReport {
+    pub added: usize,
+    pub removed: usize,
+    pub unchanged: usize,
+    /// Inserts the kernel refused (a full map): these destinations stay direct.
+    pub failed: Vec<(SocketAddr, String)>,
+}
+
+impl SteeredMap {
+    pub(super) fn new(map: HashMap<MapData, Endpoint, SteeredService>) -> Self {
+        Self { map }
+    }
+
+    pub fn steer(&mut self, dst: SocketAddr, service_id: u32) -> Result<(), MapError> {
+        self.map
+            .insert(&Endpoint::from_socket_addr(dst), &SteeredService { service_id }, 0)
+    }
+
+    pub fn unsteer(&mut self, dst: SocketAddr) -> Result<(), MapError> {
+        match self.map.remove(&Endpoint::from_socket_addr(dst)) {
+            Err(MapError::KeyNotFound) | Ok(()) => Ok(()),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Every steered destination and its service id, as the kernel holds them now.
+    pub fn entries(&self) -> Vec<(SocketAddr, u32)> {
+        self.map
+            .iter()
+            .filter_map(Result::ok)
+            .map(|(k, v)| (k.to_socket_addr(), v.service_id))
+            .collect()
+    }
+
+    /// Makes the map equal `desired`, touching only the difference. Compares against the map's
+    /// actual contents, so entries left by an earlier agent are collected too.
+    pub fn sync(&mut self, desired: &BTreeMap<SocketAddr, u32>) -> SyncReport {
+        let current: BTreeMap<SocketAddr, u32> = self.entries().into_iter().collect();
+        let mut report = SyncReport::default();
+        for dst in current.keys().filter(|k| !desired.contains_key(k)) {
+            match self.unsteer(*dst) {
+                Ok(()) => report.removed += 1,
+                Err(e) => tracing::warn!(%dst, error = %e, "removing a steered destination failed"),
+            }
+        }
+        for (dst, id) in desired {
+            if current.get(dst) == Some(id) {
+                report.unchanged += 1;
+                continue;
+            }
+            match self.steer(*dst, *id) {
+                Ok(()) => report.added += 1,
+                Err(e) => report.failed.push((*dst, e.to_string())),
+            }
+        }
+        report
+    }
+
+    /// Removes every entry: new connections go direct. Used first on shutdown.
+    pub fn clear(&mut self) -> usize {
+        self.sync(&BTreeMap::new()).removed
+    }
+}
+
+/// `ORIG_DST`: the original destination of a redirected connection, by the client's endpoint.
+pub struct OrigDstMap {
+    map: HashMap<MapData, Endpoint, OrigDst>,
+}
+
+impl OrigDstMap {
+    pub(super) fn new(map: HashMap<MapData, Endpoint, OrigDst>) -> Self {
+        Self { map }
+    }
+
+    /// The original destination and service id for a connection the proxy accepted from `client`
+    /// (an IPv4-mapped IPv6 peer from a dual-stack listener is the same key as plain IPv4).
+    pub fn get(&self, client: SocketAddr) -> Option<(SocketAddr, u32)> {
+        self.map
+            .get(&Endpoint::from_socket_addr(client), 0)
+            .ok()
+            .map(|o| (o.dst.to_socket_addr(), o.service_id))
+    }
+}
+
+/// Per-CPU counters written by the programs.
+pub struct CaptureStats {
+    map: PerCpuArray<MapData, u64>,
+}
+
+impl CaptureStats {
+    pub(super) fn new(map: PerCpuArray<MapData, u64>) -> Self {
+        Self { map }
+    }
+
+    /// (name, total over CPUs) for each counter.
+    pub fn totals(&self) -> Vec<(&'static str, u64)> {
+        stats::NAMES
+            .iter()
+            .enumerate()
+            .map(|(i, name)| {
+                let total = self
+                    .map
+                    .get(&(i as u32), 0)
+                    .map(|v| v.iter().sum())
+                    .unwrap_or(0);
+                (*name, total)
+            })
+            .collect()
+    }
+}

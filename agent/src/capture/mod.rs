@@ -1,0 +1,203 @@
+//! Loads the capture programs, attaches them to a cgroup v2 directory and exposes the maps as
+//! typed functions. This is the only module that touches aya.
+//!
+//! Programs are attached with links owned by [`Capture`]: dropping it (or the agent dying)
+//! releases them, and new connections go direct to their destination again (fail open). Maps are
+//! pinned under the bpffs directory so a restarted agent resumes its state.
+mod env;
+mod error;
+mod maps;
+
+use std::{
+    fs::File,
+    net::SocketAddr,
+    path::{Path, PathBuf},
+};
+
+use agent_common::{config, orig, stats, steered};
+use aya::{
+    Ebpf, EbpfLoader,
+    maps::{Array, HashMap, MapData, PerCpuArray},
+    programs::{CgroupAttachMode, CgroupSockAddr, SockOps},
+};
+
+pub use env::{cgroup_id, cgroup2_mount, own_cgroup_dir};
+pub use error::CaptureError;
+pub use maps::{CaptureStats, OrigDstMap, SteeredMap, SyncReport};
+
+/// The eBPF object built by `agent/build.rs`.
+static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/shunt-capture"));
+
+const SOCK_ADDR_PROGRAMS: [&str; 4] = [
+    "shunt_connect4",
+    "shunt_connect6",
+    "shunt_getpeername4",
+    "shunt_getpeername6",
+];
+const SOCK_OPS_PROGRAM: &str = "shunt_sock_ops";
+
+/// How to capture.
+#[derive(Clone, Debug)]
+pub struct CaptureConfig {
+    /// The cgroup v2 directory whose processes are captured.
+    pub cgroup: PathBuf,
+    /// Where maps are pinned.
+    pub bpffs_dir: PathBuf,
+    /// Mount bpffs at `bpffs_dir` when it is not one already (local mode only).
+    pub mount_bpffs: bool,
+    pub proxy4: Option<SocketAddr>,
+    pub proxy6: Option<SocketAddr>,
+    /// The agent's own cgroup v2 directory; its connects are never rewritten.
+    pub agent_cgroup: PathBuf,
+    /// Also exempt sockets with this SO_MARK.
+    pub agent_mark: Option<u32>,
+    pub steered_max_entries: u32,
+    pub orig_max_entries: u32,
+}
+
+/// Loaded and attached capture programs. Dropping it detaches them.
+pub struct Capture {
+    // Owns the programs and their links; kept alive for as long as capture is wanted.
+    _ebpf: Ebpf,
+    steered: SteeredMap,
+    orig_dst: OrigDstMap,
+    stats: CaptureStats,
+}
+
+impl Capture {
+    /// Checks the environment, loads the object (reusing pinned maps), writes the proxy config and
+    /// attaches every program to `cfg.cgroup`.
+    pub fn attach(cfg: &CaptureConfig) -> Result<Self, CaptureError> {
+        env::check_capabilities()?;
+        env::check_btf()?;
+        env::cgroup2_mount()?;
+        env::check_cgroup2_dir(&cfg.cgroup)?;
+        env::ensure_bpffs(&cfg.bpffs_dir, cfg.mount_bpffs)?;
+
+        let mut ebpf = EbpfLoader::new()
+            .default_map_pin_directory(&cfg.bpffs_dir)
+            .map_max_entries(steered::MAP_NAME, cfg.steered_max_entries)
+            .map_max_entries(orig::COOKIE_MAP_NAME, cfg.orig_max_entries)
+            .map_max_entries(orig::DST_MAP_NAME, cfg.orig_max_entries)
+            .load(EBPF_OBJECT)
+            .map_err(CaptureError::Load)?;
+
+        let mut proxy_cfg: Array<MapData, config::ProxyConfig> =
+            take_map(&mut ebpf, config::MAP_NAME)?;
+        proxy_cfg
+            .set(0, &proxy_config(cfg)?, 0)
+            .map_err(|source| CaptureError::Map { map: config::MAP_NAME, source })?;
+
+        let steered: HashMap<MapData, _, _> = take_map(&mut ebpf, steered::MAP_NAME)?;
+        let orig_dst: HashMap<MapData, _, _> = take_map(&mut ebpf, orig::DST_MAP_NAME)?;
+        let stats: PerCpuArray<MapData, u64> = take_map(&mut ebpf, stats::MAP_NAME)?;
+
+        // With bpf_link (kernel >= 5.7) a cgroup attachment is always multi-attach: the kernel
+        // rejects explicit flags, so `Single` (no flags) is what coexists with a CNI's own hooks.
+        let mode = CgroupAttachMode::Single;
+        let cgroup = File::open(&cfg.cgroup)
+            .map_err(|source| CaptureError::OpenCgroup { path: cfg.cgroup.clone(), source })?;
+        for name in SOCK_ADDR_PROGRAMS {
+            let program: &mut CgroupSockAddr = program(&mut ebpf, name)?;
+            program
+                .load()
+                .map_err(|source| CaptureError::LoadProgram { program: name, source })?;
+            program
+                .attach(&cgroup, mode)
+                .map_err(|source| attach_err(name, &cfg.cgroup, source))?;
+        }
+        let sock_ops: &mut SockOps = program(&mut ebpf, SOCK_OPS_PROGRAM)?;
+        sock_ops
+            .load()
+            .map_err(|source| CaptureError::LoadProgram { program: SOCK_OPS_PROGRAM, source })?;
+        sock_ops
+            .attach(&cgroup, mode)
+            .map_err(|source| attach_err(SOCK_OPS_PROGRAM, &cfg.cgroup, source))?;
+
+        Ok(Self {
+            _ebpf: ebpf,
+            steered: SteeredMap::new(steered),
+            orig_dst: OrigDstMap::new(orig_dst),
+            stats: CaptureStats::new(stats),
+        })
+    }
+
+    /// Splits into the map handles the rest of the agent uses, and a guard that keeps the programs
+    /// attached until it is dropped.
+    pub fn into_parts(self) -> (AttachGuard, SteeredMap, OrigDstMap, CaptureStats) {
+        (AttachGuard { _ebpf: self._ebpf }, self.steered, self.orig_dst, self.stats)
+    }
+}
+
+/// Opens the pinned maps under `bpffs_dir` without loading or attaching anything: for inspecting
+/// a running (or crashed) agent's state, as the tests and the CLI do.
+pub fn open_pinned(bpffs_dir: &Path) -> Result<(SteeredMap, OrigDstMap), CaptureError> {
+    fn open<T>(dir: &Path, name: &'static str) -> Result<T, CaptureError>
+    where
+        T: TryFrom<aya::maps::Map, Error = aya::maps::MapError>,
+    {
+        let map = MapData::from_pin(dir.join(name))
+            .and_then(aya::maps::Map::from_map_data)
+            .map_err(|source| CaptureError::Map { map: name, source })?;
+        T::try_from(map).map_err(|source| CaptureError::Map { map: name, source })
+    }
+    Ok((
+        SteeredMap::new(open(bpffs_dir, steered::MAP_NAME)?),
+        OrigDstMap::new(open(bpffs_dir, orig::DST_MAP_NAME)?),
+    ))
+}
+
+/// Keeps the capture programs attached; dropping it detaches them.
+pub struct AttachGuard {
+    _ebpf: Ebpf,
+}
+
+fn attach_err(program: &'static str, cgroup: &Path, source: aya::programs::ProgramError) -> CaptureError {
+    CaptureError::Attach { program, cgroup: cgroup.to_path_buf(), source }
+}
+
+fn take_map<T>(ebpf: &mut Ebpf, name: &'static str) -> Result<T, CaptureError>
+where
+    T: TryFrom<aya::maps::Map, Error = aya::maps::MapError>,
+{
+    let map = ebpf.take_map(name).ok_or(CaptureError::MissingMap(name))?;
+    T::try_from(map).map_err(|source| CaptureError::Map { map: name, source })
+}
+
+fn program<'a, T>(ebpf: &'a mut Ebpf, name: &'static str) -> Result<&'a mut T, CaptureError>
+where
+    &'a mut T: TryFrom<&'a mut aya::programs::Program, Error = aya::programs::ProgramError>,
+{
+    let p = ebpf.program_mut(name).ok_or(CaptureError::MissingProgram(name))?;
+    p.try_into().map_err(|source| CaptureError::LoadProgram { program: name, source })
+}
+
+fn proxy_config(cfg: &CaptureConfig) -> Result<config::ProxyConfig, CaptureError> {
+    let mut out = config::ProxyConfig {
+        agent_cgroup_id: env::cgroup_id(&cfg.agent_cgroup)?,
+        ..Default::default()
+    };
+    if let Some(SocketAddr::V4(p4)) = cfg.proxy4 {
+        out.proxy4 = u32::from_ne_bytes(p4.ip().octets());
+        out.proxy4_port_be = p4.port().to_be();
+        out.flags |= config::FLAG_PROXY4;
+    } else if let Some(other) = cfg.proxy4 {
+        return Err(CaptureError::Environment(format!(
+            "--proxy-addr {other}: must be an IPv4 address (use --proxy-addr6 for IPv6)"
+        )));
+    }
+    if let Some(SocketAddr::V6(p6)) = cfg.proxy6 {
+        out.proxy6 = agent_common::NetAddr::from_octets(p6.ip().octets()).words;
+        out.proxy6_port_be = p6.port().to_be();
+        out.flags |= config::FLAG_PROXY6;
+    } else if let Some(other) = cfg.proxy6 {
+        return Err(CaptureError::Environment(format!(
+            "--proxy-addr6 {other}: must be an IPv6 address"
+        )));
+    }
+    if let Some(mark) = cfg.agent_mark {
+        out.agent_mark = mark;
+        out.flags |= config::FLAG_EXEMPT_MARK;
+    }
+    Ok(out)
+}

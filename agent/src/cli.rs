@@ -1,0 +1,134 @@
+//! The `shunt` command line.
+use std::{net::SocketAddr, path::PathBuf, process::ExitCode, time::Duration};
+
+use clap::{Args, Parser, Subcommand};
+
+#[derive(Debug, Parser)]
+#[command(name = "shunt", version, about = "eBPF traffic steering for Kubernetes sandboxes")]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the node agent: capture, node proxy and admin API (the DaemonSet entry point).
+    Run(RunArgs),
+}
+
+/// Flags of `shunt run`.
+#[derive(Debug, Clone, Args)]
+pub struct RunArgs {
+    /// cgroup v2 directory whose processes are captured (the cgroup v2 root on a node).
+    #[arg(long, value_name = "PATH")]
+    pub cgroup: PathBuf,
+
+    /// IPv4 address and port the node proxy listens on; steered IPv4 connects go here.
+    #[arg(long, value_name = "IP:PORT")]
+    pub proxy_addr: SocketAddr,
+
+    /// IPv6 address and port for steered IPv6 connects (none: IPv6 destinations stay direct).
+    #[arg(long, value_name = "[IP]:PORT")]
+    pub proxy_addr6: Option<SocketAddr>,
+
+    /// bpffs directory where maps are pinned. Mounted there if missing, unless --kube.
+    #[arg(long, value_name = "DIR", default_value = "/sys/fs/bpf/shunt")]
+    pub bpffs_dir: PathBuf,
+
+    /// Admin API (health, readiness, metrics).
+    #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:9464")]
+    pub admin_addr: SocketAddr,
+
+    /// Steer this destination to the proxy (repeatable). Route sources add their own.
+    #[arg(long, value_name = "IP:PORT")]
+    pub steer: Vec<SocketAddr>,
+
+    /// Also exempt sockets carrying this SO_MARK from capture. Off by default: mark bits collide
+    /// with kube-proxy (0x4000/0x8000) and CNI marks. The agent's cgroup is always exempt.
+    #[arg(long, value_name = "MARK")]
+    pub agent_mark: Option<u32>,
+
+    /// Capacity of the steered-destinations map.
+    #[arg(long, value_name = "N", default_value_t = agent_common::steered::DEFAULT_MAX_ENTRIES)]
+    pub steered_max_entries: u32,
+
+    /// Capacity of each original-destination LRU map.
+    #[arg(long, value_name = "N", default_value_t = agent_common::orig::DEFAULT_MAX_ENTRIES)]
+    pub orig_max_entries: u32,
+
+    /// Upstream connect timeout.
+    #[arg(long, value_name = "DURATION", default_value = "5s", value_parser = parse_duration)]
+    pub connect_timeout: Duration,
+
+    /// Maximum concurrent proxied connections; further clients wait in the accept queue.
+    #[arg(long, value_name = "N", default_value_t = 16_384)]
+    pub max_connections: usize,
+
+    /// How long in-flight connections may finish after SIGTERM.
+    #[arg(long, value_name = "DURATION", default_value = "10s", value_parser = parse_duration)]
+    pub shutdown_grace: Duration,
+}
+
+/// Parses "250ms", "5s", "2m", "1h".
+pub fn parse_duration(s: &str) -> Result<Duration, String> {
+    let s = s.trim();
+    let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
+    let (num, unit) = s.split_at(split);
+    let n: u64 = num.parse().map_err(|_| format!("`{s}`: expected a number then ms|s|m|h"))?;
+    match unit {
+        "ms" => Ok(Duration::from_millis(n)),
+        "s" | "" => Ok(Duration::from_secs(n)),
+        "m" => Ok(Duration::from_secs(n * 60)),
+        "h" => Ok(Duration::from_secs(n * 3600)),
+        _ => Err(format!("`{s}`: unknown unit `{unit}`, expected ms|s|m|h")),
+    }
+}
+
+/// Entry point of the `shunt` binary.
+pub fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_tracing();
+    let result = match cli.command {
+        Command::Run(args) => crate::run::run(args),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            // One line: the error chain, outermost first.
+            eprintln!("shunt: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn init_tracing() {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("SHUNT_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let _ = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).try_init();
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations_parse_with_units() {
+        assert_eq!(parse_duration("250ms"), Ok(Duration::from_millis(250)));
+        assert_eq!(parse_duration("5s"), Ok(Duration::from_secs(5)));
+        assert_eq!(parse_duration("2m"), Ok(Duration::from_secs(120)));
+        assert!(parse_duration("5 parsecs").is_err());
+    }
+
+    #[test]
+    fn run_flags_parse() {
+        let cli = Cli::try_parse_from([
+            "shunt", "run", "--cgroup", "/sys/fs/cgroup", "--proxy-addr", "10.0.0.1:15001",
+            "--proxy-addr6", "[fd00::1]:15001", "--steer", "10.96.0.7:9080", "--steer",
+            "[fd00::7]:80",
+        ])
+        .expect("parses");
+        let Command::Run(args) = cli.command;
+        assert_eq!(args.steer.len(), 2);
+        assert_eq!(args.bpffs_dir, PathBuf::from("/sys/fs/bpf/shunt"));
+    }
+}

@@ -1,0 +1,95 @@
+//! Test client run inside a pod namespace (and usually the captured cgroup). Prints one JSON line
+//! per connection: what getpeername() said and what the backend answered.
+use std::{
+    io::{BufRead as _, BufReader, Write as _},
+    net::{SocketAddr, TcpStream, UdpSocket},
+    time::Duration,
+};
+
+use serde_json::json;
+use tests::backends::Reply;
+
+const TIMEOUT: Duration = Duration::from_secs(5);
+
+fn main() -> anyhow::Result<()> {
+    let args: Vec<String> = std::env::args().collect();
+    let usage = "usage: netpeer tcp ADDR[,ADDR...] [COUNT] [--parallel] | udp ADDR";
+    let mode = args.get(1).ok_or_else(|| anyhow::anyhow!(usage))?;
+    let addrs: Vec<SocketAddr> = args
+        .get(2)
+        .ok_or_else(|| anyhow::anyhow!(usage))?
+        .split(',')
+        .map(str::parse)
+        .collect::<Result<_, _>>()?;
+    let addr = addrs[0];
+    match mode.as_str() {
+        "tcp" => {
+            let count: usize = args.get(3).map(|c| c.parse()).transpose()?.unwrap_or(1);
+            if args.iter().any(|a| a == "--parallel") {
+                parallel(&addrs, count)
+            } else {
+                for i in 0..count {
+                    let line = match tcp_once(addr, i) {
+                        Ok(v) => v,
+                        Err(e) => json!({ "error": e.to_string() }),
+                    };
+                    println!("{line}");
+                }
+                Ok(())
+            }
+        }
+        "udp" => {
+            let sock = UdpSocket::bind(if addr.is_ipv4() { "0.0.0.0:0" } else { "[::]:0" })?;
+            sock.connect(addr)?;
+            sock.set_read_timeout(Some(TIMEOUT))?;
+            sock.send(b"udp hello\n")?;
+            let mut buf = [0u8; 2048];
+            let n = sock.recv(&mut buf)?;
+            let reply: Reply = serde_json::from_slice(&buf[..n])?;
+            println!("{}", json!({ "peername": sock.peer_addr()?, "reply": reply }));
+            Ok(())
+        }
+        _ => anyhow::bail!(usage),
+    }
+}
+
+fn tcp_once(addr: SocketAddr, i: usize) -> anyhow::Result<serde_json::Value> {
+    let conn = TcpStream::connect_timeout(&addr, TIMEOUT)?;
+    exchange(conn, i)
+}
+
+fn exchange(conn: TcpStream, i: usize) -> anyhow::Result<serde_json::Value> {
+    conn.set_read_timeout(Some(TIMEOUT))?;
+    let peername = conn.peer_addr()?;
+    let local = conn.local_addr()?;
+    let mut w = conn.try_clone()?;
+    w.write_all(format!("hello {i}\n").as_bytes())?;
+    let mut line = String::new();
+    BufReader::new(conn).read_line(&mut line)?;
+    let reply: Reply = serde_json::from_str(&line)
+        .map_err(|e| anyhow::anyhow!("bad reply {line:?}: {e}"))?;
+    Ok(json!({ "peername": peername, "local": local, "reply": reply }))
+}
+
+/// Opens every connection first (connection i to `addrs[i % len]`), then talks on all of them at
+/// once.
+fn parallel(addrs: &[SocketAddr], count: usize) -> anyhow::Result<()> {
+    let conns: Vec<_> = (0..count)
+        .map(|i| TcpStream::connect_timeout(&addrs[i % addrs.len()], TIMEOUT))
+        .collect();
+    let handles: Vec<_> = conns
+        .into_iter()
+        .enumerate()
+        .map(|(i, c)| {
+            std::thread::spawn(move || match c.map_err(anyhow::Error::from).and_then(|c| exchange(c, i)) {
+                Ok(v) => v,
+                Err(e) => json!({ "error": e.to_string() }),
+            })
+        })
+        .collect();
+    for h in handles {
+        let v = h.join().unwrap_or_else(|_| json!({ "error": "thread panicked" }));
+        println!("{v}");
+    }
+    Ok(())
+}
