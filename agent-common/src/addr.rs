@@ -14,7 +14,14 @@ impl NetAddr {
     /// From an IPv4 address in network order, as `bpf_sock_addr.user_ip4` holds it.
     #[inline(always)]
     pub const fn from_ip4_be(ip4: u32) -> Self {
-        Self { words: [V4_MAPPED_PREFIX[0], V4_MAPPED_PREFIX[1], V4_MAPPED_PREFIX[2], ip4] }
+        Self {
+            words: [
+                V4_MAPPED_PREFIX[0],
+                V4_MAPPED_PREFIX[1],
+                V4_MAPPED_PREFIX[2],
+                ip4,
+            ],
+        }
     }
 
     /// From four network-order words, as `bpf_sock_addr.user_ip6` holds them.
@@ -89,7 +96,11 @@ pub struct Endpoint {
 impl Endpoint {
     #[inline(always)]
     pub const fn new(addr: NetAddr, port_be: u16) -> Self {
-        Self { addr, port_be, _pad: 0 }
+        Self {
+            addr,
+            port_be,
+            _pad: 0,
+        }
     }
 
     pub fn from_socket_addr(sa: core::net::SocketAddr) -> Self {

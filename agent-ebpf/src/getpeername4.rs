@@ -2,8 +2,7 @@
 //! not the node proxy.
 use agent_common::stats;
 use aya_ebpf::{
-    helpers::generated::bpf_get_socket_cookie, macros::cgroup_sock_addr,
-    programs::SockAddrContext,
+    helpers::generated::bpf_get_socket_cookie, macros::cgroup_sock_addr, programs::SockAddrContext,
 };
 
 use crate::{

@@ -2,8 +2,7 @@
 //! reported in the v4-mapped form the application dialled.
 use agent_common::stats;
 use aya_ebpf::{
-    helpers::generated::bpf_get_socket_cookie, macros::cgroup_sock_addr,
-    programs::SockAddrContext,
+    helpers::generated::bpf_get_socket_cookie, macros::cgroup_sock_addr, programs::SockAddrContext,
 };
 
 use crate::{

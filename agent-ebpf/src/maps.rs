@@ -1,8 +1,6 @@
 //! The maps, pinned by name under the agent's `--bpffs-dir`. Sizes here are defaults; the agent
 //! overrides them from its flags before loading.
-use agent_common::{
-    Endpoint, config::ProxyConfig, orig::OrigDst, stats, steered::SteeredService,
-};
+use agent_common::{Endpoint, config::ProxyConfig, orig::OrigDst, stats, steered::SteeredService};
 use aya_ebpf::{
     macros::map,
     maps::{Array, HashMap, LruHashMap, PerCpuArray},

@@ -36,8 +36,9 @@ fn try_sock_ops(ctx: &SockOpsContext) -> u32 {
     };
     // local_port is in host order here (remote_port is not).
     let client = Endpoint::new(local, (ctx.local_port() as u16).to_be());
-    if ORIG_DST.insert(&client, &orig, 0).is_err() {
+    if let Err(errno) = ORIG_DST.insert(&client, &orig, 0) {
         count(stats::ORIG_DST_INSERT_FAILED);
+        aya_log_ebpf::warn!(ctx, "ORIG_DST insert failed ({}): the proxy will close it", errno);
     } else {
         count(stats::ORIG_DST_RECORDED);
     }

@@ -53,8 +53,9 @@ pub fn decide(ctx: &SockAddrContext, dst: Endpoint) -> Verdict {
     }
     let cookie = unsafe { bpf_get_socket_cookie(ctx.sock_addr.cast()) };
     let orig = OrigDst { dst, service_id };
-    if ORIG_COOKIE.insert(&cookie, &orig, 0).is_err() {
+    if let Err(errno) = ORIG_COOKIE.insert(&cookie, &orig, 0) {
         count(stats::ORIG_COOKIE_INSERT_FAILED);
+        aya_log_ebpf::warn!(ctx, "ORIG_COOKIE insert failed ({}): connection left direct", errno);
         return Verdict::Direct;
     }
     Verdict::Redirect(cfg)

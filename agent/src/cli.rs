@@ -4,7 +4,11 @@ use std::{net::SocketAddr, path::PathBuf, process::ExitCode, time::Duration};
 use clap::{Args, Parser, Subcommand};
 
 #[derive(Debug, Parser)]
-#[command(name = "shunt", version, about = "eBPF traffic steering for Kubernetes sandboxes")]
+#[command(
+    name = "shunt",
+    version,
+    about = "eBPF traffic steering for Kubernetes sandboxes"
+)]
 pub struct Cli {
     #[command(subcommand)]
     pub command: Command,
@@ -74,7 +78,9 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
     let s = s.trim();
     let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
     let (num, unit) = s.split_at(split);
-    let n: u64 = num.parse().map_err(|_| format!("`{s}`: expected a number then ms|s|m|h"))?;
+    let n: u64 = num
+        .parse()
+        .map_err(|_| format!("`{s}`: expected a number then ms|s|m|h"))?;
     match unit {
         "ms" => Ok(Duration::from_millis(n)),
         "s" | "" => Ok(Duration::from_secs(n)),
@@ -104,7 +110,10 @@ pub fn main() -> ExitCode {
 fn init_tracing() {
     let filter = tracing_subscriber::EnvFilter::try_from_env("SHUNT_LOG")
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let _ = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).try_init();
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .try_init();
 }
 
 #[cfg(test)]
@@ -122,8 +131,17 @@ mod tests {
     #[test]
     fn run_flags_parse() {
         let cli = Cli::try_parse_from([
-            "shunt", "run", "--cgroup", "/sys/fs/cgroup", "--proxy-addr", "10.0.0.1:15001",
-            "--proxy-addr6", "[fd00::1]:15001", "--steer", "10.96.0.7:9080", "--steer",
+            "shunt",
+            "run",
+            "--cgroup",
+            "/sys/fs/cgroup",
+            "--proxy-addr",
+            "10.0.0.1:15001",
+            "--proxy-addr6",
+            "[fd00::1]:15001",
+            "--steer",
+            "10.96.0.7:9080",
+            "--steer",
             "[fd00::7]:80",
         ])
         .expect("parses");

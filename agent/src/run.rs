@@ -50,7 +50,8 @@ async fn run_async(args: RunArgs) -> anyhow::Result<()> {
         steered_max_entries: args.steered_max_entries,
         orig_max_entries: args.orig_max_entries,
     };
-    let (attach_guard, mut steered, orig_dst, stats) = Capture::attach(&cfg)?.into_parts();
+    let (mut attach_guard, mut steered, orig_dst, stats) = Capture::attach(&cfg)?.into_parts();
+    attach_guard.forward_logs();
 
     let mut registry = Registry::default();
     let metrics = Metrics::register(&mut registry, Some(Arc::new(stats)));
@@ -90,10 +91,15 @@ async fn run_async(args: RunArgs) -> anyhow::Result<()> {
         ));
     }
     let admin_shutdown = CancellationToken::new();
-    let admin_task = tokio::spawn(admin::serve(admin_listener, admin_state.clone(), admin_shutdown.clone()));
+    let admin_task = tokio::spawn(admin::serve(
+        admin_listener,
+        admin_state.clone(),
+        admin_shutdown.clone(),
+    ));
     admin_state.ready.store(true, Ordering::Relaxed);
 
-    let mut term = tokio::signal::unix::signal(SignalKind::terminate()).context("SIGTERM handler")?;
+    let mut term =
+        tokio::signal::unix::signal(SignalKind::terminate()).context("SIGTERM handler")?;
     let mut int = tokio::signal::unix::signal(SignalKind::interrupt()).context("SIGINT handler")?;
     tokio::select! {
         _ = term.recv() => tracing::info!("SIGTERM: failing open, then draining"),

@@ -57,7 +57,11 @@ impl Backend {
                 }
             }
         });
-        Ok(Self { addr, stop, accepted })
+        Ok(Self {
+            addr,
+            stop,
+            accepted,
+        })
     }
 
     /// A UDP backend answering each datagram.
@@ -85,20 +89,33 @@ impl Backend {
                 }
             }
         });
-        Ok(Self { addr, stop, accepted })
+        Ok(Self {
+            addr,
+            stop,
+            accepted,
+        })
     }
 }
 
 fn serve_tcp(conn: std::net::TcpStream, peer: SocketAddr, local: SocketAddr, name: &str) {
     let _ = conn.set_nonblocking(false);
     let _ = conn.set_read_timeout(Some(Duration::from_secs(10)));
-    let Ok(mut writer) = conn.try_clone() else { return };
+    let Ok(mut writer) = conn.try_clone() else {
+        return;
+    };
     let mut reader = BufReader::new(conn);
     let mut line = String::new();
     // One reply per line, until the client closes.
     while matches!(reader.read_line(&mut line), Ok(n) if n > 0) {
-        let reply = Reply { server: name.to_string(), local, peer, got: line.trim().to_string() };
-        let Ok(mut out) = serde_json::to_vec(&reply) else { return };
+        let reply = Reply {
+            server: name.to_string(),
+            local,
+            peer,
+            got: line.trim().to_string(),
+        };
+        let Ok(mut out) = serde_json::to_vec(&reply) else {
+            return;
+        };
         out.push(b'\n');
         if writer.write_all(&out).is_err() {
             return;

@@ -91,11 +91,19 @@ impl Env {
         }
         let id = kernel::unique_id();
         let env = (|| -> anyhow::Result<Self> {
-            let run = RunDir { path: PathBuf::from(format!("/run/shunt-test-{id}")) };
+            let run = RunDir {
+                path: PathBuf::from(format!("/run/shunt-test-{id}")),
+            };
             fs::create_dir_all(&run.path)?;
             let cgroup = TestCgroup::create(&id)?;
             let topo = Topology::new(&id, pods)?;
-            Ok(Self { id: id.clone(), bins, topo, cgroup, run })
+            Ok(Self {
+                id: id.clone(),
+                bins,
+                topo,
+                cgroup,
+                run,
+            })
         })();
         Some(env.unwrap_or_else(|e| panic!("{test}: building the test topology: {e:#}")))
     }
@@ -133,7 +141,11 @@ impl Env {
         let logf = fs::File::create(&log).expect("agent log file");
         cmd.stdout(Stdio::null()).stderr(logf);
         let child = spawn_in("agent", cmd, Some(self.node()), cgroup).expect("spawning the agent");
-        let mut agent = AgentProc { child, log, node: self.node().name.clone() };
+        let mut agent = AgentProc {
+            child,
+            log,
+            node: self.node().name.clone(),
+        };
         agent.wait_ready(Duration::from_secs(15));
         agent
     }
@@ -150,7 +162,9 @@ impl Env {
             .expect("netpeer finished in time");
         assert!(status.success(), "netpeer {args:?} failed: {err}");
         out.lines()
-            .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("bad netpeer line {l:?}: {e}")))
+            .map(|l| {
+                serde_json::from_str(l).unwrap_or_else(|e| panic!("bad netpeer line {l:?}: {e}"))
+            })
             .collect()
     }
 }
@@ -177,7 +191,9 @@ impl AgentProc {
     }
 
     fn node_ns(&self) -> Netns {
-        Netns { name: self.node.clone() }
+        Netns {
+            name: self.node.clone(),
+        }
     }
 
     /// GET a path on the admin API (inside the node namespace).
@@ -219,7 +235,9 @@ impl AgentProc {
     /// SIGTERM, then wait for exit.
     pub fn terminate(&mut self, timeout: Duration) -> std::process::ExitStatus {
         self.child.signal(libc::SIGTERM);
-        self.child.wait_timeout(timeout).expect("agent exits after SIGTERM")
+        self.child
+            .wait_timeout(timeout)
+            .expect("agent exits after SIGTERM")
     }
 
     /// SIGKILL (a crash), then reap.
@@ -233,7 +251,10 @@ impl AgentProc {
 pub fn http_get(addr: SocketAddr, path: &str) -> anyhow::Result<(u16, String)> {
     let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(2))?;
     s.set_read_timeout(Some(Duration::from_secs(5)))?;
-    write!(s, "GET {path} HTTP/1.1\r\nHost: admin\r\nConnection: close\r\n\r\n")?;
+    write!(
+        s,
+        "GET {path} HTTP/1.1\r\nHost: admin\r\nConnection: close\r\n\r\n"
+    )?;
     let mut buf = String::new();
     s.read_to_string(&mut buf)?;
     let status: u16 = buf
@@ -241,7 +262,10 @@ pub fn http_get(addr: SocketAddr, path: &str) -> anyhow::Result<(u16, String)> {
         .nth(1)
         .context("no status line")?
         .parse()?;
-    let body = buf.split_once("\r\n\r\n").map(|(_, b)| b.to_string()).unwrap_or_default();
+    let body = buf
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_string())
+        .unwrap_or_default();
     if body.is_empty() && status == 0 {
         bail!("empty response");
     }

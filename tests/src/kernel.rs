@@ -11,9 +11,13 @@ pub fn available(test: &str) -> bool {
         None => true,
         Some(why) => {
             if std::env::var("SHUNT_REQUIRE_KERNEL_TESTS").as_deref() == Ok("1") {
-                panic!("{test}: kernel tests are required (SHUNT_REQUIRE_KERNEL_TESTS=1) but {why}");
+                panic!(
+                    "{test}: kernel tests are required (SHUNT_REQUIRE_KERNEL_TESTS=1) but {why}"
+                );
             }
-            eprintln!("SKIPPED {test}: {why} (set SHUNT_REQUIRE_KERNEL_TESTS=1 to make this a failure)");
+            eprintln!(
+                "SKIPPED {test}: {why} (set SHUNT_REQUIRE_KERNEL_TESTS=1 to make this a failure)"
+            );
             false
         }
     }
@@ -38,7 +42,9 @@ fn missing() -> Option<String> {
 
 pub fn which(bin: &str) -> Option<std::path::PathBuf> {
     std::env::var_os("PATH").and_then(|p| {
-        std::env::split_paths(&p).map(|d| d.join(bin)).find(|c| c.is_file())
+        std::env::split_paths(&p)
+            .map(|d| d.join(bin))
+            .find(|c| c.is_file())
     })
 }
 

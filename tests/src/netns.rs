@@ -42,7 +42,10 @@ impl Netns {
         std::thread::spawn(move || {
             // SAFETY: a valid namespace fd; setns affects only this thread.
             if unsafe { libc::setns(ns.as_raw_fd(), libc::CLONE_NEWNET) } != 0 {
-                return Err(anyhow::anyhow!("setns: {}", std::io::Error::last_os_error()));
+                return Err(anyhow::anyhow!(
+                    "setns: {}",
+                    std::io::Error::last_os_error()
+                ));
             }
             Ok(f())
         })
@@ -61,7 +64,12 @@ impl Netns {
     pub fn sysctl(&self, key: &str, value: &str) -> anyhow::Result<()> {
         sh(
             "nsenter",
-            &[&format!("--net={}", self.path()), "sysctl", "-qw", &format!("{key}={value}")],
+            &[
+                &format!("--net={}", self.path()),
+                "sysctl",
+                "-qw",
+                &format!("{key}={value}"),
+            ],
         )
     }
 
@@ -75,7 +83,9 @@ impl Netns {
 
 impl Drop for Netns {
     fn drop(&mut self) {
-        let _ = Command::new("ip").args(["netns", "del", &self.name]).status();
+        let _ = Command::new("ip")
+            .args(["netns", "del", &self.name])
+            .status();
     }
 }
 
@@ -117,8 +127,19 @@ impl Topology {
         node.sysctl("net.ipv4.ip_forward", "1")?;
         node.sysctl("net.ipv6.conf.all.forwarding", "1")?;
         node.ip(&["addr", "add", &format!("{PROXY4}/32"), "dev", "lo"])?;
-        node.ip(&["addr", "add", &format!("{PROXY6}/128"), "dev", "lo", "nodad"])?;
-        let mut topo = Self { id: id.to_string(), pods: Vec::new(), node };
+        node.ip(&[
+            "addr",
+            "add",
+            &format!("{PROXY6}/128"),
+            "dev",
+            "lo",
+            "nodad",
+        ])?;
+        let mut topo = Self {
+            id: id.to_string(),
+            pods: Vec::new(),
+            node,
+        };
         for i in 0..pods {
             let i8 = u8::try_from(i + 1)?;
             let netns = Netns::create(format!("shunt-{id}-p{i}"))?;
@@ -127,23 +148,54 @@ impl Topology {
             sh(
                 "ip",
                 &[
-                    "-n", &topo.node.name, "link", "add", host_if, "type", "veth", "peer", "name",
-                    "eth0", "netns", &netns.name,
+                    "-n",
+                    &topo.node.name,
+                    "link",
+                    "add",
+                    host_if,
+                    "type",
+                    "veth",
+                    "peer",
+                    "name",
+                    "eth0",
+                    "netns",
+                    &netns.name,
                 ],
             )?;
             let node_ip4 = Ipv4Addr::new(198, 18, i8, 1);
             let ip4 = Ipv4Addr::new(198, 18, i8, 2);
             let node_ip6 = Ipv6Addr::new(0xfd00, 5, u16::from(i8), 0, 0, 0, 0, 1);
             let ip6 = Ipv6Addr::new(0xfd00, 5, u16::from(i8), 0, 0, 0, 0, 2);
-            topo.node.ip(&["addr", "add", &format!("{node_ip4}/24"), "dev", host_if])?;
-            topo.node.ip(&["addr", "add", &format!("{node_ip6}/64"), "dev", host_if, "nodad"])?;
+            topo.node
+                .ip(&["addr", "add", &format!("{node_ip4}/24"), "dev", host_if])?;
+            topo.node.ip(&[
+                "addr",
+                "add",
+                &format!("{node_ip6}/64"),
+                "dev",
+                host_if,
+                "nodad",
+            ])?;
             topo.node.ip(&["link", "set", host_if, "up"])?;
             netns.ip(&["addr", "add", &format!("{ip4}/24"), "dev", "eth0"])?;
             netns.ip(&["addr", "add", &format!("{ip6}/64"), "dev", "eth0", "nodad"])?;
             netns.ip(&["link", "set", "eth0", "up"])?;
             netns.ip(&["route", "add", "default", "via", &node_ip4.to_string()])?;
-            netns.ip(&["-6", "route", "add", "default", "via", &node_ip6.to_string()])?;
-            topo.pods.push(Pod { netns, ip4, ip6, node_ip4, node_ip6 });
+            netns.ip(&[
+                "-6",
+                "route",
+                "add",
+                "default",
+                "via",
+                &node_ip6.to_string(),
+            ])?;
+            topo.pods.push(Pod {
+                netns,
+                ip4,
+                ip6,
+                node_ip4,
+                node_ip6,
+            });
         }
         Ok(topo)
     }

@@ -46,7 +46,10 @@ impl ChildGuard {
     }
 
     /// Waits for exit with a deadline and returns stdout (stdout must have been piped).
-    pub fn output_timeout(mut self, timeout: Duration) -> anyhow::Result<(std::process::ExitStatus, String, String)> {
+    pub fn output_timeout(
+        mut self,
+        timeout: Duration,
+    ) -> anyhow::Result<(std::process::ExitStatus, String, String)> {
         use std::io::Read as _;
         let mut child = self.child.take().context("already reaped")?;
         let mut out = child.stdout.take();
@@ -116,5 +119,8 @@ pub fn spawn_in(
     }
     cmd.stdin(Stdio::null());
     let child = cmd.spawn().with_context(|| format!("spawning {name}"))?;
-    Ok(ChildGuard { child: Some(child), name: name.to_string() })
+    Ok(ChildGuard {
+        child: Some(child),
+        name: name.to_string(),
+    })
 }

@@ -17,7 +17,9 @@ use tests::{
 const PORT: u16 = 8080;
 
 fn steer_flags(dsts: &[SocketAddr]) -> Vec<String> {
-    dsts.iter().flat_map(|d| ["--steer".to_string(), d.to_string()]).collect()
+    dsts.iter()
+        .flat_map(|d| ["--steer".to_string(), d.to_string()])
+        .collect()
 }
 
 fn tcp(env: &Env, captured: bool, dst: SocketAddr) -> ClientLine {
@@ -28,7 +30,11 @@ fn tcp(env: &Env, captured: bool, dst: SocketAddr) -> ClientLine {
 
 #[test]
 fn steered_connection_reaches_proxy_with_original_destination() {
-    let Some(env) = Env::new("steered_connection_reaches_proxy_with_original_destination", 2, bins!()) else {
+    let Some(env) = Env::new(
+        "steered_connection_reaches_proxy_with_original_destination",
+        2,
+        bins!(),
+    ) else {
         return;
     };
     let backend = &env.topo.pods[1];
@@ -47,7 +53,11 @@ fn steered_connection_reaches_proxy_with_original_destination() {
         // The proxy resolved the original destination: the right backend answered on it...
         assert_eq!(reply.local, dst, "answered on the original destination");
         // ...and the connection came from the node (the proxy), not the client pod.
-        assert_eq!(reply.peer.ip(), node_ip, "{dst}: expected the proxy's upstream, got {reply:?}");
+        assert_eq!(
+            reply.peer.ip(),
+            node_ip,
+            "{dst}: expected the proxy's upstream, got {reply:?}"
+        );
     }
     assert!(agent.metric("shunt_capture_events_total{event=\"steered\"}") >= 2.0);
     assert!(agent.metric("shunt_proxy_connections_accepted_total") >= 2.0);
@@ -65,7 +75,11 @@ fn bytes_relay_to_original_destination_both_ways() {
     let lines = env.client(0, true, &["tcp", &dst.to_string(), "5"]);
     assert_eq!(lines.len(), 5);
     for (i, l) in lines.iter().enumerate() {
-        assert_eq!(l.reply().got, format!("hello {i}"), "client→backend bytes intact");
+        assert_eq!(
+            l.reply().got,
+            format!("hello {i}"),
+            "client→backend bytes intact"
+        );
         assert_eq!(l.reply().server, "b", "backend→client bytes intact");
     }
 }
@@ -82,8 +96,16 @@ fn unsteered_destination_is_untouched() {
     let _b2 = Backend::tcp(&pod.netns, "other", other).unwrap();
     let agent = env.start_agent(&steer_flags(&[steered]), None);
     let line = tcp(&env, true, other);
-    assert_eq!(line.reply().peer.ip(), env.topo.pods[0].ip4, "came straight from the client");
-    assert_eq!(agent.metric("shunt_proxy_connections_accepted_total"), 0.0, "proxy saw nothing");
+    assert_eq!(
+        line.reply().peer.ip(),
+        env.topo.pods[0].ip4,
+        "came straight from the client"
+    );
+    assert_eq!(
+        agent.metric("shunt_proxy_connections_accepted_total"),
+        0.0,
+        "proxy saw nothing"
+    );
 }
 
 #[test]
@@ -111,8 +133,16 @@ fn agent_own_sockets_are_not_captured() {
     let agent_cg = env.cgroup.child("agent").unwrap();
     let agent = env.start_agent(&steer_flags(&[dst]), Some(&agent_cg));
     let line = tcp(&env, true, dst);
-    assert_eq!(line.reply().peer.ip(), env.topo.pods[1].node_ip4, "relayed once, by the proxy");
-    assert_eq!(agent.metric("shunt_proxy_connections_accepted_total"), 1.0, "no loop");
+    assert_eq!(
+        line.reply().peer.ip(),
+        env.topo.pods[1].node_ip4,
+        "relayed once, by the proxy"
+    );
+    assert_eq!(
+        agent.metric("shunt_proxy_connections_accepted_total"),
+        1.0,
+        "no loop"
+    );
     assert!(agent.metric("shunt_capture_events_total{event=\"exempt_agent_cgroup\"}") >= 1.0);
 }
 
@@ -126,8 +156,15 @@ fn udp_connect_is_untouched() {
     let agent = env.start_agent(&steer_flags(&[dst]), None);
     let line = env.client(0, true, &["udp", &dst.to_string()]).remove(0);
     assert_eq!(line.peername, Some(dst));
-    assert_eq!(line.reply().peer.ip(), env.topo.pods[0].ip4, "datagram went direct");
-    assert_eq!(agent.metric("shunt_capture_events_total{event=\"steered\"}"), 0.0);
+    assert_eq!(
+        line.reply().peer.ip(),
+        env.topo.pods[0].ip4,
+        "datagram went direct"
+    );
+    assert_eq!(
+        agent.metric("shunt_capture_events_total{event=\"steered\"}"),
+        0.0
+    );
 }
 
 #[test]
@@ -142,9 +179,17 @@ fn v4_mapped_connect6_is_steered() {
     // An AF_INET6 socket dialling ::ffff:a.b.c.d: only connect6 runs for it.
     let mapped: SocketAddr = format!("[::ffff:{}]:{PORT}", pod.ip4).parse().unwrap();
     let line = tcp(&env, true, mapped);
-    assert_eq!(line.reply().peer.ip(), pod.node_ip4, "went through the proxy");
+    assert_eq!(
+        line.reply().peer.ip(),
+        pod.node_ip4,
+        "went through the proxy"
+    );
     assert_eq!(line.reply().local, dst);
-    assert_eq!(line.peername, Some(mapped), "getpeername6 restores the v4-mapped form");
+    assert_eq!(
+        line.peername,
+        Some(mapped),
+        "getpeername6 restores the v4-mapped form"
+    );
 }
 
 #[test]
@@ -159,7 +204,11 @@ fn getpeername_reports_original_destination() {
     let agent = env.start_agent(&steer_flags(&[dst4, dst6]), None);
     for dst in [dst4, dst6] {
         let line = tcp(&env, true, dst);
-        assert_ne!(line.reply().peer.ip(), env.topo.pods[0].ip4, "{dst} was steered");
+        assert_ne!(
+            line.reply().peer.ip(),
+            env.topo.pods[0].ip4,
+            "{dst} was steered"
+        );
         assert_eq!(line.peername, Some(dst), "the app sees what it dialled");
     }
     assert!(agent.metric("shunt_capture_events_total{event=\"peername_restored\"}") >= 2.0);
@@ -173,11 +222,18 @@ fn agent_exit_fails_open() {
     let dst = env.topo.pods[1].addr4(PORT);
     let _b = Backend::tcp(&env.topo.pods[1].netns, "b", dst).unwrap();
     let mut agent = env.start_agent(&steer_flags(&[dst]), None);
-    assert_eq!(tcp(&env, true, dst).reply().peer.ip(), env.topo.pods[1].node_ip4);
+    assert_eq!(
+        tcp(&env, true, dst).reply().peer.ip(),
+        env.topo.pods[1].node_ip4
+    );
     // A crash: no chance to clear STEERED, but the links die with the process.
     agent.kill();
     let line = tcp(&env, true, dst);
-    assert_eq!(line.reply().peer.ip(), env.topo.pods[0].ip4, "new connections go direct");
+    assert_eq!(
+        line.reply().peer.ip(),
+        env.topo.pods[0].ip4,
+        "new connections go direct"
+    );
 }
 
 #[test]
@@ -203,8 +259,16 @@ fn restart_reuses_pinned_maps() {
     // A new agent resumes them and applies its own steered set as a diff.
     let _second = env.start_agent(&steer_flags(&[b]), None);
     let (steered, orig) = agent::capture::open_pinned(&env.run.bpffs()).unwrap();
-    assert_eq!(steered.entries(), vec![(b, 0)], "stale entry collected, new one added");
-    assert_eq!(orig.get(client).map(|(d, _)| d), Some(a), "original destinations survive");
+    assert_eq!(
+        steered.entries(),
+        vec![(b, 0)],
+        "stale entry collected, new one added"
+    );
+    assert_eq!(
+        orig.get(client).map(|(d, _)| d),
+        Some(a),
+        "original destinations survive"
+    );
     assert_eq!(tcp(&env, true, b).reply().peer.ip(), pod.node_ip4);
     assert_eq!(tcp(&env, true, a).reply().peer.ip(), env.topo.pods[0].ip4);
 }
@@ -225,7 +289,7 @@ fn steer_and_unsteer_while_connections_flow() {
             let mut flips = 0u32;
             let deadline = Instant::now() + Duration::from_secs(30);
             while !stop.load(std::sync::atomic::Ordering::Relaxed) && Instant::now() < deadline {
-                if flips % 2 == 0 {
+                if flips.is_multiple_of(2) {
                     steered.steer(dst, 7).unwrap();
                 } else {
                     steered.unsteer(dst).unwrap();
@@ -239,15 +303,29 @@ fn steer_and_unsteer_while_connections_flow() {
     let lines = env.client(0, true, &["tcp", &dst.to_string(), "300"]);
     stop.store(true, std::sync::atomic::Ordering::Relaxed);
     let flips = toggler.join().unwrap();
-    assert!(flips > 10, "the steered set changed while connections flowed ({flips} flips)");
+    assert!(
+        flips > 10,
+        "the steered set changed while connections flowed ({flips} flips)"
+    );
     let (mut via_proxy, mut direct) = (0, 0);
     for (i, l) in lines.iter().enumerate() {
         let r = l.reply();
-        assert_eq!(r.got, format!("hello {i}"), "every connection completed intact");
-        if r.peer.ip() == env.topo.pods[0].ip4 { direct += 1 } else { via_proxy += 1 }
+        assert_eq!(
+            r.got,
+            format!("hello {i}"),
+            "every connection completed intact"
+        );
+        if r.peer.ip() == env.topo.pods[0].ip4 {
+            direct += 1
+        } else {
+            via_proxy += 1
+        }
     }
     assert_eq!(lines.len(), 300);
-    assert!(via_proxy > 0 && direct > 0, "both paths used: proxy {via_proxy}, direct {direct}");
+    assert!(
+        via_proxy > 0 && direct > 0,
+        "both paths used: proxy {via_proxy}, direct {direct}"
+    );
 }
 
 #[test]
@@ -263,13 +341,21 @@ fn thousand_parallel_steered_connections_resolve_their_original_destination() {
         .collect();
     let agent = env.start_agent(&steer_flags(&dsts), None);
     // One client holding 1,000 connections open at once, spread over four destinations.
-    let list = dsts.iter().map(ToString::to_string).collect::<Vec<_>>().join(",");
+    let list = dsts
+        .iter()
+        .map(ToString::to_string)
+        .collect::<Vec<_>>()
+        .join(",");
     let lines = env.client(0, true, &["tcp", &list, "1000", "--parallel"]);
     assert_eq!(lines.len(), 1000);
     let mut total = 0;
     for (i, l) in lines.iter().enumerate() {
         let r = l.reply();
-        assert_eq!(r.local, dsts[i % dsts.len()], "resolved the right original destination");
+        assert_eq!(
+            r.local,
+            dsts[i % dsts.len()],
+            "resolved the right original destination"
+        );
         assert_eq!(r.peer.ip(), pod.node_ip4, "through the proxy");
         assert_eq!(r.got, format!("hello {i}"));
         total += 1;

@@ -25,7 +25,10 @@ pub struct AdminState {
 
 impl AdminState {
     pub fn new(registry: Registry) -> Arc<Self> {
-        Arc::new(Self { registry, ready: AtomicBool::new(false) })
+        Arc::new(Self {
+            registry,
+            ready: AtomicBool::new(false),
+        })
     }
 }
 
@@ -67,7 +70,10 @@ fn route(state: &AdminState, req: Request<Incoming>) -> Response<Full<Bytes>> {
                     );
                     r
                 }
-                Err(e) => text(StatusCode::INTERNAL_SERVER_ERROR, format!("encoding: {e}\n")),
+                Err(e) => text(
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    format!("encoding: {e}\n"),
+                ),
             }
         }
         _ => text(StatusCode::NOT_FOUND, "not found\n".into()),

@@ -29,7 +29,10 @@ fn statfs_type(path: &Path) -> std::io::Result<i64> {
     if unsafe { libc::statfs(c.as_ptr(), &mut buf) } != 0 {
         return Err(std::io::Error::last_os_error());
     }
-    #[allow(clippy::unnecessary_cast, reason = "f_type's width differs between libcs")]
+    #[allow(
+        clippy::unnecessary_cast,
+        reason = "f_type's width differs between libcs"
+    )]
     Ok(buf.f_type as i64)
 }
 
@@ -137,7 +140,10 @@ pub fn check_capabilities() -> Result<(), CaptureError> {
 /// Makes sure `dir` is on a bpffs. In local mode a missing bpffs is mounted at `dir` itself; in a
 /// cluster the node's bpffs is mounted in and must already be there.
 pub fn ensure_bpffs(dir: &Path, may_mount: bool) -> Result<(), CaptureError> {
-    let bpffs_err = |message: String| CaptureError::Bpffs { path: dir.to_path_buf(), message };
+    let bpffs_err = |message: String| CaptureError::Bpffs {
+        path: dir.to_path_buf(),
+        message,
+    };
     fs::create_dir_all(dir).map_err(|e| bpffs_err(format!("creating it: {e}")))?;
     if statfs_type(dir).map_err(|e| bpffs_err(format!("statfs: {e}")))? == BPF_FS_MAGIC {
         return Ok(());

@@ -20,7 +20,9 @@ pub enum CaptureError {
     #[error("loading the eBPF object: {0}")]
     Load(#[source] aya::EbpfError),
 
-    #[error("eBPF program {0} is missing from the object (stale build? run `cargo xtask setup` and rebuild)")]
+    #[error(
+        "eBPF program {0} is missing from the object (stale build? run `cargo xtask setup` and rebuild)"
+    )]
     MissingProgram(&'static str),
 
     #[error("eBPF map {0} is missing from the object (stale build?)")]

@@ -25,8 +25,11 @@ impl SteeredMap {
     }
 
     pub fn steer(&mut self, dst: SocketAddr, service_id: u32) -> Result<(), MapError> {
-        self.map
-            .insert(&Endpoint::from_socket_addr(dst), &SteeredService { service_id }, 0)
+        self.map.insert(
+            &Endpoint::from_socket_addr(dst),
+            &SteeredService { service_id },
+            0,
+        )
     }
 
     pub fn unsteer(&mut self, dst: SocketAddr) -> Result<(), MapError> {

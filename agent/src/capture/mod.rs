@@ -59,6 +59,7 @@ pub struct CaptureConfig {
 pub struct Capture {
     // Owns the programs and their links; kept alive for as long as capture is wanted.
     _ebpf: Ebpf,
+    logger: Option<EbpfLogger>,
     steered: SteeredMap,
     orig_dst: OrigDstMap,
     stats: CaptureStats,
@@ -82,11 +83,23 @@ impl Capture {
             .load(EBPF_OBJECT)
             .map_err(CaptureError::Load)?;
 
+        // Failure paths in the programs log through aya-log; losing those lines is not fatal.
+        let logger = match aya_log::EbpfLogger::init(&mut ebpf) {
+            Ok(l) => Some(l),
+            Err(e) => {
+                tracing::warn!(error = %e, "eBPF log forwarding unavailable");
+                None
+            }
+        };
+
         let mut proxy_cfg: Array<MapData, config::ProxyConfig> =
             take_map(&mut ebpf, config::MAP_NAME)?;
         proxy_cfg
             .set(0, &proxy_config(cfg)?, 0)
-            .map_err(|source| CaptureError::Map { map: config::MAP_NAME, source })?;
+            .map_err(|source| CaptureError::Map {
+                map: config::MAP_NAME,
+                source,
+            })?;
 
         let steered: HashMap<MapData, _, _> = take_map(&mut ebpf, steered::MAP_NAME)?;
         let orig_dst: HashMap<MapData, _, _> = take_map(&mut ebpf, orig::DST_MAP_NAME)?;
@@ -95,13 +108,16 @@ impl Capture {
         // With bpf_link (kernel >= 5.7) a cgroup attachment is always multi-attach: the kernel
         // rejects explicit flags, so `Single` (no flags) is what coexists with a CNI's own hooks.
         let mode = CgroupAttachMode::Single;
-        let cgroup = File::open(&cfg.cgroup)
-            .map_err(|source| CaptureError::OpenCgroup { path: cfg.cgroup.clone(), source })?;
+        let cgroup = File::open(&cfg.cgroup).map_err(|source| CaptureError::OpenCgroup {
+            path: cfg.cgroup.clone(),
+            source,
+        })?;
         for name in SOCK_ADDR_PROGRAMS {
             let program: &mut CgroupSockAddr = program(&mut ebpf, name)?;
-            program
-                .load()
-                .map_err(|source| CaptureError::LoadProgram { program: name, source })?;
+            program.load().map_err(|source| CaptureError::LoadProgram {
+                program: name,
+                source,
+            })?;
             program
                 .attach(&cgroup, mode)
                 .map_err(|source| attach_err(name, &cfg.cgroup, source))?;
@@ -109,13 +125,17 @@ impl Capture {
         let sock_ops: &mut SockOps = program(&mut ebpf, SOCK_OPS_PROGRAM)?;
         sock_ops
             .load()
-            .map_err(|source| CaptureError::LoadProgram { program: SOCK_OPS_PROGRAM, source })?;
+            .map_err(|source| CaptureError::LoadProgram {
+                program: SOCK_OPS_PROGRAM,
+                source,
+            })?;
         sock_ops
             .attach(&cgroup, mode)
             .map_err(|source| attach_err(SOCK_OPS_PROGRAM, &cfg.cgroup, source))?;
 
         Ok(Self {
             _ebpf: ebpf,
+            logger,
             steered: SteeredMap::new(steered),
             orig_dst: OrigDstMap::new(orig_dst),
             stats: CaptureStats::new(stats),
@@ -125,7 +145,12 @@ impl Capture {
     /// Splits into the map handles the rest of the agent uses, and a guard that keeps the programs
     /// attached until it is dropped.
     pub fn into_parts(self) -> (AttachGuard, SteeredMap, OrigDstMap, CaptureStats) {
-        (AttachGuard { _ebpf: self._ebpf }, self.steered, self.orig_dst, self.stats)
+        (
+            AttachGuard { _ebpf: self._ebpf, logger: self.logger },
+            self.steered,
+            self.orig_dst,
+            self.stats,
+        )
     }
 }
 
@@ -147,13 +172,46 @@ pub fn open_pinned(bpffs_dir: &Path) -> Result<(SteeredMap, OrigDstMap), Capture
     ))
 }
 
+type EbpfLogger = aya_log::EbpfLogger<&'static dyn log::Log>;
+
 /// Keeps the capture programs attached; dropping it detaches them.
 pub struct AttachGuard {
     _ebpf: Ebpf,
+    logger: Option<EbpfLogger>,
 }
 
-fn attach_err(program: &'static str, cgroup: &Path, source: aya::programs::ProgramError) -> CaptureError {
-    CaptureError::Attach { program, cgroup: cgroup.to_path_buf(), source }
+impl AttachGuard {
+    /// Forwards the programs' log lines to tracing until the runtime stops. Needs a tokio runtime.
+    pub fn forward_logs(&mut self) {
+        let Some(logger) = self.logger.take() else { return };
+        // SAFETY: the logger owns its ring buffer fd; flushing neither closes nor replaces it.
+        let fd = unsafe {
+            tokio::io::unix::AsyncFd::register_with_interest(logger, tokio::io::Interest::READABLE)
+        };
+        match fd {
+            Ok(mut fd) => {
+                tokio::spawn(async move {
+                    while let Ok(mut guard) = fd.readable_mut().await {
+                        guard.get_inner_mut().flush();
+                        guard.clear_ready();
+                    }
+                });
+            }
+            Err(e) => tracing::warn!(error = %e, "eBPF log forwarding unavailable"),
+        }
+    }
+}
+
+fn attach_err(
+    program: &'static str,
+    cgroup: &Path,
+    source: aya::programs::ProgramError,
+) -> CaptureError {
+    CaptureError::Attach {
+        program,
+        cgroup: cgroup.to_path_buf(),
+        source,
+    }
 }
 
 fn take_map<T>(ebpf: &mut Ebpf, name: &'static str) -> Result<T, CaptureError>
@@ -168,8 +226,13 @@ fn program<'a, T>(ebpf: &'a mut Ebpf, name: &'static str) -> Result<&'a mut T, C
 where
     &'a mut T: TryFrom<&'a mut aya::programs::Program, Error = aya::programs::ProgramError>,
 {
-    let p = ebpf.program_mut(name).ok_or(CaptureError::MissingProgram(name))?;
-    p.try_into().map_err(|source| CaptureError::LoadProgram { program: name, source })
+    let p = ebpf
+        .program_mut(name)
+        .ok_or(CaptureError::MissingProgram(name))?;
+    p.try_into().map_err(|source| CaptureError::LoadProgram {
+        program: name,
+        source,
+    })
 }
 
 fn proxy_config(cfg: &CaptureConfig) -> Result<config::ProxyConfig, CaptureError> {

@@ -62,7 +62,10 @@ pub async fn serve(
         .await
         .is_err()
     {
-        tracing::info!(remaining = conns.len(), "grace period over, closing connections");
+        tracing::info!(
+            remaining = conns.len(),
+            "grace period over, closing connections"
+        );
         conns.abort_all();
     }
 }

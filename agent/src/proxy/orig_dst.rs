@@ -19,7 +19,8 @@ pub trait OrigDstLookup: Send + Sync + 'static {
 
 impl OrigDstLookup for OrigDstMap {
     fn lookup(&self, client: SocketAddr) -> Option<(OrigDstAddr, ServiceId)> {
-        self.get(client).map(|(dst, id)| (OrigDstAddr(dst), ServiceId(id)))
+        self.get(client)
+            .map(|(dst, id)| (OrigDstAddr(dst), ServiceId(id)))
     }
 }
 

@@ -39,14 +39,21 @@ fn main() -> anyhow::Result<()> {
             }
         }
         "udp" => {
-            let sock = UdpSocket::bind(if addr.is_ipv4() { "0.0.0.0:0" } else { "[::]:0" })?;
+            let sock = UdpSocket::bind(if addr.is_ipv4() {
+                "0.0.0.0:0"
+            } else {
+                "[::]:0"
+            })?;
             sock.connect(addr)?;
             sock.set_read_timeout(Some(TIMEOUT))?;
             sock.send(b"udp hello\n")?;
             let mut buf = [0u8; 2048];
             let n = sock.recv(&mut buf)?;
             let reply: Reply = serde_json::from_slice(&buf[..n])?;
-            println!("{}", json!({ "peername": sock.peer_addr()?, "reply": reply }));
+            println!(
+                "{}",
+                json!({ "peername": sock.peer_addr()?, "reply": reply })
+            );
             Ok(())
         }
         _ => anyhow::bail!(usage),
@@ -66,8 +73,8 @@ fn exchange(conn: TcpStream, i: usize) -> anyhow::Result<serde_json::Value> {
     w.write_all(format!("hello {i}\n").as_bytes())?;
     let mut line = String::new();
     BufReader::new(conn).read_line(&mut line)?;
-    let reply: Reply = serde_json::from_str(&line)
-        .map_err(|e| anyhow::anyhow!("bad reply {line:?}: {e}"))?;
+    let reply: Reply =
+        serde_json::from_str(&line).map_err(|e| anyhow::anyhow!("bad reply {line:?}: {e}"))?;
     Ok(json!({ "peername": peername, "local": local, "reply": reply }))
 }
 
@@ -81,14 +88,18 @@ fn parallel(addrs: &[SocketAddr], count: usize) -> anyhow::Result<()> {
         .into_iter()
         .enumerate()
         .map(|(i, c)| {
-            std::thread::spawn(move || match c.map_err(anyhow::Error::from).and_then(|c| exchange(c, i)) {
-                Ok(v) => v,
-                Err(e) => json!({ "error": e.to_string() }),
+            std::thread::spawn(move || {
+                match c.map_err(anyhow::Error::from).and_then(|c| exchange(c, i)) {
+                    Ok(v) => v,
+                    Err(e) => json!({ "error": e.to_string() }),
+                }
             })
         })
         .collect();
     for h in handles {
-        let v = h.join().unwrap_or_else(|_| json!({ "error": "thread panicked" }));
+        let v = h
+            .join()
+            .unwrap_or_else(|_| json!({ "error": "thread panicked" }));
         println!("{v}");
     }
     Ok(())

@@ -1,0 +1,222 @@
+//! Installs what building and testing Shunt needs, idempotently, with progress output:
+//! the pinned stable and nightly toolchains, bpf-linker built against the nightly's own libLLVM,
+//! and the apt packages the tests use. See ../shared/TOOLCHAIN.md for why each pin exists.
+use std::{
+    env,
+    path::{Path, PathBuf},
+    process::Command,
+    time::Instant,
+};
+
+use anyhow::{Context as _, bail};
+
+/// Keep in step with rust-toolchain.toml.
+pub const STABLE: &str = "1.99.1";
+/// Keep in step with agent/build.rs. Never float: bpf-linker links this nightly's libLLVM.
+pub const EBPF_NIGHTLY: &str = "nightly-2026-10-29";
+pub const BPF_LINKER_VERSION: &str = "0.13.0";
+/// The LLVM major of `EBPF_NIGHTLY`; bpf-linker's feature must match it.
+pub const BPF_LINKER_LLVM_FEATURE: &str = "llvm-23";
+
+/// Commands the tests run, and the Debian package providing each.
+const APT_TOOLS: [(&str, &str); 4] = [
+    ("ip", "iproute2"),
+    ("nsenter", "util-linux"),
+    ("setpriv", "util-linux"),
+    ("sysctl", "procps"),
+];
+
+/// What later steps need to know.
+pub struct Env {
+    /// PATH with the directory holding bpf-linker first.
+    pub path: std::ffi::OsString,
+}
+
+pub fn step(msg: &str) {
+    eprintln!("\x1b[1m==>\x1b[0m {msg}");
+}
+
+pub fn run(cmd: &mut Command) -> anyhow::Result<()> {
+    let status = cmd.status().with_context(|| format!("running {cmd:?}"))?;
+    if !status.success() {
+        bail!("{cmd:?} failed ({status})");
+    }
+    Ok(())
+}
+
+fn output(cmd: &mut Command) -> Option<String> {
+    let out = cmd.output().ok()?;
+    out.status
+        .success()
+        .then(|| String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+fn cargo_home() -> PathBuf {
+    env::var_os("CARGO_HOME")
+        .map(PathBuf::from)
+        .or_else(|| env::var_os("HOME").map(|h| Path::new(&h).join(".cargo")))
+        .unwrap_or_else(|| PathBuf::from("/root/.cargo"))
+}
+
+pub fn setup() -> anyhow::Result<Env> {
+    let started = Instant::now();
+    if output(Command::new("rustup").arg("--version")).is_none() {
+        bail!("rustup not found: install it from your distribution or rustup.rs, then rerun");
+    }
+    install_toolchain(STABLE, &["rustfmt", "clippy"])?;
+    install_toolchain(EBPF_NIGHTLY, &["rust-src", "clippy"])?;
+    let bin = cargo_home().join("bin");
+    let path = env::join_paths(
+        std::iter::once(bin.clone()).chain(env::var_os("PATH").iter().flat_map(env::split_paths)),
+    )?;
+    install_bpf_linker(&bin, &path)?;
+    install_apt_tools()?;
+    eprintln!("setup done in {:.1?}", started.elapsed());
+    Ok(Env { path })
+}
+
+fn install_toolchain(name: &str, components: &[&str]) -> anyhow::Result<()> {
+    let installed = output(Command::new("rustup").args(["toolchain", "list"]))
+        .map(|l| l.lines().any(|t| t.starts_with(name)))
+        .unwrap_or(false);
+    let missing: Vec<&str> = if installed {
+        let have = output(Command::new("rustup").args([
+            "component",
+            "list",
+            "--installed",
+            "--toolchain",
+            name,
+        ]))
+        .unwrap_or_default();
+        components
+            .iter()
+            .copied()
+            .filter(|c| {
+                !have
+                    .lines()
+                    .any(|l| l.starts_with(&format!("{c}-")) || l == *c)
+            })
+            .collect()
+    } else {
+        components.to_vec()
+    };
+    if installed && missing.is_empty() {
+        step(&format!("toolchain {name}: installed"));
+        return Ok(());
+    }
+    step(&format!(
+        "installing toolchain {name} with {}",
+        components.join(", ")
+    ));
+    let mut cmd = Command::new("rustup");
+    cmd.args([
+        "toolchain",
+        "install",
+        name,
+        "--profile",
+        "minimal",
+        "--no-self-update",
+    ]);
+    for c in components {
+        cmd.args(["--component", c]);
+    }
+    run(&mut cmd)
+}
+
+fn bpf_linker_ok(bin: &Path) -> bool {
+    // Running it proves its libLLVM still resolves (the rpath points into the pinned nightly).
+    output(Command::new(bin.join("bpf-linker")).arg("--version"))
+        .map(|v| v.contains(BPF_LINKER_VERSION))
+        .unwrap_or(false)
+}
+
+fn install_bpf_linker(bin: &Path, path: &std::ffi::OsStr) -> anyhow::Result<()> {
+    if bpf_linker_ok(bin) {
+        step(&format!("bpf-linker {BPF_LINKER_VERSION}: installed"));
+        return Ok(());
+    }
+    step(&format!(
+        "building bpf-linker {BPF_LINKER_VERSION} against {EBPF_NIGHTLY}'s libLLVM (first time only, about 70 s)"
+    ));
+    let sysroot = output(
+        Command::new("rustc")
+            .arg(format!("+{EBPF_NIGHTLY}"))
+            .args(["--print", "sysroot"]),
+    )
+    .context("rustc +nightly --print sysroot")?;
+    let lib = Path::new(sysroot.trim()).join("lib");
+    let llvm = std::fs::read_dir(&lib)?
+        .filter_map(Result::ok)
+        .map(|e| e.path())
+        .find(|p| {
+            p.file_name()
+                .and_then(|n| n.to_str())
+                .is_some_and(|n| n.starts_with("libLLVM.so.") || n.starts_with("libLLVM-"))
+        })
+        .with_context(|| format!("no libLLVM in {}", lib.display()))?;
+    // bpf-linker's build looks for $LLVM_PREFIX/lib/libLLVM.so: point it at the nightly's copy.
+    let prefix = env::temp_dir().join(format!("shunt-llvm-prefix-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&prefix);
+    std::fs::create_dir_all(prefix.join("lib"))?;
+    std::os::unix::fs::symlink(&llvm, prefix.join("lib/libLLVM.so"))?;
+    let root = bin.parent().context("cargo bin dir has no parent")?;
+    let result = run(Command::new("cargo")
+        .arg(format!("+{EBPF_NIGHTLY}"))
+        .args([
+            "install",
+            "bpf-linker",
+            "--version",
+            BPF_LINKER_VERSION,
+            "--locked",
+            "--force",
+        ])
+        .args([
+            "--no-default-features",
+            "--features",
+            BPF_LINKER_LLVM_FEATURE,
+        ])
+        .arg("--root")
+        .arg(root)
+        .env("LLVM_PREFIX", &prefix)
+        .env(
+            "RUSTFLAGS",
+            format!("-C link-arg=-Wl,-rpath,{}", lib.display()),
+        )
+        .env("PATH", path)
+        .env_remove("RUSTUP_TOOLCHAIN")
+        .env_remove("CARGO_TARGET_DIR"));
+    let _ = std::fs::remove_dir_all(&prefix);
+    result?;
+    if !bpf_linker_ok(bin) {
+        bail!(
+            "bpf-linker was built but does not run: check `ldd {}`",
+            bin.join("bpf-linker").display()
+        );
+    }
+    Ok(())
+}
+
+fn install_apt_tools() -> anyhow::Result<()> {
+    let path = env::var_os("PATH").unwrap_or_default();
+    let has = |tool: &str| {
+        env::split_paths(&path)
+            .chain(["/usr/sbin", "/sbin"].map(PathBuf::from))
+            .any(|d| d.join(tool).is_file())
+    };
+    let mut pkgs: Vec<&str> = APT_TOOLS
+        .iter()
+        .filter(|(t, _)| !has(t))
+        .map(|(_, p)| *p)
+        .collect();
+    pkgs.dedup();
+    if pkgs.is_empty() {
+        step("test tools (ip, nsenter, setpriv, sysctl): installed");
+        return Ok(());
+    }
+    step(&format!("installing apt packages: {}", pkgs.join(" ")));
+    run(Command::new("apt-get").args(["update", "-q"]))?;
+    run(Command::new("apt-get")
+        .args(["install", "-y", "-q"])
+        .args(&pkgs)
+        .env("DEBIAN_FRONTEND", "noninteractive"))
+}

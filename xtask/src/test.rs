@@ -1,0 +1,93 @@
+//! `cargo xtask test`: the project's one test command (the README's and CI's).
+use std::{fs, path::Path, process::Command, time::Instant};
+
+use anyhow::bail;
+use clap::Args;
+
+use crate::setup::{EBPF_NIGHTLY, Env, run as exec, step};
+
+#[derive(Args)]
+pub struct TestArgs {
+    /// Skip fmt and clippy.
+    #[arg(long)]
+    no_lint: bool,
+}
+
+fn cargo(env: &Env) -> Command {
+    let mut c = Command::new("cargo");
+    c.env("PATH", &env.path);
+    c
+}
+
+pub fn run(env: &Env, args: TestArgs) -> anyhow::Result<()> {
+    let started = Instant::now();
+    if !args.no_lint {
+        step("cargo fmt --check");
+        exec(cargo(env).args(["fmt", "--all", "--check"]))?;
+        step("clippy (userspace, -D warnings)");
+        exec(cargo(env).args(["clippy", "--all-targets", "--", "-D", "warnings"]))?;
+        step("clippy (eBPF, bpfel-unknown-none, -D warnings)");
+        exec(
+            cargo(env)
+                .arg(format!("+{EBPF_NIGHTLY}"))
+                .args([
+                    "clippy",
+                    "-p",
+                    "agent-ebpf",
+                    "--release",
+                    "--target",
+                    "bpfel-unknown-none",
+                ])
+                .args(["-Z", "build-std=core", "--", "-D", "warnings"])
+                .env_remove("RUSTUP_TOOLCHAIN")
+                .env("CARGO_TARGET_DIR", "target/ebpf-clippy"),
+        )?;
+    }
+    step("unit tests");
+    exec(cargo(env).args(["test", "-p", "agent", "-p", "agent-common", "-p", "xtask"]))?;
+    step("integration tests (real kernel, network namespaces)");
+    exec(cargo(env).args(["test", "-p", "tests"]))?;
+    step("checking that no namespace, cgroup or pin was left behind");
+    check_leftovers()?;
+    eprintln!("all tests passed in {:.1?}", started.elapsed());
+    Ok(())
+}
+
+fn check_leftovers() -> anyhow::Result<()> {
+    let mut left = Vec::new();
+    if let Ok(out) = Command::new("ip").args(["netns", "list"]).output() {
+        left.extend(
+            String::from_utf8_lossy(&out.stdout)
+                .lines()
+                .filter(|l| l.starts_with("shunt-"))
+                .map(|l| format!("netns {l}")),
+        );
+    }
+    for dir in ["/sys/fs/cgroup/unified", "/sys/fs/cgroup", "/run"] {
+        if let Ok(rd) = fs::read_dir(dir) {
+            left.extend(
+                rd.filter_map(Result::ok)
+                    .map(|e| e.path())
+                    .filter(|p| {
+                        p.file_name()
+                            .and_then(|n| n.to_str())
+                            .is_some_and(|n| n.starts_with("shunt-test-"))
+                    })
+                    .map(|p| p.display().to_string()),
+            );
+        }
+    }
+    if Path::new("/proc/self/mounts").exists() {
+        let mounts = fs::read_to_string("/proc/self/mounts").unwrap_or_default();
+        left.extend(
+            mounts
+                .lines()
+                .filter(|l| l.contains("/shunt-test-"))
+                .map(|l| format!("mount {l}")),
+        );
+    }
+    if !left.is_empty() {
+        bail!("tests left state behind:\n  {}", left.join("\n  "));
+    }
+    Ok(())
+}
