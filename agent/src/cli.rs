@@ -43,6 +43,14 @@ pub struct RunArgs {
     #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:9464")]
     pub admin_addr: SocketAddr,
 
+    /// Routes file (YAML: services, sandbox pods and SandboxRoutes), hot-reloaded on change.
+    #[arg(long, value_name = "FILE")]
+    pub routes: Option<PathBuf>,
+
+    /// How often the routes file is checked for changes.
+    #[arg(long, value_name = "DURATION", default_value = "500ms", value_parser = parse_duration)]
+    pub routes_poll_interval: Duration,
+
     /// Steer this destination to the proxy (repeatable). Route sources add their own.
     #[arg(long, value_name = "IP:PORT")]
     pub steer: Vec<SocketAddr>,
@@ -63,6 +71,40 @@ pub struct RunArgs {
     /// Upstream connect timeout.
     #[arg(long, value_name = "DURATION", default_value = "5s", value_parser = parse_duration)]
     pub connect_timeout: Duration,
+
+    /// Time a client has to send a request's headers (HTTP/1.1); slower clients get a 408.
+    #[arg(long, value_name = "DURATION", default_value = "10s", value_parser = parse_duration)]
+    pub header_read_timeout: Duration,
+
+    /// Idle timeout of pooled upstream connections and of HTTP/2 keep-alive.
+    #[arg(long, value_name = "DURATION", default_value = "60s", value_parser = parse_duration)]
+    pub idle_timeout: Duration,
+
+    /// How long to wait for a client's first bytes before treating the connection as opaque
+    /// (server-speaks-first protocols send nothing).
+    #[arg(long, value_name = "DURATION", default_value = "500ms", value_parser = parse_duration)]
+    pub detect_timeout: Duration,
+
+    /// Largest request header block accepted (bigger gets 431).
+    #[arg(long, value_name = "BYTES", default_value_t = 65_536)]
+    pub max_header_bytes: usize,
+
+    /// Most request headers accepted (more gets 431).
+    #[arg(long, value_name = "N", default_value_t = 128)]
+    pub max_headers: usize,
+
+    /// Extra header carrying the routing key (repeatable), read after the standard ones
+    /// (baggage, tracestate, uberctx-sd-routing-key, ot-baggage-sd-routing-key).
+    #[arg(long, value_name = "NAME")]
+    pub key_header: Vec<String>,
+
+    /// Routing decisions kept for `/decisions`.
+    #[arg(long, value_name = "N", default_value_t = 4096)]
+    pub decision_log_size: usize,
+
+    /// How often the watchdog checks that the proxy accepts; a wedged proxy fails open.
+    #[arg(long, value_name = "DURATION", default_value = "1s", value_parser = parse_duration)]
+    pub watchdog_interval: Duration,
 
     /// Maximum concurrent proxied connections; further clients wait in the accept queue.
     #[arg(long, value_name = "N", default_value_t = 16_384)]

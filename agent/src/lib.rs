@@ -7,4 +7,7 @@ pub mod capture;
 pub mod cli;
 pub mod metrics;
 pub mod proxy;
+pub mod routes;
 pub mod run;
+pub mod steering;
+pub mod watchdog;

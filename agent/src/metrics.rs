@@ -3,16 +3,30 @@ use std::sync::Arc;
 
 use prometheus_client::{
     collector::Collector,
-    encoding::{DescriptorEncoder, EncodeMetric},
-    metrics::counter::{ConstCounter, Counter},
+    encoding::{DescriptorEncoder, EncodeLabelSet, EncodeMetric},
+    metrics::{
+        counter::{ConstCounter, Counter},
+        family::Family,
+        histogram::{Histogram, exponential_buckets},
+    },
     registry::Registry,
 };
 
-use crate::capture::CaptureStats;
+use crate::{capture::CaptureStats, proxy::decision::DecisionKind};
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct RequestLabels {
+    decision: &'static str,
+    reason: &'static str,
+}
 
 /// The agent's own counters.
-#[derive(Default)]
 pub struct Metrics {
+    requests: Family<RequestLabels, Counter>,
+    request_duration: Histogram,
+    table_reloads: Counter,
+    table_reload_errors: Counter,
+    watchdog_trips: Counter,
     connections_accepted: Counter,
     orig_dst_misses: Counter,
     upstream_connect_errors: Counter,
@@ -22,7 +36,43 @@ pub struct Metrics {
 impl Metrics {
     /// Creates the metrics and registers them (and, if given, the capture programs' counters).
     pub fn register(registry: &mut Registry, capture: Option<Arc<CaptureStats>>) -> Arc<Self> {
-        let m = Arc::new(Self::default());
+        let m = Arc::new(Self {
+            requests: Family::default(),
+            // 50 µs .. ~26 s
+            request_duration: Histogram::new(exponential_buckets(0.000_05, 2.0, 20)),
+            table_reloads: Counter::default(),
+            table_reload_errors: Counter::default(),
+            watchdog_trips: Counter::default(),
+            connections_accepted: Counter::default(),
+            orig_dst_misses: Counter::default(),
+            upstream_connect_errors: Counter::default(),
+            steer_insert_failures: Counter::default(),
+        });
+        registry.register(
+            "shunt_requests",
+            "Requests (and opaque connections) by routing decision and reason",
+            m.requests.clone(),
+        );
+        registry.register(
+            "shunt_request_duration_seconds",
+            "Time from a request's arrival at the proxy to its response headers",
+            m.request_duration.clone(),
+        );
+        registry.register(
+            "shunt_route_table_reloads",
+            "Route tables applied",
+            m.table_reloads.clone(),
+        );
+        registry.register(
+            "shunt_route_table_reload_errors",
+            "Route table updates rejected (the last good table was kept)",
+            m.table_reload_errors.clone(),
+        );
+        registry.register(
+            "shunt_watchdog_trips",
+            "Times the watchdog found the proxy not accepting and cleared STEERED",
+            m.watchdog_trips.clone(),
+        );
         registry.register(
             "shunt_proxy_connections_accepted",
             "Connections accepted by the node proxy",
@@ -49,6 +99,24 @@ impl Metrics {
         m
     }
 
+    /// One routed request (or opaque connection).
+    pub fn request(&self, kind: DecisionKind, reason: &'static str, latency: Option<std::time::Duration>) {
+        self.requests
+            .get_or_create(&RequestLabels { decision: kind.as_str(), reason })
+            .inc();
+        if let Some(l) = latency {
+            self.request_duration.observe(l.as_secs_f64());
+        }
+    }
+    pub fn table_reloaded(&self) {
+        self.table_reloads.inc();
+    }
+    pub fn table_reload_error(&self) {
+        self.table_reload_errors.inc();
+    }
+    pub fn watchdog_tripped(&self) {
+        self.watchdog_trips.inc();
+    }
     pub fn accepted(&self) {
         self.connections_accepted.inc();
     }

@@ -1,7 +1,16 @@
-//! `shunt run`: wires capture, the node proxy and the admin API together.
-use std::{collections::BTreeMap, sync::Arc, sync::atomic::Ordering};
+//! `shunt run`: wires capture, route sync, the node proxy, the watchdog and the admin API.
+use std::{
+    collections::BTreeMap,
+    os::fd::AsFd as _,
+    sync::{
+        Arc,
+        atomic::{AtomicBool, AtomicU64, Ordering},
+    },
+    time::Duration,
+};
 
 use anyhow::Context as _;
+use arc_swap::ArcSwap;
 use prometheus_client::registry::Registry;
 use tokio::{net::TcpListener, signal::unix::SignalKind};
 use tokio_util::sync::CancellationToken;
@@ -11,7 +20,15 @@ use crate::{
     capture::{self, Capture, CaptureConfig},
     cli::RunArgs,
     metrics::Metrics,
-    proxy::{self, OrigDstLookup},
+    proxy::{
+        self, OrigDstLookup, ProxyShared,
+        decision_log::DecisionLog,
+        key::{KeyExtractor, KeySources},
+        upstream::Upstreams,
+    },
+    routes::{ClusterState, RouteTable, file::RoutesFileWatcher},
+    steering::Steering,
+    watchdog::Watchdog,
 };
 
 pub fn run(args: RunArgs) -> anyhow::Result<()> {
@@ -22,22 +39,38 @@ pub fn run(args: RunArgs) -> anyhow::Result<()> {
         .block_on(run_async(args))
 }
 
-async fn run_async(args: RunArgs) -> anyhow::Result<()> {
-    // Listen before capturing, so a redirected connection never meets a closed port.
-    let listener4 = TcpListener::bind(args.proxy_addr)
+async fn bind(addr: std::net::SocketAddr, flag: &str) -> anyhow::Result<TcpListener> {
+    TcpListener::bind(addr)
         .await
-        .with_context(|| format!("binding the proxy on --proxy-addr {}", args.proxy_addr))?;
-    let listener6 = match args.proxy_addr6 {
-        Some(a) => Some(
-            TcpListener::bind(a)
-                .await
-                .with_context(|| format!("binding the proxy on --proxy-addr6 {a}"))?,
+        .with_context(|| format!("binding {flag} {addr}"))
+}
+
+async fn run_async(args: RunArgs) -> anyhow::Result<()> {
+    let key_headers = args
+        .key_header
+        .iter()
+        .map(|h| {
+            hyper::header::HeaderName::from_bytes(h.as_bytes())
+                .with_context(|| format!("--key-header {h:?}: not a valid header name"))
+        })
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    // Load the routes before touching the kernel: a bad file is a startup error, with its line.
+    let routes_watch = match &args.routes {
+        Some(path) => Some(
+            RoutesFileWatcher::new(path, args.routes_poll_interval)
+                .spawn()
+                .map_err(|e| anyhow::anyhow!("{e}"))?,
         ),
         None => None,
     };
-    let admin_listener = admin::bind(args.admin_addr)
-        .await
-        .with_context(|| format!("binding the admin API on --admin-addr {}", args.admin_addr))?;
+
+    // Listen before capturing, so a redirected connection never meets a closed port.
+    let listener4 = bind(args.proxy_addr, "--proxy-addr").await?;
+    let listener6 = match args.proxy_addr6 {
+        Some(a) => Some(bind(a, "--proxy-addr6").await?),
+        None => None,
+    };
+    let admin_listener = bind(args.admin_addr, "--admin-addr").await?;
 
     let cfg = CaptureConfig {
         cgroup: args.cgroup.clone(),
@@ -50,64 +83,132 @@ async fn run_async(args: RunArgs) -> anyhow::Result<()> {
         steered_max_entries: args.steered_max_entries,
         orig_max_entries: args.orig_max_entries,
     };
-    let (mut attach_guard, mut steered, orig_dst, stats) = Capture::attach(&cfg)?.into_parts();
+    let (mut attach_guard, steered, orig_dst, stats) = Capture::attach(&cfg)?.into_parts();
     attach_guard.forward_logs();
 
     let mut registry = Registry::default();
     let metrics = Metrics::register(&mut registry, Some(Arc::new(stats)));
-    let admin_state = AdminState::new(registry);
+    let table = Arc::new(ArcSwap::from_pointee(RouteTable::default()));
+    let log = Arc::new(DecisionLog::new(args.decision_log_size));
+    let admin_state = AdminState::new(registry, table.clone(), log.clone());
+    let steering = Arc::new(Steering::new(steered));
 
-    // A restarted agent finds its previous entries pinned: make the map exactly the desired set.
-    let desired: BTreeMap<_, _> = args.steer.iter().map(|d| (*d, 0u32)).collect();
-    let report = steered.sync(&desired);
-    for (dst, err) in &report.failed {
-        tracing::error!(%dst, error = %err, "could not steer destination; it stays direct");
-    }
-    metrics.steer_insert_failed(report.failed.len() as u64);
-    tracing::info!(
-        added = report.added,
-        removed = report.removed,
-        unchanged = report.unchanged,
-        cgroup = %args.cgroup.display(),
-        proxy = %args.proxy_addr,
-        "capture attached"
-    );
+    // --steer destinations are steered whatever the routes say (service id 0).
+    let extra: BTreeMap<_, _> = args.steer.iter().map(|d| (*d, 0u32)).collect();
+    let apply = {
+        let (table, steering, metrics, extra) =
+            (table.clone(), steering.clone(), metrics.clone(), extra.clone());
+        move |state: &ClusterState| {
+            let (new, statuses) = RouteTable::compute(state, jiff::Timestamp::now());
+            for s in statuses.iter().filter(|s| !s.ready) {
+                tracing::warn!(route = %format!("{}/{}", s.namespace, s.name),
+                    reason = s.reason.as_str(), message = %s.message, "route not ready");
+            }
+            let mut desired = new.steered().clone();
+            desired.extend(extra.iter().map(|(k, v)| (*k, *v)));
+            // The proxy learns the routes before capture sends it the traffic.
+            table.store(Arc::new(new));
+            if let Some(r) = steering.apply(desired, &metrics) {
+                tracing::info!(added = r.added, removed = r.removed, unchanged = r.unchanged,
+                    failed = r.failed.len(), "route table applied");
+            }
+            metrics.table_reloaded();
+        }
+    };
+    // A restarted agent finds its previous entries pinned: the first apply makes the map exactly
+    // the desired set.
+    let initial = routes_watch
+        .as_ref()
+        .map(|w| w.states.borrow().clone())
+        .unwrap_or_default();
+    apply(&initial);
 
     let shutdown = CancellationToken::new();
     let lookup: Arc<dyn OrigDstLookup> = Arc::new(orig_dst);
-    let pcfg = proxy::ProxyConfig {
-        connect_timeout: args.connect_timeout,
-        max_connections: args.max_connections,
-    };
+    let heartbeat = Arc::new(AtomicU64::new(0));
+    let shared = Arc::new(ProxyShared {
+        cfg: proxy::ProxyConfig {
+            connect_timeout: args.connect_timeout,
+            header_read_timeout: args.header_read_timeout,
+            idle_timeout: args.idle_timeout,
+            detect_timeout: args.detect_timeout,
+            max_connections: args.max_connections,
+            max_header_bytes: args.max_header_bytes,
+            max_headers: args.max_headers,
+        },
+        keys: KeyExtractor::new(KeySources::with_headers(key_headers)),
+        table: table.clone(),
+        upstreams: Upstreams::new(args.connect_timeout, args.idle_timeout),
+        log,
+        metrics: metrics.clone(),
+        lookup,
+        shutdown: shutdown.clone(),
+        heartbeat: heartbeat.clone(),
+    });
+
+    let watchdog_stop = Arc::new(AtomicBool::new(false));
+    let listener_fds = std::iter::once(&listener4)
+        .chain(listener6.as_ref())
+        .map(|l| l.as_fd().try_clone_to_owned())
+        .collect::<Result<Vec<_>, _>>()
+        .context("duplicating the proxy listeners for the watchdog")?;
+    let watchdog = Watchdog {
+        listeners: listener_fds,
+        heartbeat,
+        interval: args.watchdog_interval,
+        steering: steering.clone(),
+        metrics: metrics.clone(),
+        stop: watchdog_stop.clone(),
+    }
+    .spawn()
+    .context("starting the watchdog")?;
+
     let mut tasks = tokio::task::JoinSet::new();
     for l in std::iter::once(listener4).chain(listener6) {
-        tasks.spawn(proxy::serve(
-            l,
-            lookup.clone(),
-            pcfg.clone(),
-            metrics.clone(),
-            shutdown.clone(),
-            args.shutdown_grace,
-        ));
+        tasks.spawn(proxy::serve(l, shared.clone(), args.shutdown_grace));
     }
+    let route_sync = routes_watch.map(|mut w| {
+        let metrics = metrics.clone();
+        tokio::spawn(async move {
+            let mut rejected = w.stats.rejected();
+            loop {
+                tokio::select! {
+                    changed = w.states.changed() => {
+                        if changed.is_err() { return; }
+                        let state = w.states.borrow_and_update().clone();
+                        apply(&state);
+                    }
+                    _ = tokio::time::sleep(Duration::from_millis(200)) => {}
+                }
+                // Count rejected versions of the file as they happen.
+                let now = w.stats.rejected();
+                for _ in rejected..now {
+                    metrics.table_reload_error();
+                }
+                rejected = now;
+            }
+        })
+    });
     let admin_shutdown = CancellationToken::new();
-    let admin_task = tokio::spawn(admin::serve(
-        admin_listener,
-        admin_state.clone(),
-        admin_shutdown.clone(),
-    ));
+    let admin_task = tokio::spawn(admin::serve(admin_listener, admin_state.clone(), admin_shutdown.clone()));
     admin_state.ready.store(true, Ordering::Relaxed);
+    tracing::info!(cgroup = %args.cgroup.display(), proxy = %args.proxy_addr, "shunt running");
 
-    let mut term =
-        tokio::signal::unix::signal(SignalKind::terminate()).context("SIGTERM handler")?;
+    let mut term = tokio::signal::unix::signal(SignalKind::terminate()).context("SIGTERM handler")?;
     let mut int = tokio::signal::unix::signal(SignalKind::interrupt()).context("SIGINT handler")?;
     tokio::select! {
         _ = term.recv() => tracing::info!("SIGTERM: failing open, then draining"),
         _ = int.recv() => tracing::info!("SIGINT: failing open, then draining"),
     }
-    // Fail open first: new connections go direct while in-flight ones drain.
+    // Fail open first: new connections go direct while in-flight ones drain. The watchdog stops
+    // first so it cannot restore steering behind our back.
     admin_state.ready.store(false, Ordering::Relaxed);
-    let cleared = steered.clear();
+    watchdog_stop.store(true, Ordering::Relaxed);
+    let _ = tokio::task::spawn_blocking(move || watchdog.join()).await;
+    if let Some(t) = route_sync {
+        t.abort();
+    }
+    let cleared = steering.suspend();
     tracing::info!(cleared, "cleared STEERED");
     shutdown.cancel();
     while tasks.join_next().await.is_some() {}

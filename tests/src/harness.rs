@@ -150,8 +150,17 @@ impl Env {
         agent
     }
 
+    /// Runs netpeer in pod `pod` (captured) and returns its JSON lines.
+    pub fn peer(&self, pod: usize, args: &[&str]) -> Vec<serde_json::Value> {
+        self.client_lines(pod, true, args)
+    }
+
     /// Runs netpeer in pod `pod`, inside the captured cgroup when `captured`.
     pub fn client(&self, pod: usize, captured: bool, args: &[&str]) -> Vec<ClientLine> {
+        self.client_lines(pod, captured, args)
+    }
+
+    fn client_lines<T: serde::de::DeserializeOwned>(&self, pod: usize, captured: bool, args: &[&str]) -> Vec<T> {
         let mut cmd = Command::new(&self.bins.netpeer);
         cmd.args(args).stdout(Stdio::piped()).stderr(Stdio::piped());
         let cg = captured.then(|| self.cgroup.path());
@@ -175,6 +184,19 @@ impl ClientLine {
         self.reply
             .as_ref()
             .unwrap_or_else(|| panic!("client failed: {:?}", self.error))
+    }
+}
+
+impl Env {
+    /// One plain HTTP GET from pod 0 (captured) to `dst`; returns the peer address the backend
+    /// saw (the client pod's when direct, the node's when proxied), or the error text.
+    pub fn client_http_peer(&self, dst: SocketAddr) -> String {
+        let lines: Vec<serde_json::Value> =
+            self.client_lines(0, true, &["http", &dst.to_string(), r#"[{"path":"/"}]"#]);
+        lines
+            .first()
+            .and_then(|l| l["served"]["peer"].as_str().map(str::to_string))
+            .unwrap_or_else(|| format!("error: {lines:?}"))
     }
 }
 

@@ -1,4 +1,5 @@
-//! The read-only admin API: `/healthz`, `/readyz`, `/metrics`.
+//! The read-only admin API: `/healthz`, `/readyz`, `/metrics`, `/routes` (the current table) and
+//! `/decisions?key=K&since=UNIX_MS` (recent routing decisions with their reasons).
 use std::{
     convert::Infallible,
     net::SocketAddr,
@@ -12,7 +13,10 @@ use bytes::Bytes;
 use http_body_util::Full;
 use hyper::{Request, Response, StatusCode, body::Incoming, service::service_fn};
 use hyper_util::rt::{TokioExecutor, TokioIo};
+use arc_swap::ArcSwap;
 use prometheus_client::registry::Registry;
+
+use crate::{proxy::decision_log::DecisionLog, routes::RouteTable};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
@@ -21,13 +25,21 @@ pub struct AdminState {
     pub registry: Registry,
     /// Set once capture is attached and the proxy listens.
     pub ready: AtomicBool,
+    pub table: Arc<ArcSwap<RouteTable>>,
+    pub log: Arc<DecisionLog>,
 }
 
 impl AdminState {
-    pub fn new(registry: Registry) -> Arc<Self> {
+    pub fn new(
+        registry: Registry,
+        table: Arc<ArcSwap<RouteTable>>,
+        log: Arc<DecisionLog>,
+    ) -> Arc<Self> {
         Arc::new(Self {
             registry,
             ready: AtomicBool::new(false),
+            table,
+            log,
         })
     }
 }
@@ -57,6 +69,24 @@ fn route(state: &AdminState, req: Request<Incoming>) -> Response<Full<Bytes>> {
         "/healthz" => text(StatusCode::OK, "ok\n".into()),
         "/readyz" if state.ready.load(Ordering::Relaxed) => text(StatusCode::OK, "ready\n".into()),
         "/readyz" => text(StatusCode::SERVICE_UNAVAILABLE, "not ready\n".into()),
+        "/routes" => json(&state.table.load().routes()),
+        "/decisions" => {
+            let mut key = None;
+            let mut since = None;
+            for (k, v) in form_urlencoded::parse(req.uri().query().unwrap_or("").as_bytes()) {
+                match &*k {
+                    "key" => key = Some(v.into_owned()),
+                    "since" => match v.parse::<u64>() {
+                        Ok(ms) => since = Some(std::time::UNIX_EPOCH + std::time::Duration::from_millis(ms)),
+                        Err(_) => {
+                            return text(StatusCode::BAD_REQUEST, "since: expected unix milliseconds\n".into());
+                        }
+                    },
+                    _ => {}
+                }
+            }
+            json(&state.log.query(key.as_deref(), since))
+        }
         "/metrics" => {
             let mut out = String::new();
             match prometheus_client::encoding::text::encode(&mut out, &state.registry) {
@@ -77,6 +107,21 @@ fn route(state: &AdminState, req: Request<Incoming>) -> Response<Full<Bytes>> {
             }
         }
         _ => text(StatusCode::NOT_FOUND, "not found\n".into()),
+    }
+}
+
+fn json<T: serde::Serialize>(value: &T) -> Response<Full<Bytes>> {
+    match serde_json::to_string_pretty(value) {
+        Ok(mut body) => {
+            body.push('\n');
+            let mut r = text(StatusCode::OK, body);
+            r.headers_mut().insert(
+                hyper::header::CONTENT_TYPE,
+                hyper::header::HeaderValue::from_static("application/json"),
+            );
+            r
+        }
+        Err(e) => text(StatusCode::INTERNAL_SERVER_ERROR, format!("encoding: {e}\n")),
     }
 }
 

@@ -9,11 +9,17 @@ use std::{
 use serde_json::json;
 use tests::backends::Reply;
 
+mod grpc;
+mod http;
+mod load;
+
 const TIMEOUT: Duration = Duration::from_secs(5);
 
 fn main() -> anyhow::Result<()> {
     let args: Vec<String> = std::env::args().collect();
-    let usage = "usage: netpeer tcp ADDR[,ADDR...] [COUNT] [--parallel] | udp ADDR";
+    let usage = "usage: netpeer tcp ADDR[,ADDR...] [COUNT] [--parallel] | udp ADDR \
+                 | http ADDR [--h2] [--concurrent] REQUESTS_JSON | ws ADDR HEADERS_JSON MESSAGE \
+                 | raw ADDR SEND [--stall-ms N]";
     let mode = args.get(1).ok_or_else(|| anyhow::anyhow!(usage))?;
     let addrs: Vec<SocketAddr> = args
         .get(2)
@@ -38,6 +44,11 @@ fn main() -> anyhow::Result<()> {
                 Ok(())
             }
         }
+        "http" => http::run(addr, &args[3..]),
+        "ws" => http::websocket(addr, &args[3..]),
+        "grpc" => grpc::run(addr, &args[3..]),
+        "load" => load::run(addr, &args[3..]),
+        "raw" => raw(addr, &args[3..]),
         "udp" => {
             let sock = UdpSocket::bind(if addr.is_ipv4() {
                 "0.0.0.0:0"
@@ -58,6 +69,37 @@ fn main() -> anyhow::Result<()> {
         }
         _ => anyhow::bail!(usage),
     }
+}
+
+/// Sends raw bytes, optionally stalls, and prints whatever comes back until the server closes
+/// (or 10 s pass).
+fn raw(addr: SocketAddr, args: &[String]) -> anyhow::Result<()> {
+    use std::io::Read as _;
+    let send = args.first().ok_or_else(|| anyhow::anyhow!("raw: what to send"))?;
+    let send = send.replace("\\r", "\r").replace("\\n", "\n");
+    let stall: u64 = args
+        .iter()
+        .position(|a| a == "--stall-ms")
+        .and_then(|i| args.get(i + 1))
+        .map(|v| v.parse())
+        .transpose()?
+        .unwrap_or(0);
+    let mut conn = TcpStream::connect_timeout(&addr, TIMEOUT)?;
+    conn.set_read_timeout(Some(Duration::from_secs(10)))?;
+    conn.write_all(send.as_bytes())?;
+    std::thread::sleep(Duration::from_millis(stall));
+    let started = std::time::Instant::now();
+    let mut buf = Vec::new();
+    let result = conn.read_to_end(&mut buf);
+    println!(
+        "{}",
+        json!({
+            "response": String::from_utf8_lossy(&buf),
+            "closed": result.is_ok(),
+            "after_ms": started.elapsed().as_millis() as u64,
+        })
+    );
+    Ok(())
 }
 
 fn tcp_once(addr: SocketAddr, i: usize) -> anyhow::Result<serde_json::Value> {

@@ -1,0 +1,407 @@
+//! Routing-key extraction: which sandbox key, if any, a request carries.
+//!
+//! Keys normally travel as W3C baggage (`baggage: sd-routing-key=pr-42`), which tracing
+//! middleware propagates from service to service. The other sources cover tracers that carry
+//! baggage differently (Jaeger's `uberctx-*`, OpenTracing's `ot-baggage-*`), vendors that only
+//! pass `tracestate`, explicit headers, and a query parameter for the first hop from a browser.
+//!
+//! Everything here reads attacker-controlled bytes: it works on raw header bytes (no UTF-8
+//! assumption), never panics, and does linear work in the size of the input.
+use std::{borrow::Cow, fmt};
+
+use http::{HeaderMap, HeaderName, HeaderValue, Uri, uri::PathAndQuery};
+use percent_encoding::percent_decode;
+
+use crate::routes::{KeyError, RoutingKey};
+
+/// The baggage/tracestate member name, and the query parameter name.
+pub const MEMBER: &str = "sd-routing-key";
+
+const BAGGAGE: HeaderName = HeaderName::from_static("baggage");
+const TRACESTATE: HeaderName = HeaderName::from_static("tracestate");
+const UBERCTX: HeaderName = HeaderName::from_static("uberctx-sd-routing-key");
+const OT_BAGGAGE: HeaderName = HeaderName::from_static("ot-baggage-sd-routing-key");
+
+/// Longest raw value kept in an [`InvalidKey`] report, in characters.
+const RAW_MAX: usize = 80;
+
+/// Where a key was found.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub enum KeySource {
+    /// No key was found.
+    None,
+    /// W3C `baggage` member `sd-routing-key` (percent-decoded).
+    Baggage,
+    /// W3C `tracestate` member `sd-routing-key`.
+    TraceState,
+    /// Jaeger baggage header `uberctx-sd-routing-key` (percent-decoded).
+    UberCtx,
+    /// OpenTracing baggage header `ot-baggage-sd-routing-key` (percent-decoded).
+    OtBaggage,
+    /// A configured header, taken literally.
+    Header(HeaderName),
+    /// The `sd-routing-key` query parameter (percent-decoded).
+    Query,
+}
+
+impl KeySource {
+    pub fn as_str(&self) -> &str {
+        match self {
+            KeySource::None => "none",
+            KeySource::Baggage => "baggage",
+            KeySource::TraceState => "tracestate",
+            KeySource::UberCtx => "uberctx-sd-routing-key",
+            KeySource::OtBaggage => "ot-baggage-sd-routing-key",
+            KeySource::Header(h) => h.as_str(),
+            KeySource::Query => "query",
+        }
+    }
+}
+
+impl fmt::Display for KeySource {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// The sources to read, in priority order.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct KeySources {
+    pub order: Vec<KeySource>,
+}
+
+impl Default for KeySources {
+    /// baggage, tracestate, `uberctx-sd-routing-key`, `ot-baggage-sd-routing-key`, query.
+    fn default() -> Self {
+        Self {
+            order: vec![
+                KeySource::Baggage,
+                KeySource::TraceState,
+                KeySource::UberCtx,
+                KeySource::OtBaggage,
+                KeySource::Query,
+            ],
+        }
+    }
+}
+
+impl KeySources {
+    /// The defaults with extra header names, tried after the tracing headers and before the
+    /// query parameter.
+    pub fn with_headers(headers: impl IntoIterator<Item = HeaderName>) -> Self {
+        let mut s = Self::default();
+        let at = s.order.len() - 1;
+        s.order
+            .splice(at..at, headers.into_iter().map(KeySource::Header));
+        s
+    }
+}
+
+/// A key that was present but malformed. It counts as no key; this report lets the caller log
+/// it once per connection.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct InvalidKey {
+    pub source: KeySource,
+    /// The value (decoded where the source is), at most 80 characters, control characters
+    /// replaced: it is client input headed for logs.
+    pub raw: String,
+    pub error: KeyError,
+}
+
+/// The result of [`KeyExtractor::extract`].
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Extracted {
+    pub key: Option<RoutingKey>,
+    /// Where `key` came from ([`KeySource::None`] without a key).
+    pub source: KeySource,
+    /// The first malformed key met, whether or not a valid one was found after it.
+    pub invalid: Option<InvalidKey>,
+}
+
+/// Reads routing keys from requests.
+#[derive(Clone, Debug, Default)]
+pub struct KeyExtractor {
+    sources: Vec<KeySource>,
+}
+
+impl KeyExtractor {
+    pub fn new(config: KeySources) -> Self {
+        Self {
+            sources: config.order,
+        }
+    }
+
+    pub fn sources(&self) -> &[KeySource] {
+        &self.sources
+    }
+
+    /// The first valid key in source order. A malformed key counts as absent, so a later
+    /// source can still supply one: a key is useful wherever it is, and one mangled hop should
+    /// not hide it.
+    pub fn extract(&self, headers: &HeaderMap, uri: &Uri) -> Extracted {
+        let mut invalid = None;
+        for source in &self.sources {
+            let mut seen = Seen {
+                source,
+                invalid: &mut invalid,
+            };
+            let key = match source {
+                KeySource::None => None,
+                KeySource::Baggage => headers
+                    .get_all(BAGGAGE)
+                    .iter()
+                    .find_map(|v| baggage_member(v.as_bytes(), &mut seen)),
+                KeySource::TraceState => headers
+                    .get_all(TRACESTATE)
+                    .iter()
+                    .find_map(|v| tracestate_member(v.as_bytes(), &mut seen)),
+                KeySource::UberCtx => single_header(headers, &UBERCTX, true, &mut seen),
+                KeySource::OtBaggage => single_header(headers, &OT_BAGGAGE, true, &mut seen),
+                KeySource::Header(name) => single_header(headers, name, false, &mut seen),
+                KeySource::Query => uri.query().and_then(|q| query_param(q, &mut seen)),
+            };
+            if let Some(key) = key {
+                return Extracted {
+                    key: Some(key),
+                    source: source.clone(),
+                    invalid,
+                };
+            }
+        }
+        Extracted {
+            key: None,
+            source: KeySource::None,
+            invalid,
+        }
+    }
+}
+
+/// Validation of candidate values, remembering the first malformed one.
+struct Seen<'a> {
+    source: &'a KeySource,
+    invalid: &'a mut Option<InvalidKey>,
+}
+
+impl Seen<'_> {
+    fn consider(&mut self, value: &[u8], decode: bool) -> Option<RoutingKey> {
+        let value = trim(value);
+        let value: Cow<'_, [u8]> = if decode {
+            percent_decode(value).into()
+        } else {
+            value.into()
+        };
+        match RoutingKey::parse_bytes(&value) {
+            Ok(k) => Some(k),
+            Err(error) => {
+                if self.invalid.is_none() {
+                    *self.invalid = Some(InvalidKey {
+                        source: self.source.clone(),
+                        raw: printable(&value),
+                        error,
+                    });
+                }
+                None
+            }
+        }
+    }
+}
+
+/// Optional whitespace (space and tab) trimmed from both ends, as HTTP and W3C lists allow.
+fn trim(b: &[u8]) -> &[u8] {
+    let is_ows = |c: &u8| *c == b' ' || *c == b'\t';
+    let start = b.iter().position(|c| !is_ows(c)).unwrap_or(b.len());
+    let end = b.iter().rposition(|c| !is_ows(c)).map_or(start, |e| e + 1);
+    b.get(start..end).unwrap_or_default()
+}
+
+/// `bytes` as text safe to log: lossy UTF-8, control characters replaced, truncated.
+fn printable(bytes: &[u8]) -> String {
+    String::from_utf8_lossy(bytes)
+        .chars()
+        .take(RAW_MAX)
+        .map(|c| if c.is_control() { '\u{FFFD}' } else { c })
+        .collect()
+}
+
+/// `key = value` split at the first `=`, both sides trimmed; `None` for a member without `=`.
+fn split_member(member: &[u8]) -> Option<(&[u8], &[u8])> {
+    let eq = member.iter().position(|c| *c == b'=')?;
+    Some((trim(&member[..eq]), trim(&member[eq + 1..])))
+}
+
+/// The (raw) value of a baggage list member if it is `sd-routing-key`.
+fn our_baggage_value(member: &[u8]) -> Option<&[u8]> {
+    // Properties (`;prop=x`) qualify a member; they are not part of its value.
+    let kv = member.split(|c| *c == b';').next().unwrap_or_default();
+    let (k, v) = split_member(kv)?;
+    (k == MEMBER.as_bytes()).then_some(v)
+}
+
+/// The `sd-routing-key` member of one W3C baggage header value.
+///
+/// `baggage = list-member *( OWS "," OWS list-member )`,
+/// `list-member = key OWS "=" OWS value *( OWS ";" OWS property )`, values percent-encoded.
+/// Malformed members are skipped, not fatal: baggage is shared by every vendor on the path, and
+/// one bad member must not hide ours.
+fn baggage_member(value: &[u8], seen: &mut Seen<'_>) -> Option<RoutingKey> {
+    value
+        .split(|c| *c == b',')
+        .filter_map(our_baggage_value)
+        .find_map(|v| seen.consider(v, true))
+}
+
+/// The `sd-routing-key` member of one W3C tracestate header value (`key=value` list, values
+/// are not encoded).
+fn tracestate_member(value: &[u8], seen: &mut Seen<'_>) -> Option<RoutingKey> {
+    value.split(|c| *c == b',').find_map(|member| {
+        let (k, v) = split_member(member)?;
+        (k == MEMBER.as_bytes())
+            .then(|| seen.consider(v, false))
+            .flatten()
+    })
+}
+
+/// A header whose whole value is the key. Repeated headers, or one whose copies an
+/// intermediary joined with commas (RFC 9110 §5.3), give several candidates: the first valid
+/// one wins.
+fn single_header(
+    headers: &HeaderMap,
+    name: &HeaderName,
+    decode: bool,
+    seen: &mut Seen<'_>,
+) -> Option<RoutingKey> {
+    headers.get_all(name).iter().find_map(|v| {
+        let v = trim(v.as_bytes());
+        if v.is_empty() {
+            // Present but empty: report it, there is nothing else to try in this value.
+            return seen.consider(v, decode);
+        }
+        v.split(|c| *c == b',')
+            .filter(|piece| !trim(piece).is_empty())
+            .find_map(|piece| seen.consider(piece, decode))
+    })
+}
+
+/// Whether a raw (still encoded) query parameter name is `sd-routing-key`.
+fn is_key_param(name: &[u8]) -> bool {
+    name == MEMBER.as_bytes() || {
+        name.contains(&b'%') && percent_decode(name).eq(MEMBER.bytes())
+    }
+}
+
+fn query_param(query: &str, seen: &mut Seen<'_>) -> Option<RoutingKey> {
+    query.split('&').find_map(|pair| {
+        let (name, value) = pair.split_once('=').unwrap_or((pair, ""));
+        is_key_param(name.as_bytes())
+            .then(|| seen.consider(value.as_bytes(), true))
+            .flatten()
+    })
+}
+
+/// Removes every `sd-routing-key` parameter from `uri` (so the upstream sees the URL it would
+/// have without shunt) and returns the first valid key among them. Other parameters keep their
+/// bytes and order. Returns `uri` unchanged when there is no such parameter.
+pub fn strip_query_key(uri: &Uri) -> (Uri, Option<RoutingKey>) {
+    let Some(query) = uri.query() else {
+        return (uri.clone(), None);
+    };
+    let mut found = false;
+    let mut key = None;
+    let mut invalid = None;
+    let mut seen = Seen {
+        source: &KeySource::Query,
+        invalid: &mut invalid,
+    };
+    let kept: Vec<&str> = query
+        .split('&')
+        .filter(|pair| {
+            let (name, value) = pair.split_once('=').unwrap_or((pair, ""));
+            if !is_key_param(name.as_bytes()) {
+                return true;
+            }
+            found = true;
+            if key.is_none() {
+                key = seen.consider(value.as_bytes(), true);
+            }
+            false
+        })
+        .collect();
+    if !found {
+        return (uri.clone(), None);
+    }
+    let pq = if kept.is_empty() {
+        uri.path().to_owned()
+    } else {
+        format!("{}?{}", uri.path(), kept.join("&"))
+    };
+    let mut parts = uri.clone().into_parts();
+    let rebuilt = PathAndQuery::try_from(pq).ok().and_then(|pq| {
+        parts.path_and_query = Some(pq);
+        Uri::from_parts(parts).ok()
+    });
+    // Rebuilding only drops bytes from a URI that already parsed, so it cannot fail; if it ever
+    // did, forwarding the original URI is the safe choice.
+    (rebuilt.unwrap_or_else(|| uri.clone()), key)
+}
+
+/// Makes `key` travel on as baggage: appends `sd-routing-key=KEY` to the last `baggage` header
+/// (or adds one), after removing any other `sd-routing-key` member so downstream services see a
+/// single, consistent key. Returns whether the headers changed (they do not when the baggage
+/// already leads with this key).
+pub fn inject_baggage(headers: &mut HeaderMap, key: &RoutingKey) -> bool {
+    let values: Vec<HeaderValue> = headers.get_all(BAGGAGE).iter().cloned().collect();
+    let ours: Vec<&[u8]> = values
+        .iter()
+        .flat_map(|v| v.as_bytes().split(|c| *c == b','))
+        .filter_map(our_baggage_value)
+        .collect();
+    if let [only] = ours.as_slice()
+        && percent_decode(only).eq(key.as_str().bytes())
+    {
+        return false;
+    }
+
+    // Keys need no percent-encoding (see `RoutingKey`), so the member is written as is.
+    let Ok(member) = HeaderValue::from_str(&format!("{MEMBER}={key}")) else {
+        // Unreachable: a key is a valid header value by construction.
+        return false;
+    };
+    let is_ours = |m: &[u8]| our_baggage_value(m).is_some();
+    let mut rebuilt: Vec<HeaderValue> = values
+        .iter()
+        .filter_map(|v| {
+            if !v.as_bytes().split(|c| *c == b',').any(is_ours) {
+                return Some(v.clone());
+            }
+            let kept: Vec<&[u8]> = v
+                .as_bytes()
+                .split(|c| *c == b',')
+                .filter(|m| !is_ours(m))
+                .collect();
+            let joined = kept.join(&b","[..]);
+            if trim(&joined).is_empty() {
+                return None;
+            }
+            // Only whole members of a valid value were removed, so this cannot fail; keep the
+            // original if it ever did.
+            Some(HeaderValue::from_bytes(&joined).unwrap_or_else(|_| v.clone()))
+        })
+        .collect();
+    match rebuilt.pop() {
+        Some(last) => {
+            let mut b = last.as_bytes().to_vec();
+            b.push(b',');
+            b.extend_from_slice(member.as_bytes());
+            match HeaderValue::from_bytes(&b) {
+                Ok(v) => rebuilt.push(v),
+                Err(_) => rebuilt.extend([last, member]),
+            }
+        }
+        None => rebuilt.push(member),
+    }
+    headers.remove(BAGGAGE);
+    for v in rebuilt {
+        headers.append(BAGGAGE, v);
+    }
+    true
+}

@@ -1,0 +1,94 @@
+//! Upstream HTTP clients, pooled per destination. Their sockets come from the agent's own cgroup,
+//! which the capture programs exempt, so forwarding never loops back into the proxy.
+use std::{net::SocketAddr, time::Duration};
+
+use bytes::Bytes;
+use http_body_util::combinators::UnsyncBoxBody;
+use hyper::{Request, Response, Version, body::Incoming};
+use hyper_util::{
+    client::legacy::{Client, connect::HttpConnector},
+    rt::{TokioExecutor, TokioTimer},
+};
+
+/// The body type the proxy forwards: a client's streaming body, or a buffered copy of it.
+pub type ProxyBody = UnsyncBoxBody<Bytes, hyper::Error>;
+
+/// HTTP/1.1 and HTTP/2 (prior knowledge) clients; the pool key is the upstream address.
+#[derive(Clone)]
+pub struct Upstreams {
+    http1: Client<HttpConnector, ProxyBody>,
+    http2: Client<HttpConnector, ProxyBody>,
+}
+
+/// Why forwarding failed.
+#[derive(Debug, thiserror::Error)]
+pub enum UpstreamError {
+    /// No connection could be made: the request was not sent and may be retried elsewhere.
+    #[error("connecting to {0}: {1}")]
+    Connect(SocketAddr, String),
+    /// The upstream failed after the request was (maybe) sent.
+    #[error("upstream {0}: {1}")]
+    Io(SocketAddr, String),
+}
+
+impl Upstreams {
+    pub fn new(connect_timeout: Duration, idle_timeout: Duration) -> Self {
+        let mut connector = HttpConnector::new();
+        connector.set_nodelay(true);
+        connector.set_connect_timeout(Some(connect_timeout));
+        connector.enforce_http(true);
+        let http1 = Client::builder(TokioExecutor::new())
+            .pool_idle_timeout(idle_timeout)
+            .pool_timer(TokioTimer::new())
+            .timer(TokioTimer::new())
+            .build(connector.clone());
+        let http2 = Client::builder(TokioExecutor::new())
+            .pool_idle_timeout(idle_timeout)
+            .pool_timer(TokioTimer::new())
+            .timer(TokioTimer::new())
+            .http2_only(true)
+            .build(connector);
+        Self { http1, http2 }
+    }
+
+    /// Sends `req` to `upstream`, over the same HTTP version the client used.
+    pub async fn send(
+        &self,
+        upstream: SocketAddr,
+        mut req: Request<ProxyBody>,
+    ) -> Result<Response<Incoming>, UpstreamError> {
+        let pq = req
+            .uri()
+            .path_and_query()
+            .map(|p| p.as_str().to_string())
+            .unwrap_or_else(|| "/".into());
+        let uri = format!("http://{upstream}{pq}")
+            .parse()
+            .map_err(|e| UpstreamError::Io(upstream, format!("building the upstream URI: {e}")))?;
+        *req.uri_mut() = uri;
+        let client = if req.version() == Version::HTTP_2 {
+            &self.http2
+        } else {
+            *req.version_mut() = Version::HTTP_11;
+            &self.http1
+        };
+        client.request(req).await.map_err(|e| {
+            if e.is_connect() {
+                UpstreamError::Connect(upstream, error_chain(&e))
+            } else {
+                UpstreamError::Io(upstream, error_chain(&e))
+            }
+        })
+    }
+}
+
+fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut s = e.to_string();
+    let mut src = e.source();
+    while let Some(inner) = src {
+        s.push_str(": ");
+        s.push_str(&inner.to_string());
+        src = inner.source();
+    }
+    s
+}

@@ -1,0 +1,396 @@
+//! Tests of the routes file: parsing, validation messages, and reloading.
+use std::sync::atomic::AtomicUsize;
+
+use super::*;
+use crate::routes::{Reason, RouteTable, RoutingKey, SANDBOX_LABEL, service_id};
+
+const EXAMPLE: &str = r#"
+services:
+  - name: reviews
+    namespace: shop            # default: "default"
+    addresses: [10.96.0.7]     # ClusterIPs
+    ports: [{ name: http, port: 9080, targetPort: http }]
+    endpoints: [{ ip: 198.18.2.2, ports: { http: 9080 } }]
+pods:
+  - { name: reviews-v2, namespace: shop, ips: [198.18.3.2], labels: { app: reviews-v2, shunt.dev/sandbox: pr-42 }, ports: { http: 9080 } }
+routes:
+  - name: pr-42
+    namespace: shop
+    spec: { routingKey: pr-42, forks: [ { service: reviews, to: { selector: { app: reviews-v2, shunt.dev/sandbox: pr-42 } } } ], fallback: Baseline }
+"#;
+
+fn err(text: &str) -> String {
+    match parse_routes(text, "routes.yaml") {
+        Ok(s) => panic!("expected an error, got {s:?}"),
+        Err(e) => e.to_string(),
+    }
+}
+
+fn ok(text: &str) -> ClusterState {
+    match parse_routes(text, "routes.yaml") {
+        Ok(s) => s,
+        Err(e) => panic!("{e}"),
+    }
+}
+
+#[test]
+fn documented_example_parses() {
+    let s = ok(EXAMPLE);
+    assert_eq!(s.services.len(), 1);
+    let svc = &s.services[0];
+    assert_eq!((svc.namespace.as_str(), svc.name.as_str()), ("shop", "reviews"));
+    assert_eq!(svc.ports[0].target_port, TargetPort::Name("http".into()));
+    assert!(svc.endpoints[0].ready);
+    assert_eq!(svc.endpoints[0].ports["http"], 9080);
+    assert_eq!(s.pods[0].container_ports["http"], 9080);
+    assert_eq!(s.pods[0].labels[SANDBOX_LABEL], "pr-42");
+    assert_eq!(s.routes[0].spec.routing_key, "pr-42");
+    assert_eq!(s.routes[0].spec.fallback, Fallback::Baseline);
+}
+
+#[test]
+fn documented_example_routes_keyed_requests() {
+    let (t, st) = RouteTable::compute(&ok(EXAMPLE), Timestamp::UNIX_EPOCH);
+    assert_eq!(st[0].reason, Reason::EndpointsReady, "{st:?}");
+    let fork = t
+        .fork(
+            service_id("shop", "reviews"),
+            &RoutingKey::parse("pr-42").expect("key"),
+        )
+        .expect("fork");
+    assert_eq!(
+        fork.pick_sandbox(9080),
+        Some("198.18.3.2:9080".parse().expect("addr"))
+    );
+}
+
+#[test]
+fn file_spec_reads_like_the_crd_spec() {
+    let spec_yaml = "routingKey: pr-42\nforks:\n  - service: reviews\n    to: { service: reviews-pr-42 }\n    ports: [http, 9090]\nfallback: Reject\nexpiresAt: 2030-01-01T00:00:00Z\n";
+    let direct: SandboxRouteSpec = serde_saphyr::from_str(spec_yaml).expect("spec");
+    let indented: String = spec_yaml.lines().map(|l| format!("      {l}\n")).collect();
+    let file = format!("routes:\n  - name: r\n    namespace: shop\n    spec:\n{indented}");
+    assert_eq!(ok(&file).routes[0].spec, direct);
+}
+
+#[test]
+fn invalid_routing_key_points_at_its_line_and_column() {
+    let text = "routes:\n  - name: r\n    namespace: shop\n    spec:\n      routingKey: \"bad key!\"\n";
+    assert_eq!(
+        err(text),
+        "routes.yaml:5:19: routes[0].spec.routingKey: \"bad key!\" is not a valid routing key ([A-Za-z0-9._-]{1,64}): ' ' at byte 3"
+    );
+}
+
+#[test]
+fn unknown_field_is_rejected_with_its_line() {
+    let text = "services:\n  - name: a\n    adresses: [10.0.0.1]\n";
+    let e = err(text);
+    assert!(
+        e.starts_with("routes.yaml:3:5: unknown field `adresses`"),
+        "{e}"
+    );
+    let e = err("routes:\n  - name: r\n    spec: { routingKey: k, fallbak: Reject }\n");
+    assert!(e.starts_with("routes.yaml:3:"), "{e}");
+    assert!(e.contains("unknown field `fallbak`"), "{e}");
+}
+
+#[test]
+fn yaml_syntax_error_has_a_line() {
+    let e = err("services: [\n");
+    assert!(e.starts_with("routes.yaml:1:"), "{e}");
+}
+
+#[test]
+fn bad_values_are_located() {
+    assert!(
+        err("services:\n  - name: a\n    addresses: [10.0.0.300]\n").starts_with("routes.yaml:3:")
+    );
+    assert!(
+        err("routes:\n  - name: r\n    spec: { routingKey: k, fallback: baseline }\n")
+            .contains("unknown variant `baseline`")
+    );
+    assert!(
+        err("services:\n  - name: a\n    ports: [{ port: 80, targetPort: 0 }]\n")
+            .contains("port 0 is not in 1..=65535")
+    );
+    assert!(err("services:\n  - name: a\n    ports: [{ port: 0 }]\n").starts_with("routes.yaml:3:"));
+}
+
+#[test]
+fn empty_file_is_an_empty_cluster() {
+    assert_eq!(ok(""), ClusterState::default());
+    assert_eq!(ok("# nothing yet\n"), ClusterState::default());
+    assert_eq!(ok("services: []\n"), ClusterState::default());
+}
+
+#[test]
+fn defaults_apply() {
+    let s = ok("services:\n  - name: a\n    ports: [{ port: 80 }]\n    endpoints: [{ ip: 10.0.0.1 }]\npods:\n  - { name: p, ips: [10.0.0.2] }\nroutes:\n  - { name: r, spec: { routingKey: k } }\n");
+    let svc = &s.services[0];
+    assert_eq!(svc.namespace, DEFAULT_NAMESPACE);
+    assert_eq!(svc.ports[0].target_port, TargetPort::Number(80));
+    assert_eq!(svc.ports[0].name, None);
+    assert!(svc.endpoints[0].ready);
+    assert!(s.pods[0].ready);
+    assert_eq!(s.pods[0].namespace, DEFAULT_NAMESPACE);
+    assert_eq!(s.routes[0].namespace, DEFAULT_NAMESPACE);
+    assert_eq!(s.routes[0].spec.fallback, Fallback::Baseline);
+}
+
+#[test]
+fn duplicate_service_is_rejected() {
+    let e = err("services:\n  - name: a\n  - name: b\n  - name: a\n");
+    assert_eq!(
+        e,
+        "routes.yaml:4:11: services[2].name: service default/a is already defined at line 2"
+    );
+}
+
+#[test]
+fn duplicate_cluster_ip_is_rejected() {
+    let e = err("services:\n  - { name: a, addresses: [10.0.0.1] }\n  - { name: b, addresses: [10.0.0.1] }\n");
+    assert!(
+        e.starts_with("routes.yaml:3:28: services[1].addresses[0]: 10.0.0.1 is already"),
+        "{e}"
+    );
+}
+
+#[test]
+fn duplicate_key_in_a_namespace_is_rejected() {
+    let e = err("routes:\n  - { name: a, spec: { routingKey: k } }\n  - { name: b, spec: { routingKey: k } }\n  - { name: c, namespace: other, spec: { routingKey: k } }\n");
+    assert_eq!(
+        e,
+        "routes.yaml:3:36: routes[1].spec.routingKey: routing key \"k\" is already used by route default/a (line 2); keys must be unique per namespace"
+    );
+}
+
+#[test]
+fn selector_without_sandbox_label_is_rejected_with_its_line() {
+    let e = err("routes:\n  - name: r\n    spec:\n      routingKey: k\n      forks:\n        - service: reviews\n          to:\n            selector: { app: reviews }\n");
+    assert!(
+        e.starts_with("routes.yaml:8:23: routes[0].spec.forks[0].to.selector: selector must include the shunt.dev/sandbox label"),
+        "{e}"
+    );
+}
+
+#[test]
+fn cross_namespace_target_is_rejected_with_its_line() {
+    let e = err("routes:\n  - name: r\n    namespace: shop\n    spec:\n      routingKey: k\n      forks:\n        - service: reviews\n          to: { service: books/reviews-v2 }\n");
+    assert!(
+        e.starts_with("routes.yaml:8:26: routes[0].spec.forks[0].to.service: \"books/reviews-v2\" is in namespace \"books\""),
+        "{e}"
+    );
+}
+
+#[test]
+fn endpoint_ports_must_name_service_ports() {
+    let e = err("services:\n  - name: a\n    ports: [{ name: http, port: 80 }]\n    endpoints: [{ ip: 10.0.0.1, ports: { htp: 8080 } }]\n");
+    assert!(
+        e.starts_with("routes.yaml:4:47: services[0].endpoints[0].ports.htp: the service has no port named \"htp\""),
+        "{e}"
+    );
+}
+
+#[test]
+fn named_target_port_needs_an_endpoint_port() {
+    let e = err("services:\n  - name: a\n    ports: [{ name: http, port: 80, targetPort: web }]\n    endpoints: [{ ip: 10.0.0.1 }]\n");
+    assert!(
+        e.starts_with("routes.yaml:4:17: services[0].endpoints[0].ports: service port \"http\" has targetPort \"web\""),
+        "{e}"
+    );
+}
+
+#[test]
+fn several_unnamed_ports_are_rejected() {
+    let e = err("services:\n  - name: a\n    ports: [{ port: 80 }, { port: 81 }]\n");
+    assert!(e.contains("services[0].ports[0].name: a service with several ports must name each"));
+}
+
+#[test]
+fn every_problem_is_reported_in_line_order() {
+    let e = err("routes:\n  - { name: a, spec: { routingKey: \"x y\" } }\n  - { name: \"b/c\", spec: { routingKey: ok } }\n");
+    let lines: Vec<&str> = e.lines().collect();
+    assert_eq!(lines.len(), 2, "{e}");
+    assert!(lines[0].starts_with("routes.yaml:2:"), "{e}");
+    assert!(lines[1].starts_with("routes.yaml:3:"), "{e}");
+    assert!(lines[1].contains("routes[1].name: \"b/c\" is not a valid name"), "{e}");
+}
+
+#[test]
+fn integration_test_fixture_shape_parses() {
+    // The shape tests/src/routes_fixture.rs generates.
+    let text = r#"
+services:
+  - name: reviews
+    namespace: shop
+    addresses: [198.19.10.7]
+    ports:
+      - { name: http, port: 9080, targetPort: http }
+      - { name: grpc, port: 9085, targetPort: grpc }
+    endpoints:
+      - { ip: 10.0.0.2, ports: { http: 8080, grpc: 8085 } }
+  - name: ratings
+    namespace: shop
+    addresses: [198.19.10.8]
+    ports: [{ name: http, port: 9080, targetPort: 8080 }]
+    endpoints:
+      - { ip: 10.0.0.4, ports: { http: 8080 } }
+pods:
+  - name: reviews-v2
+    namespace: shop
+    ips: [10.0.0.3]
+    ready: false
+    labels: { app: reviews-v2, shunt.dev/sandbox: pr-42 }
+    ports: { http: 8080, grpc: 8085 }
+routes:
+  - name: pr-42
+    namespace: shop
+    spec:
+      routingKey: pr-42
+      forks:
+        - service: reviews
+          to: { selector: { app: reviews-v2, shunt.dev/sandbox: pr-42 } }
+      fallback: Reject
+"#;
+    let s = ok(text);
+    assert!(!s.pods[0].ready);
+    assert_eq!(s.routes[0].spec.fallback, Fallback::Reject);
+    let (_, st) = RouteTable::compute(&s, Timestamp::UNIX_EPOCH);
+    assert_eq!(st[0].reason, Reason::NoReadyEndpoints);
+}
+
+/// A unique temporary file path, removed on drop.
+struct TempFile(PathBuf);
+
+impl TempFile {
+    fn new(content: &str) -> Self {
+        static N: AtomicUsize = AtomicUsize::new(0);
+        let p = std::env::temp_dir().join(format!(
+            "shunt-routes-{}-{}.yaml",
+            std::process::id(),
+            N.fetch_add(1, Ordering::Relaxed)
+        ));
+        let f = TempFile(p);
+        f.write(content);
+        f
+    }
+
+    fn write(&self, content: &str) {
+        // Write-and-rename, as editors and ConfigMap updates do, so a poll never sees half a file.
+        let tmp = self.0.with_extension("tmp");
+        std::fs::write(&tmp, content).expect("write");
+        std::fs::rename(&tmp, &self.0).expect("rename");
+    }
+}
+
+impl Drop for TempFile {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.0);
+    }
+}
+
+const GOOD: &str = "routes:\n  - { name: r, spec: { routingKey: k1 } }\n";
+const GOOD2: &str = "routes:\n  - { name: r, spec: { routingKey: k2 } }\n";
+const BAD: &str = "routes:\n  - { name: r, spec: { routingKey: \"k 1\" } }\n";
+
+#[test]
+fn poller_reports_each_version_once() {
+    let f = TempFile::new(GOOD);
+    let mut p = Poller::new(f.0.clone());
+    assert!(matches!(p.poll(), Poll::Changed(_)));
+    assert!(matches!(p.poll(), Poll::Unchanged));
+    // Same length, written within the mtime granularity: still seen.
+    f.write(GOOD2);
+    assert!(matches!(p.poll(), Poll::Changed(s) if s.routes[0].spec.routing_key == "k2"));
+    f.write(BAD);
+    assert!(matches!(p.poll(), Poll::Rejected(_)));
+    assert!(matches!(p.poll(), Poll::Unchanged));
+}
+
+#[test]
+fn missing_file_is_reported_once_and_recovers() {
+    let f = TempFile::new(GOOD);
+    let mut p = Poller::new(f.0.clone());
+    assert!(matches!(p.poll(), Poll::Changed(_)));
+    std::fs::remove_file(&f.0).expect("rm");
+    assert!(matches!(p.poll(), Poll::Unreadable(_)));
+    assert!(matches!(p.poll(), Poll::Unchanged));
+    f.write(GOOD);
+    assert!(matches!(p.poll(), Poll::Restored));
+    assert!(matches!(p.poll(), Poll::Unchanged));
+}
+
+async fn next_state(rx: &mut watch::Receiver<Arc<ClusterState>>) -> Arc<ClusterState> {
+    tokio::time::timeout(Duration::from_secs(5), rx.changed())
+        .await
+        .expect("a new state in time")
+        .expect("watcher alive");
+    rx.borrow_and_update().clone()
+}
+
+#[tokio::test]
+async fn watcher_publishes_valid_edits() {
+    let f = TempFile::new(GOOD);
+    let mut w = RoutesFileWatcher::new(&f.0, Duration::from_millis(10))
+        .spawn()
+        .expect("spawn");
+    assert_eq!(w.states.borrow_and_update().routes[0].spec.routing_key, "k1");
+    f.write(GOOD2);
+    assert_eq!(next_state(&mut w.states).await.routes[0].spec.routing_key, "k2");
+    assert_eq!(w.stats.reloads(), 2);
+    assert_eq!(w.stats.rejected(), 0);
+    w.task.abort();
+}
+
+#[tokio::test]
+async fn bad_edit_keeps_last_good_and_is_counted() {
+    let f = TempFile::new(GOOD);
+    let mut w = RoutesFileWatcher::new(&f.0, Duration::from_millis(10))
+        .spawn()
+        .expect("spawn");
+    f.write(BAD);
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    while w.stats.rejected() == 0 {
+        assert!(tokio::time::Instant::now() < deadline, "bad edit not noticed");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    // Several more polls of the same bad file count once.
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    assert_eq!(w.stats.rejected(), 1);
+    let e = w.stats.last_error().expect("error kept");
+    assert!(e.contains(":2:36: routes[0].spec.routingKey:"), "{e}");
+    assert!(!w.states.has_changed().expect("alive"));
+    assert_eq!(w.states.borrow().routes[0].spec.routing_key, "k1");
+    // Fixing the file publishes it and clears the error.
+    f.write(GOOD2);
+    assert_eq!(next_state(&mut w.states).await.routes[0].spec.routing_key, "k2");
+    assert_eq!(w.stats.last_error(), None);
+    w.task.abort();
+}
+
+#[tokio::test]
+async fn watcher_refuses_a_bad_initial_file() {
+    let f = TempFile::new(BAD);
+    let e = RoutesFileWatcher::new(&f.0, Duration::from_millis(10))
+        .spawn()
+        .expect_err("bad file");
+    assert!(matches!(e, RoutesFileError::Invalid { .. }));
+    let missing = RoutesFileWatcher::new(f.0.with_extension("nope"), Duration::from_millis(10))
+        .spawn()
+        .expect_err("missing");
+    assert!(matches!(missing, RoutesFileError::Read { .. }));
+}
+
+#[tokio::test]
+async fn watcher_stops_when_receivers_are_dropped() {
+    let f = TempFile::new(GOOD);
+    let w = RoutesFileWatcher::new(&f.0, Duration::from_millis(10))
+        .spawn()
+        .expect("spawn");
+    drop(w.states);
+    tokio::time::timeout(Duration::from_secs(5), w.task)
+        .await
+        .expect("task ends")
+        .expect("no panic");
+}

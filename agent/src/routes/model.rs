@@ -1,0 +1,496 @@
+//! The input of the route computation: what a source (routes file now, Kubernetes later) knows
+//! about the cluster. Plain data, no behaviour beyond static validation of a route spec.
+use std::{collections::BTreeMap, fmt, net::IpAddr};
+
+use jiff::Timestamp;
+use serde::{Deserialize, Serialize};
+
+use super::{KeyError, Reason, RoutingKey};
+
+/// The label every selector fork must carry, so a fork can never select baseline pods by
+/// accident (baseline pods do not have it).
+pub const SANDBOX_LABEL: &str = "shunt.dev/sandbox";
+
+/// Everything a source knows, as of one moment.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct ClusterState {
+    pub services: Vec<Service>,
+    pub pods: Vec<Pod>,
+    pub routes: Vec<SandboxRouteObj>,
+}
+
+/// A Kubernetes Service with its baseline endpoints (as EndpointSlices give them).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Service {
+    pub namespace: String,
+    pub name: String,
+    /// ClusterIPs, IPv4 and/or IPv6 (empty for a headless Service).
+    pub addresses: Vec<IpAddr>,
+    pub ports: Vec<ServicePort>,
+    pub endpoints: Vec<EndpointAddr>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ServicePort {
+    pub name: Option<String>,
+    pub port: u16,
+    pub target_port: TargetPort,
+}
+
+impl ServicePort {
+    /// The key EndpointSlices use for this port: its name, or "" when unnamed.
+    pub fn slice_key(&self) -> &str {
+        self.name.as_deref().unwrap_or("")
+    }
+}
+
+/// A Service's `targetPort`: a number, or the name of a container port (resolved per pod).
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub enum TargetPort {
+    Number(u16),
+    Name(String),
+}
+
+/// A reference to one of a Service's ports: its `port` number or its name.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub enum PortRef {
+    Number(u16),
+    Name(String),
+}
+
+/// One baseline endpoint address.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct EndpointAddr {
+    pub ip: IpAddr,
+    pub ready: bool,
+    /// Service port name ("" for an unnamed port) → the port on this endpoint, already resolved
+    /// (EndpointSlices resolve named target ports per endpoint).
+    pub ports: BTreeMap<String, u16>,
+}
+
+/// A pod, for selector forks and for resolving named target ports on sandbox pods.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Pod {
+    pub namespace: String,
+    pub name: String,
+    /// Pod IPs, primary first (as `status.podIPs`).
+    pub ips: Vec<IpAddr>,
+    pub labels: BTreeMap<String, String>,
+    pub ready: bool,
+    /// Container port name → number.
+    pub container_ports: BTreeMap<String, u16>,
+}
+
+/// A SandboxRoute object: the metadata the computation needs plus its spec.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct SandboxRouteObj {
+    pub namespace: String,
+    pub name: String,
+    /// Orders routes that claim the same key: the older one wins.
+    pub creation_timestamp: Timestamp,
+    pub generation: i64,
+    pub spec: SandboxRouteSpec,
+}
+
+impl SandboxRouteObj {
+    /// `namespace/name`.
+    pub fn id(&self) -> String {
+        format!("{}/{}", self.namespace, self.name)
+    }
+}
+
+/// The spec of a SandboxRoute. Same type for the routes file and (later) the CRD, so it
+/// deliberately does not deny unknown fields: the API server prunes those, and a newer CRD must
+/// not break an older agent.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct SandboxRouteSpec {
+    /// Kept as a string (not a [`RoutingKey`]) so an invalid key becomes a status, not a failure
+    /// to read the object.
+    pub routing_key: String,
+    #[serde(default)]
+    pub forks: Vec<ForkSpec>,
+    #[serde(default)]
+    pub fallback: Fallback,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub expires_at: Option<Timestamp>,
+}
+
+/// "Requests for `service` carrying the key go to `to`."
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ForkSpec {
+    /// The baseline Service, in the route's namespace.
+    pub service: String,
+    pub to: ForkTarget,
+    /// Only these ports of the Service are forked (all when absent).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ports: Option<Vec<PortRef>>,
+}
+
+/// Where forked requests go: exactly one of a pod selector or a sandbox Service.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ForkTarget {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub selector: Option<BTreeMap<String, String>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub service: Option<String>,
+}
+
+/// What keyed requests get when no sandbox endpoint is ready.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum Fallback {
+    /// Go to the baseline as if the request had no key.
+    #[default]
+    Baseline,
+    /// Answer 503, so a test never silently exercises the baseline.
+    Reject,
+}
+
+/// Which field of a spec a [`SpecProblem`] is about, so the routes file can point at its line.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SpecField {
+    RoutingKey,
+    ForkService(usize),
+    ForkTo(usize),
+    ForkSelector(usize),
+    ForkTargetService(usize),
+}
+
+impl fmt::Display for SpecField {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            SpecField::RoutingKey => write!(f, "routingKey"),
+            SpecField::ForkService(i) => write!(f, "forks[{i}].service"),
+            SpecField::ForkTo(i) => write!(f, "forks[{i}].to"),
+            SpecField::ForkSelector(i) => write!(f, "forks[{i}].to.selector"),
+            SpecField::ForkTargetService(i) => write!(f, "forks[{i}].to.service"),
+        }
+    }
+}
+
+/// A problem found in a spec without looking at the cluster.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SpecProblem {
+    pub field: SpecField,
+    pub reason: Reason,
+    pub message: String,
+}
+
+impl SandboxRouteSpec {
+    /// Problems that make the route unusable whatever the cluster holds: a bad key, a bad
+    /// selector, a target outside `namespace`. Shared by the route computation (which turns them
+    /// into a status) and the routes file (which rejects the file, pointing at the line).
+    pub fn problems(&self, namespace: &str) -> Vec<SpecProblem> {
+        let mut out = Vec::new();
+        let mut bad = |field, reason, message: String| {
+            out.push(SpecProblem {
+                field,
+                reason,
+                message,
+            })
+        };
+        if let Err(e) = RoutingKey::parse(&self.routing_key) {
+            bad(
+                SpecField::RoutingKey,
+                Reason::InvalidKey,
+                format!(
+                    "{:?} is not a valid routing key ({}): {}",
+                    truncate(&self.routing_key, 80),
+                    RoutingKey::SYNTAX,
+                    match e {
+                        KeyError::Empty => "it is empty".to_owned(),
+                        KeyError::TooLong { len } => format!("it is {len} bytes long"),
+                        KeyError::InvalidChar { ch, at } => format!("{ch:?} at byte {at}"),
+                    }
+                ),
+            );
+        }
+        for (i, fork) in self.forks.iter().enumerate() {
+            let baseline = match local_name(namespace, &fork.service) {
+                Ok(n) => Some(n),
+                Err(p) => {
+                    bad(SpecField::ForkService(i), p.0, p.1);
+                    None
+                }
+            };
+            match (&fork.to.selector, &fork.to.service) {
+                (Some(_), Some(_)) | (None, None) => bad(
+                    SpecField::ForkTo(i),
+                    Reason::InvalidTarget,
+                    "set exactly one of `selector` or `service`".into(),
+                ),
+                (Some(sel), None) => {
+                    if let Err(msg) = check_selector(sel) {
+                        bad(SpecField::ForkSelector(i), Reason::InvalidSelector, msg);
+                    }
+                }
+                (None, Some(svc)) => match local_name(namespace, svc) {
+                    Err(p) => bad(SpecField::ForkTargetService(i), p.0, p.1),
+                    Ok(target) if Some(target) == baseline => bad(
+                        SpecField::ForkTargetService(i),
+                        Reason::InvalidTarget,
+                        format!("a fork of {target:?} cannot target the same service"),
+                    ),
+                    Ok(_) => {}
+                },
+            }
+        }
+        out
+    }
+}
+
+/// A Service name as written in a fork: `name`, or `namespace/name` for the route's own
+/// namespace. Anything else leaves the namespace, which a route may not do: a route's author
+/// must not be able to redirect another namespace's traffic.
+pub fn local_name<'a>(namespace: &str, s: &'a str) -> Result<&'a str, (Reason, String)> {
+    let name = match s.split_once('/') {
+        None => s,
+        Some((ns, name)) if ns == namespace => name,
+        Some((ns, _)) => {
+            return Err((
+                Reason::CrossNamespace,
+                format!(
+                    "{s:?} is in namespace {ns:?}; forks may only target namespace {namespace:?}"
+                ),
+            ));
+        }
+    };
+    if name.is_empty() || name.contains('/') {
+        return Err((
+            Reason::InvalidTarget,
+            format!("{s:?} is not a service name"),
+        ));
+    }
+    Ok(name)
+}
+
+fn check_selector(sel: &BTreeMap<String, String>) -> Result<(), String> {
+    if sel.is_empty() {
+        return Err(format!(
+            "an empty selector would match every pod; it must include {SANDBOX_LABEL}"
+        ));
+    }
+    match sel.get(SANDBOX_LABEL) {
+        None => Err(format!(
+            "selector must include the {SANDBOX_LABEL} label, so it can never match baseline pods"
+        )),
+        Some(v) if v.is_empty() => Err(format!("{SANDBOX_LABEL} must not be empty")),
+        Some(_) => Ok(()),
+    }
+}
+
+/// At most `max` characters of `s`, for messages that quote user input.
+pub(crate) fn truncate(s: &str, max: usize) -> &str {
+    match s.char_indices().nth(max) {
+        Some((i, _)) => &s[..i],
+        None => s,
+    }
+}
+
+/// `Number` or `Name`, written in YAML/JSON as an integer or a string (Kubernetes' IntOrString).
+macro_rules! int_or_name_serde {
+    ($ty:ident, $what:literal) => {
+        impl Serialize for $ty {
+            fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+                match self {
+                    $ty::Number(n) => s.serialize_u16(*n),
+                    $ty::Name(n) => s.serialize_str(n),
+                }
+            }
+        }
+
+        impl<'de> Deserialize<'de> for $ty {
+            fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+                struct V;
+                impl serde::de::Visitor<'_> for V {
+                    type Value = $ty;
+                    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                        f.write_str($what)
+                    }
+                    fn visit_u64<E: serde::de::Error>(self, v: u64) -> Result<$ty, E> {
+                        u16::try_from(v)
+                            .ok()
+                            .filter(|p| *p != 0)
+                            .map($ty::Number)
+                            .ok_or_else(|| E::custom(format!("port {v} is not in 1..=65535")))
+                    }
+                    fn visit_i64<E: serde::de::Error>(self, v: i64) -> Result<$ty, E> {
+                        match u64::try_from(v) {
+                            Ok(v) => self.visit_u64(v),
+                            Err(_) => Err(E::custom(format!("port {v} is not in 1..=65535"))),
+                        }
+                    }
+                    fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<$ty, E> {
+                        if v.is_empty() {
+                            return Err(E::custom("a port name must not be empty"));
+                        }
+                        Ok($ty::Name(v.to_owned()))
+                    }
+                }
+                d.deserialize_any(V)
+            }
+        }
+    };
+}
+
+int_or_name_serde!(TargetPort, "a port number or a port name");
+int_or_name_serde!(PortRef, "a service port number or a service port name");
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn spec(key: &str, to: ForkTarget) -> SandboxRouteSpec {
+        SandboxRouteSpec {
+            routing_key: key.into(),
+            forks: vec![ForkSpec {
+                service: "reviews".into(),
+                to,
+                ports: None,
+            }],
+            fallback: Fallback::Baseline,
+            expires_at: None,
+        }
+    }
+
+    fn selector(pairs: &[(&str, &str)]) -> ForkTarget {
+        ForkTarget {
+            selector: Some(
+                pairs
+                    .iter()
+                    .map(|(k, v)| (k.to_string(), v.to_string()))
+                    .collect(),
+            ),
+            service: None,
+        }
+    }
+
+    fn reasons(s: &SandboxRouteSpec, ns: &str) -> Vec<(SpecField, Reason)> {
+        s.problems(ns)
+            .into_iter()
+            .map(|p| (p.field, p.reason))
+            .collect()
+    }
+
+    #[test]
+    fn valid_spec_has_no_problems() {
+        let s = spec("pr-42", selector(&[(SANDBOX_LABEL, "pr-42"), ("app", "r")]));
+        assert!(s.problems("shop").is_empty());
+    }
+
+    #[test]
+    fn selector_without_sandbox_label_is_invalid() {
+        let s = spec("pr-42", selector(&[("app", "reviews")]));
+        assert_eq!(
+            reasons(&s, "shop"),
+            [(SpecField::ForkSelector(0), Reason::InvalidSelector)]
+        );
+    }
+
+    #[test]
+    fn empty_selector_is_invalid() {
+        let s = spec("pr-42", selector(&[]));
+        assert_eq!(
+            reasons(&s, "shop"),
+            [(SpecField::ForkSelector(0), Reason::InvalidSelector)]
+        );
+    }
+
+    #[test]
+    fn invalid_key_is_reported_with_the_syntax() {
+        let s = spec("bad key!", selector(&[(SANDBOX_LABEL, "x")]));
+        let p = s.problems("shop");
+        assert_eq!(p[0].reason, Reason::InvalidKey);
+        assert!(
+            p[0].message
+                .starts_with("\"bad key!\" is not a valid routing key ([A-Za-z0-9._-]{1,64})"),
+            "{}",
+            p[0].message
+        );
+    }
+
+    #[test]
+    fn target_in_other_namespace_is_cross_namespace() {
+        let to = ForkTarget {
+            selector: None,
+            service: Some("other/reviews-pr".into()),
+        };
+        assert_eq!(
+            reasons(&spec("k", to), "shop"),
+            [(SpecField::ForkTargetService(0), Reason::CrossNamespace)]
+        );
+        let mut s = spec("k", selector(&[(SANDBOX_LABEL, "x")]));
+        s.forks[0].service = "other/reviews".into();
+        assert_eq!(
+            reasons(&s, "shop"),
+            [(SpecField::ForkService(0), Reason::CrossNamespace)]
+        );
+    }
+
+    #[test]
+    fn own_namespace_may_be_spelled_out() {
+        let to = ForkTarget {
+            selector: None,
+            service: Some("shop/reviews-pr".into()),
+        };
+        assert!(spec("k", to).problems("shop").is_empty());
+    }
+
+    #[test]
+    fn target_needs_exactly_one_of_selector_or_service() {
+        assert_eq!(
+            reasons(&spec("k", ForkTarget::default()), "shop"),
+            [(SpecField::ForkTo(0), Reason::InvalidTarget)]
+        );
+        let mut both = selector(&[(SANDBOX_LABEL, "x")]);
+        both.service = Some("reviews-pr".into());
+        assert_eq!(
+            reasons(&spec("k", both), "shop"),
+            [(SpecField::ForkTo(0), Reason::InvalidTarget)]
+        );
+    }
+
+    #[test]
+    fn fork_to_itself_is_invalid() {
+        let to = ForkTarget {
+            selector: None,
+            service: Some("reviews".into()),
+        };
+        assert_eq!(
+            reasons(&spec("k", to), "shop"),
+            [(SpecField::ForkTargetService(0), Reason::InvalidTarget)]
+        );
+    }
+
+    #[test]
+    fn spec_serde_is_camel_case_and_defaults_fallback() {
+        let s: SandboxRouteSpec = serde_json::from_str(
+            r#"{"routingKey":"pr-1","forks":[{"service":"a","to":{"service":"b"},"ports":[80,"http"]}],"expiresAt":"2030-01-01T00:00:00Z"}"#,
+        )
+        .expect("parse");
+        assert_eq!(s.fallback, Fallback::Baseline);
+        assert_eq!(
+            s.forks[0].ports,
+            Some(vec![PortRef::Number(80), PortRef::Name("http".into())])
+        );
+        let back = serde_json::to_value(&s).expect("ser");
+        assert_eq!(back["routingKey"], "pr-1");
+        assert_eq!(back["expiresAt"], "2030-01-01T00:00:00Z");
+        assert_eq!(back["fallback"], "Baseline");
+        assert_eq!(back["forks"][0]["ports"][1], "http");
+    }
+
+    #[test]
+    fn port_zero_and_out_of_range_are_rejected() {
+        assert!(serde_json::from_str::<TargetPort>("0").is_err());
+        assert!(serde_json::from_str::<TargetPort>("70000").is_err());
+        assert!(serde_json::from_str::<TargetPort>("\"\"").is_err());
+        assert_eq!(
+            serde_json::from_str::<TargetPort>("8080").ok(),
+            Some(TargetPort::Number(8080))
+        );
+    }
+}

@@ -1,0 +1,91 @@
+//! What the computation says about each SandboxRoute: the `Ready` condition of its status.
+use std::fmt;
+
+use serde::Serialize;
+
+/// The reason of a route's (or a fork's) `Ready` condition. Only `EndpointsReady` is Ready=True.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize)]
+pub enum Reason {
+    /// Every fork has at least one ready sandbox endpoint on every forked port.
+    EndpointsReady,
+    /// A fork's baseline Service or target Service does not exist.
+    ServiceNotFound,
+    /// A fork lists a port its Service does not have, or a target Service has no matching port.
+    PortNotFound,
+    /// A fork has no ready sandbox endpoint on some port (its fallback applies).
+    NoReadyEndpoints,
+    /// An older route in the namespace already claims this key; this one is not applied.
+    DuplicateKey,
+    /// `expiresAt` has passed; not applied.
+    Expired,
+    /// A fork targets, or its selector only matches pods in, another namespace.
+    CrossNamespace,
+    /// The routing key is not `[A-Za-z0-9._-]{1,64}`; not applied.
+    InvalidKey,
+    /// A selector is empty or lacks the `shunt.dev/sandbox` label; not applied.
+    InvalidSelector,
+    /// A fork's `to` sets neither or both of `selector`/`service`, or targets its own Service.
+    InvalidTarget,
+}
+
+impl Reason {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Reason::EndpointsReady => "EndpointsReady",
+            Reason::ServiceNotFound => "ServiceNotFound",
+            Reason::PortNotFound => "PortNotFound",
+            Reason::NoReadyEndpoints => "NoReadyEndpoints",
+            Reason::DuplicateKey => "DuplicateKey",
+            Reason::Expired => "Expired",
+            Reason::CrossNamespace => "CrossNamespace",
+            Reason::InvalidKey => "InvalidKey",
+            Reason::InvalidSelector => "InvalidSelector",
+            Reason::InvalidTarget => "InvalidTarget",
+        }
+    }
+
+}
+
+impl fmt::Display for Reason {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// The status of one SandboxRoute after a computation.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct RouteStatus {
+    pub namespace: String,
+    pub name: String,
+    /// The `generation` this status was computed from.
+    pub observed_generation: i64,
+    /// `Ready` condition: true only with [`Reason::EndpointsReady`].
+    pub ready: bool,
+    pub reason: Reason,
+    pub message: String,
+    /// Whether any of its forks are in the table.
+    pub applied: bool,
+    /// One per spec fork, in spec order, for a route that got to resolve its forks (empty for
+    /// spec errors, expired routes and lost key claims).
+    pub forks: Vec<ForkStatus>,
+}
+
+impl RouteStatus {
+    /// The condition status string Kubernetes expects.
+    pub fn condition_status(&self) -> &'static str {
+        if self.ready { "True" } else { "False" }
+    }
+}
+
+/// The status of one fork of a route.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ForkStatus {
+    /// The baseline Service, as written in the spec.
+    pub service: String,
+    pub reason: Reason,
+    pub message: String,
+    /// Distinct ready sandbox endpoint IPs serving at least one forked port.
+    pub ready_endpoints: usize,
+}

@@ -1,0 +1,79 @@
+//! Fails open when the proxy stops accepting.
+//!
+//! A plain OS thread (not a tokio task, which a wedged runtime would never run) watches each
+//! proxy listener: if connections wait in its accept queue and the accept loop has not taken one
+//! for a whole interval, the proxy is wedged (stuck runtime, or its connection cap reached) and
+//! `STEERED` is emptied so new connections go direct. Steering comes back once the proxy has
+//! accepted again, or its queue is empty, for two intervals in a row.
+use std::{
+    os::fd::{AsRawFd as _, OwnedFd},
+    sync::{
+        Arc,
+        atomic::{AtomicBool, AtomicU64, Ordering},
+    },
+    time::Duration,
+};
+
+use crate::{metrics::Metrics, steering::Steering};
+
+pub struct Watchdog {
+    pub listeners: Vec<OwnedFd>,
+    pub heartbeat: Arc<AtomicU64>,
+    pub interval: Duration,
+    pub steering: Arc<Steering>,
+    pub metrics: Arc<Metrics>,
+    pub stop: Arc<AtomicBool>,
+}
+
+/// Connections waiting in a listening socket's accept queue (TCP_INFO's `tcpi_unacked` holds the
+/// accept backlog for a listener).
+fn accept_queue_len(fd: &OwnedFd) -> Option<u32> {
+    let mut info: libc::tcp_info = unsafe { std::mem::zeroed() };
+    let mut len = std::mem::size_of::<libc::tcp_info>() as libc::socklen_t;
+    // SAFETY: valid fd, and info/len describe a writable buffer of the right size.
+    let rc = unsafe {
+        libc::getsockopt(
+            fd.as_raw_fd(),
+            libc::IPPROTO_TCP,
+            libc::TCP_INFO,
+            (&mut info as *mut libc::tcp_info).cast(),
+            &mut len,
+        )
+    };
+    (rc == 0).then_some(info.tcpi_unacked)
+}
+
+impl Watchdog {
+    pub fn spawn(self) -> std::io::Result<std::thread::JoinHandle<()>> {
+        std::thread::Builder::new().name("shunt-watchdog".into()).spawn(move || self.run())
+    }
+
+    fn run(self) {
+        let mut last = self.heartbeat.load(Ordering::Relaxed);
+        let mut healthy_streak = 0u32;
+        let mut tripped = false;
+        while !self.stop.load(Ordering::Relaxed) {
+            std::thread::sleep(self.interval);
+            let now = self.heartbeat.load(Ordering::Relaxed);
+            let queued = self.listeners.iter().filter_map(accept_queue_len).max().unwrap_or(0);
+            let wedged = queued > 0 && now == last;
+            last = now;
+            if wedged {
+                healthy_streak = 0;
+                if !tripped {
+                    tripped = true;
+                    let cleared = self.steering.suspend();
+                    self.metrics.watchdog_tripped();
+                    tracing::error!(queued, cleared, "proxy is not accepting: cleared STEERED, new connections go direct");
+                }
+            } else if tripped {
+                healthy_streak += 1;
+                if healthy_streak >= 2 {
+                    tripped = false;
+                    self.steering.resume(&self.metrics);
+                    tracing::warn!("proxy accepting again: steering restored");
+                }
+            }
+        }
+    }
+}
