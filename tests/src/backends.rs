@@ -40,6 +40,10 @@ impl Drop for Backend {
 impl Backend {
     /// A TCP backend named `server` on `addr` inside `netns`.
     pub fn tcp(netns: &Netns, server: &str, addr: SocketAddr) -> anyhow::Result<Self> {
+        Self::tcp_with_banner(netns, server, addr, false)
+    }
+
+    fn tcp_with_banner(netns: &Netns, server: &str, addr: SocketAddr, banner: bool) -> anyhow::Result<Self> {
         let listener = netns.run(move || TcpListener::bind(addr))??;
         listener.set_nonblocking(true)?;
         let stop = Arc::new(AtomicBool::new(false));
@@ -48,8 +52,11 @@ impl Backend {
         std::thread::spawn(move || {
             while !s.load(Ordering::Relaxed) {
                 match listener.accept() {
-                    Ok((conn, peer)) => {
+                    Ok((mut conn, peer)) => {
                         a.fetch_add(1, Ordering::Relaxed);
+                        if banner {
+                            let _ = conn.write_all(format!("220 {name} ready\n").as_bytes());
+                        }
                         let name = name.clone();
                         std::thread::spawn(move || serve_tcp(conn, peer, addr, &name));
                     }
@@ -62,6 +69,11 @@ impl Backend {
             stop,
             accepted,
         })
+    }
+
+    /// A server-speaks-first backend: sends `220 <name> ready` on accept, then answers lines.
+    pub fn greeter(netns: &Netns, server: &str, addr: SocketAddr) -> anyhow::Result<Self> {
+        Self::tcp_with_banner(netns, server, addr, true)
     }
 
     /// A UDP backend answering each datagram.

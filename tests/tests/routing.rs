@@ -163,7 +163,7 @@ fn tls_and_opaque_tcp_pass_through_to_baseline() {
     let opaque = w.env.client(0, true, &["tcp", &dst]);
     assert_eq!(opaque[0].reply().server, "echo-v1");
     assert_eq!(opaque[0].reply().peer.ip(), w.env.topo.pods[1].node_ip4, "went through the proxy");
-    let tls = w.env.peer(0, &["raw", &dst, "\u{16}\u{3}\u{1}\u{0} client hello\n"]);
+    let tls = w.env.peer(0, &["raw", &dst, "\u{16}\u{3}\u{1}\u{2} client hello\n"]);
     assert!(tls[0]["response"].as_str().unwrap().contains("echo-v1"), "{}", tls[0]);
     assert!(agent.metric("shunt_requests_total{decision=\"baseline\",reason=\"opaque_protocol\"}") >= 2.0);
 }
@@ -174,14 +174,14 @@ fn server_speaks_first_protocol_is_not_stalled_forever() {
         return;
     };
     let port = POD_PORT + 2;
-    let _greeter = Backend::tcp(&w.env.topo.pods[1].netns, "greeter", w.env.topo.pods[1].addr4(port)).unwrap();
+    let _greeter = Backend::greeter(&w.env.topo.pods[1].netns, "greeter", w.env.topo.pods[1].addr4(port)).unwrap();
     let _agent = w.agent(&["--detect-timeout", "200ms"]);
-    // The client sends nothing at first; detection gives up after 200 ms and relays opaquely.
+    // The client sends nothing and waits for the server's banner: detection gives up after
+    // 200 ms, relays opaquely, and the banner arrives.
     let dst = w.env.topo.pods[1].addr4(port).to_string();
-    let line = w.env.peer(0, &["raw", &dst, "", "--stall-ms", "400"]);
-    assert_eq!(line[0]["closed"], true);
-    let line = w.env.client(0, true, &["tcp", &dst]);
-    assert_eq!(line[0].reply().server, "greeter");
+    let line = w.env.peer(0, &["raw", &dst, "", "--until-line"]);
+    assert_eq!(line[0]["response"], "220 greeter ready\n", "{}", line[0]);
+    assert!(line[0]["after_ms"].as_u64().unwrap() < 3000, "{}", line[0]);
 }
 
 #[test]
@@ -235,8 +235,11 @@ fn bad_input_gets_a_clear_status_and_harms_no_one_else() {
     let lines = w.http(reviews(), &[], json!([{ "path": "/", "headers": { "baggage": "sd-routing-key=bad key!!" } }]));
     assert_eq!(served_by(&lines[0]), "reviews-v1");
     // A client that resets mid-body.
-    let l = w.env.peer(0, &["raw", &dst, "POST / HTTP/1.1\r\nhost: x\r\ncontent-length: 100000\r\n\r\npartial"]);
-    let _ = l;
+    let l = w.env.peer(
+        0,
+        &["raw", &dst, "POST / HTTP/1.1\r\nhost: x\r\ncontent-length: 100000\r\n\r\npartial", "--stall-ms", "200", "--reset"],
+    );
+    assert_eq!(l[0]["reset"], true);
     // Other connections are unaffected throughout.
     let lines = w.http(reviews(), &[], json!([keyed("pr-42")]));
     assert_eq!(served_by(&lines[0]), "reviews-v2");

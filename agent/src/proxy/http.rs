@@ -101,7 +101,7 @@ pub async fn serve(shared: Arc<ProxyShared>, stream: TcpStream, info: ConnInfo) 
             let mut b = hyper::server::conn::http1::Builder::new();
             b.timer(TokioTimer::new())
                 .header_read_timeout(Some(cfg.header_read_timeout))
-                .max_buf_size(cfg.max_header_bytes.max(8192))
+                .max_header_size(cfg.max_header_bytes)
                 .max_headers(cfg.max_headers);
             let conn = b.serve_connection(io, svc).with_upgrades();
             tokio::pin!(conn);

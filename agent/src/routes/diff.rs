@@ -64,7 +64,10 @@ mod tests {
                 ("10.0.0.4:80".parse().expect("addr"), 8)
             ]
         );
-        assert_eq!(d.remove, ["10.0.0.2:80".parse::<SocketAddr>().expect("addr")]);
+        assert_eq!(
+            d.remove,
+            ["10.0.0.2:80".parse::<SocketAddr>().expect("addr")]
+        );
     }
 
     #[test]

@@ -38,7 +38,10 @@ fn documented_example_parses() {
     let s = ok(EXAMPLE);
     assert_eq!(s.services.len(), 1);
     let svc = &s.services[0];
-    assert_eq!((svc.namespace.as_str(), svc.name.as_str()), ("shop", "reviews"));
+    assert_eq!(
+        (svc.namespace.as_str(), svc.name.as_str()),
+        ("shop", "reviews")
+    );
     assert_eq!(svc.ports[0].target_port, TargetPort::Name("http".into()));
     assert!(svc.endpoints[0].ready);
     assert_eq!(svc.endpoints[0].ports["http"], 9080);
@@ -75,7 +78,8 @@ fn file_spec_reads_like_the_crd_spec() {
 
 #[test]
 fn invalid_routing_key_points_at_its_line_and_column() {
-    let text = "routes:\n  - name: r\n    namespace: shop\n    spec:\n      routingKey: \"bad key!\"\n";
+    let text =
+        "routes:\n  - name: r\n    namespace: shop\n    spec:\n      routingKey: \"bad key!\"\n";
     assert_eq!(
         err(text),
         "routes.yaml:5:19: routes[0].spec.routingKey: \"bad key!\" is not a valid routing key ([A-Za-z0-9._-]{1,64}): ' ' at byte 3"
@@ -114,7 +118,9 @@ fn bad_values_are_located() {
         err("services:\n  - name: a\n    ports: [{ port: 80, targetPort: 0 }]\n")
             .contains("port 0 is not in 1..=65535")
     );
-    assert!(err("services:\n  - name: a\n    ports: [{ port: 0 }]\n").starts_with("routes.yaml:3:"));
+    assert!(
+        err("services:\n  - name: a\n    ports: [{ port: 0 }]\n").starts_with("routes.yaml:3:")
+    );
 }
 
 #[test]
@@ -126,7 +132,9 @@ fn empty_file_is_an_empty_cluster() {
 
 #[test]
 fn defaults_apply() {
-    let s = ok("services:\n  - name: a\n    ports: [{ port: 80 }]\n    endpoints: [{ ip: 10.0.0.1 }]\npods:\n  - { name: p, ips: [10.0.0.2] }\nroutes:\n  - { name: r, spec: { routingKey: k } }\n");
+    let s = ok(
+        "services:\n  - name: a\n    ports: [{ port: 80 }]\n    endpoints: [{ ip: 10.0.0.1 }]\npods:\n  - { name: p, ips: [10.0.0.2] }\nroutes:\n  - { name: r, spec: { routingKey: k } }\n",
+    );
     let svc = &s.services[0];
     assert_eq!(svc.namespace, DEFAULT_NAMESPACE);
     assert_eq!(svc.ports[0].target_port, TargetPort::Number(80));
@@ -149,7 +157,9 @@ fn duplicate_service_is_rejected() {
 
 #[test]
 fn duplicate_cluster_ip_is_rejected() {
-    let e = err("services:\n  - { name: a, addresses: [10.0.0.1] }\n  - { name: b, addresses: [10.0.0.1] }\n");
+    let e = err(
+        "services:\n  - { name: a, addresses: [10.0.0.1] }\n  - { name: b, addresses: [10.0.0.1] }\n",
+    );
     assert!(
         e.starts_with("routes.yaml:3:28: services[1].addresses[0]: 10.0.0.1 is already"),
         "{e}"
@@ -158,7 +168,9 @@ fn duplicate_cluster_ip_is_rejected() {
 
 #[test]
 fn duplicate_key_in_a_namespace_is_rejected() {
-    let e = err("routes:\n  - { name: a, spec: { routingKey: k } }\n  - { name: b, spec: { routingKey: k } }\n  - { name: c, namespace: other, spec: { routingKey: k } }\n");
+    let e = err(
+        "routes:\n  - { name: a, spec: { routingKey: k } }\n  - { name: b, spec: { routingKey: k } }\n  - { name: c, namespace: other, spec: { routingKey: k } }\n",
+    );
     assert_eq!(
         e,
         "routes.yaml:3:36: routes[1].spec.routingKey: routing key \"k\" is already used by route default/a (line 2); keys must be unique per namespace"
@@ -167,7 +179,9 @@ fn duplicate_key_in_a_namespace_is_rejected() {
 
 #[test]
 fn selector_without_sandbox_label_is_rejected_with_its_line() {
-    let e = err("routes:\n  - name: r\n    spec:\n      routingKey: k\n      forks:\n        - service: reviews\n          to:\n            selector: { app: reviews }\n");
+    let e = err(
+        "routes:\n  - name: r\n    spec:\n      routingKey: k\n      forks:\n        - service: reviews\n          to:\n            selector: { app: reviews }\n",
+    );
     assert!(
         e.starts_with("routes.yaml:8:23: routes[0].spec.forks[0].to.selector: selector must include the shunt.dev/sandbox label"),
         "{e}"
@@ -176,7 +190,9 @@ fn selector_without_sandbox_label_is_rejected_with_its_line() {
 
 #[test]
 fn cross_namespace_target_is_rejected_with_its_line() {
-    let e = err("routes:\n  - name: r\n    namespace: shop\n    spec:\n      routingKey: k\n      forks:\n        - service: reviews\n          to: { service: books/reviews-v2 }\n");
+    let e = err(
+        "routes:\n  - name: r\n    namespace: shop\n    spec:\n      routingKey: k\n      forks:\n        - service: reviews\n          to: { service: books/reviews-v2 }\n",
+    );
     assert!(
         e.starts_with("routes.yaml:8:26: routes[0].spec.forks[0].to.service: \"books/reviews-v2\" is in namespace \"books\""),
         "{e}"
@@ -185,7 +201,9 @@ fn cross_namespace_target_is_rejected_with_its_line() {
 
 #[test]
 fn endpoint_ports_must_name_service_ports() {
-    let e = err("services:\n  - name: a\n    ports: [{ name: http, port: 80 }]\n    endpoints: [{ ip: 10.0.0.1, ports: { htp: 8080 } }]\n");
+    let e = err(
+        "services:\n  - name: a\n    ports: [{ name: http, port: 80 }]\n    endpoints: [{ ip: 10.0.0.1, ports: { htp: 8080 } }]\n",
+    );
     assert!(
         e.starts_with("routes.yaml:4:47: services[0].endpoints[0].ports.htp: the service has no port named \"htp\""),
         "{e}"
@@ -194,7 +212,9 @@ fn endpoint_ports_must_name_service_ports() {
 
 #[test]
 fn named_target_port_needs_an_endpoint_port() {
-    let e = err("services:\n  - name: a\n    ports: [{ name: http, port: 80, targetPort: web }]\n    endpoints: [{ ip: 10.0.0.1 }]\n");
+    let e = err(
+        "services:\n  - name: a\n    ports: [{ name: http, port: 80, targetPort: web }]\n    endpoints: [{ ip: 10.0.0.1 }]\n",
+    );
     assert!(
         e.starts_with("routes.yaml:4:17: services[0].endpoints[0].ports: service port \"http\" has targetPort \"web\""),
         "{e}"
@@ -209,12 +229,17 @@ fn several_unnamed_ports_are_rejected() {
 
 #[test]
 fn every_problem_is_reported_in_line_order() {
-    let e = err("routes:\n  - { name: a, spec: { routingKey: \"x y\" } }\n  - { name: \"b/c\", spec: { routingKey: ok } }\n");
+    let e = err(
+        "routes:\n  - { name: a, spec: { routingKey: \"x y\" } }\n  - { name: \"b/c\", spec: { routingKey: ok } }\n",
+    );
     let lines: Vec<&str> = e.lines().collect();
     assert_eq!(lines.len(), 2, "{e}");
     assert!(lines[0].starts_with("routes.yaml:2:"), "{e}");
     assert!(lines[1].starts_with("routes.yaml:3:"), "{e}");
-    assert!(lines[1].contains("routes[1].name: \"b/c\" is not a valid name"), "{e}");
+    assert!(
+        lines[1].contains("routes[1].name: \"b/c\" is not a valid name"),
+        "{e}"
+    );
 }
 
 #[test]
@@ -335,9 +360,15 @@ async fn watcher_publishes_valid_edits() {
     let mut w = RoutesFileWatcher::new(&f.0, Duration::from_millis(10))
         .spawn()
         .expect("spawn");
-    assert_eq!(w.states.borrow_and_update().routes[0].spec.routing_key, "k1");
+    assert_eq!(
+        w.states.borrow_and_update().routes[0].spec.routing_key,
+        "k1"
+    );
     f.write(GOOD2);
-    assert_eq!(next_state(&mut w.states).await.routes[0].spec.routing_key, "k2");
+    assert_eq!(
+        next_state(&mut w.states).await.routes[0].spec.routing_key,
+        "k2"
+    );
     assert_eq!(w.stats.reloads(), 2);
     assert_eq!(w.stats.rejected(), 0);
     w.task.abort();
@@ -352,7 +383,10 @@ async fn bad_edit_keeps_last_good_and_is_counted() {
     f.write(BAD);
     let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
     while w.stats.rejected() == 0 {
-        assert!(tokio::time::Instant::now() < deadline, "bad edit not noticed");
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "bad edit not noticed"
+        );
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
     // Several more polls of the same bad file count once.
@@ -364,7 +398,10 @@ async fn bad_edit_keeps_last_good_and_is_counted() {
     assert_eq!(w.states.borrow().routes[0].spec.routing_key, "k1");
     // Fixing the file publishes it and clears the error.
     f.write(GOOD2);
-    assert_eq!(next_state(&mut w.states).await.routes[0].spec.routing_key, "k2");
+    assert_eq!(
+        next_state(&mut w.states).await.routes[0].spec.routing_key,
+        "k2"
+    );
     assert_eq!(w.stats.last_error(), None);
     w.task.abort();
 }

@@ -17,7 +17,10 @@ pub struct RoutingKey(Box<str>);
 pub enum KeyError {
     #[error("routing key is empty")]
     Empty,
-    #[error("routing key is {len} bytes long; at most {} are allowed", RoutingKey::MAX_LEN)]
+    #[error(
+        "routing key is {len} bytes long; at most {} are allowed",
+        RoutingKey::MAX_LEN
+    )]
     TooLong { len: usize },
     #[error("routing key has {ch:?} at byte {at}; only [A-Za-z0-9._-] is allowed")]
     InvalidChar { ch: char, at: usize },
@@ -42,7 +45,10 @@ impl RoutingKey {
         // `check` accepted only ASCII, so this cannot fail; stay panic-free regardless.
         std::str::from_utf8(b)
             .map(|s| Self(s.into()))
-            .map_err(|_| KeyError::InvalidChar { ch: '\u{FFFD}', at: 0 })
+            .map_err(|_| KeyError::InvalidChar {
+                ch: '\u{FFFD}',
+                at: 0,
+            })
     }
 
     fn check(b: &[u8]) -> Result<(), KeyError> {

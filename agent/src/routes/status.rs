@@ -43,7 +43,6 @@ impl Reason {
             Reason::InvalidTarget => "InvalidTarget",
         }
     }
-
 }
 
 impl fmt::Display for Reason {

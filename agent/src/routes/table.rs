@@ -76,7 +76,8 @@ impl ForkRoute {
     /// Round-robin over the ready sandbox endpoints of a Service port. `None` on a covered port
     /// means the fallback applies.
     pub fn pick_sandbox(&self, port: u16) -> Option<SocketAddr> {
-        self.port(port).and_then(|p| round_robin(&p.endpoints, &p.next))
+        self.port(port)
+            .and_then(|p| round_robin(&p.endpoints, &p.next))
     }
 
     fn port(&self, port: u16) -> Option<&ForkPort> {
@@ -226,9 +227,7 @@ fn baseline_addrs(svc: &Service, sp: &ServicePort, only_ready: bool) -> Vec<Sock
         .endpoints
         .iter()
         .filter(|ep| ep.ready || !only_ready)
-        .filter_map(|ep| {
-            endpoint_port(&ep.ports, sp).map(|p| canon(SocketAddr::new(ep.ip, p)))
-        })
+        .filter_map(|ep| endpoint_port(&ep.ports, sp).map(|p| canon(SocketAddr::new(ep.ip, p))))
         .collect();
     v.sort_unstable();
     v.dedup();

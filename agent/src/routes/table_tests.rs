@@ -121,7 +121,11 @@ fn state() -> ClusterState {
     ClusterState {
         services: vec![reviews(), ratings()],
         pods: vec![sandbox_pod("reviews-pr-42", "10.2.0.1", "pr-42", 8080)],
-        routes: vec![route("pr-42", "pr-42", vec![selector_fork("reviews", "pr-42")])],
+        routes: vec![route(
+            "pr-42",
+            "pr-42",
+            vec![selector_fork("reviews", "pr-42")],
+        )],
     }
 }
 
@@ -141,7 +145,10 @@ fn selector_fork_routes_key_to_ready_sandbox_pods() {
     assert!(fork.covers(9080));
     assert_eq!(fork.pick_sandbox(9080), Some(sa("10.2.0.1:8080")));
     assert!(t.fork(reviews_id(), &key("pr-43")).is_none());
-    assert!(t.fork(service_id("shop", "ratings"), &key("pr-42")).is_none());
+    assert!(
+        t.fork(service_id("shop", "ratings"), &key("pr-42"))
+            .is_none()
+    );
 }
 
 #[test]
@@ -149,7 +156,10 @@ fn service_for_matches_cluster_ip_and_baseline_endpoints() {
     let (t, _) = RouteTable::compute(&state(), now());
     for dst in ["10.96.0.7:9080", "10.1.0.1:8080", "10.1.0.2:8080"] {
         let (svc, port) = t.service_for(sa(dst)).expect(dst);
-        assert_eq!((svc.namespace.as_str(), svc.name.as_str()), ("shop", "reviews"));
+        assert_eq!(
+            (svc.namespace.as_str(), svc.name.as_str()),
+            ("shop", "reviews")
+        );
         assert_eq!(svc.id, reviews_id());
         assert_eq!(port.port, 9080);
         assert_eq!(port.name.as_deref(), Some("http"));
@@ -337,8 +347,11 @@ fn older_route_wins_duplicate_key() {
 #[test]
 fn same_age_duplicate_key_goes_to_name_order() {
     let mut s = state();
-    s.routes
-        .push(route("a-first", "pr-42", vec![selector_fork("ratings", "pr-42")]));
+    s.routes.push(route(
+        "a-first",
+        "pr-42",
+        vec![selector_fork("ratings", "pr-42")],
+    ));
     let (_, st) = RouteTable::compute(&s, now());
     assert_eq!(st[0].reason, Reason::DuplicateKey); // "pr-42" sorts after "a-first"
     assert_eq!(st[1].reason, Reason::EndpointsReady);
@@ -382,8 +395,11 @@ fn selector_without_sandbox_label_is_invalid() {
 #[test]
 fn invalid_key_route_affects_nothing_else() {
     let mut s = state();
-    s.routes
-        .push(route("bad", "bad key!", vec![selector_fork("ratings", "x")]));
+    s.routes.push(route(
+        "bad",
+        "bad key!",
+        vec![selector_fork("ratings", "x")],
+    ));
     let (t, st) = RouteTable::compute(&s, now());
     assert_eq!(st[1].reason, Reason::InvalidKey);
     assert_eq!(st[0].reason, Reason::EndpointsReady);
@@ -551,10 +567,14 @@ fn shared_endpoint_prefers_the_forked_service() {
     s.services.push(other);
     let (t, _) = RouteTable::compute(&s, now());
     let id = reviews_id();
-    assert_eq!(t.service_for(sa("10.1.0.1:8080")).map(|(s, _)| s.id), Some(id));
+    assert_eq!(
+        t.service_for(sa("10.1.0.1:8080")).map(|(s, _)| s.id),
+        Some(id)
+    );
     assert_eq!(t.steered().get(&sa("10.1.0.1:8080")), Some(&id));
     assert_eq!(
-        t.service_for(sa("10.96.0.99:9080")).map(|(s, _)| s.name.as_str()),
+        t.service_for(sa("10.96.0.99:9080"))
+            .map(|(s, _)| s.name.as_str()),
         Some("aaa")
     );
 }
@@ -632,7 +652,10 @@ fn statuses_follow_input_order_with_observed_generation() {
     let (_, st) = RouteTable::compute(&s, now());
     assert_eq!(st.len(), 2);
     assert_eq!((st[0].name.as_str(), st[0].observed_generation), ("zz", 9));
-    assert_eq!((st[1].name.as_str(), st[1].observed_generation), ("pr-42", 3));
+    assert_eq!(
+        (st[1].name.as_str(), st[1].observed_generation),
+        ("pr-42", 3)
+    );
     assert_eq!(st[0].reason, Reason::NoReadyEndpoints);
     assert_eq!(st[1].condition_status(), "True");
 }
@@ -640,8 +663,11 @@ fn statuses_follow_input_order_with_observed_generation() {
 #[test]
 fn routes_view_lists_every_route_as_json() {
     let mut s = state();
-    s.routes
-        .push(route("bad", "bad key!", vec![selector_fork("ratings", "x")]));
+    s.routes.push(route(
+        "bad",
+        "bad key!",
+        vec![selector_fork("ratings", "x")],
+    ));
     let (t, _) = RouteTable::compute(&s, now());
     let names: Vec<_> = t.routes().iter().map(|r| r.name.as_str()).collect();
     assert_eq!(names, ["bad", "pr-42"]);
@@ -649,7 +675,10 @@ fn routes_view_lists_every_route_as_json() {
     assert_eq!(json[0]["reason"], "InvalidKey");
     assert_eq!(json[1]["routingKey"], "pr-42");
     assert_eq!(json[1]["forks"][0]["serviceId"], reviews_id());
-    assert_eq!(json[1]["forks"][0]["ports"][0]["endpoints"][0], "10.2.0.1:8080");
+    assert_eq!(
+        json[1]["forks"][0]["ports"][0]["endpoints"][0],
+        "10.2.0.1:8080"
+    );
     assert_eq!(json[1]["fallback"], "Baseline");
 }
 

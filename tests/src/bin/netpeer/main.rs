@@ -84,13 +84,38 @@ fn raw(addr: SocketAddr, args: &[String]) -> anyhow::Result<()> {
         .map(|v| v.parse())
         .transpose()?
         .unwrap_or(0);
+    let until_line = args.iter().any(|a| a == "--until-line");
     let mut conn = TcpStream::connect_timeout(&addr, TIMEOUT)?;
     conn.set_read_timeout(Some(Duration::from_secs(10)))?;
     conn.write_all(send.as_bytes())?;
     std::thread::sleep(Duration::from_millis(stall));
+    if args.iter().any(|a| a == "--reset") {
+        // SO_LINGER 0: close() sends a RST, as a client that dies mid-request would.
+        let linger = libc::linger { l_onoff: 1, l_linger: 0 };
+        // SAFETY: valid socket fd and a correctly sized option value.
+        unsafe {
+            libc::setsockopt(
+                std::os::fd::AsRawFd::as_raw_fd(&conn),
+                libc::SOL_SOCKET,
+                libc::SO_LINGER,
+                (&linger as *const libc::linger).cast(),
+                std::mem::size_of::<libc::linger>() as libc::socklen_t,
+            );
+        }
+        drop(conn);
+        println!("{}", json!({ "reset": true }));
+        return Ok(());
+    }
     let started = std::time::Instant::now();
     let mut buf = Vec::new();
-    let result = conn.read_to_end(&mut buf);
+    let result = if until_line {
+        let mut line = String::new();
+        let r = BufReader::new(&conn).read_line(&mut line).map(|_| ());
+        buf = line.into_bytes();
+        r
+    } else {
+        conn.read_to_end(&mut buf).map(|_| ())
+    };
     println!(
         "{}",
         json!({
