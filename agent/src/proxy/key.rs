@@ -90,7 +90,11 @@ impl KeySources {
     /// query parameter.
     pub fn with_headers(headers: impl IntoIterator<Item = HeaderName>) -> Self {
         let mut s = Self::default();
-        let at = s.order.len() - 1;
+        let at = s
+            .order
+            .iter()
+            .position(|src| *src == KeySource::Query)
+            .unwrap_or(s.order.len());
         s.order
             .splice(at..at, headers.into_iter().map(KeySource::Header));
         s

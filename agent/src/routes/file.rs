@@ -563,7 +563,8 @@ impl ReloadStats {
         self.reloads.load(Ordering::Relaxed)
     }
 
-    /// Rejected versions of the file (each bad version counts once, however long it stays).
+    /// Rejected versions of the file, and failures to read it (each counts once, however long it
+    /// stays).
     pub fn rejected(&self) -> u64 {
         self.rejected.load(Ordering::Relaxed)
     }

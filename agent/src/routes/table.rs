@@ -616,11 +616,13 @@ impl RouteTable {
             let worst = resolved
                 .iter()
                 .map(|f| &f.status)
-                .min_by_key(|s| severity(s.reason));
+                .enumerate()
+                .min_by_key(|(_, s)| severity(s.reason));
             let (reason, message) = match worst {
-                Some(s) if s.reason != Reason::EndpointsReady => {
-                    (s.reason, format!("forks[{}]: {}", s.service, s.message))
-                }
+                Some((i, s)) if s.reason != Reason::EndpointsReady => (
+                    s.reason,
+                    format!("forks[{i}] ({}): {}", s.service, s.message),
+                ),
                 Some(_) => (
                     Reason::EndpointsReady,
                     format!("{} fork(s) have ready sandbox endpoints", resolved.len()),

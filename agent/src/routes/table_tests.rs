@@ -606,10 +606,7 @@ fn service_id_collisions_resolve_by_name_order() {
         .map(|i| format!("svc-{i}"))
         .find_map(|n| {
             let h = service_id("ns", &n);
-            match seen.insert(h, n.clone()) {
-                Some(prev) => Some((prev, n)),
-                None => None,
-            }
+            seen.insert(h, n.clone()).map(|prev| (prev, n))
         })
         .expect("a collision");
     let (first, second) = if a < b { (a, b) } else { (b, a) };
