@@ -100,9 +100,17 @@ impl Metrics {
     }
 
     /// One routed request (or opaque connection).
-    pub fn request(&self, kind: DecisionKind, reason: &'static str, latency: Option<std::time::Duration>) {
+    pub fn request(
+        &self,
+        kind: DecisionKind,
+        reason: &'static str,
+        latency: Option<std::time::Duration>,
+    ) {
         self.requests
-            .get_or_create(&RequestLabels { decision: kind.as_str(), reason })
+            .get_or_create(&RequestLabels {
+                decision: kind.as_str(),
+                reason,
+            })
             .inc();
         if let Some(l) = latency {
             self.request_duration.observe(l.as_secs_f64());

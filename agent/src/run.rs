@@ -96,8 +96,12 @@ async fn run_async(args: RunArgs) -> anyhow::Result<()> {
     // --steer destinations are steered whatever the routes say (service id 0).
     let extra: BTreeMap<_, _> = args.steer.iter().map(|d| (*d, 0u32)).collect();
     let apply = {
-        let (table, steering, metrics, extra) =
-            (table.clone(), steering.clone(), metrics.clone(), extra.clone());
+        let (table, steering, metrics, extra) = (
+            table.clone(),
+            steering.clone(),
+            metrics.clone(),
+            extra.clone(),
+        );
         move |state: &ClusterState| {
             let (new, statuses) = RouteTable::compute(state, jiff::Timestamp::now());
             for s in statuses.iter().filter(|s| !s.ready) {
@@ -109,8 +113,13 @@ async fn run_async(args: RunArgs) -> anyhow::Result<()> {
             // The proxy learns the routes before capture sends it the traffic.
             table.store(Arc::new(new));
             if let Some(r) = steering.apply(desired, &metrics) {
-                tracing::info!(added = r.added, removed = r.removed, unchanged = r.unchanged,
-                    failed = r.failed.len(), "route table applied");
+                tracing::info!(
+                    added = r.added,
+                    removed = r.removed,
+                    unchanged = r.unchanged,
+                    failed = r.failed.len(),
+                    "route table applied"
+                );
             }
             metrics.table_reloaded();
         }
@@ -190,11 +199,16 @@ async fn run_async(args: RunArgs) -> anyhow::Result<()> {
         })
     });
     let admin_shutdown = CancellationToken::new();
-    let admin_task = tokio::spawn(admin::serve(admin_listener, admin_state.clone(), admin_shutdown.clone()));
+    let admin_task = tokio::spawn(admin::serve(
+        admin_listener,
+        admin_state.clone(),
+        admin_shutdown.clone(),
+    ));
     admin_state.ready.store(true, Ordering::Relaxed);
     tracing::info!(cgroup = %args.cgroup.display(), proxy = %args.proxy_addr, "shunt running");
 
-    let mut term = tokio::signal::unix::signal(SignalKind::terminate()).context("SIGTERM handler")?;
+    let mut term =
+        tokio::signal::unix::signal(SignalKind::terminate()).context("SIGTERM handler")?;
     let mut int = tokio::signal::unix::signal(SignalKind::interrupt()).context("SIGINT handler")?;
     tokio::select! {
         _ = term.recv() => tracing::info!("SIGTERM: failing open, then draining"),

@@ -19,7 +19,13 @@ struct Inner {
 
 impl Steering {
     pub fn new(map: SteeredMap) -> Self {
-        Self { inner: Mutex::new(Inner { map, desired: BTreeMap::new(), suspended: false }) }
+        Self {
+            inner: Mutex::new(Inner {
+                map,
+                desired: BTreeMap::new(),
+                suspended: false,
+            }),
+        }
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
@@ -27,7 +33,11 @@ impl Steering {
     }
 
     /// Sets the desired steered set and applies the difference (unless suspended).
-    pub fn apply(&self, desired: BTreeMap<SocketAddr, u32>, metrics: &Metrics) -> Option<SyncReport> {
+    pub fn apply(
+        &self,
+        desired: BTreeMap<SocketAddr, u32>,
+        metrics: &Metrics,
+    ) -> Option<SyncReport> {
         let mut inner = self.lock();
         inner.desired = desired;
         if inner.suspended {

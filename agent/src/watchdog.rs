@@ -45,7 +45,9 @@ fn accept_queue_len(fd: &OwnedFd) -> Option<u32> {
 
 impl Watchdog {
     pub fn spawn(self) -> std::io::Result<std::thread::JoinHandle<()>> {
-        std::thread::Builder::new().name("shunt-watchdog".into()).spawn(move || self.run())
+        std::thread::Builder::new()
+            .name("shunt-watchdog".into())
+            .spawn(move || self.run())
     }
 
     fn run(self) {
@@ -55,7 +57,12 @@ impl Watchdog {
         while !self.stop.load(Ordering::Relaxed) {
             std::thread::sleep(self.interval);
             let now = self.heartbeat.load(Ordering::Relaxed);
-            let queued = self.listeners.iter().filter_map(accept_queue_len).max().unwrap_or(0);
+            let queued = self
+                .listeners
+                .iter()
+                .filter_map(accept_queue_len)
+                .max()
+                .unwrap_or(0);
             let wedged = queued > 0 && now == last;
             last = now;
             if wedged {
@@ -64,7 +71,11 @@ impl Watchdog {
                     tripped = true;
                     let cleared = self.steering.suspend();
                     self.metrics.watchdog_tripped();
-                    tracing::error!(queued, cleared, "proxy is not accepting: cleared STEERED, new connections go direct");
+                    tracing::error!(
+                        queued,
+                        cleared,
+                        "proxy is not accepting: cleared STEERED, new connections go direct"
+                    );
                 }
             } else if tripped {
                 healthy_streak += 1;

@@ -9,11 +9,11 @@ use std::{
     },
 };
 
+use arc_swap::ArcSwap;
 use bytes::Bytes;
 use http_body_util::Full;
 use hyper::{Request, Response, StatusCode, body::Incoming, service::service_fn};
 use hyper_util::rt::{TokioExecutor, TokioIo};
-use arc_swap::ArcSwap;
 use prometheus_client::registry::Registry;
 
 use crate::{proxy::decision_log::DecisionLog, routes::RouteTable};
@@ -77,9 +77,15 @@ fn route(state: &AdminState, req: Request<Incoming>) -> Response<Full<Bytes>> {
                 match &*k {
                     "key" => key = Some(v.into_owned()),
                     "since" => match v.parse::<u64>() {
-                        Ok(ms) => since = Some(std::time::UNIX_EPOCH + std::time::Duration::from_millis(ms)),
+                        Ok(ms) => {
+                            since =
+                                Some(std::time::UNIX_EPOCH + std::time::Duration::from_millis(ms))
+                        }
                         Err(_) => {
-                            return text(StatusCode::BAD_REQUEST, "since: expected unix milliseconds\n".into());
+                            return text(
+                                StatusCode::BAD_REQUEST,
+                                "since: expected unix milliseconds\n".into(),
+                            );
                         }
                     },
                     _ => {}
@@ -121,7 +127,10 @@ fn json<T: serde::Serialize>(value: &T) -> Response<Full<Bytes>> {
             );
             r
         }
-        Err(e) => text(StatusCode::INTERNAL_SERVER_ERROR, format!("encoding: {e}\n")),
+        Err(e) => text(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            format!("encoding: {e}\n"),
+        ),
     }
 }
 

@@ -146,7 +146,10 @@ impl Capture {
     /// attached until it is dropped.
     pub fn into_parts(self) -> (AttachGuard, SteeredMap, OrigDstMap, CaptureStats) {
         (
-            AttachGuard { _ebpf: self._ebpf, logger: self.logger },
+            AttachGuard {
+                _ebpf: self._ebpf,
+                logger: self.logger,
+            },
             self.steered,
             self.orig_dst,
             self.stats,
@@ -183,7 +186,9 @@ pub struct AttachGuard {
 impl AttachGuard {
     /// Forwards the programs' log lines to tracing until the runtime stops. Needs a tokio runtime.
     pub fn forward_logs(&mut self) {
-        let Some(logger) = self.logger.take() else { return };
+        let Some(logger) = self.logger.take() else {
+            return;
+        };
         // SAFETY: the logger owns its ring buffer fd; flushing neither closes nor replaces it.
         let fd = unsafe {
             tokio::io::unix::AsyncFd::register_with_interest(logger, tokio::io::Interest::READABLE)

@@ -105,7 +105,10 @@ mod unix_ms {
     use std::time::{SystemTime, UNIX_EPOCH};
 
     pub fn serialize<S: serde::Serializer>(t: &SystemTime, s: S) -> Result<S::Ok, S::Error> {
-        let ms = t.duration_since(UNIX_EPOCH).map(|d| d.as_millis()).unwrap_or(0);
+        let ms = t
+            .duration_since(UNIX_EPOCH)
+            .map(|d| d.as_millis())
+            .unwrap_or(0);
         s.serialize_u64(ms as u64)
     }
 }

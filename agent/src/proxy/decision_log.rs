@@ -11,7 +11,10 @@ pub struct DecisionLog {
 
 impl DecisionLog {
     pub fn new(capacity: usize) -> Self {
-        Self { capacity, ring: Mutex::new(VecDeque::with_capacity(capacity.min(4096))) }
+        Self {
+            capacity,
+            ring: Mutex::new(VecDeque::with_capacity(capacity.min(4096))),
+        }
     }
 
     pub fn push(&self, record: DecisionRecord) {
@@ -66,7 +69,11 @@ mod tests {
         log.push(record(Some("a")));
         log.push(record(Some("b")));
         log.push(record(Some("c")));
-        let keys: Vec<_> = log.query(None, None).into_iter().filter_map(|r| r.key).collect();
+        let keys: Vec<_> = log
+            .query(None, None)
+            .into_iter()
+            .filter_map(|r| r.key)
+            .collect();
         assert_eq!(keys, ["b", "c"]);
     }
 

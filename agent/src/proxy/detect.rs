@@ -45,7 +45,11 @@ pub fn classify(buf: &[u8]) -> Option<Protocol> {
     }
     let n = buf.len().min(H2_PREFACE.len());
     if buf[..n] == H2_PREFACE[..n] {
-        return if n == H2_PREFACE.len() { Some(Protocol::H2c) } else { None };
+        return if n == H2_PREFACE.len() {
+            Some(Protocol::H2c)
+        } else {
+            None
+        };
     }
     // HTTP/1.x request line: a method token (uppercase letters, at most 16) then a space.
     for (i, b) in buf.iter().enumerate().take(17) {
@@ -55,7 +59,11 @@ pub fn classify(buf: &[u8]) -> Option<Protocol> {
             _ => return Some(Protocol::Opaque),
         }
     }
-    if buf.len() >= 17 { Some(Protocol::Opaque) } else { None }
+    if buf.len() >= 17 {
+        Some(Protocol::Opaque)
+    } else {
+        None
+    }
 }
 
 /// Peeks until the protocol is known or `timeout` passes (then: opaque).
@@ -105,7 +113,10 @@ mod tests {
 
     #[test]
     fn tls_client_hello_is_tls() {
-        assert_eq!(classify(&[0x16, 0x03, 0x01, 0x02, 0x00]), Some(Protocol::Tls));
+        assert_eq!(
+            classify(&[0x16, 0x03, 0x01, 0x02, 0x00]),
+            Some(Protocol::Tls)
+        );
     }
 
     #[test]

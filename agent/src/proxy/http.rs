@@ -46,14 +46,20 @@ pub struct ConnInfo {
 
 /// Bodies we answer with ourselves (errors, 503s).
 fn local_body(text: String) -> ProxyBody {
-    Full::new(Bytes::from(text)).map_err(|never| match never {}).boxed_unsync()
+    Full::new(Bytes::from(text))
+        .map_err(|never| match never {})
+        .boxed_unsync()
 }
 
 fn local_response(status: StatusCode, text: String) -> Response<ProxyBody> {
     let mut r = Response::new(local_body(text));
     *r.status_mut() = status;
-    r.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain; charset=utf-8"));
-    r.headers_mut().insert("x-shunt-error", HeaderValue::from_static("1"));
+    r.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/plain; charset=utf-8"),
+    );
+    r.headers_mut()
+        .insert("x-shunt-error", HeaderValue::from_static("1"));
     r
 }
 
@@ -69,7 +75,10 @@ pub async fn serve(shared: Arc<ProxyShared>, stream: TcpStream, info: ConnInfo) 
         }
     };
     let pending = Arc::new(AtomicBool::new(false));
-    let io = TokioIo::new(TrackRequestBytes { inner: stream, pending: pending.clone() });
+    let io = TokioIo::new(TrackRequestBytes {
+        inner: stream,
+        pending: pending.clone(),
+    });
     let invalid_logged = Arc::new(AtomicBool::new(false));
     let svc = {
         let shared = shared.clone();
@@ -122,7 +131,9 @@ pub async fn serve(shared: Arc<ProxyShared>, stream: TcpStream, info: ConnInfo) 
             let _ = (&dup).write_all(
                 b"HTTP/1.1 408 Request Timeout\r\nconnection: close\r\ncontent-length: 0\r\n\r\n",
             );
-            shared.metrics.request(DecisionKind::Reject, "header_read_timeout", None);
+            shared
+                .metrics
+                .request(DecisionKind::Reject, "header_read_timeout", None);
         }
         let _ = dup.shutdown(std::net::Shutdown::Both);
     }
@@ -159,9 +170,10 @@ async fn handle(
             "malformed routing key, treated as no key");
     }
     let key = extracted.key.clone();
-    let mut decision = shared
-        .router()
-        .decide(info.original_dst, key.as_ref(), extracted.invalid.is_some());
+    let mut decision =
+        shared
+            .router()
+            .decide(info.original_dst, key.as_ref(), extracted.invalid.is_some());
     let method = req.method().clone();
     let path = req.uri().path().to_string();
 
@@ -174,7 +186,11 @@ async fn handle(
     };
 
     let status = response.status().as_u16();
-    shared.metrics.request(decision.kind, decision.reason.as_str(), Some(started.elapsed()));
+    shared.metrics.request(
+        decision.kind,
+        decision.reason.as_str(),
+        Some(started.elapsed()),
+    );
     shared.log.push(DecisionRecord {
         time: SystemTime::now(),
         client: info.client,
@@ -229,7 +245,10 @@ async fn forward(
                 (full(bytes.clone()), Some(bytes))
             }
             Err(e) => {
-                return local_response(StatusCode::BAD_REQUEST, format!("shunt: reading the request body: {e}\n"));
+                return local_response(
+                    StatusCode::BAD_REQUEST,
+                    format!("shunt: reading the request body: {e}\n"),
+                );
             }
         }
     } else {
@@ -247,7 +266,10 @@ async fn forward(
                     decision.kind = DecisionKind::Baseline;
                     decision.reason = Reason::SandboxUnreachable;
                     decision.upstream = Some(baseline);
-                    shared.upstreams.send(baseline, Request::from_parts(parts, full(bytes))).await
+                    shared
+                        .upstreams
+                        .send(baseline, Request::from_parts(parts, full(bytes)))
+                        .await
                 }
                 (None, _) => {
                     decision.kind = DecisionKind::Reject;
@@ -273,14 +295,19 @@ async fn forward(
 }
 
 fn full(bytes: Bytes) -> ProxyBody {
-    Full::new(bytes).map_err(|never| match never {}).boxed_unsync()
+    Full::new(bytes)
+        .map_err(|never| match never {})
+        .boxed_unsync()
 }
 
 fn is_upgrade(req: &Request<Incoming>) -> bool {
     req.method() == Method::CONNECT
         || req.headers().get(header::CONNECTION).is_some_and(|v| {
             v.to_str()
-                .map(|s| s.split(',').any(|t| t.trim().eq_ignore_ascii_case("upgrade")))
+                .map(|s| {
+                    s.split(',')
+                        .any(|t| t.trim().eq_ignore_ascii_case("upgrade"))
+                })
                 .unwrap_or(false)
         })
 }
@@ -298,11 +325,22 @@ async fn forward_upgrade(
     let client_upgrade = hyper::upgrade::on(&mut req);
     let stream = match super::relay::connect(upstream, shared.cfg.connect_timeout).await {
         Ok(s) => s,
-        Err(e) => return local_response(StatusCode::BAD_GATEWAY, format!("shunt: connecting to {upstream}: {e}\n")),
+        Err(e) => {
+            return local_response(
+                StatusCode::BAD_GATEWAY,
+                format!("shunt: connecting to {upstream}: {e}\n"),
+            );
+        }
     };
-    let (mut sender, conn) = match hyper::client::conn::http1::handshake(TokioIo::new(stream)).await {
+    let (mut sender, conn) = match hyper::client::conn::http1::handshake(TokioIo::new(stream)).await
+    {
         Ok(pair) => pair,
-        Err(e) => return local_response(StatusCode::BAD_GATEWAY, format!("shunt: upstream handshake: {e}\n")),
+        Err(e) => {
+            return local_response(
+                StatusCode::BAD_GATEWAY,
+                format!("shunt: upstream handshake: {e}\n"),
+            );
+        }
     };
     tokio::spawn(async move {
         let _ = conn.with_upgrades().await;
@@ -311,7 +349,12 @@ async fn forward_upgrade(
     let req = req.map(|b| b.boxed_unsync());
     let mut resp = match sender.send_request(req).await {
         Ok(r) => r,
-        Err(e) => return local_response(StatusCode::BAD_GATEWAY, format!("shunt: upstream {upstream}: {e}\n")),
+        Err(e) => {
+            return local_response(
+                StatusCode::BAD_GATEWAY,
+                format!("shunt: upstream {upstream}: {e}\n"),
+            );
+        }
     };
     let upgraded = resp.status() == StatusCode::SWITCHING_PROTOCOLS
         || (is_connect && resp.status().is_success());
@@ -343,7 +386,13 @@ fn strip_hop_by_hop(headers: &mut HeaderMap) {
     for name in listed {
         headers.remove(name);
     }
-    for name in ["connection", "keep-alive", "proxy-connection", "transfer-encoding", "upgrade"] {
+    for name in [
+        "connection",
+        "keep-alive",
+        "proxy-connection",
+        "transfer-encoding",
+        "upgrade",
+    ] {
         headers.remove(name);
     }
 }

@@ -77,7 +77,9 @@ pub async fn serve(listener: TcpListener, shared: Arc<ProxyShared>, grace: Durat
                 }
             },
         };
-        shared.heartbeat.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        shared
+            .heartbeat
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         shared.metrics.accepted();
         let shared = shared.clone();
         conns.spawn(async move {
@@ -92,7 +94,10 @@ pub async fn serve(listener: TcpListener, shared: Arc<ProxyShared>, grace: Durat
         .await
         .is_err()
     {
-        tracing::info!(remaining = conns.len(), "grace period over, closing connections");
+        tracing::info!(
+            remaining = conns.len(),
+            "grace period over, closing connections"
+        );
         conns.abort_all();
     }
 }
@@ -107,7 +112,11 @@ async fn handle(shared: &Arc<ProxyShared>, client: tokio::net::TcpStream, peer: 
     };
     let _ = client.set_nodelay(true);
     let protocol = detect::detect(&client, shared.cfg.detect_timeout).await;
-    let info = http::ConnInfo { client: peer, original_dst: dst, protocol };
+    let info = http::ConnInfo {
+        client: peer,
+        original_dst: dst,
+        protocol,
+    };
     match protocol {
         Protocol::Http1 | Protocol::H2c => http::serve(shared.clone(), client, info).await,
         Protocol::Tls | Protocol::Opaque => opaque(shared, client, info).await,
@@ -119,7 +128,11 @@ async fn opaque(shared: &ProxyShared, client: tokio::net::TcpStream, info: http:
     let started = std::time::Instant::now();
     let d = shared.router().decide(info.original_dst, None, false);
     let upstream = d.upstream.unwrap_or(info.original_dst);
-    shared.metrics.request(DecisionKind::Baseline, Reason::OpaqueProtocol.as_str(), None);
+    shared.metrics.request(
+        DecisionKind::Baseline,
+        Reason::OpaqueProtocol.as_str(),
+        None,
+    );
     shared.log.push(DecisionRecord {
         time: SystemTime::now(),
         client: info.client,
@@ -129,7 +142,11 @@ async fn opaque(shared: &ProxyShared, client: tokio::net::TcpStream, info: http:
         path: None,
         service: d.service.clone(),
         key: None,
-        decision: if d.kind == DecisionKind::Passthrough { d.kind } else { DecisionKind::Baseline },
+        decision: if d.kind == DecisionKind::Passthrough {
+            d.kind
+        } else {
+            DecisionKind::Baseline
+        },
         reason: Reason::OpaqueProtocol,
         route: None,
         upstream: Some(upstream),
@@ -147,7 +164,9 @@ async fn opaque(shared: &ProxyShared, client: tokio::net::TcpStream, info: http:
     // Opaque streams have no request boundary to drain at: on shutdown they get the grace
     // period, then are closed.
     match relay::relay(client, up).await {
-        Ok((a, b)) => tracing::trace!(%upstream, up = a, down = b, elapsed = ?started.elapsed(), "opaque relay done"),
+        Ok((a, b)) => {
+            tracing::trace!(%upstream, up = a, down = b, elapsed = ?started.elapsed(), "opaque relay done")
+        }
         Err(e) => tracing::debug!(%upstream, error = %e, "opaque relay ended with an error"),
     }
 }

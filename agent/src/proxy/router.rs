@@ -37,7 +37,14 @@ impl RouteTable {
             fallback: None,
         };
         let Some(key) = key else {
-            return to_baseline(if invalid_key { Reason::InvalidKey } else { Reason::NoKey }, None);
+            return to_baseline(
+                if invalid_key {
+                    Reason::InvalidKey
+                } else {
+                    Reason::NoKey
+                },
+                None,
+            );
         };
         let Some(fork) = self.fork(svc.id, key).filter(|f| f.covers(port.port)) else {
             return to_baseline(Reason::KeyNotForked, None);

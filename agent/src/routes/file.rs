@@ -8,6 +8,7 @@
 //!     addresses: [10.96.0.7]     # ClusterIPs
 //!     ports: [{ name: http, port: 9080, targetPort: http }]   # targetPort: number or name
 //!     endpoints: [{ ip: 198.18.2.2, ports: { http: 9080 } }] # ready: true by default
+//!     alwaysSteer: false         # true: steer the addresses even without forks (no kube-proxy)
 //! pods:
 //!   - { name: reviews-v2, namespace: shop, ips: [198.18.3.2], ports: { http: 9080 },
 //!       labels: { app: reviews-v2, shunt.dev/sandbox: pr-42 } }
@@ -123,6 +124,9 @@ struct RawService {
     ports: Vec<S<RawServicePort>>,
     #[serde(default)]
     endpoints: Vec<S<RawEndpoint>>,
+    /// See [`Service::always_steer`].
+    #[serde(default, rename = "alwaysSteer")]
+    always_steer: Option<S<bool>>,
 }
 
 #[derive(Deserialize)]
@@ -340,6 +344,7 @@ fn convert(raw: &RawFile, c: &mut Check) -> ClusterState {
             addresses: s.addresses.iter().map(|a| a.value).collect(),
             ports,
             endpoints,
+            always_steer: s.always_steer.as_ref().is_some_and(|b| b.value),
         });
     }
 

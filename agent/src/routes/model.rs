@@ -28,6 +28,11 @@ pub struct Service {
     pub addresses: Vec<IpAddr>,
     pub ports: Vec<ServicePort>,
     pub endpoints: Vec<EndpointAddr>,
+    /// Steer the virtual addresses even without a fork, so the agent load-balances them: for
+    /// clusters with no kube-proxy on the path (the demo's mini-cluster). Kubernetes sources
+    /// leave it false.
+    #[serde(default)]
+    pub always_steer: bool,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]

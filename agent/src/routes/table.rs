@@ -753,6 +753,22 @@ impl RouteTable {
                 }
             }
         }
+
+        // Services load-balanced by the agent itself (no kube-proxy): their virtual addresses
+        // are steered with or without forks.
+        for (id, svc) in ix.services.values().filter(|(_, s)| s.always_steer) {
+            let Some(entry) = self.services.get(id) else {
+                continue;
+            };
+            for (pi, p) in entry.ports.iter().enumerate() {
+                for ip in &svc.addresses {
+                    let addr = canon(SocketAddr::new(*ip, p.port.port));
+                    if self.by_addr.get(&addr) == Some(&(*id, pi)) {
+                        self.steered.insert(addr, *id);
+                    }
+                }
+            }
+        }
     }
 
     /// The Service and port a connection's original destination belongs to: a ClusterIP:port,

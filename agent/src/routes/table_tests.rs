@@ -54,6 +54,7 @@ fn endpoint(addr: &str, port: u16, ready: bool) -> EndpointAddr {
 /// `reviews` in `shop`: ClusterIP 10.96.0.7:9080 → endpoints on 8080.
 fn reviews() -> Service {
     Service {
+        always_steer: false,
         namespace: "shop".into(),
         name: "reviews".into(),
         addresses: vec![ip("10.96.0.7")],
@@ -67,6 +68,7 @@ fn reviews() -> Service {
 
 fn ratings() -> Service {
     Service {
+        always_steer: false,
         namespace: "shop".into(),
         name: "ratings".into(),
         addresses: vec![ip("10.96.0.8")],
@@ -488,6 +490,7 @@ fn selector_matching_only_other_namespace_is_cross_namespace() {
 fn service_target_uses_sandbox_service_endpoints() {
     let mut s = state();
     s.services.push(Service {
+        always_steer: false,
         namespace: "shop".into(),
         name: "reviews-pr-42".into(),
         addresses: vec![ip("10.96.0.42")],
@@ -587,6 +590,7 @@ fn service_ids_are_stable_when_services_come_and_go() {
     s.services.insert(
         0,
         Service {
+            always_steer: false,
             name: "details".into(),
             ..ratings()
         },
@@ -616,6 +620,7 @@ fn service_id_collisions_resolve_by_name_order() {
     assert_ne!(ids[1], 0);
     // Input order does not matter: compute sorts by name before assigning.
     let svc = |name: &str, vip: &str| Service {
+        always_steer: false,
         namespace: "ns".into(),
         name: name.into(),
         addresses: vec![ip(vip)],
@@ -701,4 +706,34 @@ fn two_forks_of_one_service_split_its_ports() {
     let fork = t.fork(reviews_id(), &key("pr-42")).expect("fork");
     assert_eq!(fork.endpoints(9080), [sa("10.2.0.1:8080")]);
     assert_eq!(fork.endpoints(9090), [sa("10.2.0.9:9090")]);
+}
+
+#[test]
+fn always_steer_service_vips_are_steered_without_forks() {
+    let mut svc = ratings();
+    svc.always_steer = true;
+    let state = ClusterState {
+        services: vec![svc.clone()],
+        pods: vec![],
+        routes: vec![],
+    };
+    let (table, _) = RouteTable::compute(&state, jiff::Timestamp::now());
+    let vips: Vec<_> = svc
+        .addresses
+        .iter()
+        .map(|ip| SocketAddr::new(*ip, svc.ports[0].port))
+        .collect();
+    assert!(!vips.is_empty());
+    for vip in &vips {
+        assert!(table.steered().contains_key(vip), "{vip} steered");
+        assert_eq!(
+            table.decide(*vip, None, false).upstream,
+            table
+                .baseline(service_id(&svc.namespace, &svc.name), svc.ports[0].port)
+                .first()
+                .copied()
+        );
+    }
+    // Only the virtual addresses: endpoints are reached directly.
+    assert_eq!(table.steered().len(), vips.len());
 }
