@@ -177,17 +177,27 @@ async fn run_async(args: RunArgs) -> anyhow::Result<()> {
         tasks.spawn(proxy::serve(l, shared.clone(), args.shutdown_grace));
     }
     let route_sync = routes_watch.map(|mut w| {
-        let metrics = metrics.clone();
+        let (metrics, table) = (metrics.clone(), table.clone());
         tokio::spawn(async move {
             let mut rejected = w.stats.rejected();
             loop {
+                // Expiry needs no file change: recompute when the next route expires.
+                let expiry = table.load().next_expiry().map(|t| {
+                    let now = jiff::Timestamp::now();
+                    Duration::try_from(t.duration_since(now)).unwrap_or(Duration::ZERO)
+                });
                 tokio::select! {
                     changed = w.states.changed() => {
                         if changed.is_err() { return; }
                         let state = w.states.borrow_and_update().clone();
                         apply(&state);
                     }
-                    _ = tokio::time::sleep(Duration::from_millis(200)) => {}
+                    _ = tokio::time::sleep(expiry.unwrap_or(Duration::MAX).min(Duration::from_millis(200))) => {
+                        if expiry.is_some_and(|e| e.is_zero()) {
+                            let state = w.states.borrow().clone();
+                            apply(&state);
+                        }
+                    }
                 }
                 // Count rejected versions of the file as they happen.
                 let now = w.stats.rejected();
