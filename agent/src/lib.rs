@@ -5,6 +5,7 @@
 pub mod admin;
 pub mod capture;
 pub mod cli;
+pub mod kube;
 pub mod metrics;
 pub mod proxy;
 pub mod routes;
