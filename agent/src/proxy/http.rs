@@ -63,6 +63,22 @@ fn local_response(status: StatusCode, text: String) -> Response<ProxyBody> {
     r
 }
 
+/// Drives a hyper server connection; on shutdown it finishes in-flight requests, then closes.
+/// A macro because hyper's h1 upgradeable and h2 connections share no graceful-shutdown trait.
+macro_rules! until_shutdown {
+    ($conn:expr, $shutdown:expr) => {{
+        let conn = $conn;
+        tokio::pin!(conn);
+        tokio::select! {
+            r = conn.as_mut() => r,
+            _ = $shutdown.cancelled() => {
+                conn.as_mut().graceful_shutdown();
+                conn.await
+            }
+        }
+    }};
+}
+
 /// Serves one HTTP connection until it closes.
 pub async fn serve(shared: Arc<ProxyShared>, stream: TcpStream, info: ConnInfo) {
     // Keep a duplicate of the socket: when our header-read timer fires, hyper drops the
@@ -96,15 +112,7 @@ pub async fn serve(shared: Arc<ProxyShared>, stream: TcpStream, info: ConnInfo) 
                 .max_header_list_size(cfg.max_header_bytes as u32)
                 .keep_alive_interval(Some(cfg.idle_timeout / 2))
                 .keep_alive_timeout(cfg.idle_timeout / 2);
-            let conn = b.serve_connection(io, svc);
-            tokio::pin!(conn);
-            tokio::select! {
-                r = conn.as_mut() => r,
-                _ = shared.shutdown.cancelled() => {
-                    conn.as_mut().graceful_shutdown();
-                    conn.await
-                }
-            }
+            until_shutdown!(b.serve_connection(io, svc), shared.shutdown)
         }
         _ => {
             let mut b = hyper::server::conn::http1::Builder::new();
@@ -112,15 +120,7 @@ pub async fn serve(shared: Arc<ProxyShared>, stream: TcpStream, info: ConnInfo) 
                 .header_read_timeout(Some(cfg.header_read_timeout))
                 .max_header_size(cfg.max_header_bytes)
                 .max_headers(cfg.max_headers);
-            let conn = b.serve_connection(io, svc).with_upgrades();
-            tokio::pin!(conn);
-            tokio::select! {
-                r = conn.as_mut() => r,
-                _ = shared.shutdown.cancelled() => {
-                    conn.as_mut().graceful_shutdown();
-                    conn.await
-                }
-            }
+            until_shutdown!(b.serve_connection(io, svc).with_upgrades(), shared.shutdown)
         }
     };
     if let Err(e) = result {
