@@ -38,7 +38,11 @@ fn try_sock_ops(ctx: &SockOpsContext) -> u32 {
     let client = Endpoint::new(local, (ctx.local_port() as u16).to_be());
     if let Err(errno) = ORIG_DST.insert(&client, &orig, 0) {
         count(stats::ORIG_DST_INSERT_FAILED);
-        aya_log_ebpf::warn!(ctx, "ORIG_DST insert failed ({}): the proxy will close it", errno);
+        aya_log_ebpf::warn!(
+            ctx,
+            "ORIG_DST insert failed ({}): the proxy will close it",
+            errno
+        );
     } else {
         count(stats::ORIG_DST_RECORDED);
     }

@@ -55,7 +55,11 @@ pub fn decide(ctx: &SockAddrContext, dst: Endpoint) -> Verdict {
     let orig = OrigDst { dst, service_id };
     if let Err(errno) = ORIG_COOKIE.insert(&cookie, &orig, 0) {
         count(stats::ORIG_COOKIE_INSERT_FAILED);
-        aya_log_ebpf::warn!(ctx, "ORIG_COOKIE insert failed ({}): connection left direct", errno);
+        aya_log_ebpf::warn!(
+            ctx,
+            "ORIG_COOKIE insert failed ({}): connection left direct",
+            errno
+        );
         return Verdict::Direct;
     }
     Verdict::Redirect(cfg)

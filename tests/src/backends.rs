@@ -43,7 +43,12 @@ impl Backend {
         Self::tcp_with_banner(netns, server, addr, false)
     }
 
-    fn tcp_with_banner(netns: &Netns, server: &str, addr: SocketAddr, banner: bool) -> anyhow::Result<Self> {
+    fn tcp_with_banner(
+        netns: &Netns,
+        server: &str,
+        addr: SocketAddr,
+        banner: bool,
+    ) -> anyhow::Result<Self> {
         let listener = netns.run(move || TcpListener::bind(addr))??;
         listener.set_nonblocking(true)?;
         let stop = Arc::new(AtomicBool::new(false));

@@ -41,7 +41,9 @@ impl GrpcBackend {
                 .expect("grpc runtime");
             rt.block_on(async move {
                 let (reporter, service) = tonic_health::server::health_reporter();
-                reporter.set_service_status(&name, ServingStatus::Serving).await;
+                reporter
+                    .set_service_status(&name, ServingStatus::Serving)
+                    .await;
                 let flipper = {
                     let (reporter, name) = (reporter.clone(), name.clone());
                     tokio::spawn(async move {
@@ -49,7 +51,11 @@ impl GrpcBackend {
                         loop {
                             tokio::time::sleep(std::time::Duration::from_millis(150)).await;
                             serving = !serving;
-                            let st = if serving { ServingStatus::Serving } else { ServingStatus::NotServing };
+                            let st = if serving {
+                                ServingStatus::Serving
+                            } else {
+                                ServingStatus::NotServing
+                            };
                             reporter.set_service_status(&name, st).await;
                         }
                     })

@@ -84,7 +84,11 @@ impl HttpBackend {
                 }
             });
         });
-        Ok(Self { addr, requests, stop })
+        Ok(Self {
+            addr,
+            requests,
+            stop,
+        })
     }
 }
 
@@ -106,10 +110,14 @@ async fn serve(
     if path == "/ws" {
         return Ok(websocket(server, &mut req));
     }
-    if let Some(n) = path.strip_prefix("/bytes/").and_then(|n| n.parse::<usize>().ok()) {
+    if let Some(n) = path
+        .strip_prefix("/bytes/")
+        .and_then(|n| n.parse::<usize>().ok())
+    {
         // A fixed-size payload, for benchmarks.
         let mut resp = Response::new(Full::new(Bytes::from(vec![b'x'; n])));
-        resp.headers_mut().insert("x-served-by", server.parse().expect("header value"));
+        resp.headers_mut()
+            .insert("x-served-by", server.parse().expect("header value"));
         return Ok(resp);
     }
     if let Some(ms) = path.strip_prefix("/slow") {
@@ -130,25 +138,49 @@ async fn serve(
     let headers = ROUTING_HEADERS
         .iter()
         .filter_map(|h| {
-            let v: Vec<&str> = req.headers().get_all(*h).iter().filter_map(|v| v.to_str().ok()).collect();
+            let v: Vec<&str> = req
+                .headers()
+                .get_all(*h)
+                .iter()
+                .filter_map(|v| v.to_str().ok())
+                .collect();
             (!v.is_empty()).then(|| (h.to_string(), v.join(", ")))
         })
         .collect();
     let method = req.method().to_string();
     let query = req.uri().query().map(str::to_string);
     let version = format!("{:?}", req.version());
-    let body_len = req.into_body().collect().await.map(|b| b.to_bytes().len()).unwrap_or(0);
-    let served = Served { server: server.clone(), method, path, query, version, peer, headers, body_len };
-    let mut resp = Response::new(Full::new(Bytes::from(serde_json::to_vec(&served).unwrap_or_default())));
+    let body_len = req
+        .into_body()
+        .collect()
+        .await
+        .map(|b| b.to_bytes().len())
+        .unwrap_or(0);
+    let served = Served {
+        server: server.clone(),
+        method,
+        path,
+        query,
+        version,
+        peer,
+        headers,
+        body_len,
+    };
+    let mut resp = Response::new(Full::new(Bytes::from(
+        serde_json::to_vec(&served).unwrap_or_default(),
+    )));
     *resp.status_mut() = status;
-    resp.headers_mut().insert("x-served-by", server.parse().expect("header value"));
+    resp.headers_mut()
+        .insert("x-served-by", server.parse().expect("header value"));
     Ok(resp)
 }
 
 fn websocket(server: String, req: &mut Request<Incoming>) -> Response<Full<Bytes>> {
     let key = req.headers().get("sec-websocket-key").cloned();
     let Some(key) = key else {
-        let mut r = Response::new(Full::new(Bytes::from_static(b"expected a websocket upgrade")));
+        let mut r = Response::new(Full::new(Bytes::from_static(
+            b"expected a websocket upgrade",
+        )));
         *r.status_mut() = StatusCode::BAD_REQUEST;
         return r;
     };
@@ -156,7 +188,9 @@ fn websocket(server: String, req: &mut Request<Incoming>) -> Response<Full<Bytes
     let name = server.clone();
     tokio::spawn(async move {
         let server = name;
-        let Ok(upgraded) = on_upgrade.await else { return };
+        let Ok(upgraded) = on_upgrade.await else {
+            return;
+        };
         let mut ws = tokio_tungstenite::WebSocketStream::from_raw_socket(
             TokioIo::new(upgraded),
             tokio_tungstenite::tungstenite::protocol::Role::Server,
@@ -166,7 +200,11 @@ fn websocket(server: String, req: &mut Request<Incoming>) -> Response<Full<Bytes
         while let Some(Ok(msg)) = ws.next().await {
             if let tokio_tungstenite::tungstenite::Message::Text(t) = msg {
                 let reply = format!("{server}: {t}");
-                if ws.send(tokio_tungstenite::tungstenite::Message::text(reply)).await.is_err() {
+                if ws
+                    .send(tokio_tungstenite::tungstenite::Message::text(reply))
+                    .await
+                    .is_err()
+                {
                     return;
                 }
             }

@@ -22,7 +22,11 @@ pub struct RoutesSpec {
 
 impl Default for RoutesSpec {
     fn default() -> Self {
-        Self { reviews_fallback: "Baseline", sandbox_pod: 2, sandbox_ready: true }
+        Self {
+            reviews_fallback: "Baseline",
+            sandbox_pod: 2,
+            sandbox_ready: true,
+        }
     }
 }
 

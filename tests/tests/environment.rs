@@ -38,8 +38,14 @@ fn non_cgroup_directory_is_named_with_the_fix() {
     let mut args = env.agent_args();
     replace_flag(&mut args, "--cgroup", "/tmp");
     let line = agent_error(&env, &args, None);
-    assert!(line.contains("--cgroup /tmp: not a cgroup v2 directory"), "{line}");
-    assert!(line.contains("pass a path under the cgroup2 mount"), "{line}");
+    assert!(
+        line.contains("--cgroup /tmp: not a cgroup v2 directory"),
+        "{line}"
+    );
+    assert!(
+        line.contains("pass a path under the cgroup2 mount"),
+        "{line}"
+    );
 }
 
 #[test]
@@ -51,9 +57,17 @@ fn missing_capabilities_are_named_with_the_fix() {
     let line = agent_error(
         &env,
         &env.agent_args(),
-        Some(&["setpriv", "--inh-caps=-all", "--bounding-set=-bpf,-perfmon,-sys_admin", "--"]),
+        Some(&[
+            "setpriv",
+            "--inh-caps=-all",
+            "--bounding-set=-bpf,-perfmon,-sys_admin",
+            "--",
+        ]),
     );
-    assert!(line.contains("missing capabilities CAP_BPF, CAP_PERFMON"), "{line}");
+    assert!(
+        line.contains("missing capabilities CAP_BPF, CAP_PERFMON"),
+        "{line}"
+    );
     assert!(line.contains("run as root, or grant them"), "{line}");
     assert!(!line.contains("Operation not permitted"), "{line}");
 }
@@ -67,5 +81,8 @@ fn unmountable_bpffs_is_named_with_the_fix() {
     let mut args = env.agent_args();
     replace_flag(&mut args, "--bpffs-dir", "/proc/shunt-no-such-dir");
     let line = agent_error(&env, &args, None);
-    assert!(line.contains("preparing the bpffs pin directory /proc/shunt-no-such-dir"), "{line}");
+    assert!(
+        line.contains("preparing the bpffs pin directory /proc/shunt-no-such-dir"),
+        "{line}"
+    );
 }

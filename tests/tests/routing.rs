@@ -26,13 +26,32 @@ impl World {
     fn new(test: &str, spec: RoutesSpec) -> Option<Self> {
         let env = Env::new(test, 5, bins!())?;
         let backends = vec![
-            HttpBackend::start(&env.topo.pods[1].netns, "reviews-v1", env.topo.pods[1].addr4(POD_PORT)).unwrap(),
-            HttpBackend::start(&env.topo.pods[2].netns, "reviews-v2", env.topo.pods[2].addr4(POD_PORT)).unwrap(),
-            HttpBackend::start(&env.topo.pods[3].netns, "ratings-v1", env.topo.pods[3].addr4(POD_PORT)).unwrap(),
+            HttpBackend::start(
+                &env.topo.pods[1].netns,
+                "reviews-v1",
+                env.topo.pods[1].addr4(POD_PORT),
+            )
+            .unwrap(),
+            HttpBackend::start(
+                &env.topo.pods[2].netns,
+                "reviews-v2",
+                env.topo.pods[2].addr4(POD_PORT),
+            )
+            .unwrap(),
+            HttpBackend::start(
+                &env.topo.pods[3].netns,
+                "ratings-v1",
+                env.topo.pods[3].addr4(POD_PORT),
+            )
+            .unwrap(),
         ];
         let routes = env.run.path.join("routes.yaml");
         std::fs::write(&routes, routes_yaml(&env.topo, &spec)).unwrap();
-        Some(Self { env, _backends: backends, routes })
+        Some(Self {
+            env,
+            _backends: backends,
+            routes,
+        })
     }
 
     fn agent(&self, extra: &[&str]) -> AgentProc {
@@ -66,12 +85,17 @@ fn served_by(line: &Value) -> &str {
 
 #[test]
 fn keyed_request_reaches_sandbox() {
-    let Some(w) = World::new("keyed_request_reaches_sandbox", RoutesSpec::default()) else { return };
+    let Some(w) = World::new("keyed_request_reaches_sandbox", RoutesSpec::default()) else {
+        return;
+    };
     let agent = w.agent(&[]);
     let lines = w.http(reviews(), &[], json!([keyed("pr-42")]));
     assert_eq!(served_by(&lines[0]), "reviews-v2", "{}", lines[0]);
     // The sandbox still sees the key, to propagate it to its own calls.
-    assert_eq!(lines[0]["served"]["headers"]["baggage"], "sd-routing-key=pr-42");
+    assert_eq!(
+        lines[0]["served"]["headers"]["baggage"],
+        "sd-routing-key=pr-42"
+    );
     let (_, decisions) = agent.admin_get("/decisions?key=pr-42").unwrap();
     let decisions: Vec<Value> = serde_json::from_str(&decisions).unwrap();
     assert_eq!(decisions.last().unwrap()["decision"], "sandbox");
@@ -81,7 +105,9 @@ fn keyed_request_reaches_sandbox() {
 
 #[test]
 fn unkeyed_request_stays_on_baseline() {
-    let Some(w) = World::new("unkeyed_request_stays_on_baseline", RoutesSpec::default()) else { return };
+    let Some(w) = World::new("unkeyed_request_stays_on_baseline", RoutesSpec::default()) else {
+        return;
+    };
     let _agent = w.agent(&[]);
     let lines = w.http(reviews(), &[], json!([{ "path": "/" }, { "path": "/x" }]));
     for l in &lines {
@@ -91,10 +117,19 @@ fn unkeyed_request_stays_on_baseline() {
 
 #[test]
 fn key_for_other_service_stays_on_baseline() {
-    let Some(w) = World::new("key_for_other_service_stays_on_baseline", RoutesSpec::default()) else { return };
+    let Some(w) = World::new(
+        "key_for_other_service_stays_on_baseline",
+        RoutesSpec::default(),
+    ) else {
+        return;
+    };
     let agent = w.agent(&[]);
     // ratings is forked only under pr-99; a pr-42 request to it stays on ratings' baseline.
-    let lines = w.http(SocketAddr::from((RATINGS_VIP, SERVICE_PORT)), &[], json!([keyed("pr-42")]));
+    let lines = w.http(
+        SocketAddr::from((RATINGS_VIP, SERVICE_PORT)),
+        &[],
+        json!([keyed("pr-42")]),
+    );
     assert_eq!(served_by(&lines[0]), "ratings-v1", "{}", lines[0]);
     let (_, d) = agent.admin_get("/decisions?key=pr-42").unwrap();
     assert!(d.contains("key_not_forked"), "{d}");
@@ -102,34 +137,58 @@ fn key_for_other_service_stays_on_baseline() {
 
 #[test]
 fn alternating_keys_on_one_keepalive_connection_route_each_request() {
-    let Some(w) = World::new("alternating_keys_on_one_keepalive_connection", RoutesSpec::default()) else {
+    let Some(w) = World::new(
+        "alternating_keys_on_one_keepalive_connection",
+        RoutesSpec::default(),
+    ) else {
         return;
     };
     let _agent = w.agent(&[]);
-    let reqs = json!([keyed("pr-42"), { "path": "/" }, keyed("pr-42"), { "path": "/" }, keyed("nope")]);
+    let reqs =
+        json!([keyed("pr-42"), { "path": "/" }, keyed("pr-42"), { "path": "/" }, keyed("nope")]);
     let lines = w.http(reviews(), &[], reqs);
     let got: Vec<&str> = lines.iter().map(served_by).collect();
-    assert_eq!(got, ["reviews-v2", "reviews-v1", "reviews-v2", "reviews-v1", "reviews-v1"]);
+    assert_eq!(
+        got,
+        [
+            "reviews-v2",
+            "reviews-v1",
+            "reviews-v2",
+            "reviews-v1",
+            "reviews-v1"
+        ]
+    );
     // All on one client connection: the backend saw them from the proxy's pooled upstreams.
     assert!(lines.iter().all(|l| l["version"] == "HTTP/1.1"));
 }
 
 #[test]
 fn h2_streams_with_different_keys_multiplexed_on_one_connection() {
-    let Some(w) = World::new("h2_streams_with_different_keys_multiplexed", RoutesSpec::default()) else {
+    let Some(w) = World::new(
+        "h2_streams_with_different_keys_multiplexed",
+        RoutesSpec::default(),
+    ) else {
         return;
     };
     let _agent = w.agent(&[]);
     let mut reqs = Vec::new();
     for i in 0..10 {
-        reqs.push(if i % 2 == 0 { keyed("pr-42") } else { json!({ "path": "/slow?ms=200" }) });
+        reqs.push(if i % 2 == 0 {
+            keyed("pr-42")
+        } else {
+            json!({ "path": "/slow?ms=200" })
+        });
     }
     let started = Instant::now();
     let lines = w.http(reviews(), &["--h2", "--concurrent"], Value::Array(reqs));
     for (i, l) in lines.iter().enumerate() {
         assert_eq!(l["status"], 200, "{l}");
         assert_eq!(l["version"], "HTTP/2.0");
-        let want = if i % 2 == 0 { "reviews-v2" } else { "reviews-v1" };
+        let want = if i % 2 == 0 {
+            "reviews-v2"
+        } else {
+            "reviews-v1"
+        };
         assert_eq!(served_by(l), want, "stream {i}: {l}");
     }
     // Five 200 ms requests multiplexed, not serialized.
@@ -138,43 +197,85 @@ fn h2_streams_with_different_keys_multiplexed_on_one_connection() {
 
 #[test]
 fn websocket_upgrade_follows_key() {
-    let Some(w) = World::new("websocket_upgrade_follows_key", RoutesSpec::default()) else { return };
+    let Some(w) = World::new("websocket_upgrade_follows_key", RoutesSpec::default()) else {
+        return;
+    };
     let _agent = w.agent(&[]);
     let dst = reviews().to_string();
-    let keyed = w.env.peer(0, &["ws", &dst, r#"{"baggage":"sd-routing-key=pr-42"}"#, "hi"]);
+    let keyed = w.env.peer(
+        0,
+        &["ws", &dst, r#"{"baggage":"sd-routing-key=pr-42"}"#, "hi"],
+    );
     assert_eq!(keyed[0]["served_by"], "reviews-v2");
-    assert_eq!(keyed[0]["replies"], json!(["reviews-v2: hi 0", "reviews-v2: hi 1", "reviews-v2: hi 2"]));
+    assert_eq!(
+        keyed[0]["replies"],
+        json!(["reviews-v2: hi 0", "reviews-v2: hi 1", "reviews-v2: hi 2"])
+    );
     let plain = w.env.peer(0, &["ws", &dst, "{}", "hi"]);
     assert_eq!(plain[0]["replies"][0], "reviews-v1: hi 0");
 }
 
 #[test]
 fn tls_and_opaque_tcp_pass_through_to_baseline() {
-    let Some(w) = World::new("tls_and_opaque_tcp_pass_through_to_baseline", RoutesSpec::default()) else {
+    let Some(w) = World::new(
+        "tls_and_opaque_tcp_pass_through_to_baseline",
+        RoutesSpec::default(),
+    ) else {
         return;
     };
     // Line-echo backends behind `reviews` on another port: baseline pod 1, sandbox pod 2.
     let port = POD_PORT + 1;
-    let _b1 = Backend::tcp(&w.env.topo.pods[1].netns, "echo-v1", w.env.topo.pods[1].addr4(port)).unwrap();
-    let _b2 = Backend::tcp(&w.env.topo.pods[2].netns, "echo-v2", w.env.topo.pods[2].addr4(port)).unwrap();
+    let _b1 = Backend::tcp(
+        &w.env.topo.pods[1].netns,
+        "echo-v1",
+        w.env.topo.pods[1].addr4(port),
+    )
+    .unwrap();
+    let _b2 = Backend::tcp(
+        &w.env.topo.pods[2].netns,
+        "echo-v2",
+        w.env.topo.pods[2].addr4(port),
+    )
+    .unwrap();
     let agent = w.agent(&[]);
     // Steered (reviews has a fork) but not HTTP: copied opaquely to the original destination.
     let dst = w.env.topo.pods[1].addr4(port).to_string();
     let opaque = w.env.client(0, true, &["tcp", &dst]);
     assert_eq!(opaque[0].reply().server, "echo-v1");
-    assert_eq!(opaque[0].reply().peer.ip(), w.env.topo.pods[1].node_ip4, "went through the proxy");
-    let tls = w.env.peer(0, &["raw", &dst, "\u{16}\u{3}\u{1}\u{2} client hello\n"]);
-    assert!(tls[0]["response"].as_str().unwrap().contains("echo-v1"), "{}", tls[0]);
-    assert!(agent.metric("shunt_requests_total{decision=\"baseline\",reason=\"opaque_protocol\"}") >= 2.0);
+    assert_eq!(
+        opaque[0].reply().peer.ip(),
+        w.env.topo.pods[1].node_ip4,
+        "went through the proxy"
+    );
+    let tls = w
+        .env
+        .peer(0, &["raw", &dst, "\u{16}\u{3}\u{1}\u{2} client hello\n"]);
+    assert!(
+        tls[0]["response"].as_str().unwrap().contains("echo-v1"),
+        "{}",
+        tls[0]
+    );
+    assert!(
+        agent.metric("shunt_requests_total{decision=\"baseline\",reason=\"opaque_protocol\"}")
+            >= 2.0
+    );
 }
 
 #[test]
 fn server_speaks_first_protocol_is_not_stalled_forever() {
-    let Some(w) = World::new("server_speaks_first_protocol_is_not_stalled", RoutesSpec::default()) else {
+    let Some(w) = World::new(
+        "server_speaks_first_protocol_is_not_stalled",
+        RoutesSpec::default(),
+    ) else {
         return;
     };
     let port = POD_PORT + 2;
-    let _greeter = Backend::greeter(&w.env.topo.pods[1].netns, "greeter", w.env.topo.pods[1].addr4(port)).unwrap();
+    let _greeter = Backend::greeter(
+        &w.env.topo.pods[1].netns,
+        "greeter",
+        w.env.topo.pods[1].addr4(port),
+    )
+    .unwrap();
     let _agent = w.agent(&["--detect-timeout", "200ms"]);
     // The client sends nothing and waits for the server's banner: detection gives up after
     // 200 ms, relays opaquely, and the banner arrives.
@@ -186,58 +287,113 @@ fn server_speaks_first_protocol_is_not_stalled_forever() {
 
 #[test]
 fn sandbox_down_falls_back_to_baseline() {
-    let spec = RoutesSpec { sandbox_pod: 4, ..RoutesSpec::default() };
-    let Some(w) = World::new("sandbox_down_falls_back_to_baseline", spec) else { return };
+    let spec = RoutesSpec {
+        sandbox_pod: 4,
+        ..RoutesSpec::default()
+    };
+    let Some(w) = World::new("sandbox_down_falls_back_to_baseline", spec) else {
+        return;
+    };
     let agent = w.agent(&[]);
     let lines = w.http(reviews(), &[], json!([keyed("pr-42"), { "method": "POST", "path": "/p", "body": "x=1", "headers": { "baggage": "sd-routing-key=pr-42" } }]));
     for l in &lines {
         assert_eq!(served_by(l), "reviews-v1", "{l}");
     }
-    assert_eq!(lines[1]["served"]["body_len"], 3, "the replayed body arrived whole");
+    assert_eq!(
+        lines[1]["served"]["body_len"], 3,
+        "the replayed body arrived whole"
+    );
     let (_, d) = agent.admin_get("/decisions?key=pr-42").unwrap();
     assert!(d.contains("sandbox_unreachable"), "{d}");
 }
 
 #[test]
 fn reject_policy_returns_503_naming_the_route() {
-    let spec = RoutesSpec { reviews_fallback: "Reject", sandbox_ready: false, ..RoutesSpec::default() };
-    let Some(w) = World::new("reject_policy_returns_503_naming_the_route", spec) else { return };
+    let spec = RoutesSpec {
+        reviews_fallback: "Reject",
+        sandbox_ready: false,
+        ..RoutesSpec::default()
+    };
+    let Some(w) = World::new("reject_policy_returns_503_naming_the_route", spec) else {
+        return;
+    };
     let _agent = w.agent(&[]);
     let lines = w.http(reviews(), &[], json!([keyed("pr-42"), { "path": "/" }]));
     assert_eq!(lines[0]["status"], 503);
-    assert!(lines[0]["body"].as_str().unwrap().contains("shop/pr-42"), "{}", lines[0]);
-    assert_eq!(served_by(&lines[1]), "reviews-v1", "unkeyed traffic is unaffected");
+    assert!(
+        lines[0]["body"].as_str().unwrap().contains("shop/pr-42"),
+        "{}",
+        lines[0]
+    );
+    assert_eq!(
+        served_by(&lines[1]),
+        "reviews-v1",
+        "unkeyed traffic is unaffected"
+    );
 }
 
 #[test]
 fn bad_input_gets_a_clear_status_and_harms_no_one_else() {
-    let Some(w) = World::new("bad_input_gets_a_clear_status", RoutesSpec::default()) else { return };
+    let Some(w) = World::new("bad_input_gets_a_clear_status", RoutesSpec::default()) else {
+        return;
+    };
     let _agent = w.agent(&["--header-read-timeout", "1s"]);
     let dst = reviews().to_string();
     let status_of = |line: &Value| -> String {
-        line["response"].as_str().unwrap_or("").lines().next().unwrap_or("").to_string()
+        line["response"]
+            .as_str()
+            .unwrap_or("")
+            .lines()
+            .next()
+            .unwrap_or("")
+            .to_string()
     };
     // Malformed request line.
-    let l = w.env.peer(0, &["raw", &dst, "GET /\u{1} HTTP/1.1 extra\r\n\r\n"]);
+    let l = w
+        .env
+        .peer(0, &["raw", &dst, "GET /\u{1} HTTP/1.1 extra\r\n\r\n"]);
     assert!(status_of(&l[0]).contains(" 400 "), "{}", l[0]);
     // Headers over 64 KiB.
-    let big = format!("GET / HTTP/1.1\r\nhost: x\r\nx-big: {}\r\n\r\n", "a".repeat(70_000));
+    let big = format!(
+        "GET / HTTP/1.1\r\nhost: x\r\nx-big: {}\r\n\r\n",
+        "a".repeat(70_000)
+    );
     let l = w.env.peer(0, &["raw", &dst, &big]);
     assert!(status_of(&l[0]).contains(" 431 "), "{}", l[0]);
     // Too many headers.
     let many: String = (0..200).map(|i| format!("x-h{i}: v\r\n")).collect();
-    let l = w.env.peer(0, &["raw", &dst, &format!("GET / HTTP/1.1\r\nhost: x\r\n{many}\r\n")]);
+    let l = w.env.peer(
+        0,
+        &[
+            "raw",
+            &dst,
+            &format!("GET / HTTP/1.1\r\nhost: x\r\n{many}\r\n"),
+        ],
+    );
     assert!(status_of(&l[0]).contains(" 431 "), "{}", l[0]);
     // Slowloris: half a request, then silence: our header-read timer answers 408.
-    let l = w.env.peer(0, &["raw", &dst, "GET / HTTP/1.1\r\nhost: x\r\n"]);
+    let l = w
+        .env
+        .peer(0, &["raw", &dst, "GET / HTTP/1.1\r\nhost: x\r\n"]);
     assert!(status_of(&l[0]).contains(" 408 "), "{}", l[0]);
     // Invalid baggage: no key, routed to baseline.
-    let lines = w.http(reviews(), &[], json!([{ "path": "/", "headers": { "baggage": "sd-routing-key=bad key!!" } }]));
+    let lines = w.http(
+        reviews(),
+        &[],
+        json!([{ "path": "/", "headers": { "baggage": "sd-routing-key=bad key!!" } }]),
+    );
     assert_eq!(served_by(&lines[0]), "reviews-v1");
     // A client that resets mid-body.
     let l = w.env.peer(
         0,
-        &["raw", &dst, "POST / HTTP/1.1\r\nhost: x\r\ncontent-length: 100000\r\n\r\npartial", "--stall-ms", "200", "--reset"],
+        &[
+            "raw",
+            &dst,
+            "POST / HTTP/1.1\r\nhost: x\r\ncontent-length: 100000\r\n\r\npartial",
+            "--stall-ms",
+            "200",
+            "--reset",
+        ],
     );
     assert_eq!(l[0]["reset"], true);
     // Other connections are unaffected throughout.
@@ -247,7 +403,9 @@ fn bad_input_gets_a_clear_status_and_harms_no_one_else() {
 
 #[test]
 fn upstream_reset_gets_502() {
-    let Some(w) = World::new("upstream_reset_gets_502", RoutesSpec::default()) else { return };
+    let Some(w) = World::new("upstream_reset_gets_502", RoutesSpec::default()) else {
+        return;
+    };
     // reviews' baseline endpoint on another port accepts and closes at once without answering.
     let port = POD_PORT + 3;
     let listener = w.env.topo.pods[1]
@@ -258,7 +416,10 @@ fn upstream_reset_gets_502() {
     std::thread::spawn(move || {
         for c in listener.incoming().flatten() {
             // SO_LINGER 0: close() sends a RST instead of a FIN.
-            let linger = libc::linger { l_onoff: 1, l_linger: 0 };
+            let linger = libc::linger {
+                l_onoff: 1,
+                l_linger: 0,
+            };
             // SAFETY: valid socket fd and a correctly sized option value.
             unsafe {
                 libc::setsockopt(
@@ -281,7 +442,9 @@ fn upstream_reset_gets_502() {
 
 #[test]
 fn routes_file_reload_applies_diff_and_keeps_last_good_on_error() {
-    let Some(w) = World::new("routes_file_reload_applies_diff", RoutesSpec::default()) else { return };
+    let Some(w) = World::new("routes_file_reload_applies_diff", RoutesSpec::default()) else {
+        return;
+    };
     let agent = w.agent(&["--routes-poll-interval", "100ms"]);
     let steered = |agent: &AgentProc| {
         let _ = agent;
@@ -300,26 +463,44 @@ fn routes_file_reload_applies_diff_and_keeps_last_good_on_error() {
         + "  - name: pr-99"
         + yaml.split("  - name: pr-99").nth(1).unwrap();
     std::fs::write(&w.routes, &without).unwrap();
-    wait_until(Duration::from_secs(5), || !steered(&agent).contains(&reviews()));
+    wait_until(Duration::from_secs(5), || {
+        !steered(&agent).contains(&reviews())
+    });
     assert!(!steered(&agent).contains(&reviews_ep));
-    assert!(steered(&agent).contains(&SocketAddr::from((RATINGS_VIP, SERVICE_PORT))), "ratings untouched");
+    assert!(
+        steered(&agent).contains(&SocketAddr::from((RATINGS_VIP, SERVICE_PORT))),
+        "ratings untouched"
+    );
 
     // A bad edit keeps the last good table and says why, with the line.
-    std::fs::write(&w.routes, format!("{without}\n  - name: broken\n    spec: {{ routingKey: \"bad key\" }}\n")).unwrap();
-    wait_until(Duration::from_secs(5), || agent.metric("shunt_route_table_reload_errors_total") >= 1.0);
-    assert!(agent.log_text().contains("routes.yaml:"), "line-precise error in the log");
+    std::fs::write(
+        &w.routes,
+        format!("{without}\n  - name: broken\n    spec: {{ routingKey: \"bad key\" }}\n"),
+    )
+    .unwrap();
+    wait_until(Duration::from_secs(5), || {
+        agent.metric("shunt_route_table_reload_errors_total") >= 1.0
+    });
+    assert!(
+        agent.log_text().contains("routes.yaml:"),
+        "line-precise error in the log"
+    );
     assert!(steered(&agent).contains(&SocketAddr::from((RATINGS_VIP, SERVICE_PORT))));
 
     // Restoring the route steers reviews again.
     std::fs::write(&w.routes, &yaml).unwrap();
-    wait_until(Duration::from_secs(5), || steered(&agent).contains(&reviews()));
+    wait_until(Duration::from_secs(5), || {
+        steered(&agent).contains(&reviews())
+    });
     let lines = w.http(reviews(), &[], json!([keyed("pr-42")]));
     assert_eq!(served_by(&lines[0]), "reviews-v2");
 }
 
 #[test]
 fn sigterm_drains_and_fails_open() {
-    let Some(w) = World::new("sigterm_drains_and_fails_open", RoutesSpec::default()) else { return };
+    let Some(w) = World::new("sigterm_drains_and_fails_open", RoutesSpec::default()) else {
+        return;
+    };
     let mut agent = w.agent(&["--shutdown-grace", "5s"]);
     let dst = w.env.topo.pods[1].addr4(POD_PORT);
     // A slow request is in flight through the proxy when SIGTERM arrives.
@@ -331,8 +512,12 @@ fn sigterm_drains_and_fails_open() {
         let cg = w.env.cgroup.path().to_path_buf();
         std::thread::spawn(move || {
             let mut cmd = std::process::Command::new(peer);
-            cmd.args(["http", &dst, &env_req]).stdout(std::process::Stdio::piped()).stderr(std::process::Stdio::piped());
-            let netns = tests::netns::Netns { name: ns.trim_start_matches("/run/netns/").to_string() };
+            cmd.args(["http", &dst, &env_req])
+                .stdout(std::process::Stdio::piped())
+                .stderr(std::process::Stdio::piped());
+            let netns = tests::netns::Netns {
+                name: ns.trim_start_matches("/run/netns/").to_string(),
+            };
             let child = tests::process::spawn_in("slow", cmd, Some(&netns), Some(&cg)).unwrap();
             std::mem::forget(netns);
             child.output_timeout(Duration::from_secs(20)).unwrap().1
@@ -349,14 +534,24 @@ fn sigterm_drains_and_fails_open() {
     let out = slow.join().unwrap();
     let line: Value = serde_json::from_str(out.lines().next().unwrap()).unwrap();
     assert_eq!(line["status"], 200, "{line}");
-    assert_eq!(line["served"]["peer"].as_str().unwrap().split(':').next().unwrap(), w.env.topo.pods[1].node_ip4.to_string());
+    assert_eq!(
+        line["served"]["peer"]
+            .as_str()
+            .unwrap()
+            .split(':')
+            .next()
+            .unwrap(),
+        w.env.topo.pods[1].node_ip4.to_string()
+    );
     let status = agent.child.wait_timeout(Duration::from_secs(10)).unwrap();
     assert!(status.success(), "agent exits cleanly: {status}");
 }
 
 #[test]
 fn wedged_proxy_fails_open() {
-    let Some(w) = World::new("wedged_proxy_fails_open", RoutesSpec::default()) else { return };
+    let Some(w) = World::new("wedged_proxy_fails_open", RoutesSpec::default()) else {
+        return;
+    };
     let agent = w.agent(&["--max-connections", "1", "--watchdog-interval", "200ms"]);
     let dst = w.env.topo.pods[1].addr4(POD_PORT);
     // One slow request occupies the only connection slot; the next connection waits in the
@@ -368,7 +563,8 @@ fn wedged_proxy_fails_open() {
         let req = json!([{ "path": "/slow?ms=3000" }]).to_string();
         std::thread::spawn(move || {
             let mut cmd = std::process::Command::new(peer);
-            cmd.args(["http", &dst.to_string(), &req]).stdout(std::process::Stdio::piped());
+            cmd.args(["http", &dst.to_string(), &req])
+                .stdout(std::process::Stdio::piped());
             let netns = tests::netns::Netns { name: ns };
             let c = tests::process::spawn_in("hold", cmd, Some(&netns), Some(&cg)).unwrap();
             std::mem::forget(netns);
@@ -382,7 +578,8 @@ fn wedged_proxy_fails_open() {
         let cg = w.env.cgroup.path().to_path_buf();
         std::thread::spawn(move || {
             let mut cmd = std::process::Command::new(peer);
-            cmd.args(["http", &dst.to_string(), r#"[{"path":"/"}]"#]).stdout(std::process::Stdio::piped());
+            cmd.args(["http", &dst.to_string(), r#"[{"path":"/"}]"#])
+                .stdout(std::process::Stdio::piped());
             let netns = tests::netns::Netns { name: ns };
             let c = tests::process::spawn_in("queued", cmd, Some(&netns), Some(&cg)).unwrap();
             std::mem::forget(netns);
@@ -390,22 +587,32 @@ fn wedged_proxy_fails_open() {
         })
     };
     // The watchdog notices within a few intervals and fails open: new connections go direct.
-    wait_until(Duration::from_secs(3), || agent.metric("shunt_watchdog_trips_total") >= 1.0);
+    wait_until(Duration::from_secs(3), || {
+        agent.metric("shunt_watchdog_trips_total") >= 1.0
+    });
     let direct = w.env.client_http_peer(dst);
-    assert!(direct.starts_with(&w.env.topo.pods[0].ip4.to_string()), "went direct: {direct}");
+    assert!(
+        direct.starts_with(&w.env.topo.pods[0].ip4.to_string()),
+        "went direct: {direct}"
+    );
     // Nothing was lost: the held and the queued request both complete.
     assert!(hold.join().unwrap().contains("\"status\":200"));
     assert!(queued.join().unwrap().contains("\"status\":200"));
     // And once the proxy accepts again, steering is restored.
     wait_until(Duration::from_secs(5), || {
-        w.env.client_http_peer(dst).starts_with(&w.env.topo.pods[1].node_ip4.to_string())
+        w.env
+            .client_http_peer(dst)
+            .starts_with(&w.env.topo.pods[1].node_ip4.to_string())
     });
 }
 
 fn wait_until(timeout: Duration, mut f: impl FnMut() -> bool) {
     let deadline = Instant::now() + timeout;
     while !f() {
-        assert!(Instant::now() < deadline, "condition not met within {timeout:?}");
+        assert!(
+            Instant::now() < deadline,
+            "condition not met within {timeout:?}"
+        );
         std::thread::sleep(Duration::from_millis(50));
     }
 }
@@ -413,13 +620,26 @@ fn wait_until(timeout: Duration, mut f: impl FnMut() -> bool) {
 #[test]
 fn grpc_unary_and_server_streaming_through_sandbox_with_trailers() {
     use tests::grpc_backend::{GrpcBackend, service_name};
-    let Some(w) = World::new("grpc_unary_and_server_streaming_through_sandbox", RoutesSpec::default()) else {
+    let Some(w) = World::new(
+        "grpc_unary_and_server_streaming_through_sandbox",
+        RoutesSpec::default(),
+    ) else {
         return;
     };
     // gRPC backends behind reviews' named port `grpc`: the fork resolves it per sandbox pod.
     let port = POD_PORT + 5;
-    let _g1 = GrpcBackend::start(&w.env.topo.pods[1].netns, "v1", w.env.topo.pods[1].addr4(port)).unwrap();
-    let _g2 = GrpcBackend::start(&w.env.topo.pods[2].netns, "v2", w.env.topo.pods[2].addr4(port)).unwrap();
+    let _g1 = GrpcBackend::start(
+        &w.env.topo.pods[1].netns,
+        "v1",
+        w.env.topo.pods[1].addr4(port),
+    )
+    .unwrap();
+    let _g2 = GrpcBackend::start(
+        &w.env.topo.pods[2].netns,
+        "v2",
+        w.env.topo.pods[2].addr4(port),
+    )
+    .unwrap();
     let _agent = w.agent(&[]);
     // Dial the baseline endpoint directly: it is steered because reviews has a fork.
     let dst = w.env.topo.pods[1].addr4(port).to_string();

@@ -24,11 +24,26 @@ fn arg(name: &str, default: f64) -> f64 {
 fn main() -> anyhow::Result<()> {
     let secs = arg("--secs", 5.0);
     let reps = arg("--reps", 3.0) as usize;
-    let dir = std::env::current_exe()?.parent().map(PathBuf::from).unwrap_or_default();
-    let bins = Bins { agent: dir.join("shunt-under-test"), netpeer: dir.join("netpeer") };
-    let env = Env::new("shunt-bench", 5, bins).ok_or_else(|| anyhow::anyhow!("needs root, cgroup v2 and BTF"))?;
-    let _b1 = HttpBackend::start(&env.topo.pods[1].netns, "reviews-v1", env.topo.pods[1].addr4(POD_PORT))?;
-    let _b2 = HttpBackend::start(&env.topo.pods[2].netns, "reviews-v2", env.topo.pods[2].addr4(POD_PORT))?;
+    let dir = std::env::current_exe()?
+        .parent()
+        .map(PathBuf::from)
+        .unwrap_or_default();
+    let bins = Bins {
+        agent: dir.join("shunt-under-test"),
+        netpeer: dir.join("netpeer"),
+    };
+    let env = Env::new("shunt-bench", 5, bins)
+        .ok_or_else(|| anyhow::anyhow!("needs root, cgroup v2 and BTF"))?;
+    let _b1 = HttpBackend::start(
+        &env.topo.pods[1].netns,
+        "reviews-v1",
+        env.topo.pods[1].addr4(POD_PORT),
+    )?;
+    let _b2 = HttpBackend::start(
+        &env.topo.pods[2].netns,
+        "reviews-v2",
+        env.topo.pods[2].addr4(POD_PORT),
+    )?;
     let routes = env.run.path.join("routes.yaml");
     std::fs::write(&routes, routes_yaml(&env.topo, &RoutesSpec::default()))?;
     let dst = env.topo.pods[1].addr4(POD_PORT).to_string();
@@ -48,11 +63,21 @@ fn main() -> anyhow::Result<()> {
             let direct = env.peer(0, &["load", &dst, &c, &secs_s]);
             let agent = env.start_agent(&["--routes".into(), routes.display().to_string()], None);
             let base = env.peer(0, &["load", &dst, &c, &secs_s]);
-            let steer = env.peer(0, &["load", &dst, &c, &secs_s, "baggage:sd-routing-key=pr-42"]);
+            let steer = env.peer(
+                0,
+                &["load", &dst, &c, &secs_s, "baggage:sd-routing-key=pr-42"],
+            );
             drop(agent);
             std::thread::sleep(Duration::from_millis(200));
-            for (name, v) in [("direct", direct), ("proxy-baseline", base), ("steered-sandbox", steer)] {
-                if let Some(slot) = results.iter_mut().find(|(s, n, _)| s == name && *n == conns) {
+            for (name, v) in [
+                ("direct", direct),
+                ("proxy-baseline", base),
+                ("steered-sandbox", steer),
+            ] {
+                if let Some(slot) = results
+                    .iter_mut()
+                    .find(|(s, n, _)| s == name && *n == conns)
+                {
                     slot.2.push(v[0].clone());
                 }
             }
@@ -64,10 +89,16 @@ fn main() -> anyhow::Result<()> {
         v.sort_by(f64::total_cmp);
         if v.is_empty() { 0.0 } else { v[v.len() / 2] }
     };
-    println!("| scenario | conns | req/s | ratio to direct | p50 µs | p90 µs | p99 µs | added p50/p90/p99 µs | errors |");
+    println!(
+        "| scenario | conns | req/s | ratio to direct | p50 µs | p90 µs | p99 µs | added p50/p90/p99 µs | errors |"
+    );
     println!("|---|---|---|---|---|---|---|---|---|");
     for (name, conns, xs) in &results {
-        let direct = &results.iter().find(|(s, n, _)| s == "direct" && n == conns).expect("direct").2;
+        let direct = &results
+            .iter()
+            .find(|(s, n, _)| s == "direct" && n == conns)
+            .expect("direct")
+            .2;
         let (rps, d_rps) = (median(xs, "rps"), median(direct, "rps"));
         let p = |k| median(xs, k);
         let dp = |k| median(direct, k);

@@ -28,20 +28,29 @@ fn get() -> String {
 }
 
 fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
-    Ok(tokio::runtime::Builder::new_current_thread().enable_all().build()?)
+    Ok(tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?)
 }
 
 pub fn run(addr: SocketAddr, args: &[String]) -> anyhow::Result<()> {
     let h2 = args.iter().any(|a| a == "--h2");
     let concurrent = args.iter().any(|a| a == "--concurrent");
-    let spec = args.iter().find(|a| !a.starts_with("--")).ok_or_else(|| anyhow::anyhow!("requests JSON"))?;
+    let spec = args
+        .iter()
+        .find(|a| !a.starts_with("--"))
+        .ok_or_else(|| anyhow::anyhow!("requests JSON"))?;
     let reqs: Vec<Req> = serde_json::from_str(spec)?;
     runtime()?.block_on(async move {
         let stream = tokio::time::timeout(TIMEOUT, tokio::net::TcpStream::connect(addr)).await??;
         let io = TokioIo::new(stream);
         let build = |r: &Req| -> anyhow::Result<Request<Full<Bytes>>> {
             let mut b = Request::builder().method(r.method.as_str());
-            b = if h2 { b.uri(format!("http://{addr}{}", r.path)) } else { b.uri(r.path.as_str()) };
+            b = if h2 {
+                b.uri(format!("http://{addr}{}", r.path))
+            } else {
+                b.uri(r.path.as_str())
+            };
             if !h2 {
                 b = b.header("host", addr.to_string());
             }
@@ -51,7 +60,8 @@ pub fn run(addr: SocketAddr, args: &[String]) -> anyhow::Result<()> {
             Ok(b.body(Full::new(Bytes::from(r.body.clone())))?)
         };
         if h2 {
-            let (sender, conn) = hyper::client::conn::http2::handshake(TokioExecutor::new(), io).await?;
+            let (sender, conn) =
+                hyper::client::conn::http2::handshake(TokioExecutor::new(), io).await?;
             tokio::spawn(conn);
             if concurrent {
                 let futs: Vec<_> = reqs
@@ -101,7 +111,11 @@ where
         Ok(Err(e)) => json!({ "error": e.to_string() }),
         Ok(Ok(resp)) => {
             let status = resp.status().as_u16();
-            let served_by = resp.headers().get("x-served-by").and_then(|v| v.to_str().ok()).map(str::to_string);
+            let served_by = resp
+                .headers()
+                .get("x-served-by")
+                .and_then(|v| v.to_str().ok())
+                .map(str::to_string);
             let (parts, body) = resp.into_parts();
             match tokio::time::timeout(TIMEOUT, body.collect()).await {
                 Ok(Ok(b)) => {
@@ -124,13 +138,15 @@ where
 
 /// Opens a websocket at `/ws` with the given headers, sends MESSAGE, prints the reply.
 pub fn websocket(addr: SocketAddr, args: &[String]) -> anyhow::Result<()> {
-    let headers: BTreeMap<String, String> = serde_json::from_str(args.first().map(String::as_str).unwrap_or("{}"))?;
+    let headers: BTreeMap<String, String> =
+        serde_json::from_str(args.first().map(String::as_str).unwrap_or("{}"))?;
     let message = args.get(1).cloned().unwrap_or_else(|| "hello".into());
     runtime()?.block_on(async move {
         let stream = tokio::time::timeout(TIMEOUT, tokio::net::TcpStream::connect(addr)).await??;
-        let mut req = tokio_tungstenite::tungstenite::client::IntoClientRequest::into_client_request(
-            format!("ws://{addr}/ws"),
-        )?;
+        let mut req =
+            tokio_tungstenite::tungstenite::client::IntoClientRequest::into_client_request(
+                format!("ws://{addr}/ws"),
+            )?;
         for (k, v) in &headers {
             req.headers_mut().insert(
                 hyper::header::HeaderName::from_bytes(k.as_bytes())?,
@@ -139,10 +155,17 @@ pub fn websocket(addr: SocketAddr, args: &[String]) -> anyhow::Result<()> {
         }
         let (mut ws, resp) =
             tokio::time::timeout(TIMEOUT, tokio_tungstenite::client_async(req, stream)).await??;
-        let served_by = resp.headers().get("x-served-by").and_then(|v| v.to_str().ok()).map(str::to_string);
+        let served_by = resp
+            .headers()
+            .get("x-served-by")
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_string);
         let mut replies = Vec::new();
         for i in 0..3 {
-            ws.send(tokio_tungstenite::tungstenite::Message::text(format!("{message} {i}"))).await?;
+            ws.send(tokio_tungstenite::tungstenite::Message::text(format!(
+                "{message} {i}"
+            )))
+            .await?;
             match tokio::time::timeout(TIMEOUT, ws.next()).await? {
                 Some(Ok(m)) => replies.push(m.to_text().unwrap_or("").to_string()),
                 other => anyhow::bail!("no websocket reply: {other:?}"),

@@ -20,13 +20,18 @@ pub fn run(addr: SocketAddr, args: &[String]) -> anyhow::Result<()> {
         Some((k.trim().to_string(), v.trim().to_string()))
     });
     let h2 = args.iter().any(|a| a == "--h2");
-    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build()?;
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()?;
     rt.block_on(async move {
         let deadline = Instant::now() + Duration::from_secs_f64(secs);
         let mut tasks = Vec::new();
         for _ in 0..conns {
             let header = header.clone();
-            tasks.push(tokio::spawn(async move { one_conn(addr, h2, header, deadline).await }));
+            tasks.push(tokio::spawn(async move {
+                one_conn(addr, h2, header, deadline).await
+            }));
         }
         let mut lat: Vec<u32> = Vec::new();
         let mut errors = 0u64;
@@ -37,7 +42,11 @@ pub fn run(addr: SocketAddr, args: &[String]) -> anyhow::Result<()> {
         }
         lat.sort_unstable();
         let pct = |p: f64| -> u32 {
-            if lat.is_empty() { 0 } else { lat[((lat.len() as f64 - 1.0) * p).round() as usize] }
+            if lat.is_empty() {
+                0
+            } else {
+                lat[((lat.len() as f64 - 1.0) * p).round() as usize]
+            }
         };
         println!(
             "{}",
@@ -58,7 +67,9 @@ async fn one_conn(
 ) -> (Vec<u32>, u64) {
     let mut lat = Vec::new();
     let mut errors = 0;
-    let Ok(stream) = tokio::net::TcpStream::connect(addr).await else { return (lat, 1) };
+    let Ok(stream) = tokio::net::TcpStream::connect(addr).await else {
+        return (lat, 1);
+    };
     let _ = stream.set_nodelay(true);
     let io = TokioIo::new(stream);
     let build = || {
@@ -81,7 +92,11 @@ async fn one_conn(
                     Ok(resp) => {
                         let ok = resp.status().is_success();
                         let _ = resp.into_body().collect().await;
-                        if ok { lat.push(t.elapsed().as_micros() as u32) } else { errors += 1 }
+                        if ok {
+                            lat.push(t.elapsed().as_micros() as u32)
+                        } else {
+                            errors += 1
+                        }
                     }
                     Err(_) => {
                         errors += 1;
@@ -92,13 +107,17 @@ async fn one_conn(
         };
     }
     if h2 {
-        let Ok((mut sender, conn)) = hyper::client::conn::http2::handshake(TokioExecutor::new(), io).await else {
+        let Ok((mut sender, conn)) =
+            hyper::client::conn::http2::handshake(TokioExecutor::new(), io).await
+        else {
             return (lat, 1);
         };
         tokio::spawn(conn);
         drive!(sender);
     } else {
-        let Ok((mut sender, conn)) = hyper::client::conn::http1::handshake(io).await else { return (lat, 1) };
+        let Ok((mut sender, conn)) = hyper::client::conn::http1::handshake(io).await else {
+            return (lat, 1);
+        };
         tokio::spawn(conn);
         drive!(sender);
     }

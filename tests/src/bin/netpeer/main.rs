@@ -75,7 +75,9 @@ fn main() -> anyhow::Result<()> {
 /// (or 10 s pass).
 fn raw(addr: SocketAddr, args: &[String]) -> anyhow::Result<()> {
     use std::io::Read as _;
-    let send = args.first().ok_or_else(|| anyhow::anyhow!("raw: what to send"))?;
+    let send = args
+        .first()
+        .ok_or_else(|| anyhow::anyhow!("raw: what to send"))?;
     let send = send.replace("\\r", "\r").replace("\\n", "\n");
     let stall: u64 = args
         .iter()
@@ -91,7 +93,10 @@ fn raw(addr: SocketAddr, args: &[String]) -> anyhow::Result<()> {
     std::thread::sleep(Duration::from_millis(stall));
     if args.iter().any(|a| a == "--reset") {
         // SO_LINGER 0: close() sends a RST, as a client that dies mid-request would.
-        let linger = libc::linger { l_onoff: 1, l_linger: 0 };
+        let linger = libc::linger {
+            l_onoff: 1,
+            l_linger: 0,
+        };
         // SAFETY: valid socket fd and a correctly sized option value.
         unsafe {
             libc::setsockopt(
