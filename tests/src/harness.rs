@@ -160,7 +160,12 @@ impl Env {
         self.client_lines(pod, captured, args)
     }
 
-    fn client_lines<T: serde::de::DeserializeOwned>(&self, pod: usize, captured: bool, args: &[&str]) -> Vec<T> {
+    fn client_lines<T: serde::de::DeserializeOwned>(
+        &self,
+        pod: usize,
+        captured: bool,
+        args: &[&str],
+    ) -> Vec<T> {
         let mut cmd = Command::new(&self.bins.netpeer);
         cmd.args(args).stdout(Stdio::piped()).stderr(Stdio::piped());
         let cg = captured.then(|| self.cgroup.path());

@@ -2,10 +2,10 @@
 pub mod backends;
 pub mod cgroup;
 pub mod fake_apiserver;
+pub mod grpc_backend;
 pub mod harness;
+pub mod http_backend;
 pub mod kernel;
 pub mod netns;
 pub mod process;
-pub mod http_backend;
 pub mod routes_fixture;
-pub mod grpc_backend;
