@@ -12,6 +12,7 @@
 
 pub mod addr;
 pub mod config;
+pub mod flows;
 pub mod orig;
 pub mod stats;
 pub mod steered;

@@ -1,9 +1,16 @@
 //! The maps, pinned by name under the agent's `--bpffs-dir`. Sizes here are defaults; the agent
 //! overrides them from its flags before loading.
-use agent_common::{Endpoint, config::ProxyConfig, orig::OrigDst, stats, steered::SteeredService};
+use agent_common::{
+    Endpoint,
+    config::ProxyConfig,
+    flows::{FlowCounters, FlowKey},
+    orig::OrigDst,
+    stats,
+    steered::SteeredService,
+};
 use aya_ebpf::{
     macros::map,
-    maps::{Array, HashMap, LruHashMap, PerCpuArray},
+    maps::{Array, HashMap, LruHashMap, LruPerCpuHashMap, PerCpuArray},
 };
 
 #[map(name = "STEERED_V1")]
@@ -20,6 +27,10 @@ pub static ORIG_COOKIE: LruHashMap<u64, OrigDst> =
 #[map(name = "ORIG_DST_V1")]
 pub static ORIG_DST: LruHashMap<Endpoint, OrigDst> =
     LruHashMap::pinned(agent_common::orig::DEFAULT_MAX_ENTRIES, 0);
+
+#[map(name = "FLOWS_V1")]
+pub static FLOWS: LruPerCpuHashMap<FlowKey, FlowCounters> =
+    LruPerCpuHashMap::pinned(agent_common::flows::DEFAULT_MAX_ENTRIES, 0);
 
 #[map(name = "STATS_V1")]
 pub static STATS: PerCpuArray<u64> = PerCpuArray::pinned(stats::COUNT, 0);

@@ -1,13 +1,22 @@
-//! sock_ops: at `TCP_CONNECT_CB` the local port is bound, so a redirected socket's
-//! (client address, client port) becomes the key the proxy will see on accept.
+//! sock_ops at `TCP_CONNECT_CB` (in the connecting task's context, with the local port bound):
+//! - a redirected socket's (client address, client port) becomes the key the proxy will see on
+//!   accept (`ORIG_DST`);
+//! - every connection opened in the captured cgroup is counted in `FLOWS`, by the destination
+//!   the application dialled, for the service graph. The agent's own connections are not.
 //! The function is not named `sockops`: a symbol equal to its ELF section breaks bpf-linker.
-use agent_common::{Endpoint, NetAddr, stats};
+use agent_common::{
+    Endpoint, NetAddr,
+    flows::{FlowCounters, FlowKey},
+    stats,
+};
 use aya_ebpf::{
-    bindings::BPF_SOCK_OPS_TCP_CONNECT_CB, helpers::generated::bpf_get_socket_cookie,
-    macros::sock_ops, programs::SockOpsContext,
+    bindings::BPF_SOCK_OPS_TCP_CONNECT_CB,
+    helpers::generated::{bpf_get_current_cgroup_id, bpf_get_socket_cookie, bpf_ktime_get_ns},
+    macros::sock_ops,
+    programs::SockOpsContext,
 };
 
-use crate::maps::{ORIG_COOKIE, ORIG_DST, count};
+use crate::maps::{FLOWS, ORIG_COOKIE, ORIG_DST, PROXY_CFG, count};
 
 const AF_INET: u32 = 2;
 const AF_INET6: u32 = 10;
@@ -24,29 +33,87 @@ fn try_sock_ops(ctx: &SockOpsContext) -> u32 {
     if ctx.op() != BPF_SOCK_OPS_TCP_CONNECT_CB {
         return OK;
     }
-    let cookie = unsafe { bpf_get_socket_cookie(ctx.ops.cast()) };
-    let Some(orig) = (unsafe { ORIG_COOKIE.get(&cookie) }) else {
-        return OK;
-    };
-    let orig = *orig;
-    let local = match ctx.family() {
-        AF_INET => NetAddr::from_ip4_be(ctx.local_ip4()),
-        AF_INET6 => NetAddr::from_ip6_words(local_ip6(ctx)),
+    let (local, remote) = match ctx.family() {
+        AF_INET => (
+            NetAddr::from_ip4_be(ctx.local_ip4()),
+            NetAddr::from_ip4_be(ctx.remote_ip4()),
+        ),
+        AF_INET6 => (
+            NetAddr::from_ip6_words(local_ip6(ctx)),
+            NetAddr::from_ip6_words(remote_ip6(ctx)),
+        ),
         _ => return OK,
     };
-    // local_port is in host order here (remote_port is not).
-    let client = Endpoint::new(local, (ctx.local_port() as u16).to_be());
-    if let Err(errno) = ORIG_DST.insert(&client, &orig, 0) {
-        count(stats::ORIG_DST_INSERT_FAILED);
-        aya_log_ebpf::warn!(
-            ctx,
-            "ORIG_DST insert failed ({}): the proxy will close it",
-            errno
-        );
-    } else {
-        count(stats::ORIG_DST_RECORDED);
+    // remote_port holds the network-order port in its upper 16 bits on little-endian.
+    let mut dialled = Endpoint::new(remote, (ctx.remote_port() >> 16) as u16);
+    let cookie = unsafe { bpf_get_socket_cookie(ctx.ops.cast()) };
+    if let Some(orig) = unsafe { ORIG_COOKIE.get(&cookie) } {
+        let orig = *orig;
+        dialled = orig.dst;
+        // local_port is in host order here (remote_port is not).
+        let client = Endpoint::new(local, (ctx.local_port() as u16).to_be());
+        if let Err(errno) = ORIG_DST.insert(&client, &orig, 0) {
+            count(stats::ORIG_DST_INSERT_FAILED);
+            aya_log_ebpf::warn!(
+                ctx,
+                "ORIG_DST insert failed ({}): the proxy will close it",
+                errno
+            );
+        } else {
+            count(stats::ORIG_DST_RECORDED);
+        }
     }
+    count_flow(local, dialled);
     OK
+}
+
+#[inline(always)]
+fn count_flow(src: NetAddr, dst: Endpoint) {
+    if let Some(cfg) = PROXY_CFG.get(0)
+        && cfg.agent_cgroup_id != 0
+        && unsafe { bpf_get_current_cgroup_id() } == cfg.agent_cgroup_id
+    {
+        return;
+    }
+    let key = FlowKey {
+        src,
+        dst: dst.addr,
+        dst_port_be: dst.port_be,
+        _pad: 0,
+    };
+    let now = unsafe { bpf_ktime_get_ns() };
+    match FLOWS.get_ptr_mut(&key) {
+        // SAFETY: a per-CPU value, so no other CPU writes it concurrently.
+        Some(c) => unsafe {
+            (*c).connections += 1;
+            (*c).last_seen_ns = now;
+        },
+        None => {
+            let _ = FLOWS.insert(
+                &key,
+                &FlowCounters {
+                    connections: 1,
+                    last_seen_ns: now,
+                },
+                0,
+            );
+        }
+    }
+}
+
+/// Reads `remote_ip6` word by word (see [`local_ip6`]).
+#[inline(always)]
+fn remote_ip6(ctx: &SockOpsContext) -> [u32; 4] {
+    let ops = ctx.ops;
+    // SAFETY: ops is the program's context; the fields are 4-byte aligned u32s.
+    unsafe {
+        [
+            core::ptr::read_volatile(core::ptr::addr_of!((*ops).remote_ip6[0])),
+            core::ptr::read_volatile(core::ptr::addr_of!((*ops).remote_ip6[1])),
+            core::ptr::read_volatile(core::ptr::addr_of!((*ops).remote_ip6[2])),
+            core::ptr::read_volatile(core::ptr::addr_of!((*ops).remote_ip6[3])),
+        ]
+    }
 }
 
 /// Reads `local_ip6` word by word: copying the array goes through a derived context pointer,

@@ -18,6 +18,29 @@ pub struct Cli {
 pub enum Command {
     /// Run the node agent: capture, node proxy and admin API (the DaemonSet entry point).
     Run(RunArgs),
+    /// Print the agent's current route table (from its admin API).
+    Routes(AdminArgs),
+    /// Print the service graph observed from real traffic (from the agent's admin API).
+    Topology(TopologyArgs),
+}
+
+/// Where the agent's admin API is.
+#[derive(Debug, Clone, Args)]
+pub struct AdminArgs {
+    #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:9464")]
+    pub admin_addr: SocketAddr,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct TopologyArgs {
+    #[command(flatten)]
+    pub admin: AdminArgs,
+    /// Print a Mermaid flowchart instead of a tree.
+    #[arg(long)]
+    pub mermaid: bool,
+    /// Print the raw JSON.
+    #[arg(long, conflicts_with = "mermaid")]
+    pub json: bool,
 }
 
 /// Flags of `shunt run`.
@@ -67,6 +90,10 @@ pub struct RunArgs {
     /// Capacity of each original-destination LRU map.
     #[arg(long, value_name = "N", default_value_t = agent_common::orig::DEFAULT_MAX_ENTRIES)]
     pub orig_max_entries: u32,
+
+    /// Capacity of the per-CPU flow counters behind `/topology` (least recently used age out).
+    #[arg(long, value_name = "N", default_value_t = agent_common::flows::DEFAULT_MAX_ENTRIES)]
+    pub flows_max_entries: u32,
 
     /// Upstream connect timeout.
     #[arg(long, value_name = "DURATION", default_value = "5s", value_parser = parse_duration)]
@@ -138,6 +165,22 @@ pub fn main() -> ExitCode {
     init_tracing();
     let result = match cli.command {
         Command::Run(args) => crate::run::run(args),
+        Command::Routes(a) => admin_cli(a.admin_addr, "/routes").map(|t| print!("{t}")),
+        Command::Topology(t) => admin_cli(t.admin.admin_addr, "/topology").and_then(|text| {
+            if t.json {
+                print!("{text}");
+                return Ok(());
+            }
+            let topo: crate::admin::topology::Topology = serde_json::from_str(&text)?;
+            if t.mermaid {
+                print!("{}", topo.render_mermaid());
+            } else if topo.edges.is_empty() {
+                println!("no connections observed yet");
+            } else {
+                print!("{}", topo.render_tree());
+            }
+            Ok(())
+        }),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -147,6 +190,13 @@ pub fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+fn admin_cli(addr: SocketAddr, path: &str) -> anyhow::Result<String> {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?
+        .block_on(crate::admin::client::get(addr, path))
 }
 
 fn init_tracing() {
@@ -187,7 +237,9 @@ mod tests {
             "[fd00::7]:80",
         ])
         .expect("parses");
-        let Command::Run(args) = cli.command;
+        let Command::Run(args) = cli.command else {
+            panic!("expected run");
+        };
         assert_eq!(args.steer.len(), 2);
         assert_eq!(args.bpffs_dir, PathBuf::from("/sys/fs/bpf/shunt"));
     }

@@ -82,15 +82,22 @@ async fn run_async(args: RunArgs) -> anyhow::Result<()> {
         agent_mark: args.agent_mark,
         steered_max_entries: args.steered_max_entries,
         orig_max_entries: args.orig_max_entries,
+        flows_max_entries: args.flows_max_entries,
     };
-    let (mut attach_guard, steered, orig_dst, stats) = Capture::attach(&cfg)?.into_parts();
+    let capture::CaptureParts {
+        guard: mut attach_guard,
+        steered,
+        orig_dst,
+        stats,
+        flows,
+    } = Capture::attach(&cfg)?.into_parts();
     attach_guard.forward_logs();
 
     let mut registry = Registry::default();
     let metrics = Metrics::register(&mut registry, Some(Arc::new(stats)));
     let table = Arc::new(ArcSwap::from_pointee(RouteTable::default()));
     let log = Arc::new(DecisionLog::new(args.decision_log_size));
-    let admin_state = AdminState::new(registry, table.clone(), log.clone());
+    let admin_state = AdminState::new(registry, table.clone(), log.clone(), Some(flows));
     let steering = Arc::new(Steering::new(steered));
 
     // --steer destinations are steered whatever the routes say (service id 0).

@@ -656,3 +656,44 @@ fn grpc_unary_and_server_streaming_through_sandbox_with_trailers() {
     let plain = w.env.peer(0, &["grpc", &dst, &v2, "-"]);
     assert_eq!(plain[0]["unary"]["code"], "NotFound", "{}", plain[0]);
 }
+
+#[test]
+fn topology_counts_steered_and_unsteered_connections() {
+    let Some(w) = World::new("topology_counts_steered_and_unsteered", RoutesSpec::default()) else {
+        return;
+    };
+    let agent = w.agent(&[]);
+    // Two connections to reviews' virtual address (steered), one straight to a port of a
+    // reviews pod that no Service declares (not steered, still counted).
+    w.http(reviews(), &[], json!([keyed("pr-42")]));
+    w.http(reviews(), &[], json!([{ "path": "/" }]));
+    let other = w.env.topo.pods[1].addr4(9999);
+    let _b = Backend::tcp(&w.env.topo.pods[1].netns, "other", other).unwrap();
+    assert_eq!(w.env.client(0, true, &["tcp", &other.to_string()])[0].reply().server, "other");
+
+    let (_, body) = agent.admin_get("/topology").unwrap();
+    let topo: Value = serde_json::from_str(&body).unwrap();
+    let edges = topo["edges"].as_array().unwrap();
+    let client = w.env.topo.pods[0].ip4.to_string();
+    let find = |to: &str, port: u16| {
+        edges
+            .iter()
+            .find(|e| e["from"] == client.as_str() && e["to"] == to && e["port"] == port)
+            .unwrap_or_else(|| panic!("no edge {client} -> {to}:{port} in {body}"))
+    };
+    assert_eq!(find("shop/reviews", SERVICE_PORT)["connections"], 2);
+    assert_eq!(find("shop/reviews", 9999)["connections"], 1);
+    // The agent's own upstream connections are not part of the graph.
+    assert!(edges.iter().all(|e| e["from"] != w.env.topo.pods[1].node_ip4.to_string().as_str()));
+
+    // `shunt topology` renders the same graph.
+    let mut cmd = std::process::Command::new(&w.env.bins.agent);
+    cmd.args(["topology", "--admin-addr", "127.0.0.1:9464"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped());
+    let child = tests::process::spawn_in("topology", cmd, Some(w.env.node()), None).unwrap();
+    let (status, out, err) = child.output_timeout(Duration::from_secs(10)).unwrap();
+    assert!(status.success(), "{err}");
+    assert!(out.starts_with(&format!("{client}\n")), "{out}");
+    assert!(out.contains(&format!("shop/reviews :{SERVICE_PORT}  (2 connections)")), "{out}");
+}

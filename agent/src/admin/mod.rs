@@ -1,5 +1,8 @@
 //! The read-only admin API: `/healthz`, `/readyz`, `/metrics`, `/routes` (the current table) and
-//! `/decisions?key=K&since=UNIX_MS` (recent routing decisions with their reasons).
+//! `/decisions?key=K&since=UNIX_MS` (recent routing decisions with their reasons) and
+//! `/topology` (the service graph from observed connections).
+pub mod client;
+pub mod topology;
 use std::{
     convert::Infallible,
     net::SocketAddr,
@@ -27,6 +30,8 @@ pub struct AdminState {
     pub ready: AtomicBool,
     pub table: Arc<ArcSwap<RouteTable>>,
     pub log: Arc<DecisionLog>,
+    /// The capture programs' flow counters (absent when capture is not running).
+    pub flows: Option<crate::capture::FlowsMap>,
 }
 
 impl AdminState {
@@ -34,12 +39,14 @@ impl AdminState {
         registry: Registry,
         table: Arc<ArcSwap<RouteTable>>,
         log: Arc<DecisionLog>,
+        flows: Option<crate::capture::FlowsMap>,
     ) -> Arc<Self> {
         Arc::new(Self {
             registry,
             ready: AtomicBool::new(false),
             table,
             log,
+            flows,
         })
     }
 }
@@ -70,6 +77,10 @@ fn route(state: &AdminState, req: Request<Incoming>) -> Response<Full<Bytes>> {
         "/readyz" if state.ready.load(Ordering::Relaxed) => text(StatusCode::OK, "ready\n".into()),
         "/readyz" => text(StatusCode::SERVICE_UNAVAILABLE, "not ready\n".into()),
         "/routes" => json(&state.table.load().routes()),
+        "/topology" => {
+            let flows = state.flows.as_ref().map(|f| f.flows()).unwrap_or_default();
+            json(&topology::build(&flows, &state.table.load()))
+        }
         "/decisions" => {
             let mut key = None;
             let mut since = None;

@@ -1,8 +1,14 @@
 //! Typed handles on the pinned maps.
 use std::{collections::BTreeMap, net::SocketAddr};
 
-use agent_common::{Endpoint, orig::OrigDst, stats, steered::SteeredService};
-use aya::maps::{HashMap, MapData, MapError, PerCpuArray};
+use agent_common::{
+    Endpoint,
+    flows::{FlowCounters, FlowKey},
+    orig::OrigDst,
+    stats,
+    steered::SteeredService,
+};
+use aya::maps::{HashMap, MapData, MapError, PerCpuArray, PerCpuHashMap};
 
 /// `STEERED`: which destinations are redirected. One writer (route sync) at a time.
 pub struct SteeredMap {
@@ -120,6 +126,41 @@ impl CaptureStats {
                     .map(|v| v.iter().sum())
                     .unwrap_or(0);
                 (*name, total)
+            })
+            .collect()
+    }
+}
+
+/// One flow from `FLOWS`: connections opened from `src` to `dst` (the dialled destination).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Flow {
+    pub src: std::net::IpAddr,
+    pub dst: SocketAddr,
+    pub connections: u64,
+    /// CLOCK_MONOTONIC nanoseconds of the latest connection.
+    pub last_seen_ns: u64,
+}
+
+/// `FLOWS`: per-CPU connection counters for the service graph.
+pub struct FlowsMap {
+    map: PerCpuHashMap<MapData, FlowKey, FlowCounters>,
+}
+
+impl FlowsMap {
+    pub(super) fn new(map: PerCpuHashMap<MapData, FlowKey, FlowCounters>) -> Self {
+        Self { map }
+    }
+
+    /// Every flow, summed over CPUs.
+    pub fn flows(&self) -> Vec<Flow> {
+        self.map
+            .iter()
+            .filter_map(Result::ok)
+            .map(|(k, per_cpu)| Flow {
+                src: k.src.to_ip(),
+                dst: Endpoint::new(k.dst, k.dst_port_be).to_socket_addr(),
+                connections: per_cpu.iter().map(|c| c.connections).sum(),
+                last_seen_ns: per_cpu.iter().map(|c| c.last_seen_ns).max().unwrap_or(0),
             })
             .collect()
     }

@@ -14,16 +14,16 @@ use std::{
     path::{Path, PathBuf},
 };
 
-use agent_common::{config, orig, stats, steered};
+use agent_common::{config, flows, orig, stats, steered};
 use aya::{
     Ebpf, EbpfLoader,
-    maps::{Array, HashMap, MapData, PerCpuArray},
+    maps::{Array, HashMap, MapData, PerCpuArray, PerCpuHashMap},
     programs::{CgroupAttachMode, CgroupSockAddr, SockOps},
 };
 
 pub use env::{cgroup_id, cgroup2_mount, own_cgroup_dir};
 pub use error::CaptureError;
-pub use maps::{CaptureStats, OrigDstMap, SteeredMap, SyncReport};
+pub use maps::{CaptureStats, Flow, FlowsMap, OrigDstMap, SteeredMap, SyncReport};
 
 /// The eBPF object built by `agent/build.rs`.
 static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/shunt-capture"));
@@ -53,6 +53,7 @@ pub struct CaptureConfig {
     pub agent_mark: Option<u32>,
     pub steered_max_entries: u32,
     pub orig_max_entries: u32,
+    pub flows_max_entries: u32,
 }
 
 /// Loaded and attached capture programs. Dropping it detaches them.
@@ -63,6 +64,7 @@ pub struct Capture {
     steered: SteeredMap,
     orig_dst: OrigDstMap,
     stats: CaptureStats,
+    flows: FlowsMap,
 }
 
 impl Capture {
@@ -80,6 +82,7 @@ impl Capture {
             .map_max_entries(steered::MAP_NAME, cfg.steered_max_entries)
             .map_max_entries(orig::COOKIE_MAP_NAME, cfg.orig_max_entries)
             .map_max_entries(orig::DST_MAP_NAME, cfg.orig_max_entries)
+            .map_max_entries(flows::MAP_NAME, cfg.flows_max_entries)
             .load(EBPF_OBJECT)
             .map_err(CaptureError::Load)?;
 
@@ -104,6 +107,7 @@ impl Capture {
         let steered: HashMap<MapData, _, _> = take_map(&mut ebpf, steered::MAP_NAME)?;
         let orig_dst: HashMap<MapData, _, _> = take_map(&mut ebpf, orig::DST_MAP_NAME)?;
         let stats: PerCpuArray<MapData, u64> = take_map(&mut ebpf, stats::MAP_NAME)?;
+        let flows: PerCpuHashMap<MapData, _, _> = take_map(&mut ebpf, flows::MAP_NAME)?;
 
         // With bpf_link (kernel >= 5.7) a cgroup attachment is always multi-attach: the kernel
         // rejects explicit flags, so `Single` (no flags) is what coexists with a CNI's own hooks.
@@ -139,22 +143,33 @@ impl Capture {
             steered: SteeredMap::new(steered),
             orig_dst: OrigDstMap::new(orig_dst),
             stats: CaptureStats::new(stats),
+            flows: FlowsMap::new(flows),
         })
     }
 
     /// Splits into the map handles the rest of the agent uses, and a guard that keeps the programs
     /// attached until it is dropped.
-    pub fn into_parts(self) -> (AttachGuard, SteeredMap, OrigDstMap, CaptureStats) {
-        (
-            AttachGuard {
+    pub fn into_parts(self) -> CaptureParts {
+        CaptureParts {
+            guard: AttachGuard {
                 _ebpf: self._ebpf,
                 logger: self.logger,
             },
-            self.steered,
-            self.orig_dst,
-            self.stats,
-        )
+            steered: self.steered,
+            orig_dst: self.orig_dst,
+            stats: self.stats,
+            flows: self.flows,
+        }
     }
+}
+
+/// What [`Capture::into_parts`] hands out.
+pub struct CaptureParts {
+    pub guard: AttachGuard,
+    pub steered: SteeredMap,
+    pub orig_dst: OrigDstMap,
+    pub stats: CaptureStats,
+    pub flows: FlowsMap,
 }
 
 /// Opens the pinned maps under `bpffs_dir` without loading or attaching anything: for inspecting

@@ -114,6 +114,9 @@ pub struct RouteTable {
     steered: BTreeMap<SocketAddr, u32>,
     routes: Vec<RouteView>,
     next_expiry: Option<Timestamp>,
+    /// Who an IP address is, for the service graph: a sandbox pod (`ns/pod`) or else the Service
+    /// whose endpoint it is (`ns/service`).
+    owners: HashMap<IpAddr, String>,
 }
 
 /// One route for the admin `/routes` view.
@@ -208,6 +211,10 @@ fn round_robin(list: &[SocketAddr], next: &AtomicUsize) -> Option<SocketAddr> {
 /// IPv4-mapped IPv6 (from dual-stack sockets) as plain IPv4, so both spellings match.
 fn canon(addr: SocketAddr) -> SocketAddr {
     SocketAddr::new(addr.ip().to_canonical(), addr.port())
+}
+
+fn canon_ip(ip: IpAddr) -> IpAddr {
+    ip.to_canonical()
 }
 
 /// The port an endpoint serves a Service port on: as the EndpointSlice resolved it, else the
@@ -552,8 +559,23 @@ impl RouteTable {
         }
 
         // 2. Resolve the winners' forks against the cluster.
+        let mut owners = HashMap::new();
+        for svc in &state.services {
+            for ep in &svc.endpoints {
+                owners
+                    .entry(canon_ip(ep.ip))
+                    .or_insert_with(|| format!("{}/{}", svc.namespace, svc.name));
+            }
+        }
+        // Pods are more specific than the Service they back: they win.
+        for pod in &state.pods {
+            for ip in &pod.ips {
+                owners.insert(canon_ip(*ip), format!("{}/{}", pod.namespace, pod.name));
+            }
+        }
         let mut table = RouteTable {
             next_expiry,
+            owners,
             ..RouteTable::default()
         };
         let mut views: Vec<RouteView> = Vec::new();
@@ -817,6 +839,11 @@ impl RouteTable {
     /// Every route with its status and installed endpoints, sorted by namespace/name.
     pub fn routes(&self) -> &[RouteView] {
         &self.routes
+    }
+
+    /// Who owns an IP address: a known pod, else the Service it is an endpoint of.
+    pub fn owner_of(&self, ip: IpAddr) -> Option<&str> {
+        self.owners.get(&canon_ip(ip)).map(String::as_str)
     }
 
     /// The earliest future `expiresAt`: recompute then, since expiry needs no cluster change.
