@@ -95,6 +95,10 @@ pub struct RunArgs {
     #[arg(long, value_name = "N", default_value_t = agent_common::flows::DEFAULT_MAX_ENTRIES)]
     pub flows_max_entries: u32,
 
+    /// Proxy worker threads (0: one per CPU).
+    #[arg(long, value_name = "N", default_value_t = 0)]
+    pub worker_threads: usize,
+
     /// Upstream connect timeout.
     #[arg(long, value_name = "DURATION", default_value = "5s", value_parser = parse_duration)]
     pub connect_timeout: Duration,

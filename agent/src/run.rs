@@ -32,8 +32,11 @@ use crate::{
 };
 
 pub fn run(args: RunArgs) -> anyhow::Result<()> {
-    tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
+    let mut rt = tokio::runtime::Builder::new_multi_thread();
+    if args.worker_threads > 0 {
+        rt.worker_threads(args.worker_threads);
+    }
+    rt.enable_all()
         .build()
         .context("starting the tokio runtime")?
         .block_on(run_async(args))
