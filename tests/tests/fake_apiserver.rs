@@ -301,7 +301,11 @@ async fn list_resource_version_semantics_match_the_apiserver() -> Result<()> {
         .await
         .expect_err("exact read of a compacted version");
     ensure!(api_error(err)? == (410, "Expired".into()));
-    // A version from the future is a 504 (kube-apiserver's "Too large resource version").
+    // A version from the future is a 504 (kube-apiserver's "Too large resource version"), which
+    // kube retries by default (with Retry-After): look at it without retries.
+    let mut config = api.kube_config();
+    config.default_retry = false;
+    let cms: Api<ConfigMap> = Api::default_namespaced(Client::try_from(config)?);
     let err = cms
         .list(
             &ListParams::default()
@@ -803,7 +807,8 @@ async fn create_sets_server_fields_and_rejects_duplicates_and_invalid_objects() 
     let m = &created.metadata;
     ensure!(m.uid.as_ref().is_some_and(|u| u.len() == 36), "{m:?}");
     ensure!(m.creation_timestamp.is_some() && m.resource_version.is_some());
-    ensure!(m.generation == Some(1));
+    // ConfigMaps have no generation in kube-apiserver (Deployments, CRs, ... do).
+    ensure!(m.generation.is_none(), "{m:?}");
 
     let dup = cms
         .create(&PostParams::default(), &cm("a", "1"))
@@ -1060,6 +1065,24 @@ async fn status_subresource_is_separate_and_generation_tracks_spec_only() -> Res
     );
     ensure!(d.metadata.generation == Some(2));
 
+    // The /scale subresource changes spec.replicas only.
+    let scale = deploys
+        .patch_scale(
+            "s",
+            &PatchParams::default(),
+            &Patch::Merge(json!({ "spec": { "replicas": 4 } })),
+        )
+        .await?;
+    ensure!(scale.spec.and_then(|s| s.replicas) == Some(4));
+    ensure!(
+        scale
+            .status
+            .is_some_and(|s| s.selector.as_deref() == Some("app=s"))
+    );
+    let d = deploys.get("s").await?;
+    ensure!(d.spec.as_ref().and_then(|s| s.replicas) == Some(4));
+    ensure!(d.metadata.generation == Some(3));
+
     let mut full = deploys.get_status("s").await?;
     full.status
         .get_or_insert_with(Default::default)
@@ -1068,7 +1091,7 @@ async fn status_subresource_is_separate_and_generation_tracks_spec_only() -> Res
         .replace_status("s", &PostParams::default(), &full)
         .await?;
     ensure!(d.status.as_ref().and_then(|s| s.ready_replicas) == Some(2));
-    ensure!(d.metadata.generation == Some(2));
+    ensure!(d.metadata.generation == Some(3));
     Ok(())
 }
 
@@ -1424,6 +1447,44 @@ async fn errors_are_status_objects_with_the_right_codes_and_reasons() -> Result<
     Ok(())
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kube_event_recorder_publishes_events_k8s_io_events() -> Result<()> {
+    use kube::Resource as _;
+    use kube::runtime::events::{Event, EventType, Recorder, Reporter};
+    let api = FakeApiServer::start().await?;
+    let client = api.client();
+    let cms: Api<ConfigMap> = Api::default_namespaced(client.clone());
+    let target = cms
+        .create(&PostParams::default(), &cm("subject", "1"))
+        .await?;
+    let recorder = Recorder::new(
+        client.clone(),
+        Reporter {
+            controller: "shunt".into(),
+            instance: Some("shunt-0".into()),
+        },
+    );
+    let ev = Event {
+        type_: EventType::Normal,
+        reason: "Steered".into(),
+        note: Some("traffic steered".into()),
+        action: "Steer".into(),
+        secondary: None,
+    };
+    let reference = target.object_ref(&());
+    within("publish", STEP, recorder.publish(&ev, &reference)).await??;
+    // The same event again becomes a series on the same object (a PATCH).
+    within("publish again", STEP, recorder.publish(&ev, &reference)).await??;
+    let events: Api<k8s_openapi::api::events::v1::Event> = Api::default_namespaced(client);
+    let list = events.list(&ListParams::default()).await?;
+    ensure!(list.items.len() == 1, "{:?}", list.items);
+    let e = &list.items[0];
+    ensure!(e.reason.as_deref() == Some("Steered"));
+    ensure!(e.regarding.as_ref().and_then(|r| r.name.as_deref()) == Some("subject"));
+    ensure!(e.series.as_ref().is_some_and(|s| s.count == 2), "{e:?}");
+    Ok(())
+}
+
 // ---------------------------------------------------------------------------------------
 // CRDs and discovery
 // ---------------------------------------------------------------------------------------
@@ -1676,7 +1737,7 @@ async fn read_until(
     want: impl Fn(&str) -> bool,
 ) -> Result<Vec<String>> {
     let mut seen = Vec::new();
-    within(what, STEP, async {
+    let read = tokio::time::timeout(STEP, async {
         while let Some(line) = lines.next_line().await? {
             let done = want(&line);
             seen.push(line);
@@ -1686,9 +1747,12 @@ async fn read_until(
         }
         bail!("output ended")
     })
-    .await?
-    .with_context(|| format!("{what}; saw {seen:?}"))?;
-    Ok(seen)
+    .await;
+    match read {
+        Ok(Ok(())) => Ok(seen),
+        Ok(Err(e)) => Err(e.context(format!("{what}; saw {seen:?}"))),
+        Err(_) => bail!("timed out after {STEP:?}: {what}; saw {seen:?}"),
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -1748,9 +1812,39 @@ async fn kubectl_gets_applies_a_deployment_and_watches_changes() -> Result<()> {
     let out = k.ok(&["apply", "-f", &f]).await?;
     ensure!(out.contains("deployment.apps/web unchanged"), "{out}");
     let out = k
+        .ok(&["scale", "deployment", "web", "--replicas=5"])
+        .await?;
+    ensure!(out.contains("deployment.apps/web scaled"), "{out}");
+    let out = k
         .ok(&["get", "deploy", "web", "-o", "jsonpath={.spec.replicas}"])
         .await?;
-    ensure!(out == "3", "{out}");
+    ensure!(out == "5", "{out}");
+
+    let out = k.ok(&["label", "deployment", "web", "tier=front"]).await?;
+    ensure!(out.contains("deployment.apps/web labeled"), "{out}");
+    let out = k
+        .ok(&[
+            "patch",
+            "deployment",
+            "web",
+            "--type=merge",
+            "-p",
+            r#"{"metadata":{"annotations":{"a":"b"}}}"#,
+        ])
+        .await?;
+    ensure!(out.contains("deployment.apps/web patched"), "{out}");
+    let d = api
+        .get("apps/v1", "Deployment", None, "web")
+        .context("exists")?;
+    ensure!(
+        d["metadata"]["labels"]["tier"] == "front" && d["metadata"]["annotations"]["a"] == "b",
+        "{d}"
+    );
+    // Typed generators send protobuf, which the fake does not decode: a clear 415.
+    let (ok, _, err) = k
+        .run(&["create", "configmap", "typed", "--from-literal=k=v"])
+        .await?;
+    ensure!(!ok && err.contains("protobuf"), "{err}");
 
     // `kubectl get -w` (server-side printing: Table watch events) sees a later change.
     api.create(cm_json("default", "watched", "1"))?;
@@ -1777,6 +1871,15 @@ async fn kubectl_gets_applies_a_deployment_and_watches_changes() -> Result<()> {
         .spawn()?;
     let mut lines = BufReader::new(child.stdout.take().context("stdout")?).lines();
     read_until(&mut lines, "current value", |l| l == "1").await?;
+    // kubectl drops the first event of a single-object watch (the synthetic ADDED it asks
+    // for with resourceVersion=0), so change the object only once that watch is open.
+    eventually("kubectl opened its watch", STEP, || {
+        api.requests().iter().any(|r| {
+            r.contains("watch=true") && r.contains("fieldSelector=metadata.name%3Dwatched")
+        })
+    })
+    .await?;
+    tokio::time::sleep(Duration::from_millis(200)).await;
     api.merge_patch(
         "v1",
         "ConfigMap",

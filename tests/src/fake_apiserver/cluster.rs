@@ -128,6 +128,28 @@ fn name_rule(rt: &ResourceType) -> NameRule {
     }
 }
 
+/// Whether kube-apiserver maintains `metadata.generation` for this type: custom resources and
+/// most workload-like types do; plain data and bookkeeping types (ConfigMap, Secret, Service,
+/// Namespace, Lease, ...) never get one.
+fn has_generation(rt: &ResourceType) -> bool {
+    let none = matches!(
+        (rt.group.as_str(), rt.kind.as_str()),
+        (
+            "",
+            "Namespace"
+                | "ConfigMap"
+                | "Secret"
+                | "Service"
+                | "Endpoints"
+                | "ServiceAccount"
+                | "Node"
+                | "Event"
+        ) | ("coordination.k8s.io", "Lease")
+            | ("events.k8s.io", "Event")
+    );
+    !none
+}
+
 /// Everything but `metadata` and `status`: what `metadata.generation` tracks.
 fn spec_part(obj: &Value) -> Value {
     match obj {
@@ -446,12 +468,15 @@ impl Cluster {
             "managedFields",
             "selfLink",
             "resourceVersion",
+            "generation",
         ] {
             m.remove(field);
         }
         m.insert("uid".into(), json!(new_uid()));
         m.insert("creationTimestamp".into(), json!(now_rfc3339()));
-        m.insert("generation".into(), json!(1));
+        if has_generation(rt) {
+            m.insert("generation".into(), json!(1));
+        }
         if let Value::Object(root) = &mut obj {
             root.remove("status");
         }
@@ -779,7 +804,7 @@ impl Cluster {
             None
         };
         // Only spec changes (anything outside metadata and status) bump the generation.
-        if spec_part(&new) != spec_part(&old) {
+        if has_generation(rt) && spec_part(&new) != spec_part(&old) {
             let g = old_meta
                 .get("generation")
                 .and_then(Value::as_i64)
@@ -909,6 +934,82 @@ impl Cluster {
         }
         let result = self.update_existing(rt, key, old, target, sub, false, opts)?;
         Ok((result, false))
+    }
+
+    /// GET of the `/scale` subresource (autoscaling/v1 Scale).
+    pub(crate) fn get_scale(
+        &self,
+        rt: &ResourceType,
+        ns: Option<&str>,
+        name: &str,
+    ) -> ApiResult<Value> {
+        Ok(scale_of(&self.get(rt, ns, name)?))
+    }
+
+    /// PUT of the `/scale` subresource: only `spec.replicas` of the parent changes.
+    pub(crate) fn update_scale(
+        &mut self,
+        rt: &ResourceType,
+        ns: Option<&str>,
+        name: &str,
+        scale: &Value,
+        opts: &WriteOpts,
+    ) -> ApiResult<Value> {
+        let key = Self::key(rt, ns, name);
+        let Some(old) = self.store.get(&key).cloned() else {
+            return Err(ApiError::not_found(&rt.group, &rt.plural, name));
+        };
+        let rv = meta_str(scale, "resourceVersion");
+        if !rv.is_empty() && rv != meta_str(&old, "resourceVersion") {
+            return Err(ApiError::conflict(&rt.group, &rt.plural, name));
+        }
+        let replicas = scale
+            .pointer("/spec/replicas")
+            .and_then(Value::as_i64)
+            .unwrap_or(0);
+        if replicas < 0 {
+            return Err(ApiError::invalid(
+                "Scale",
+                "autoscaling",
+                name,
+                &[(
+                    "spec.replicas".into(),
+                    "FieldValueInvalid",
+                    format!("Invalid value: {replicas}: must be greater than or equal to 0"),
+                )],
+            ));
+        }
+        let mut new = versioned(rt, &old);
+        new["spec"]["replicas"] = json!(replicas);
+        let updated = self.update_existing(rt, key, old, new, Sub::Main, false, opts)?;
+        Ok(scale_of(&updated))
+    }
+
+    /// PATCH of the `/scale` subresource: the patch applies to the Scale object.
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) fn patch_scale(
+        &mut self,
+        rt: &ResourceType,
+        ns: Option<&str>,
+        name: &str,
+        ptype: PatchType,
+        body: &[u8],
+        opts: &WriteOpts,
+    ) -> ApiResult<Value> {
+        let mut scale = self.get_scale(rt, ns, name)?;
+        let parse = || -> ApiResult<Value> {
+            serde_json::from_slice(body)
+                .map_err(|e| ApiError::bad_request(format!("error decoding patch: {e}")))
+        };
+        match ptype {
+            PatchType::Merge => patch::merge_patch(&mut scale, &parse()?),
+            PatchType::Json => patch::json_patch(&mut scale, body)?,
+            PatchType::Strategic => patch::strategic_merge("Scale", &mut scale, &parse()?)?,
+            PatchType::Apply => {
+                patch::server_side_apply("Scale", true, &mut scale, None, &parse_apply_body(body)?)
+            }
+        }
+        self.update_scale(rt, ns, name, &scale, opts)
     }
 
     /// DELETE of one object, honouring preconditions and finalizers.
@@ -1191,6 +1292,56 @@ pub(crate) fn parse_body(content_type: &str, body: &[u8]) -> ApiResult<Value> {
             serde_saphyr::from_str::<Value>(text)
                 .map_err(|e| ApiError::bad_request(format!("error decoding YAML: {e}")))
         }
+        // kube-apiserver decodes protobuf for built-in types; this fake has no protobuf
+        // schemas. kubectl's typed generators (`kubectl create configmap ...`) send protobuf;
+        // `kubectl create/apply -f` sends JSON and works.
+        "application/vnd.kubernetes.protobuf" => Err(ApiError::unsupported_media_type(
+            "application/vnd.kubernetes.protobuf (the fake API server decodes JSON and YAML only; with kubectl use `create -f`/`apply -f` instead of `kubectl create <kind>` generators)",
+        )),
         other => Err(ApiError::unsupported_media_type(other)),
     }
+}
+
+/// Resources with a `/scale` subresource.
+pub(crate) fn has_scale(rt: &ResourceType) -> bool {
+    rt.group == "apps"
+        && matches!(
+            rt.kind.as_str(),
+            "Deployment" | "ReplicaSet" | "StatefulSet"
+        )
+}
+
+/// The autoscaling/v1 Scale view of a scalable object.
+fn scale_of(obj: &Value) -> Value {
+    let selector = obj
+        .pointer("/spec/selector/matchLabels")
+        .and_then(Value::as_object)
+        .map(|m| {
+            m.iter()
+                .map(|(k, v)| format!("{k}={}", v.as_str().unwrap_or_default()))
+                .collect::<Vec<_>>()
+                .join(",")
+        })
+        .unwrap_or_default();
+    let m = |f: &str| {
+        obj.pointer(&format!("/metadata/{f}"))
+            .cloned()
+            .unwrap_or(Value::Null)
+    };
+    json!({
+        "kind": "Scale",
+        "apiVersion": "autoscaling/v1",
+        "metadata": {
+            "name": m("name"),
+            "namespace": m("namespace"),
+            "uid": m("uid"),
+            "resourceVersion": m("resourceVersion"),
+            "creationTimestamp": m("creationTimestamp"),
+        },
+        "spec": { "replicas": obj.pointer("/spec/replicas").cloned().unwrap_or(json!(1)) },
+        "status": {
+            "replicas": obj.pointer("/status/replicas").cloned().unwrap_or(json!(0)),
+            "selector": selector,
+        },
+    })
 }

@@ -12,6 +12,7 @@ use std::net::SocketAddr;
 
 use serde_json::{Map, Value, json};
 
+use super::cluster::has_scale;
 use super::render::parse_accept;
 use super::resources::{Registry, ResourceType};
 
@@ -124,6 +125,17 @@ pub(crate) fn resource_list(reg: &Registry, group: &str, version: &str) -> Optio
             "kind": t.kind,
             "verbs": STATUS_VERBS,
         }));
+        if has_scale(t) {
+            resources.push(json!({
+                "name": format!("{}/scale", t.plural),
+                "singularName": "",
+                "namespaced": t.namespaced,
+                "group": "autoscaling",
+                "version": "v1",
+                "kind": "Scale",
+                "verbs": STATUS_VERBS,
+            }));
+        }
     }
     let gv = if group.is_empty() {
         version.to_string()
@@ -191,6 +203,15 @@ pub(crate) fn aggregated(reg: &Registry, core: bool, version: &str) -> Value {
                             }
                             if !t.categories.is_empty() {
                                 r["categories"] = json!(t.categories);
+                            }
+                            if has_scale(t)
+                                && let Some(Value::Array(subs)) = r.get_mut("subresources")
+                            {
+                                subs.push(json!({
+                                    "subresource": "scale",
+                                    "responseKind": { "group": "autoscaling", "version": "v1", "kind": "Scale" },
+                                    "verbs": STATUS_VERBS,
+                                }));
                             }
                             r
                         })

@@ -22,15 +22,36 @@
 //! # drop(client); Ok(()) }
 //! ```
 //!
+//! Served: core/v1 Namespaces, Pods, Services, Endpoints, ConfigMaps, Secrets, ServiceAccounts,
+//! Nodes, Events; apps/v1 Deployments (+ `/scale`), ReplicaSets, DaemonSets, StatefulSets;
+//! discovery.k8s.io/v1 EndpointSlices; coordination.k8s.io/v1 Leases; events.k8s.io/v1 Events;
+//! apiextensions.k8s.io/v1 CustomResourceDefinitions and every CRD created through them. Every
+//! type has a `/status` subresource. A fresh server has the namespaces `default`,
+//! `kube-system`, `kube-public`, `kube-node-lease` and the `default/kubernetes` Service
+//! (10.96.0.1) with its EndpointSlice. Objects are schemaless JSON; what the real server does to
+//! them that clients observe is reproduced: ClusterIP/NodePort allocation and port defaults,
+//! name/label validation, immutable fields, `generation` only on the types that have one.
+//!
+//! kubectl: point it at [`FakeApiServer::write_kubeconfig`] (and give it its own
+//! `--cache-dir`). `get` (server-side Table printing), `get -w`, `apply -f` (client-side and
+//! `--server-side`), `create -f`, `patch`, `label`, `scale`, `delete` (waiting on finalizers),
+//! `describe` and `api-resources` work with default flags: the OpenAPI v3 documents advertise
+//! server-side field validation, so `--validate=strict` needs no schemas (unknown fields are
+//! not rejected, though). Not supported: the typed generators (`kubectl create configmap|
+//! deployment|...`, `kubectl run`) send protobuf bodies and get a 415; `kubectl explain`
+//! needs schemas.
+//!
 //! Module map: `store` (objects, global resourceVersion, history), `cluster` (API semantics),
 //! `defaults` (per-type defaulting/allocation), `patch`, `selectors`, `watch`, `render`
 //! (Table/metadata encodings), `discovery` (+ OpenAPI), `http` (server and routing), `rest`
-//! (verbs), `faults`, `resources` (served types), `meta`, `error`.
+//! (verbs), `faults`, `resources` (served types; add a built-in type there), `meta`, `error`.
 //!
-//! Known gaps (deliberate): no protobuf, no `managedFields` and no apply conflicts between
-//! field managers, no garbage collector (ownerReferences and propagationPolicy have no
-//! effect), no controllers (Deployments never get Pods or status), no admission webhooks, no
-//! schema validation of custom resources, no authn/authz, no `/scale`, `/log`, `/exec`.
+//! Known gaps (deliberate): no protobuf; no `managedFields` and no apply conflicts between
+//! field managers (apply always forces); no garbage collector (ownerReferences and
+//! propagationPolicy have no effect); no controllers (Deployments never get Pods or status,
+//! Pods stay Pending); no admission webhooks; no schema validation or defaulting of custom
+//! resources; no authn/authz; no `/log`, `/exec`, `/eviction`; core/v1 and events.k8s.io/v1
+//! Events are stored separately.
 
 mod cluster;
 mod defaults;
@@ -217,7 +238,7 @@ impl FakeApiServer {
         self.shared.lock().create_any(obj)
     }
 
-    /// Get an object, if it exists.
+    /// Get an object, if it exists (`namespace` None means `default` for namespaced kinds).
     pub fn get(
         &self,
         api_version: &str,
@@ -227,7 +248,9 @@ impl FakeApiServer {
     ) -> Option<Value> {
         let cluster = self.shared.lock();
         let rt = cluster.rt_by_kind(api_version, kind).ok()?;
-        cluster.get(&rt, namespace, name).ok()
+        cluster
+            .get(&rt, Some(namespace.unwrap_or("default")), name)
+            .ok()
     }
 
     /// All objects of a kind, in one namespace or (None) in all.
@@ -283,7 +306,8 @@ impl FakeApiServer {
     }
 
     /// JSON-merge-patch an object (like PATCH with `application/merge-patch+json`), e.g. to
-    /// remove finalizers: `json!({"metadata": {"finalizers": null}})`.
+    /// remove finalizers: `json!({"metadata": {"finalizers": null}})`. `namespace` None means
+    /// `default` for namespaced kinds.
     pub fn merge_patch(
         &self,
         api_version: &str,
@@ -298,7 +322,7 @@ impl FakeApiServer {
         cluster
             .patch(
                 &rt,
-                namespace,
+                Some(namespace.unwrap_or("default")),
                 name,
                 PatchType::Merge,
                 &body,
@@ -309,7 +333,7 @@ impl FakeApiServer {
     }
 
     /// Delete an object (like DELETE): removed at once, or marked for deletion if it has
-    /// finalizers.
+    /// finalizers. `namespace` None means `default` for namespaced kinds.
     pub fn delete(
         &self,
         api_version: &str,
@@ -319,8 +343,9 @@ impl FakeApiServer {
     ) -> Result<Deletion, ApiError> {
         let mut cluster = self.shared.lock();
         let rt = cluster.rt_by_kind(api_version, kind)?;
+        let ns = Some(namespace.unwrap_or("default"));
         Ok(
-            match cluster.delete(&rt, namespace, name, &DeleteOpts::default())? {
+            match cluster.delete(&rt, ns, name, &DeleteOpts::default())? {
                 Deleted::Gone(v) => Deletion::Deleted(v),
                 Deleted::Pending(v) => Deletion::Pending(v),
             },

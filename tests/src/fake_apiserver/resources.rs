@@ -146,6 +146,22 @@ impl Registry {
                     "type",
                 ],
             ),
+            // events.k8s.io/v1 (what kube-runtime's event Recorder writes). kube-apiserver
+            // serves these and core/v1 Events from one storage; here they are separate.
+            b(
+                "events.k8s.io",
+                "events",
+                "Event",
+                true,
+                &["ev"],
+                &[
+                    "reason",
+                    "type",
+                    "regarding.kind",
+                    "regarding.name",
+                    "regarding.namespace",
+                ],
+            ),
             b("apps", "deployments", "Deployment", true, &["deploy"], &[]).in_all(),
             b("apps", "replicasets", "ReplicaSet", true, &["rs"], &[]).in_all(),
             b("apps", "daemonsets", "DaemonSet", true, &["ds"], &[]).in_all(),

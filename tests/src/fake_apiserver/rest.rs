@@ -10,7 +10,9 @@ use hyper::header::CONTENT_TYPE;
 use hyper::{Method, Request, Response};
 use serde_json::{Value, json};
 
-use super::cluster::{DeleteOpts, Deleted, ListOpts, Sub, WriteOpts, parse_body, versioned};
+use super::cluster::{
+    DeleteOpts, Deleted, ListOpts, Sub, WriteOpts, has_scale, parse_body, versioned,
+};
 use super::error::{ApiError, ApiResult};
 use super::http::{Body, Query, ResourceRequest, json_response, read_body};
 use super::patch::PatchType;
@@ -69,6 +71,9 @@ pub(crate) async fn handle(
     q: Query,
     accept: Option<String>,
 ) -> ApiResult<Response<Body>> {
+    if r.subresource.as_deref() == Some("scale") && has_scale(&r.rt) && r.name.is_some() {
+        return scale(shared, req, r, q, accept.as_deref()).await;
+    }
     let sub = match r.subresource.as_deref() {
         None => Sub::Main,
         Some("status") => Sub::Status,
@@ -148,6 +153,44 @@ pub(crate) async fn handle(
         }
         _ => Err(ApiError::method_not_allowed()),
     }
+}
+
+/// The `/scale` subresource of Deployments, ReplicaSets and StatefulSets.
+async fn scale(
+    shared: Arc<Shared>,
+    req: Request<Incoming>,
+    r: ResourceRequest,
+    q: Query,
+    accept: Option<&str>,
+) -> ApiResult<Response<Body>> {
+    let name = r.name.as_deref().unwrap_or_default();
+    let ns = r.ns.as_deref();
+    let content_type = req
+        .headers()
+        .get(CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("")
+        .to_string();
+    negotiate_plain(accept)?;
+    let obj = match req.method().clone() {
+        Method::GET => shared.lock().get_scale(&r.rt, ns, name)?,
+        Method::PUT => {
+            let opts = write_opts(&q)?;
+            let body = parse_body(&content_type, &read_body(req.into_body()).await?)?;
+            shared.lock().update_scale(&r.rt, ns, name, &body, &opts)?
+        }
+        Method::PATCH => {
+            let ptype = PatchType::from_content_type(&content_type)
+                .ok_or_else(|| ApiError::unsupported_media_type(&content_type))?;
+            let opts = write_opts(&q)?;
+            let body = read_body(req.into_body()).await?;
+            shared
+                .lock()
+                .patch_scale(&r.rt, ns, name, ptype, &body, &opts)?
+        }
+        _ => return Err(ApiError::method_not_allowed()),
+    };
+    Ok(json_response(200, &obj, "application/json"))
 }
 
 fn list(
