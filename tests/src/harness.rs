@@ -134,10 +134,29 @@ impl Env {
     pub fn start_agent(&self, extra: &[String], cgroup: Option<&Path>) -> AgentProc {
         let mut args = self.agent_args();
         args.extend_from_slice(extra);
+        self.start_agent_wrapped(&[], &args, cgroup)
+    }
+
+    /// Starts the agent with exactly `args` (not the standard flags), run through the command
+    /// `wrapper` when it is not empty (`wrapper[0] wrapper[1..] AGENT args...`, e.g. `setpriv
+    /// ... --`), in the node namespace and `cgroup`, and waits until it is ready.
+    pub fn start_agent_wrapped(
+        &self,
+        wrapper: &[String],
+        args: &[String],
+        cgroup: Option<&Path>,
+    ) -> AgentProc {
         let n = fs::read_dir(&self.run.path).map(|d| d.count()).unwrap_or(0);
         let log = self.run.path.join(format!("agent-{n}.log"));
-        let mut cmd = Command::new(&self.bins.agent);
-        cmd.args(&args).env("SHUNT_LOG", "debug");
+        let mut cmd = match wrapper.split_first() {
+            Some((program, rest)) => {
+                let mut c = Command::new(program);
+                c.args(rest).arg(&self.bins.agent);
+                c
+            }
+            None => Command::new(&self.bins.agent),
+        };
+        cmd.args(args).env("SHUNT_LOG", "debug");
         let logf = fs::File::create(&log).expect("agent log file");
         cmd.stdout(Stdio::null()).stderr(logf);
         let child = spawn_in("agent", cmd, Some(self.node()), cgroup).expect("spawning the agent");
@@ -148,6 +167,25 @@ impl Env {
         };
         agent.wait_ready(Duration::from_secs(15));
         agent
+    }
+
+    /// Starts netpeer in pod `pod` (captured) in the background; the handle yields its stdout.
+    pub fn peer_in_background(&self, pod: usize, args: &[&str]) -> std::thread::JoinHandle<String> {
+        let mut cmd = Command::new(&self.bins.netpeer);
+        cmd.args(args).stdout(Stdio::piped()).stderr(Stdio::piped());
+        let child = spawn_in(
+            "netpeer",
+            cmd,
+            Some(&self.topo.pods[pod].netns),
+            Some(self.cgroup.path()),
+        )
+        .expect("spawning netpeer");
+        std::thread::spawn(move || {
+            child
+                .output_timeout(Duration::from_secs(60))
+                .expect("netpeer finished in time")
+                .1
+        })
     }
 
     /// Runs netpeer in pod `pod` (captured) and returns its JSON lines.

@@ -124,3 +124,21 @@ pub fn spawn_in(
         name: name.to_string(),
     })
 }
+
+/// Makes `close()` send a RST instead of a FIN (SO_LINGER 0), as a peer that dies would.
+pub fn set_linger_zero(sock: &impl std::os::fd::AsRawFd) {
+    let linger = libc::linger {
+        l_onoff: 1,
+        l_linger: 0,
+    };
+    // SAFETY: a valid socket fd and a correctly sized option value.
+    unsafe {
+        libc::setsockopt(
+            sock.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_LINGER,
+            (&linger as *const libc::linger).cast(),
+            std::mem::size_of::<libc::linger>() as libc::socklen_t,
+        );
+    }
+}

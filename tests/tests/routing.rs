@@ -415,21 +415,7 @@ fn upstream_reset_gets_502() {
         .unwrap();
     std::thread::spawn(move || {
         for c in listener.incoming().flatten() {
-            // SO_LINGER 0: close() sends a RST instead of a FIN.
-            let linger = libc::linger {
-                l_onoff: 1,
-                l_linger: 0,
-            };
-            // SAFETY: valid socket fd and a correctly sized option value.
-            unsafe {
-                libc::setsockopt(
-                    std::os::fd::AsRawFd::as_raw_fd(&c),
-                    libc::SOL_SOCKET,
-                    libc::SO_LINGER,
-                    (&linger as *const libc::linger).cast(),
-                    std::mem::size_of::<libc::linger>() as libc::socklen_t,
-                )
-            };
+            tests::process::set_linger_zero(&c);
             std::thread::sleep(Duration::from_millis(50));
             drop(c);
         }
@@ -504,25 +490,10 @@ fn sigterm_drains_and_fails_open() {
     let mut agent = w.agent(&["--shutdown-grace", "5s"]);
     let dst = w.env.topo.pods[1].addr4(POD_PORT);
     // A slow request is in flight through the proxy when SIGTERM arrives.
-    let slow = {
-        let env_req = json!([{ "path": "/slow?ms=1500" }]).to_string();
-        let dst = dst.to_string();
-        let peer = w.env.bins.netpeer.clone();
-        let ns = w.env.topo.pods[0].netns.path();
-        let cg = w.env.cgroup.path().to_path_buf();
-        std::thread::spawn(move || {
-            let mut cmd = std::process::Command::new(peer);
-            cmd.args(["http", &dst, &env_req])
-                .stdout(std::process::Stdio::piped())
-                .stderr(std::process::Stdio::piped());
-            let netns = tests::netns::Netns {
-                name: ns.trim_start_matches("/run/netns/").to_string(),
-            };
-            let child = tests::process::spawn_in("slow", cmd, Some(&netns), Some(&cg)).unwrap();
-            std::mem::forget(netns);
-            child.output_timeout(Duration::from_secs(20)).unwrap().1
-        })
-    };
+    let slow_req = json!([{ "path": "/slow?ms=1500" }]).to_string();
+    let slow = w
+        .env
+        .peer_in_background(0, &["http", &dst.to_string(), &slow_req]);
     std::thread::sleep(Duration::from_millis(400));
     agent.child.signal(libc::SIGTERM);
     // New connections go direct at once (STEERED is cleared first)...
@@ -556,36 +527,14 @@ fn wedged_proxy_fails_open() {
     let dst = w.env.topo.pods[1].addr4(POD_PORT);
     // One slow request occupies the only connection slot; the next connection waits in the
     // accept queue: the proxy has stopped accepting.
-    let hold = {
-        let peer = w.env.bins.netpeer.clone();
-        let ns = w.env.topo.pods[0].netns.name.clone();
-        let cg = w.env.cgroup.path().to_path_buf();
-        let req = json!([{ "path": "/slow?ms=3000" }]).to_string();
-        std::thread::spawn(move || {
-            let mut cmd = std::process::Command::new(peer);
-            cmd.args(["http", &dst.to_string(), &req])
-                .stdout(std::process::Stdio::piped());
-            let netns = tests::netns::Netns { name: ns };
-            let c = tests::process::spawn_in("hold", cmd, Some(&netns), Some(&cg)).unwrap();
-            std::mem::forget(netns);
-            c.output_timeout(Duration::from_secs(20)).unwrap().1
-        })
-    };
+    let hold_req = json!([{ "path": "/slow?ms=3000" }]).to_string();
+    let hold = w
+        .env
+        .peer_in_background(0, &["http", &dst.to_string(), &hold_req]);
     std::thread::sleep(Duration::from_millis(300));
-    let queued = {
-        let peer = w.env.bins.netpeer.clone();
-        let ns = w.env.topo.pods[0].netns.name.clone();
-        let cg = w.env.cgroup.path().to_path_buf();
-        std::thread::spawn(move || {
-            let mut cmd = std::process::Command::new(peer);
-            cmd.args(["http", &dst.to_string(), r#"[{"path":"/"}]"#])
-                .stdout(std::process::Stdio::piped());
-            let netns = tests::netns::Netns { name: ns };
-            let c = tests::process::spawn_in("queued", cmd, Some(&netns), Some(&cg)).unwrap();
-            std::mem::forget(netns);
-            c.output_timeout(Duration::from_secs(20)).unwrap().1
-        })
-    };
+    let queued = w
+        .env
+        .peer_in_background(0, &["http", &dst.to_string(), r#"[{"path":"/"}]"#]);
     // The watchdog notices within a few intervals and fails open: new connections go direct.
     wait_until(Duration::from_secs(3), || {
         agent.metric("shunt_watchdog_trips_total") >= 1.0
@@ -659,7 +608,10 @@ fn grpc_unary_and_server_streaming_through_sandbox_with_trailers() {
 
 #[test]
 fn topology_counts_steered_and_unsteered_connections() {
-    let Some(w) = World::new("topology_counts_steered_and_unsteered", RoutesSpec::default()) else {
+    let Some(w) = World::new(
+        "topology_counts_steered_and_unsteered",
+        RoutesSpec::default(),
+    ) else {
         return;
     };
     let agent = w.agent(&[]);
@@ -669,7 +621,12 @@ fn topology_counts_steered_and_unsteered_connections() {
     w.http(reviews(), &[], json!([{ "path": "/" }]));
     let other = w.env.topo.pods[1].addr4(9999);
     let _b = Backend::tcp(&w.env.topo.pods[1].netns, "other", other).unwrap();
-    assert_eq!(w.env.client(0, true, &["tcp", &other.to_string()])[0].reply().server, "other");
+    assert_eq!(
+        w.env.client(0, true, &["tcp", &other.to_string()])[0]
+            .reply()
+            .server,
+        "other"
+    );
 
     let (_, body) = agent.admin_get("/topology").unwrap();
     let topo: Value = serde_json::from_str(&body).unwrap();
@@ -684,7 +641,11 @@ fn topology_counts_steered_and_unsteered_connections() {
     assert_eq!(find("shop/reviews", SERVICE_PORT)["connections"], 2);
     assert_eq!(find("shop/reviews", 9999)["connections"], 1);
     // The agent's own upstream connections are not part of the graph.
-    assert!(edges.iter().all(|e| e["from"] != w.env.topo.pods[1].node_ip4.to_string().as_str()));
+    assert!(
+        edges
+            .iter()
+            .all(|e| e["from"] != w.env.topo.pods[1].node_ip4.to_string().as_str())
+    );
 
     // `shunt topology` renders the same graph.
     let mut cmd = std::process::Command::new(&w.env.bins.agent);
@@ -695,5 +656,8 @@ fn topology_counts_steered_and_unsteered_connections() {
     let (status, out, err) = child.output_timeout(Duration::from_secs(10)).unwrap();
     assert!(status.success(), "{err}");
     assert!(out.starts_with(&format!("{client}\n")), "{out}");
-    assert!(out.contains(&format!("shop/reviews :{SERVICE_PORT}  (2 connections)")), "{out}");
+    assert!(
+        out.contains(&format!("shop/reviews :{SERVICE_PORT}  (2 connections)")),
+        "{out}"
+    );
 }

@@ -69,7 +69,7 @@ pub fn run(addr: SocketAddr, args: &[String]) -> anyhow::Result<()> {
                     .map(|r| {
                         let mut s = sender.clone();
                         let req = build(r);
-                        async move { exchange(req.and_then(|q| Ok(s.send_request(q))), true).await }
+                        async move { exchange(req.map(|q| s.send_request(q)), true).await }
                     })
                     .collect();
                 for line in futures::future::join_all(futs).await {

@@ -92,21 +92,7 @@ fn raw(addr: SocketAddr, args: &[String]) -> anyhow::Result<()> {
     conn.write_all(send.as_bytes())?;
     std::thread::sleep(Duration::from_millis(stall));
     if args.iter().any(|a| a == "--reset") {
-        // SO_LINGER 0: close() sends a RST, as a client that dies mid-request would.
-        let linger = libc::linger {
-            l_onoff: 1,
-            l_linger: 0,
-        };
-        // SAFETY: valid socket fd and a correctly sized option value.
-        unsafe {
-            libc::setsockopt(
-                std::os::fd::AsRawFd::as_raw_fd(&conn),
-                libc::SOL_SOCKET,
-                libc::SO_LINGER,
-                (&linger as *const libc::linger).cast(),
-                std::mem::size_of::<libc::linger>() as libc::socklen_t,
-            );
-        }
+        tests::process::set_linger_zero(&conn);
         drop(conn);
         println!("{}", json!({ "reset": true }));
         return Ok(());
