@@ -145,15 +145,18 @@ fn install_bpf_linker(bin: &Path, path: &std::ffi::OsStr) -> anyhow::Result<()> 
     )
     .context("rustc +nightly --print sysroot")?;
     let lib = Path::new(sysroot.trim()).join("lib");
+    // The real library is `libLLVM.so.<ver>-rust-<ver>-nightly`; `libLLVM-<major>-….so` beside it
+    // is a one-line linker script, which bpf-linker's link cannot use as libLLVM.so.
     let llvm = std::fs::read_dir(&lib)?
         .filter_map(Result::ok)
         .map(|e| e.path())
-        .find(|p| {
+        .filter(|p| {
             p.file_name()
                 .and_then(|n| n.to_str())
-                .is_some_and(|n| n.starts_with("libLLVM.so.") || n.starts_with("libLLVM-"))
+                .is_some_and(|n| n.starts_with("libLLVM.so."))
         })
-        .with_context(|| format!("no libLLVM in {}", lib.display()))?;
+        .max_by_key(|p| std::fs::metadata(p).map(|m| m.len()).unwrap_or(0))
+        .with_context(|| format!("no libLLVM.so.* in {}", lib.display()))?;
     // bpf-linker's build looks for $LLVM_PREFIX/lib/libLLVM.so: point it at the nightly's copy.
     let prefix = env::temp_dir().join(format!("shunt-llvm-prefix-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&prefix);
