@@ -17,7 +17,7 @@ pub struct Cli {
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Run the node agent: capture, node proxy and admin API (the DaemonSet entry point).
-    Run(RunArgs),
+    Run(Box<RunArgs>),
     /// Print the agent's current route table (from its admin API).
     Routes(AdminArgs),
     /// Print the service graph observed from real traffic (from the agent's admin API).
@@ -168,7 +168,7 @@ pub fn main() -> ExitCode {
     let cli = Cli::parse();
     init_tracing();
     let result = match cli.command {
-        Command::Run(args) => crate::run::run(args),
+        Command::Run(args) => crate::run::run(*args),
         Command::Routes(a) => admin_cli(a.admin_addr, "/routes").map(|t| print!("{t}")),
         Command::Topology(t) => admin_cli(t.admin.admin_addr, "/topology").and_then(|text| {
             if t.json {
