@@ -3,6 +3,7 @@
 //!   accept (`ORIG_DST`);
 //! - every connection opened in the captured cgroup is counted in `FLOWS`, by the destination
 //!   the application dialled, for the service graph. The agent's own connections are not.
+//!
 //! The function is not named `sockops`: a symbol equal to its ELF section breaks bpf-linker.
 use agent_common::{
     Endpoint, NetAddr,
