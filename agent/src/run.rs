@@ -4,7 +4,7 @@ use std::{
     os::fd::AsFd as _,
     sync::{
         Arc,
-        atomic::{AtomicBool, AtomicU64, Ordering},
+        atomic::{AtomicU64, Ordering},
     },
     time::Duration,
 };
@@ -165,7 +165,7 @@ async fn run_async(args: RunArgs) -> anyhow::Result<()> {
         heartbeat: heartbeat.clone(),
     });
 
-    let watchdog_stop = Arc::new(AtomicBool::new(false));
+    let (watchdog_stop, watchdog_stop_rx) = std::sync::mpsc::channel::<()>();
     let listener_fds = std::iter::once(&listener4)
         .chain(listener6.as_ref())
         .map(|l| l.as_fd().try_clone_to_owned())
@@ -177,7 +177,7 @@ async fn run_async(args: RunArgs) -> anyhow::Result<()> {
         interval: args.watchdog_interval,
         steering: steering.clone(),
         metrics: metrics.clone(),
-        stop: watchdog_stop.clone(),
+        stop: watchdog_stop_rx,
     }
     .spawn()
     .context("starting the watchdog")?;
@@ -237,7 +237,7 @@ async fn run_async(args: RunArgs) -> anyhow::Result<()> {
     // Fail open first: new connections go direct while in-flight ones drain. The watchdog stops
     // first so it cannot restore steering behind our back.
     admin_state.ready.store(false, Ordering::Relaxed);
-    watchdog_stop.store(true, Ordering::Relaxed);
+    drop(watchdog_stop);
     let _ = tokio::task::spawn_blocking(move || watchdog.join()).await;
     if let Some(t) = route_sync {
         t.abort();

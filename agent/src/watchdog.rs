@@ -9,7 +9,8 @@ use std::{
     os::fd::{AsRawFd as _, OwnedFd},
     sync::{
         Arc,
-        atomic::{AtomicBool, AtomicU64, Ordering},
+        atomic::{AtomicU64, Ordering},
+        mpsc::{Receiver, RecvTimeoutError},
     },
     time::Duration,
 };
@@ -22,7 +23,8 @@ pub struct Watchdog {
     pub interval: Duration,
     pub steering: Arc<Steering>,
     pub metrics: Arc<Metrics>,
-    pub stop: Arc<AtomicBool>,
+    /// Dropping (or sending on) the other end stops the watchdog at once, mid-interval.
+    pub stop: Receiver<()>,
 }
 
 /// Connections waiting in a listening socket's accept queue (TCP_INFO's `tcpi_unacked` holds the
@@ -54,8 +56,7 @@ impl Watchdog {
         let mut last = self.heartbeat.load(Ordering::Relaxed);
         let mut healthy_streak = 0u32;
         let mut tripped = false;
-        while !self.stop.load(Ordering::Relaxed) {
-            std::thread::sleep(self.interval);
+        while let Err(RecvTimeoutError::Timeout) = self.stop.recv_timeout(self.interval) {
             let now = self.heartbeat.load(Ordering::Relaxed);
             let queued = self
                 .listeners

@@ -81,8 +81,30 @@ pub fn cgroup_id(path: &Path) -> Result<u64, CaptureError> {
 }
 
 /// The calling process's own cgroup v2 directory.
+///
+/// `/proc/self/cgroup` gives the path relative to the process's cgroup namespace root, so it is
+/// joined to a cgroup2 mount whose mountinfo root is that namespace root (`/`). In a pod with a
+/// private cgroup namespace that is the container's own `/sys/fs/cgroup`, not a hostPath of the
+/// node's tree (whose root lies outside the namespace).
 pub fn own_cgroup_dir() -> Result<PathBuf, CaptureError> {
-    let mount = cgroup2_mount()?;
+    let info = fs::read_to_string("/proc/self/mountinfo")
+        .map_err(|e| env_err(format!("reading /proc/self/mountinfo: {e}")))?;
+    let mounts: Vec<(String, PathBuf)> = info
+        .lines()
+        .filter_map(|line| {
+            let (left, right) = line.split_once(" - ")?;
+            (right.split_whitespace().next()? == "cgroup2").then_some(())?;
+            let mut f = left.split_whitespace();
+            let root = f.nth(3)?.to_string();
+            Some((root, PathBuf::from(f.next()?)))
+        })
+        .collect();
+    let mount = mounts
+        .iter()
+        .find(|(root, _)| root == "/")
+        .or_else(|| mounts.first())
+        .map(|(_, m)| m.clone())
+        .ok_or_else(|| env_err("no cgroup v2 mount found (see --cgroup)"))?;
     let own = fs::read_to_string("/proc/self/cgroup")
         .map_err(|e| env_err(format!("reading /proc/self/cgroup: {e}")))?;
     let rel = own
