@@ -1,6 +1,8 @@
-//! Project tasks: `cargo xtask setup | test`.
+//! Project tasks: `cargo xtask setup | test | demo | bench`.
 //!
 //! Every task runs `setup` first, so a fresh Debian machine with rustup needs nothing else.
+mod bench;
+mod demo;
 mod setup;
 mod test;
 
@@ -19,14 +21,30 @@ enum Task {
     Setup,
     /// fmt check, clippy (userspace and eBPF), unit tests, integration tests, leftover check.
     Test(test::TestArgs),
+    /// A mini-cluster of network namespaces on this machine, with the real agent and eBPF
+    /// capture, showing keyed requests steered to a sandbox (needs root). Tears down at the end
+    /// and on Ctrl-C.
+    Demo(demo::DemoArgs),
+    /// Direct vs Shunt vs HAProxy: latency percentiles, saturation and CPU, side by side in one
+    /// run (needs root). Installs haproxy, h2load and oha; writes target/bench/.
+    Bench(bench::BenchArgs),
 }
 
 fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
-    let result = setup::setup().and_then(|env| match cli.task {
-        Task::Setup => Ok(()),
-        Task::Test(args) => test::run(&env, args),
-    });
+    // The demo says what this machine lacks before installing or building anything.
+    let preflight = match cli.task {
+        Task::Demo(_) => demo::preflight(),
+        _ => Ok(()),
+    };
+    let result = preflight
+        .and_then(|()| setup::setup())
+        .and_then(|env| match cli.task {
+            Task::Setup => Ok(()),
+            Task::Test(args) => test::run(&env, args),
+            Task::Demo(args) => demo::run(&env, args),
+            Task::Bench(args) => bench::run(&env, args),
+        });
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(e) => {

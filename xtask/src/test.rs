@@ -47,11 +47,18 @@ pub fn run(env: &Env, args: TestArgs) -> anyhow::Result<()> {
     exec(cargo(env).args(["test", "-p", "agent", "-p", "agent-common", "-p", "xtask"]))?;
     step("integration tests (real kernel, network namespaces)");
     exec(cargo(env).args(["test", "-p", "tests"]))?;
+    step("demo, end to end (shunt-demo --check: the mini-cluster of `cargo xtask demo`)");
+    crate::demo::test_step(env)?;
     step("checking that no namespace, cgroup or pin was left behind");
     check_leftovers()?;
     eprintln!("all tests passed in {:.1?}", started.elapsed());
     Ok(())
 }
+
+/// Name prefixes of what the integration tests and the demo create (cgroups, /run dirs, mounts).
+const PREFIXES: [&str; 2] = ["shunt-test-", "shunt-demo"];
+/// Processes only the demo runs (comm names).
+const DEMO_PROCESSES: [&str; 2] = ["shunt-demo", "demo-app"];
 
 fn check_leftovers() -> anyhow::Result<()> {
     let mut left = Vec::new();
@@ -71,7 +78,7 @@ fn check_leftovers() -> anyhow::Result<()> {
                     .filter(|p| {
                         p.file_name()
                             .and_then(|n| n.to_str())
-                            .is_some_and(|n| n.starts_with("shunt-test-"))
+                            .is_some_and(|n| PREFIXES.iter().any(|p| n.starts_with(p)))
                     })
                     .map(|p| p.display().to_string()),
             );
@@ -82,9 +89,26 @@ fn check_leftovers() -> anyhow::Result<()> {
         left.extend(
             mounts
                 .lines()
-                .filter(|l| l.contains("/shunt-test-"))
+                .filter(|l| PREFIXES.iter().any(|p| l.contains(&format!("/{p}"))))
                 .map(|l| format!("mount {l}")),
         );
+    }
+    if let Ok(rd) = fs::read_dir("/proc") {
+        for e in rd.filter_map(Result::ok) {
+            let comm = fs::read_to_string(e.path().join("comm")).unwrap_or_default();
+            // A zombie holds nothing (no namespace, cgroup or socket); some inits never reap.
+            let stat = fs::read_to_string(e.path().join("stat")).unwrap_or_default();
+            let zombie = stat
+                .rsplit_once(')')
+                .is_some_and(|(_, rest)| rest.trim_start().starts_with('Z'));
+            if DEMO_PROCESSES.contains(&comm.trim()) && !zombie {
+                left.push(format!(
+                    "process {} ({})",
+                    e.file_name().to_string_lossy(),
+                    comm.trim()
+                ));
+            }
+        }
     }
     if !left.is_empty() {
         bail!("tests left state behind:\n  {}", left.join("\n  "));
