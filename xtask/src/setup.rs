@@ -66,9 +66,14 @@ pub fn setup() -> anyhow::Result<Env> {
     install_toolchain(STABLE, &["rustfmt", "clippy"])?;
     install_toolchain(EBPF_NIGHTLY, &["rust-src", "clippy"])?;
     let bin = cargo_home().join("bin");
-    let path = env::join_paths(
-        std::iter::once(bin.clone()).chain(env::var_os("PATH").iter().flat_map(env::split_paths)),
-    )?;
+    // Prepend the cargo bin dir only when it is missing: build scripts rerun when PATH changes,
+    // so an unchanged PATH keeps `cargo xtask` and plain `cargo` sharing their builds.
+    let current = env::var_os("PATH").unwrap_or_default();
+    let path = if env::split_paths(&current).any(|p| p == bin) {
+        current
+    } else {
+        env::join_paths(std::iter::once(bin.clone()).chain(env::split_paths(&current)))?
+    };
     install_bpf_linker(&bin, &path)?;
     install_apt_tools()?;
     eprintln!("setup done in {:.1?}", started.elapsed());
