@@ -14,6 +14,8 @@ pub struct Cli {
     pub command: Command,
 }
 
+// Parsed once at startup: a large `Run` variant costs nothing worth boxing it for.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Run the node agent: capture, node proxy and admin API (the DaemonSet entry point).
@@ -22,6 +24,13 @@ pub enum Command {
     Routes(AdminArgs),
     /// Print the service graph observed from real traffic (from the agent's admin API).
     Topology(TopologyArgs),
+    /// Print the SandboxRoute CustomResourceDefinition (YAML), for `kubectl apply -f -`.
+    Crd,
+    /// MCP server (stdio) for coding agents: services, sandbox routes, keyed test requests and
+    /// the routing decisions they caused.
+    Mcp(crate::mcp::McpArgs),
+    /// Fork a Deployment into a sandbox with its SandboxRoute (create, list, delete).
+    Sandbox(crate::sandbox::SandboxArgs),
 }
 
 /// Where the agent's admin API is.
@@ -69,6 +78,31 @@ pub struct RunArgs {
     /// Routes file (YAML: services, sandbox pods and SandboxRoutes), hot-reloaded on change.
     #[arg(long, value_name = "FILE")]
     pub routes: Option<PathBuf>,
+
+    /// Take routes from the Kubernetes API (SandboxRoutes, Services, EndpointSlices, sandbox
+    /// Pods). bpffs is then never mounted: the node's must be mounted in.
+    #[arg(long, conflicts_with = "routes")]
+    pub kube: bool,
+
+    /// Kubeconfig for --kube (default: in-cluster config, else KUBECONFIG or ~/.kube/config).
+    #[arg(long, value_name = "PATH", requires = "kube")]
+    pub kubeconfig: Option<PathBuf>,
+
+    /// This node's name: the agent's identity in the status Lease (default: the host name).
+    #[arg(long, value_name = "NAME", env = "NODE_NAME")]
+    pub node_name: Option<String>,
+
+    /// Namespace of the Lease that elects the one agent writing SandboxRoute status.
+    #[arg(long, value_name = "NS", default_value = "shunt-system")]
+    pub lease_namespace: String,
+
+    /// How long the status Lease holds without renewal before another agent takes over.
+    #[arg(long, value_name = "DURATION", default_value = "15s", value_parser = parse_duration)]
+    pub lease_duration: Duration,
+
+    /// Quiet time after a Kubernetes change before the route table is recomputed.
+    #[arg(long, value_name = "DURATION", default_value = "50ms", value_parser = parse_duration)]
+    pub kube_debounce: Duration,
 
     /// How often the routes file is checked for changes.
     #[arg(long, value_name = "DURATION", default_value = "500ms", value_parser = parse_duration)]
@@ -185,6 +219,12 @@ pub fn main() -> ExitCode {
             }
             Ok(())
         }),
+        Command::Crd => {
+            print!("{}", crate::kube::crd::crd_yaml());
+            Ok(())
+        }
+        Command::Mcp(args) => crate::mcp::run(args),
+        Command::Sandbox(args) => crate::sandbox::run(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -246,5 +286,50 @@ mod tests {
         };
         assert_eq!(args.steer.len(), 2);
         assert_eq!(args.bpffs_dir, PathBuf::from("/sys/fs/bpf/shunt"));
+        assert!(!args.kube);
+    }
+
+    #[test]
+    fn kube_flags_parse_and_conflict_with_routes() {
+        let base = [
+            "shunt",
+            "run",
+            "--cgroup",
+            "/sys/fs/cgroup",
+            "--proxy-addr",
+            "10.0.0.1:15001",
+        ];
+        let cli = Cli::try_parse_from(base.iter().copied().chain([
+            "--kube",
+            "--kubeconfig",
+            "/k",
+            "--node-name",
+            "n1",
+            "--lease-duration",
+            "3s",
+        ]))
+        .expect("parses");
+        let Command::Run(args) = cli.command else {
+            panic!("expected run");
+        };
+        assert!(args.kube);
+        assert_eq!(args.kubeconfig, Some(PathBuf::from("/k")));
+        assert_eq!(args.node_name.as_deref(), Some("n1"));
+        assert_eq!(args.lease_namespace, "shunt-system");
+        assert_eq!(args.lease_duration, Duration::from_secs(3));
+        assert_eq!(args.kube_debounce, Duration::from_millis(50));
+        assert!(
+            Cli::try_parse_from(base.iter().copied().chain(["--kube", "--routes", "/r"])).is_err()
+        );
+        assert!(
+            Cli::try_parse_from(base.iter().copied().chain(["--kubeconfig", "/k"])).is_err(),
+            "--kubeconfig needs --kube"
+        );
+        assert!(matches!(
+            Cli::try_parse_from(["shunt", "crd"])
+                .expect("parses")
+                .command,
+            Command::Crd
+        ));
     }
 }

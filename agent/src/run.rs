@@ -19,6 +19,7 @@ use crate::{
     admin::{self, AdminState},
     capture::{self, Capture, CaptureConfig},
     cli::RunArgs,
+    kube::{KubeOptions, KubeSource},
     metrics::Metrics,
     proxy::{
         self, OrigDstLookup, ProxyShared,
@@ -26,7 +27,7 @@ use crate::{
         key::{KeyExtractor, KeySources},
         upstream::Upstreams,
     },
-    routes::{ClusterState, RouteTable, file::RoutesFileWatcher},
+    routes::{ClusterState, RouteStatus, RouteTable, file::RoutesFileWatcher},
     steering::Steering,
     watchdog::Watchdog,
 };
@@ -66,6 +67,24 @@ async fn run_async(args: RunArgs) -> anyhow::Result<()> {
         ),
         None => None,
     };
+    // Likewise a bad kubeconfig; an unreachable API server is not an error (watches retry).
+    let kube_source = if args.kube {
+        Some(
+            KubeSource::new(KubeOptions {
+                kubeconfig: args.kubeconfig.clone(),
+                identity: args
+                    .node_name
+                    .clone()
+                    .unwrap_or_else(crate::kube::default_identity),
+                lease_namespace: args.lease_namespace.clone(),
+                lease_duration: args.lease_duration,
+                debounce: args.kube_debounce,
+            })
+            .await?,
+        )
+    } else {
+        None
+    };
 
     // Listen before capturing, so a redirected connection never meets a closed port.
     let listener4 = bind(args.proxy_addr, "--proxy-addr").await?;
@@ -78,7 +97,8 @@ async fn run_async(args: RunArgs) -> anyhow::Result<()> {
     let cfg = CaptureConfig {
         cgroup: args.cgroup.clone(),
         bpffs_dir: args.bpffs_dir.clone(),
-        mount_bpffs: true,
+        // In a cluster the node's bpffs is mounted into the pod; never mount one of our own.
+        mount_bpffs: !args.kube,
         proxy4: Some(args.proxy_addr),
         proxy6: args.proxy_addr6,
         agent_cgroup: capture::own_cgroup_dir()?,
@@ -112,7 +132,7 @@ async fn run_async(args: RunArgs) -> anyhow::Result<()> {
             metrics.clone(),
             extra.clone(),
         );
-        move |state: &ClusterState| {
+        move |state: &ClusterState| -> Vec<RouteStatus> {
             let (new, statuses) = RouteTable::compute(state, jiff::Timestamp::now());
             for s in statuses.iter().filter(|s| !s.ready) {
                 tracing::warn!(route = %format!("{}/{}", s.namespace, s.name),
@@ -132,15 +152,20 @@ async fn run_async(args: RunArgs) -> anyhow::Result<()> {
                 );
             }
             metrics.table_reloaded();
+            statuses
         }
     };
     // A restarted agent finds its previous entries pinned: the first apply makes the map exactly
     // the desired set.
+    // With --kube that first apply waits for the first complete sync (until then the pinned
+    // entries stay, and the proxy sends what it gets to the original destinations).
     let initial = routes_watch
         .as_ref()
         .map(|w| w.states.borrow().clone())
         .unwrap_or_default();
-    apply(&initial);
+    if kube_source.is_none() {
+        apply(&initial);
+    }
 
     let shutdown = CancellationToken::new();
     let lookup: Arc<dyn OrigDstLookup> = Arc::new(orig_dst);
@@ -186,6 +211,7 @@ async fn run_async(args: RunArgs) -> anyhow::Result<()> {
     for l in std::iter::once(listener4).chain(listener6) {
         tasks.spawn(proxy::serve(l, shared.clone(), args.shutdown_grace));
     }
+    let kube_sync = kube_source.map(|k| k.spawn(apply.clone()));
     let route_sync = routes_watch.map(|mut w| {
         let (metrics, table) = (metrics.clone(), table.clone());
         tokio::spawn(async move {
@@ -241,6 +267,9 @@ async fn run_async(args: RunArgs) -> anyhow::Result<()> {
     let _ = tokio::task::spawn_blocking(move || watchdog.join()).await;
     if let Some(t) = route_sync {
         t.abort();
+    }
+    if let Some(k) = kube_sync {
+        k.shutdown().await;
     }
     let cleared = steering.suspend();
     tracing::info!(cleared, "cleared STEERED");

@@ -6,6 +6,7 @@ pub mod grpc_backend;
 pub mod harness;
 pub mod http_backend;
 pub mod kernel;
+pub mod kube_world;
 pub mod netns;
 pub mod process;
 pub mod routes_fixture;

@@ -34,6 +34,10 @@ pub struct BenchArgs {
     /// Skip the perf profiles of the two proxies.
     #[arg(long)]
     no_profile: bool,
+    /// CPUs (`taskset -c` list) for the proxy under test; the load generator and the backends
+    /// use CPU 0. Default 1; 0 puts everything on one core (an experiment, not the matrix).
+    #[arg(long, value_name = "LIST")]
+    proxy_cpu: Option<String>,
 }
 
 /// Commands the bench runs, and the Debian package providing each.
@@ -133,6 +137,7 @@ pub fn run(env: &Env, args: BenchArgs) -> anyhow::Result<()> {
     opt("--sweep-reps", args.sweep_reps.map(|v| v.to_string()));
     opt("--secs", args.secs.map(|v| v.to_string()));
     opt("--rates", args.rates);
+    opt("--proxy-cpu", args.proxy_cpu);
     if args.no_profile {
         cmd.arg("--no-profile");
         command.push_str(" --no-profile");

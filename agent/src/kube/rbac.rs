@@ -1,5 +1,9 @@
 //! Every Kubernetes API call the agent makes, in one place. The deploy manifests' ClusterRole must
 //! grant exactly these (a test in `tests/` checks it), so any new call is added here first.
+//!
+//! The kube source only lists and watches (kube-runtime reflectors, `source.rs`),
+//! gets/creates/updates its Lease (`lease.rs`), patches `/status` and deletes expired routes
+//! (`status.rs`). `tests/tests/kube.rs` checks the real agent's requests against this list.
 
 /// One API permission: group, resource (with subresource, like `sandboxroutes/status`), verbs.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -16,13 +20,13 @@ pub const AGENT_ACCESS: &[ApiAccess] = &[
     ApiAccess {
         group: "",
         resource: "pods",
-        verbs: &["get", "list", "watch"],
+        verbs: &["list", "watch"],
         why: "sandbox pods (label-selector watch on shunt.dev/sandbox only)",
     },
     ApiAccess {
         group: "",
         resource: "services",
-        verbs: &["get", "list", "watch"],
+        verbs: &["list", "watch"],
         why: "baseline and sandbox Services: ClusterIPs and ports",
     },
     ApiAccess {
@@ -34,14 +38,14 @@ pub const AGENT_ACCESS: &[ApiAccess] = &[
     ApiAccess {
         group: "discovery.k8s.io",
         resource: "endpointslices",
-        verbs: &["get", "list", "watch"],
+        verbs: &["list", "watch"],
         why: "baseline endpoints, per-endpoint ports",
     },
     ApiAccess {
         group: "shunt.dev",
         resource: "sandboxroutes",
-        verbs: &["get", "list", "watch", "delete"],
-        why: "the routes; delete for expiry (leader only)",
+        verbs: &["list", "watch", "delete"],
+        why: "the routes (reflector list+watch); delete for expiry (leader only)",
     },
     ApiAccess {
         group: "shunt.dev",

@@ -1,0 +1,499 @@
+//! Kubernetes objects (k8s-openapi types and [`SandboxRoute`]) to the plain-data
+//! [`ClusterState`] the route computation reads. Pure functions, no I/O.
+use std::{
+    collections::{BTreeMap, HashMap},
+    net::IpAddr,
+};
+
+use k8s_openapi::{
+    api::{
+        core::v1::{Pod, Service},
+        discovery::v1::EndpointSlice,
+    },
+    apimachinery::pkg::util::intstr::IntOrString,
+};
+
+use super::crd::SandboxRoute;
+use crate::routes::{self, ClusterState, EndpointAddr, TargetPort};
+
+/// The label an EndpointSlice carries to name its Service.
+pub const SERVICE_NAME_LABEL: &str = "kubernetes.io/service-name";
+
+fn is_tcp(protocol: Option<&String>) -> bool {
+    protocol.is_none_or(|p| p == "TCP")
+}
+
+fn port_u16(n: i32) -> Option<u16> {
+    u16::try_from(n).ok().filter(|p| *p != 0)
+}
+
+/// A Service with its endpoints from `slices` (its EndpointSlices). `None` for an ExternalName
+/// Service (nothing to steer) or one without a name.
+///
+/// Only TCP ports are kept (`STEERED` is TCP only). ClusterIPs come from `clusterIPs` (both
+/// families of a dual-stack Service), else `clusterIP`; a headless Service has none. Endpoints
+/// come from every IPv4 and IPv6 slice; each address carries the slice's ports by name, which is
+/// how a named `targetPort` is resolved per endpoint. An endpoint with no `ready` condition is
+/// ready (the API's rule). An address listed by two slices (during a slice update) is merged.
+pub fn service(svc: &Service, slices: &[&EndpointSlice]) -> Option<routes::Service> {
+    let namespace = svc.metadata.namespace.clone().unwrap_or_default();
+    let name = svc.metadata.name.clone()?;
+    let spec = svc.spec.as_ref()?;
+    if spec.type_.as_deref() == Some("ExternalName") {
+        return None;
+    }
+    let ips = spec
+        .cluster_ips
+        .as_ref()
+        .filter(|v| !v.is_empty())
+        .cloned()
+        .or_else(|| spec.cluster_ip.clone().map(|ip| vec![ip]))
+        .unwrap_or_default();
+    let mut addresses: Vec<IpAddr> = ips.iter().filter_map(|ip| ip.parse().ok()).collect();
+    addresses.dedup();
+    let ports = spec
+        .ports
+        .iter()
+        .flatten()
+        .filter(|p| is_tcp(p.protocol.as_ref()))
+        .filter_map(|p| {
+            let port = port_u16(p.port)?;
+            let target_port = match &p.target_port {
+                None => TargetPort::Number(port),
+                Some(IntOrString::Int(n)) => TargetPort::Number(port_u16(*n)?),
+                Some(IntOrString::String(s)) if s.is_empty() => TargetPort::Number(port),
+                Some(IntOrString::String(s)) => TargetPort::Name(s.clone()),
+            };
+            Some(routes::ServicePort {
+                name: p.name.clone().filter(|n| !n.is_empty()),
+                port,
+                target_port,
+            })
+        })
+        .collect();
+
+    // ip → (ready, port name → port), merged over slices.
+    let mut eps: BTreeMap<IpAddr, (bool, BTreeMap<String, u16>)> = BTreeMap::new();
+    for slice in slices {
+        if !matches!(slice.address_type.as_str(), "IPv4" | "IPv6") {
+            continue;
+        }
+        let slice_ports: BTreeMap<String, u16> = slice
+            .ports
+            .iter()
+            .flatten()
+            .filter(|p| is_tcp(p.protocol.as_ref()))
+            .filter_map(|p| Some((p.name.clone().unwrap_or_default(), port_u16(p.port?)?)))
+            .collect();
+        for ep in &slice.endpoints {
+            let ready = ep.conditions.as_ref().and_then(|c| c.ready).unwrap_or(true);
+            for ip in ep.addresses.iter().filter_map(|a| a.parse::<IpAddr>().ok()) {
+                let e = eps.entry(ip).or_insert_with(|| (false, BTreeMap::new()));
+                e.0 |= ready;
+                for (k, v) in &slice_ports {
+                    e.1.entry(k.clone()).or_insert(*v);
+                }
+            }
+        }
+    }
+    Some(routes::Service {
+        namespace,
+        name,
+        addresses,
+        ports,
+        endpoints: eps
+            .into_iter()
+            .map(|(ip, (ready, ports))| EndpointAddr { ip, ready, ports })
+            .collect(),
+        always_steer: false,
+    })
+}
+
+/// A (sandbox) pod. Ready means the `Ready` condition is True and the pod is not terminating
+/// (as EndpointSlices treat it). IPs from `status.podIPs` (dual-stack), else `status.podIP`.
+pub fn pod(p: &Pod) -> Option<routes::Pod> {
+    let name = p.metadata.name.clone()?;
+    let status = p.status.as_ref();
+    let mut ips: Vec<IpAddr> = status
+        .and_then(|s| s.pod_ips.as_ref())
+        .into_iter()
+        .flatten()
+        .filter_map(|ip| ip.ip.parse().ok())
+        .collect();
+    if ips.is_empty()
+        && let Some(ip) = status
+            .and_then(|s| s.pod_ip.as_ref())
+            .and_then(|ip| ip.parse().ok())
+    {
+        ips.push(ip);
+    }
+    let ready = p.metadata.deletion_timestamp.is_none()
+        && status
+            .and_then(|s| s.conditions.as_ref())
+            .into_iter()
+            .flatten()
+            .any(|c| c.type_ == "Ready" && c.status == "True");
+    let container_ports = p
+        .spec
+        .iter()
+        .flat_map(|s| &s.containers)
+        .flat_map(|c| c.ports.iter().flatten())
+        .filter(|cp| is_tcp(cp.protocol.as_ref()))
+        .filter_map(|cp| Some((cp.name.clone()?, port_u16(cp.container_port)?)))
+        .collect();
+    Some(routes::Pod {
+        namespace: p.metadata.namespace.clone().unwrap_or_default(),
+        name,
+        ips,
+        labels: p.metadata.labels.clone().unwrap_or_default(),
+        ready,
+        container_ports,
+    })
+}
+
+/// A SandboxRoute, or `None` while it is being deleted (it stops applying at once).
+pub fn route(r: &SandboxRoute) -> Option<routes::SandboxRouteObj> {
+    if r.metadata.deletion_timestamp.is_some() {
+        return None;
+    }
+    Some(routes::SandboxRouteObj {
+        namespace: r.metadata.namespace.clone()?,
+        name: r.metadata.name.clone()?,
+        // Never missing from a real API server; if it were, the route loses key contests.
+        creation_timestamp: r
+            .metadata
+            .creation_timestamp
+            .as_ref()
+            .map_or(jiff::Timestamp::MAX, |t| t.0),
+        generation: r.metadata.generation.unwrap_or(0),
+        spec: (&r.spec).into(),
+    })
+}
+
+/// The whole state, sorted by (namespace, name) so equal inputs give equal states. Slices are
+/// matched to Services by namespace and the `kubernetes.io/service-name` label.
+pub fn cluster_state<'a>(
+    services: impl IntoIterator<Item = &'a Service>,
+    slices: impl IntoIterator<Item = &'a EndpointSlice>,
+    pods: impl IntoIterator<Item = &'a Pod>,
+    routes: impl IntoIterator<Item = &'a SandboxRoute>,
+) -> ClusterState {
+    let mut by_service: HashMap<(&str, &str), Vec<&EndpointSlice>> = HashMap::new();
+    for s in slices {
+        let (Some(ns), Some(svc)) = (
+            s.metadata.namespace.as_deref(),
+            s.metadata
+                .labels
+                .as_ref()
+                .and_then(|l| l.get(SERVICE_NAME_LABEL)),
+        ) else {
+            continue;
+        };
+        by_service.entry((ns, svc.as_str())).or_default().push(s);
+    }
+    let mut state = ClusterState {
+        services: services
+            .into_iter()
+            .filter_map(|s| {
+                let key = (
+                    s.metadata.namespace.as_deref().unwrap_or_default(),
+                    s.metadata.name.as_deref().unwrap_or_default(),
+                );
+                service(s, by_service.get(&key).map_or(&[], Vec::as_slice))
+            })
+            .collect(),
+        pods: pods.into_iter().filter_map(pod).collect(),
+        routes: routes.into_iter().filter_map(route).collect(),
+    };
+    state
+        .services
+        .sort_by(|a, b| (&a.namespace, &a.name).cmp(&(&b.namespace, &b.name)));
+    state
+        .pods
+        .sort_by(|a, b| (&a.namespace, &a.name).cmp(&(&b.namespace, &b.name)));
+    state
+        .routes
+        .sort_by(|a, b| (&a.namespace, &a.name).cmp(&(&b.namespace, &b.name)));
+    state
+}
+
+#[cfg(test)]
+mod tests {
+    use std::net::SocketAddr;
+
+    use serde_json::json;
+
+    use super::*;
+    use crate::routes::{Reason, RouteTable};
+
+    fn obj<T: serde::de::DeserializeOwned>(v: serde_json::Value) -> T {
+        serde_json::from_value(v).expect("valid object")
+    }
+
+    fn reviews() -> Service {
+        obj(json!({
+            "apiVersion": "v1", "kind": "Service",
+            "metadata": { "name": "reviews", "namespace": "shop" },
+            "spec": {
+                "clusterIP": "10.96.0.7",
+                "clusterIPs": ["10.96.0.7", "fd00:96::7"],
+                "ipFamilies": ["IPv4", "IPv6"],
+                "ports": [
+                    { "name": "http", "port": 9080, "targetPort": "http" },
+                    { "name": "metrics", "port": 9090, "targetPort": 9091 },
+                    { "name": "dns", "port": 53, "protocol": "UDP" },
+                ],
+            },
+        }))
+    }
+
+    fn slice(name: &str, family: &str, addrs: &[(&str, Option<bool>)], http: i32) -> EndpointSlice {
+        obj(json!({
+            "apiVersion": "discovery.k8s.io/v1", "kind": "EndpointSlice",
+            "metadata": { "name": name, "namespace": "shop",
+                          "labels": { SERVICE_NAME_LABEL: "reviews" } },
+            "addressType": family,
+            "ports": [
+                { "name": "http", "port": http, "protocol": "TCP" },
+                { "name": "metrics", "port": 9091 },
+                { "name": "dns", "port": 53, "protocol": "UDP" },
+            ],
+            "endpoints": addrs.iter().map(|(a, ready)| match ready {
+                Some(r) => json!({ "addresses": [a], "conditions": { "ready": r } }),
+                None => json!({ "addresses": [a] }),
+            }).collect::<Vec<_>>(),
+        }))
+    }
+
+    fn sandbox_pod(name: &str, ips: &[&str], ready: bool, http: i32) -> Pod {
+        obj(json!({
+            "apiVersion": "v1", "kind": "Pod",
+            "metadata": { "name": name, "namespace": "shop",
+                          "labels": { "app": "reviews-v2", "shunt.dev/sandbox": "pr-42" } },
+            "spec": { "containers": [{ "name": "app", "image": "x",
+                "ports": [{ "name": "http", "containerPort": http }, { "containerPort": 9999 }] }] },
+            "status": {
+                "podIP": ips[0],
+                "podIPs": ips.iter().map(|ip| json!({ "ip": ip })).collect::<Vec<_>>(),
+                "conditions": [{ "type": "Ready", "status": if ready { "True" } else { "False" } }],
+            },
+        }))
+    }
+
+    fn route(name: &str, key: &str, created: &str, to: serde_json::Value) -> SandboxRoute {
+        obj(json!({
+            "apiVersion": "shunt.dev/v1alpha1", "kind": "SandboxRoute",
+            "metadata": { "name": name, "namespace": "shop", "generation": 3,
+                          "creationTimestamp": created },
+            "spec": { "routingKey": key, "forks": [{ "service": "reviews", "to": to }] },
+        }))
+    }
+
+    fn sel(key: &str) -> serde_json::Value {
+        json!({ "selector": { "app": "reviews-v2", "shunt.dev/sandbox": key } })
+    }
+
+    fn sa(s: &str) -> SocketAddr {
+        s.parse().expect("socket address")
+    }
+
+    #[test]
+    fn dual_stack_service_with_named_target_ports_from_slices() {
+        let v4 = slice(
+            "reviews-a",
+            "IPv4",
+            &[("10.1.0.5", Some(true)), ("10.1.0.6", Some(false))],
+            8080,
+        );
+        // A second IPv4 slice: pods whose `http` container port has another number.
+        let v4b = slice("reviews-b", "IPv4", &[("10.1.0.9", None)], 8081);
+        let v6 = slice("reviews-c", "IPv6", &[("fd00:1::5", Some(true))], 8080);
+        let fqdn = slice("reviews-d", "FQDN", &[("x.example", Some(true))], 8080);
+        let s = service(&reviews(), &[&v4, &v4b, &v6, &fqdn]).expect("a service");
+        assert_eq!(
+            s.addresses,
+            [
+                "10.96.0.7".parse::<IpAddr>().unwrap(),
+                "fd00:96::7".parse().unwrap()
+            ]
+        );
+        // UDP dropped; named and numeric target ports kept as written.
+        assert_eq!(
+            s.ports,
+            [
+                routes::ServicePort {
+                    name: Some("http".into()),
+                    port: 9080,
+                    target_port: TargetPort::Name("http".into())
+                },
+                routes::ServicePort {
+                    name: Some("metrics".into()),
+                    port: 9090,
+                    target_port: TargetPort::Number(9091)
+                },
+            ]
+        );
+        let ep = |ip: &str| s.endpoints.iter().find(|e| e.ip.to_string() == ip).unwrap();
+        assert_eq!(s.endpoints.len(), 4);
+        assert!(ep("10.1.0.5").ready);
+        assert!(!ep("10.1.0.6").ready);
+        assert!(ep("10.1.0.9").ready, "no ready condition means ready");
+        assert_eq!(ep("10.1.0.9").ports["http"], 8081);
+        assert_eq!(ep("fd00:1::5").ports["http"], 8080);
+        assert!(!ep("10.1.0.5").ports.contains_key("dns"));
+
+        // Through the table: the named target port resolves per endpoint via the slice ports.
+        let state = cluster_state([&reviews()], [&v4, &v4b, &v6], [], []);
+        let (t, _) = RouteTable::compute(&state, jiff::Timestamp::now());
+        let (svc, port) = t.service_for(sa("10.96.0.7:9080")).expect("clusterIP");
+        assert_eq!((svc.name.as_str(), port.port), ("reviews", 9080));
+        assert!(t.service_for(sa("[fd00:96::7]:9080")).is_some());
+        assert!(t.service_for(sa("10.1.0.9:8081")).is_some());
+        assert!(t.service_for(sa("[fd00:1::5]:8080")).is_some());
+        let mut base = t.baseline(svc.id, 9080).to_vec();
+        base.sort();
+        assert_eq!(
+            base,
+            [
+                sa("10.1.0.5:8080"),
+                sa("10.1.0.9:8081"),
+                sa("[fd00:1::5]:8080")
+            ]
+        );
+        let mut metrics = t.baseline(svc.id, 9090).to_vec();
+        metrics.sort();
+        assert_eq!(
+            metrics,
+            [
+                sa("10.1.0.5:9091"),
+                sa("10.1.0.9:9091"),
+                sa("[fd00:1::5]:9091")
+            ]
+        );
+    }
+
+    #[test]
+    fn single_stack_headless_and_external_name() {
+        let mut s = reviews();
+        let spec = s.spec.as_mut().unwrap();
+        spec.cluster_ips = None;
+        let got = service(&s, &[]).unwrap();
+        assert_eq!(got.addresses, ["10.96.0.7".parse::<IpAddr>().unwrap()]);
+
+        let spec = s.spec.as_mut().unwrap();
+        spec.cluster_ip = Some("None".into());
+        spec.cluster_ips = Some(vec!["None".into()]);
+        assert!(service(&s, &[]).unwrap().addresses.is_empty());
+
+        s.spec.as_mut().unwrap().type_ = Some("ExternalName".into());
+        assert!(service(&s, &[]).is_none());
+
+        // No targetPort means the port itself.
+        let s: Service = obj(json!({
+            "metadata": { "name": "a", "namespace": "shop" },
+            "spec": { "clusterIP": "10.96.0.9", "ports": [{ "port": 80 }] },
+        }));
+        assert_eq!(
+            service(&s, &[]).unwrap().ports[0].target_port,
+            TargetPort::Number(80)
+        );
+    }
+
+    #[test]
+    fn pods_dual_stack_readiness_and_container_ports() {
+        let p = pod(&sandbox_pod("v2", &["10.1.0.7", "fd00:1::7"], true, 8080)).unwrap();
+        assert_eq!(p.ips.len(), 2);
+        assert_eq!(p.ips[0].to_string(), "10.1.0.7");
+        assert!(p.ready);
+        assert_eq!(p.container_ports, BTreeMap::from([("http".into(), 8080)]));
+        assert_eq!(p.labels["shunt.dev/sandbox"], "pr-42");
+
+        assert!(
+            !pod(&sandbox_pod("v2", &["10.1.0.7"], false, 8080))
+                .unwrap()
+                .ready
+        );
+        let mut terminating = sandbox_pod("v2", &["10.1.0.7"], true, 8080);
+        terminating.metadata.deletion_timestamp = Some(
+            k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(jiff::Timestamp::now()),
+        );
+        assert!(!pod(&terminating).unwrap().ready);
+
+        // Only podIP (older clusters).
+        let mut old = sandbox_pod("v2", &["10.1.0.7"], true, 8080);
+        old.status.as_mut().unwrap().pod_ips = None;
+        assert_eq!(pod(&old).unwrap().ips[0].to_string(), "10.1.0.7");
+    }
+
+    #[test]
+    fn selector_fork_resolves_named_target_port_on_the_sandbox_pod() {
+        let v4 = slice("reviews-a", "IPv4", &[("10.1.0.5", Some(true))], 8080);
+        let state = cluster_state(
+            [&reviews()],
+            [&v4],
+            [
+                &sandbox_pod("v2", &["10.1.0.7", "fd00:1::7"], true, 8070),
+                &sandbox_pod("v2-down", &["10.1.0.8"], false, 8070),
+            ],
+            [&route(
+                "pr-42",
+                "pr-42",
+                "2026-01-01T00:00:00Z",
+                sel("pr-42"),
+            )],
+        );
+        let (t, statuses) = RouteTable::compute(&state, jiff::Timestamp::now());
+        assert_eq!(statuses[0].reason, Reason::EndpointsReady, "{statuses:?}");
+        assert_eq!(statuses[0].observed_generation, 3);
+        assert_eq!(statuses[0].forks[0].ready_endpoints, 1);
+        let (svc, _) = t.service_for(sa("10.96.0.7:9080")).unwrap();
+        let key = routes::RoutingKey::parse("pr-42").unwrap();
+        let fork = t.fork(svc.id, &key).expect("fork installed");
+        assert_eq!(fork.endpoints(9080), [sa("10.1.0.7:8070")]);
+        // metrics has numeric target port 9091, which the pod serves too.
+        assert_eq!(fork.endpoints(9090), [sa("10.1.0.7:9091")]);
+        // Both ClusterIPs and the baseline endpoint are steered, for the forked ports.
+        let steered: Vec<_> = t.steered().keys().copied().collect();
+        for a in [
+            "10.96.0.7:9080",
+            "[fd00:96::7]:9080",
+            "10.1.0.5:8080",
+            "10.96.0.7:9090",
+        ] {
+            assert!(steered.contains(&sa(a)), "{a} not in {steered:?}");
+        }
+    }
+
+    #[test]
+    fn key_conflicts_and_deleting_routes() {
+        let older = route("a", "pr-1", "2026-01-01T00:00:00Z", sel("pr-1"));
+        let newer = route("b", "pr-1", "2026-01-02T00:00:00Z", sel("pr-1"));
+        let mut deleting = route("c", "pr-2", "2026-01-01T00:00:00Z", sel("pr-2"));
+        deleting.metadata.deletion_timestamp = Some(
+            k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(jiff::Timestamp::now()),
+        );
+        // Given out of order: the state comes out sorted, the older claim still wins.
+        let state = cluster_state([&reviews()], [], [], [&newer, &deleting, &older]);
+        assert_eq!(
+            state
+                .routes
+                .iter()
+                .map(|r| r.name.as_str())
+                .collect::<Vec<_>>(),
+            ["a", "b"]
+        );
+        let (_, statuses) = RouteTable::compute(&state, jiff::Timestamp::now());
+        assert_eq!(statuses[0].reason, Reason::NoReadyEndpoints);
+        assert_eq!(statuses[1].reason, Reason::DuplicateKey);
+    }
+
+    #[test]
+    fn slices_of_other_namespaces_or_services_are_ignored() {
+        let mut other_ns = slice("x", "IPv4", &[("10.9.0.1", Some(true))], 8080);
+        other_ns.metadata.namespace = Some("other".into());
+        let mut unlabelled = slice("y", "IPv4", &[("10.9.0.2", Some(true))], 8080);
+        unlabelled.metadata.labels = None;
+        let state = cluster_state([&reviews()], [&other_ns, &unlabelled], [], []);
+        assert!(state.services[0].endpoints.is_empty());
+    }
+}

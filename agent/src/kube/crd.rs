@@ -1,0 +1,357 @@
+//! The `SandboxRoute` custom resource (`shunt.dev/v1alpha1`): its Rust type, its CRD (printed by
+//! `shunt crd`, committed as `deploy/base/crd.yaml`), and the conversion to the plain-data
+//! [`routes::SandboxRouteSpec`] the route computation reads.
+//!
+//! The spec mirrors [`routes::SandboxRouteSpec`] field for field; it is a separate type only
+//! because `routes` must not depend on kube-rs or schemars. The schema makes a real API server
+//! reject the obvious mistakes at admission (a selector without `shunt.dev/sandbox`, a fork with
+//! both or neither of `selector`/`service`, a malformed key); the agent checks the same things
+//! again through `routes` and reports them in the status, so a route that got in anyway (an
+//! older CRD, a server without CEL) is refused and explained, never applied.
+use std::collections::BTreeMap;
+
+use k8s_openapi::{
+    apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition,
+    apimachinery::pkg::util::intstr::IntOrString,
+};
+use kube::{CustomResource, CustomResourceExt as _};
+use schemars::{JsonSchema, Schema, SchemaGenerator, json_schema};
+use serde::{Deserialize, Serialize};
+
+use crate::routes::{self, PortRef, SANDBOX_LABEL};
+
+/// `shunt.dev`
+pub const GROUP: &str = "shunt.dev";
+/// `v1alpha1`
+pub const VERSION: &str = "v1alpha1";
+/// The condition type the agent maintains.
+pub const READY: &str = "Ready";
+
+/// Routes requests carrying `routingKey` to sandbox pods, per forked Service.
+#[derive(CustomResource, Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[kube(
+    group = "shunt.dev",
+    version = "v1alpha1",
+    kind = "SandboxRoute",
+    plural = "sandboxroutes",
+    shortname = "sbr",
+    namespaced,
+    status = "SandboxRouteStatus",
+    derive = "PartialEq",
+    doc = "Routes requests that carry a routing key to sandbox pods, per forked Service.",
+    printcolumn = r#"{"name":"Key","type":"string","jsonPath":".spec.routingKey"}"#,
+    printcolumn = r#"{"name":"Ready","type":"string","jsonPath":".status.conditions[?(@.type==\"Ready\")].status"}"#,
+    printcolumn = r#"{"name":"Reason","type":"string","jsonPath":".status.conditions[?(@.type==\"Ready\")].reason"}"#,
+    printcolumn = r#"{"name":"Age","type":"date","jsonPath":".metadata.creationTimestamp"}"#
+)]
+#[serde(rename_all = "camelCase")]
+pub struct SandboxRouteSpec {
+    /// The routing key requests carry (W3C baggage `sd-routing-key=KEY`, or a configured
+    /// header). One SandboxRoute per key and namespace: the older route wins.
+    #[schemars(regex(pattern = r"^[A-Za-z0-9._-]{1,64}$"))]
+    pub routing_key: String,
+    /// For each forked baseline Service, where keyed requests go.
+    #[serde(default)]
+    #[schemars(length(max = 32))]
+    pub forks: Vec<Fork>,
+    /// What keyed requests get when a fork has no ready sandbox endpoint: the baseline
+    /// (`Baseline`, the default) or a 503 (`Reject`).
+    #[serde(default)]
+    pub fallback: Fallback,
+    /// When the route stops applying; the agent then deletes it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(schema_with = "date_time_schema")]
+    pub expires_at: Option<jiff::Timestamp>,
+}
+
+/// Requests for `service` carrying the key go to `to`.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct Fork {
+    /// The baseline Service, in the route's namespace.
+    #[schemars(length(min = 1, max = 253))]
+    pub service: String,
+    pub to: ForkTo,
+    /// Only these ports of the Service (numbers or names) are forked; all when absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(schema_with = "ports_schema")]
+    pub ports: Option<Vec<IntOrString>>,
+}
+
+/// Where forked requests go: exactly one of `selector` or `service`, in the route's namespace.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+#[schemars(extend("x-kubernetes-validations" = [{
+    "rule": "has(self.selector) != has(self.service)",
+    "message": "set exactly one of selector or service",
+}]))]
+pub struct ForkTo {
+    /// Labels of the sandbox pods; must include `shunt.dev/sandbox`, which baseline pods never
+    /// carry.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(schema_with = "selector_schema")]
+    pub selector: Option<BTreeMap<String, String>>,
+    /// A sandbox Service (its ready endpoints receive the forked requests).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(schema_with = "service_name_schema")]
+    pub service: Option<String>,
+}
+
+/// What keyed requests get when no sandbox endpoint is ready.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub enum Fallback {
+    #[default]
+    Baseline,
+    Reject,
+}
+
+/// Written by the one agent holding the status Lease.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct SandboxRouteStatus {
+    /// The `metadata.generation` this status describes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub observed_generation: Option<i64>,
+    /// `Ready`: True when every fork has a ready sandbox endpoint; otherwise its reason says why
+    /// (ServiceNotFound, NoReadyEndpoints, DuplicateKey, Expired, CrossNamespace, InvalidKey,
+    /// InvalidSelector, InvalidTarget, PortNotFound).
+    #[serde(default)]
+    pub conditions: Vec<RouteCondition>,
+    /// One entry per spec fork, in spec order (empty when the route is not applied at all).
+    #[serde(default)]
+    pub forks: Vec<ForkStatus>,
+}
+
+/// A status condition, shaped like `metav1.Condition`.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct RouteCondition {
+    #[serde(rename = "type")]
+    pub type_: String,
+    /// `True`, `False` or `Unknown`.
+    pub status: String,
+    #[serde(default)]
+    pub reason: String,
+    #[serde(default)]
+    pub message: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub observed_generation: Option<i64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(schema_with = "date_time_schema")]
+    pub last_transition_time: Option<jiff::Timestamp>,
+}
+
+/// The state of one fork.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ForkStatus {
+    /// The baseline Service, as written in the spec.
+    pub service: String,
+    pub reason: String,
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub message: String,
+    /// Ready sandbox endpoints (distinct pod IPs) serving the forked ports.
+    #[serde(default)]
+    pub ready_endpoints: u32,
+}
+
+fn date_time_schema(_: &mut SchemaGenerator) -> Schema {
+    json_schema!({ "type": "string", "format": "date-time" })
+}
+
+// Bounds (maxItems, maxProperties, maxLength) keep the API server's cost estimate of the CEL
+// rules small; without them it assumes request-sized lists and may refuse the CRD.
+
+fn service_name_schema(_: &mut SchemaGenerator) -> Schema {
+    json_schema!({ "type": "string", "minLength": 1, "maxLength": 253 })
+}
+
+fn ports_schema(_: &mut SchemaGenerator) -> Schema {
+    json_schema!({
+        "type": "array",
+        "maxItems": 64,
+        "items": { "x-kubernetes-int-or-string": true },
+    })
+}
+
+fn selector_schema(_: &mut SchemaGenerator) -> Schema {
+    json_schema!({
+        "type": "object",
+        "maxProperties": 32,
+        "additionalProperties": { "type": "string", "maxLength": 63 },
+        "x-kubernetes-validations": [{
+            "rule": format!("'{SANDBOX_LABEL}' in self && self['{SANDBOX_LABEL}'] != ''"),
+            "message": format!("selector must include the {SANDBOX_LABEL} label, so it can never match baseline pods"),
+        }],
+    })
+}
+
+impl From<Fallback> for routes::Fallback {
+    fn from(f: Fallback) -> Self {
+        match f {
+            Fallback::Baseline => routes::Fallback::Baseline,
+            Fallback::Reject => routes::Fallback::Reject,
+        }
+    }
+}
+
+/// A port reference as written in the CRD. An integer outside 1..=65535 cannot name a Service
+/// port, so it becomes a name that matches none and the fork reports `PortNotFound`.
+fn port_ref(p: &IntOrString) -> PortRef {
+    match p {
+        IntOrString::Int(n) => match u16::try_from(*n) {
+            Ok(n) if n != 0 => PortRef::Number(n),
+            _ => PortRef::Name(n.to_string()),
+        },
+        IntOrString::String(s) => match s.parse::<u16>() {
+            // "8080" in YAML quotes still means the number.
+            Ok(n) if n != 0 => PortRef::Number(n),
+            _ => PortRef::Name(s.clone()),
+        },
+    }
+}
+
+impl From<&SandboxRouteSpec> for routes::SandboxRouteSpec {
+    fn from(s: &SandboxRouteSpec) -> Self {
+        routes::SandboxRouteSpec {
+            routing_key: s.routing_key.clone(),
+            forks: s
+                .forks
+                .iter()
+                .map(|f| routes::ForkSpec {
+                    service: f.service.clone(),
+                    to: routes::ForkTarget {
+                        selector: f.to.selector.clone(),
+                        service: f.to.service.clone(),
+                    },
+                    ports: f.ports.as_ref().map(|ps| ps.iter().map(port_ref).collect()),
+                })
+                .collect(),
+            fallback: s.fallback.into(),
+            expires_at: s.expires_at,
+        }
+    }
+}
+
+/// The CustomResourceDefinition object.
+pub fn crd() -> CustomResourceDefinition {
+    SandboxRoute::crd()
+}
+
+const CRD_YAML_HEADER: &str = "# Generated by `shunt crd`; do not edit. \
+    Regenerate: cargo run -p agent -- crd > deploy/base/crd.yaml\n";
+
+/// The CRD as YAML, exactly what `shunt crd` prints and `deploy/base/crd.yaml` holds.
+pub fn crd_yaml() -> String {
+    let body = serde_saphyr::to_string(&crd())
+        .unwrap_or_else(|e| format!("# serializing the CRD failed: {e}\n"));
+    format!("{CRD_YAML_HEADER}{body}")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn spec_converts_to_the_routes_spec() {
+        let s: SandboxRouteSpec = serde_json::from_value(json!({
+            "routingKey": "pr-42",
+            "forks": [
+                { "service": "reviews", "to": { "selector": { "app": "r", "shunt.dev/sandbox": "pr-42" } },
+                  "ports": [9080, "grpc", "8080", 0] },
+                { "service": "ratings", "to": { "service": "ratings-pr-42" } },
+            ],
+            "fallback": "Reject",
+            "expiresAt": "2030-01-02T03:04:05Z",
+        }))
+        .expect("parses");
+        let r = routes::SandboxRouteSpec::from(&s);
+        let want: routes::SandboxRouteSpec = serde_json::from_value(json!({
+            "routingKey": "pr-42",
+            "forks": [
+                { "service": "reviews", "to": { "selector": { "app": "r", "shunt.dev/sandbox": "pr-42" } },
+                  "ports": [9080, "grpc", 8080, "0"] },
+                { "service": "ratings", "to": { "service": "ratings-pr-42" } },
+            ],
+            "fallback": "Reject",
+            "expiresAt": "2030-01-02T03:04:05Z",
+        }))
+        .expect("parses");
+        assert_eq!(r, want);
+        assert!(r.problems("shop").is_empty());
+    }
+
+    #[test]
+    fn defaults_match_the_routes_spec() {
+        let s: SandboxRouteSpec =
+            serde_json::from_value(json!({ "routingKey": "k" })).expect("parses");
+        let r = routes::SandboxRouteSpec::from(&s);
+        assert_eq!(r.fallback, routes::Fallback::Baseline);
+        assert!(r.forks.is_empty());
+        assert_eq!(r.expires_at, None);
+        // Serialized the same way as the routes spec, so both read the same YAML.
+        assert_eq!(
+            serde_json::to_value(&s).expect("ser"),
+            serde_json::to_value(&r).expect("ser")
+        );
+    }
+
+    #[test]
+    fn agent_side_checks_still_apply_to_converted_specs() {
+        let s: SandboxRouteSpec = serde_json::from_value(json!({
+            "routingKey": "k",
+            "forks": [{ "service": "reviews", "to": { "selector": { "app": "r" } } }],
+        }))
+        .expect("parses");
+        let p = routes::SandboxRouteSpec::from(&s).problems("shop");
+        assert_eq!(p[0].reason, routes::Reason::InvalidSelector);
+    }
+
+    #[test]
+    fn crd_has_names_schema_status_and_columns() {
+        let c = serde_json::to_value(crd()).expect("ser");
+        assert_eq!(c["metadata"]["name"], "sandboxroutes.shunt.dev");
+        assert_eq!(c["spec"]["scope"], "Namespaced");
+        assert_eq!(c["spec"]["names"]["kind"], "SandboxRoute");
+        assert_eq!(c["spec"]["names"]["shortNames"], json!(["sbr"]));
+        let v = &c["spec"]["versions"][0];
+        assert_eq!(v["name"], "v1alpha1");
+        assert_eq!(v["subresources"]["status"], json!({}));
+        let cols: Vec<&str> = v["additionalPrinterColumns"]
+            .as_array()
+            .expect("columns")
+            .iter()
+            .filter_map(|c| c["name"].as_str())
+            .collect();
+        assert_eq!(cols, ["Key", "Ready", "Reason", "Age"]);
+        let spec = &v["schema"]["openAPIV3Schema"]["properties"]["spec"];
+        assert_eq!(spec["required"], json!(["routingKey"]));
+        let to = &spec["properties"]["forks"]["items"]["properties"]["to"];
+        assert_eq!(
+            to["x-kubernetes-validations"][0]["rule"],
+            "has(self.selector) != has(self.service)"
+        );
+        assert_eq!(
+            to["properties"]["selector"]["x-kubernetes-validations"][0]["rule"],
+            "'shunt.dev/sandbox' in self && self['shunt.dev/sandbox'] != ''"
+        );
+        let ports = &spec["properties"]["forks"]["items"]["properties"]["ports"];
+        assert_eq!(ports["items"]["x-kubernetes-int-or-string"], true);
+        assert_eq!(
+            spec["properties"]["fallback"]["enum"],
+            json!(["Baseline", "Reject"])
+        );
+        let status = &v["schema"]["openAPIV3Schema"]["properties"]["status"];
+        assert!(status["properties"]["conditions"].is_object(), "{status}");
+        assert!(status["properties"]["forks"]["items"]["properties"]["readyEndpoints"].is_object());
+    }
+
+    #[test]
+    fn crd_yaml_round_trips() {
+        let y = crd_yaml();
+        assert!(y.starts_with("# Generated by `shunt crd`"));
+        let back: CustomResourceDefinition = serde_saphyr::from_str(&y).expect("parses back");
+        assert_eq!(back, crd());
+    }
+}

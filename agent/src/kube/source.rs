@@ -1,0 +1,421 @@
+//! The watch side: reflectors over SandboxRoutes, Services, EndpointSlices and sandbox Pods, and
+//! the loop that turns their caches into [`ClusterState`]s.
+//!
+//! Rules this follows:
+//! - The reflector caches are the truth. A relist (`Init … InitDone`, after a restart, an
+//!   expired resourceVersion (410) or a cut watch) swaps a cache whole, so a missed Delete
+//!   event cannot leave a stale route behind; nothing here acts on single events.
+//! - Nothing is computed until every cache has listed once, and a watch error never empties a
+//!   cache: while the API server is unreachable the last-good table stays in force. Watches
+//!   resume from their resourceVersion with a backoff (kube's `default_backoff`).
+//! - Changes are debounced, so a burst (a Deployment rollout, a relist) costs one computation.
+//! - Expiry needs no API change: the loop also wakes at the next `expiresAt`.
+use std::{
+    collections::HashMap,
+    fmt::Debug,
+    sync::{
+        Arc,
+        atomic::{AtomicBool, Ordering},
+    },
+    time::Duration,
+};
+
+use futures::StreamExt as _;
+use k8s_openapi::api::{
+    core::v1::{Pod, Service},
+    discovery::v1::EndpointSlice,
+};
+use kube::{
+    Api, Client, Resource, ResourceExt as _,
+    runtime::{
+        WatchStreamExt as _,
+        reflector::{self, Store},
+        watcher::{self, Event},
+    },
+};
+use serde::de::DeserializeOwned;
+use tokio::{sync::watch, task::JoinHandle};
+use tokio_util::sync::CancellationToken;
+
+use super::{convert, crd::SandboxRoute};
+use crate::routes::{ClusterState, SANDBOX_LABEL};
+
+/// The four caches.
+#[derive(Clone)]
+pub struct Stores {
+    pub routes: Store<SandboxRoute>,
+    pub services: Store<Service>,
+    pub slices: Store<EndpointSlice>,
+    pub pods: Store<Pod>,
+}
+
+impl Stores {
+    /// The cluster as the caches have it now.
+    pub fn cluster_state(&self) -> ClusterState {
+        let (services, slices, pods, routes) = (
+            self.services.state(),
+            self.slices.state(),
+            self.pods.state(),
+            self.routes.state(),
+        );
+        convert::cluster_state(
+            services.iter().map(AsRef::as_ref),
+            slices.iter().map(AsRef::as_ref),
+            pods.iter().map(AsRef::as_ref),
+            routes.iter().map(AsRef::as_ref),
+        )
+    }
+}
+
+/// Watches, their change counter and whether each has listed once.
+pub struct Watches {
+    pub stores: Stores,
+    /// Bumped when something that can change the route table changed.
+    pub changes: watch::Receiver<u64>,
+    /// Bumped on every SandboxRoute event, status-only ones included (for the status writer).
+    pub routes_touched: watch::Receiver<u64>,
+    synced: Vec<(&'static str, Arc<AtomicBool>)>,
+    pub tasks: Vec<JoinHandle<()>>,
+}
+
+/// One watch: what it is called, what it keeps of each object, and what of it matters to the
+/// route table (events that leave that unchanged do not trigger a recomputation).
+struct WatchSpec<K> {
+    what: &'static str,
+    api: Api<K>,
+    cfg: watcher::Config,
+    strip: fn(&mut K),
+    relevant: fn(&K) -> u64,
+    touched: Option<watch::Sender<u64>>,
+}
+
+fn hash_of(v: impl std::hash::Hash) -> u64 {
+    use std::hash::Hasher as _;
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    v.hash(&mut h);
+    h.finish()
+}
+
+/// Status writes (ours included) change neither the generation nor anything else the table
+/// reads, so they do not cost a recomputation.
+fn route_relevance(r: &SandboxRoute) -> u64 {
+    hash_of((
+        &r.metadata.uid,
+        r.metadata.generation,
+        r.metadata.deletion_timestamp.is_some(),
+    ))
+}
+
+/// What the table reads of a pod (its status changes often for other reasons).
+fn pod_relevance(p: &Pod) -> u64 {
+    hash_of(serde_json::to_string(&convert::pod(p)).unwrap_or_default())
+}
+
+/// Anything: every event counts.
+fn always<K: Resource>(o: &K) -> u64 {
+    hash_of(o.meta().resource_version.as_deref())
+}
+
+impl Watches {
+    /// Starts the four watches (all namespaces; Pods only with the `shunt.dev/sandbox` label).
+    pub fn start(client: &Client, stop: &CancellationToken) -> Self {
+        let (tx, changes) = watch::channel(0u64);
+        let (touched_tx, routes_touched) = watch::channel(0u64);
+        let mut synced = Vec::new();
+        let mut tasks = Vec::new();
+        let mut spawn = |what: &'static str, task: (JoinHandle<()>, Arc<AtomicBool>)| {
+            tasks.push(task.0);
+            synced.push((what, task.1));
+        };
+        let (routes, t) = watch_into_store(
+            WatchSpec::<SandboxRoute> {
+                what: "SandboxRoutes",
+                api: Api::all(client.clone()),
+                cfg: watcher::Config::default(),
+                strip: |r| r.managed_fields_mut().clear(),
+                relevant: route_relevance,
+                touched: Some(touched_tx),
+            },
+            tx.clone(),
+            stop.clone(),
+        );
+        spawn("SandboxRoutes", t);
+        let (services, t) = watch_into_store(
+            WatchSpec::<Service> {
+                what: "Services",
+                api: Api::all(client.clone()),
+                cfg: watcher::Config::default(),
+                strip: |s| {
+                    s.managed_fields_mut().clear();
+                    s.annotations_mut().clear();
+                    s.status = None;
+                },
+                relevant: always,
+                touched: None,
+            },
+            tx.clone(),
+            stop.clone(),
+        );
+        spawn("Services", t);
+        let (slices, t) = watch_into_store(
+            WatchSpec::<EndpointSlice> {
+                what: "EndpointSlices",
+                api: Api::all(client.clone()),
+                cfg: watcher::Config::default().labels(convert::SERVICE_NAME_LABEL),
+                strip: |s| {
+                    s.managed_fields_mut().clear();
+                    s.annotations_mut().clear();
+                    for ep in &mut s.endpoints {
+                        ep.hints = None;
+                        ep.deprecated_topology = None;
+                        ep.target_ref = None;
+                    }
+                },
+                relevant: always,
+                touched: None,
+            },
+            tx.clone(),
+            stop.clone(),
+        );
+        spawn("EndpointSlices", t);
+        let (pods, t) = watch_into_store(
+            WatchSpec::<Pod> {
+                what: "sandbox Pods",
+                api: Api::all(client.clone()),
+                // Only sandbox pods: no agent lists every pod of the cluster.
+                cfg: watcher::Config::default().labels(SANDBOX_LABEL),
+                strip: |p| {
+                    p.managed_fields_mut().clear();
+                    p.annotations_mut().clear();
+                    if let Some(spec) = p.spec.as_mut() {
+                        spec.volumes = None;
+                        spec.init_containers = None;
+                        for c in &mut spec.containers {
+                            c.env = None;
+                            c.env_from = None;
+                            c.volume_mounts = None;
+                            c.args = None;
+                            c.command = None;
+                            c.resources = None;
+                        }
+                    }
+                    if let Some(st) = p.status.as_mut() {
+                        st.container_statuses = None;
+                        st.init_container_statuses = None;
+                    }
+                },
+                relevant: pod_relevance,
+                touched: None,
+            },
+            tx,
+            stop.clone(),
+        );
+        spawn("sandbox Pods", t);
+        Self {
+            stores: Stores {
+                routes,
+                services,
+                slices,
+                pods,
+            },
+            changes,
+            routes_touched,
+            synced,
+            tasks,
+        }
+    }
+
+    /// Whether every watch has listed at least once.
+    pub fn synced(&self) -> bool {
+        self.synced.iter().all(|(_, s)| s.load(Ordering::Acquire))
+    }
+
+    /// The watches that have not listed yet.
+    pub fn pending(&self) -> Vec<&'static str> {
+        self.synced
+            .iter()
+            .filter(|(_, s)| !s.load(Ordering::Acquire))
+            .map(|(w, _)| *w)
+            .collect()
+    }
+}
+
+fn bump(tx: &watch::Sender<u64>) {
+    tx.send_modify(|n| *n = n.wrapping_add(1));
+}
+
+/// One watch → reflector → store, as a task. Bumps `changes` when an event changes what the
+/// table reads of an object (per `relevant`), on deletes and on each completed (re)list.
+fn watch_into_store<K>(
+    spec: WatchSpec<K>,
+    changes: watch::Sender<u64>,
+    stop: CancellationToken,
+) -> (Store<K>, (JoinHandle<()>, Arc<AtomicBool>))
+where
+    K: Resource<DynamicType = ()> + Clone + DeserializeOwned + Debug + Send + Sync + 'static,
+{
+    let (reader, writer) = reflector::store::<K>();
+    let synced = Arc::new(AtomicBool::new(false));
+    let flag = synced.clone();
+    let WatchSpec {
+        what,
+        api,
+        cfg,
+        strip,
+        relevant,
+        touched,
+    } = spec;
+    let task = tokio::spawn(async move {
+        let stream = watcher::watcher(api, cfg)
+            .default_backoff()
+            .modify(strip)
+            .reflect(writer);
+        let mut stream = std::pin::pin!(stream);
+        let mut failing = false;
+        // namespace/name → relevance of what the store holds; rebuilt by each relist.
+        let mut seen: HashMap<String, u64> = HashMap::new();
+        let mut relisting: HashMap<String, u64> = HashMap::new();
+        let key = |o: &K| {
+            format!(
+                "{}/{}",
+                o.meta().namespace.as_deref().unwrap_or_default(),
+                o.meta().name.as_deref().unwrap_or_default()
+            )
+        };
+        loop {
+            let ev = tokio::select! {
+                _ = stop.cancelled() => return,
+                ev = stream.next() => ev,
+            };
+            let Some(ev) = ev else { return };
+            match ev {
+                Ok(Event::Apply(o)) => {
+                    if let Some(t) = &touched {
+                        bump(t);
+                    }
+                    let r = relevant(&o);
+                    if seen.insert(key(&o), r) != Some(r) {
+                        bump(&changes);
+                    }
+                }
+                Ok(Event::Delete(o)) => {
+                    if let Some(t) = &touched {
+                        bump(t);
+                    }
+                    seen.remove(&key(&o));
+                    bump(&changes);
+                }
+                Ok(Event::Init) => relisting.clear(),
+                Ok(Event::InitApply(o)) => {
+                    relisting.insert(key(&o), relevant(&o));
+                }
+                Ok(Event::InitDone) => {
+                    seen = std::mem::take(&mut relisting);
+                    if flag.swap(true, Ordering::AcqRel) {
+                        tracing::debug!(watch = what, "relisted");
+                    }
+                    if failing {
+                        tracing::info!(watch = what, "watch recovered (relisted)");
+                        failing = false;
+                    }
+                    if let Some(t) = &touched {
+                        bump(t);
+                    }
+                    bump(&changes);
+                }
+                Err(e) => {
+                    // The cache keeps its contents; the watcher retries with a backoff.
+                    if failing {
+                        tracing::debug!(watch = what, error = %e, "watch still failing");
+                    } else {
+                        tracing::warn!(watch = what, error = %e,
+                            "watch failed; keeping the last-good routes and retrying");
+                        failing = true;
+                    }
+                }
+            }
+        }
+    });
+    (reader, (task, synced))
+}
+
+/// Builds a `ClusterState` from the caches after each (debounced) change and at the next
+/// expiry, and hands it to `apply`; publishes `apply`'s statuses for the status writer.
+pub async fn sync_loop<F>(
+    mut watches: Watches,
+    debounce: Duration,
+    mut apply: F,
+    statuses: watch::Sender<Arc<Vec<crate::routes::RouteStatus>>>,
+    stop: CancellationToken,
+) where
+    F: FnMut(&ClusterState) -> Vec<crate::routes::RouteStatus>,
+{
+    // Nothing is applied before every cache is complete: a partial view would drop routes.
+    let started = tokio::time::Instant::now();
+    let mut next_report = Duration::from_secs(10);
+    while !watches.synced() {
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            r = watches.changes.changed() => if r.is_err() { return },
+            _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+        }
+        if started.elapsed() >= next_report {
+            tracing::warn!(waiting_for = ?watches.pending(), "kube: initial sync still incomplete");
+            next_report += Duration::from_secs(10);
+        }
+    }
+    let mut first = true;
+    loop {
+        watches.changes.borrow_and_update();
+        let t0 = std::time::Instant::now();
+        let state = watches.stores.cluster_state();
+        let built = t0.elapsed();
+        let now = jiff::Timestamp::now();
+        let computed = apply(&state);
+        tracing::debug!(
+            routes = state.routes.len(),
+            build_us = built.as_micros() as u64,
+            apply_us = (t0.elapsed() - built).as_micros() as u64,
+            "kube: route table recomputed"
+        );
+        if std::mem::take(&mut first) {
+            tracing::info!(
+                routes = state.routes.len(),
+                services = state.services.len(),
+                sandbox_pods = state.pods.len(),
+                "kube: initial sync complete, route table applied"
+            );
+        }
+        let _ = statuses.send(Arc::new(computed));
+        let next_expiry = state
+            .routes
+            .iter()
+            .filter_map(|r| r.spec.expires_at)
+            .filter(|t| *t > now)
+            .min();
+        let wake = next_expiry.map(|t| {
+            let left = Duration::try_from(t.duration_since(jiff::Timestamp::now()))
+                .unwrap_or(Duration::ZERO);
+            // A little after, so the computation's own clock reading is past it too.
+            tokio::time::Instant::now() + left + Duration::from_millis(5)
+        });
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            r = watches.changes.changed() => {
+                if r.is_err() { return }
+                tokio::select! {
+                    _ = stop.cancelled() => return,
+                    _ = tokio::time::sleep(debounce) => {}
+                }
+            }
+            _ = sleep_until_opt(wake) => {}
+        }
+    }
+}
+
+async fn sleep_until_opt(at: Option<tokio::time::Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
+    }
+}

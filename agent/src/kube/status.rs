@@ -1,0 +1,318 @@
+//! SandboxRoute status and expiry, done by the lease holder only.
+//!
+//! Every agent computes the same statuses from the same watch caches; only the leader writes
+//! them, with a JSON merge patch on `/status`, and only when they differ from what the object
+//! already says (so a new leader with an up-to-date view writes nothing, and its own writes do
+//! not make it write again). The leader also deletes routes past `expiresAt` (every agent has
+//! already stopped applying them).
+use std::{
+    collections::{HashMap, HashSet},
+    sync::Arc,
+    time::Duration,
+};
+
+use futures::StreamExt as _;
+use kube::{
+    Api, Client,
+    api::{DeleteParams, Patch, PatchParams, Preconditions},
+    runtime::reflector::{ObjectRef, Store},
+};
+use serde_json::json;
+use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
+
+use super::crd::{self, RouteCondition, SandboxRoute, SandboxRouteStatus};
+use crate::routes::{Reason, RouteStatus};
+
+/// The field manager of status writes.
+pub const FIELD_MANAGER: &str = "shunt-agent";
+
+/// Status writes in flight at once.
+const CONCURRENCY: usize = 16;
+
+/// How soon failed writes are retried when nothing else changes.
+const RETRY: Duration = Duration::from_secs(2);
+
+/// The status `st` asks for, given what the object has now: the condition keeps its
+/// `lastTransitionTime` unless its status flips.
+pub fn desired_status(
+    st: &RouteStatus,
+    current: Option<&SandboxRouteStatus>,
+    now: jiff::Timestamp,
+) -> SandboxRouteStatus {
+    let status = st.condition_status();
+    let prev = current.and_then(|c| c.conditions.iter().find(|c| c.type_ == crd::READY));
+    let last_transition_time = match prev {
+        Some(p) if p.status == status && p.last_transition_time.is_some() => p.last_transition_time,
+        _ => Some(now),
+    };
+    SandboxRouteStatus {
+        observed_generation: Some(st.observed_generation),
+        conditions: vec![RouteCondition {
+            type_: crd::READY.into(),
+            status: status.into(),
+            reason: st.reason.as_str().into(),
+            message: st.message.clone(),
+            observed_generation: Some(st.observed_generation),
+            last_transition_time,
+        }],
+        forks: st
+            .forks
+            .iter()
+            .map(|f| crd::ForkStatus {
+                service: f.service.clone(),
+                reason: f.reason.as_str().into(),
+                message: f.message.clone(),
+                ready_endpoints: u32::try_from(f.ready_endpoints).unwrap_or(u32::MAX),
+            })
+            .collect(),
+    }
+}
+
+type Key = (String, String);
+
+/// A hash of everything in a computed status that ends up in the object.
+fn fingerprint(st: &RouteStatus) -> u64 {
+    use std::hash::{Hash as _, Hasher as _};
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    st.observed_generation.hash(&mut h);
+    st.ready.hash(&mut h);
+    st.reason.hash(&mut h);
+    st.message.hash(&mut h);
+    for f in &st.forks {
+        f.service.hash(&mut h);
+        f.reason.hash(&mut h);
+        f.message.hash(&mut h);
+        f.ready_endpoints.hash(&mut h);
+    }
+    h.finish()
+}
+
+pub struct StatusWriter {
+    client: Client,
+    routes: Store<SandboxRoute>,
+    /// Per route: the fingerprint of the computed status and the object's resourceVersion when
+    /// we last found its status right or wrote it. While both are unchanged there is nothing
+    /// to do (and a write of ours that has not come back through the watch yet is not
+    /// repeated), so a pass over thousands of unchanged routes is cheap.
+    seen: HashMap<Key, (u64, Option<String>)>,
+    /// UIDs of expired routes we already deleted.
+    deleted: HashSet<String>,
+}
+
+impl StatusWriter {
+    pub fn new(client: Client, routes: Store<SandboxRoute>) -> Self {
+        Self {
+            client,
+            routes,
+            seen: HashMap::new(),
+            deleted: HashSet::new(),
+        }
+    }
+
+    /// Writes statuses and deletes expired routes while we lead; returns when `stop` fires.
+    /// Runs on each new computation, on leadership changes, and when a SandboxRoute changes
+    /// without a new computation (`routes_touched`: its status was edited by someone else).
+    pub async fn run(
+        mut self,
+        mut statuses: watch::Receiver<Arc<Vec<RouteStatus>>>,
+        mut leader: watch::Receiver<bool>,
+        mut routes_touched: watch::Receiver<u64>,
+        stop: CancellationToken,
+    ) {
+        let mut retry_after: Option<Duration> = None;
+        loop {
+            let wait = retry_after.unwrap_or(Duration::MAX);
+            tokio::select! {
+                _ = stop.cancelled() => return,
+                r = statuses.changed() => if r.is_err() { return },
+                r = leader.changed() => if r.is_err() { return },
+                r = routes_touched.changed() => if r.is_err() { return },
+                _ = tokio::time::sleep(wait) => {}
+            }
+            if !*leader.borrow_and_update() {
+                self.seen.clear();
+                self.deleted.clear();
+                retry_after = None;
+                continue;
+            }
+            routes_touched.borrow_and_update();
+            let current = statuses.borrow_and_update().clone();
+            let failed = self.sync(&current).await;
+            retry_after = (failed > 0).then_some(RETRY);
+        }
+    }
+
+    /// One pass: status patches, then deletes of expired routes. Returns how many calls failed.
+    pub async fn sync(&mut self, statuses: &[RouteStatus]) -> usize {
+        // Whole seconds, as Kubernetes condition times are.
+        let now = jiff::Timestamp::from_second(jiff::Timestamp::now().as_second())
+            .unwrap_or_else(|_| jiff::Timestamp::now());
+        let mut patches = Vec::new();
+        let mut expired = Vec::new();
+        for st in statuses {
+            let oref = ObjectRef::<SandboxRoute>::new(&st.name).within(&st.namespace);
+            let Some(obj) = self.routes.get(&oref) else {
+                continue;
+            };
+            // Computed from an older generation: a newer computation is on its way.
+            if obj.metadata.generation.unwrap_or(0) != st.observed_generation {
+                continue;
+            }
+            if st.reason == Reason::Expired
+                && let Some(uid) = obj.metadata.uid.clone()
+                && !self.deleted.contains(&uid)
+            {
+                expired.push((st.namespace.clone(), st.name.clone(), uid));
+            }
+            let key = (st.namespace.clone(), st.name.clone());
+            let fp = fingerprint(st);
+            let rv = &obj.metadata.resource_version;
+            if self
+                .seen
+                .get(&key)
+                .is_some_and(|(f, r)| *f == fp && r == rv)
+            {
+                continue;
+            }
+            let want = desired_status(st, obj.status.as_ref(), now);
+            if obj.status.as_ref() == Some(&want) {
+                self.seen.insert(key, (fp, rv.clone()));
+            } else {
+                patches.push((key, fp, rv.clone(), want));
+            }
+        }
+
+        let client = self.client.clone();
+        let results: Vec<_> = futures::stream::iter(patches)
+            .map(|((ns, name), fp, rv, want)| {
+                let api: Api<SandboxRoute> = Api::namespaced(client.clone(), &ns);
+                async move {
+                    let pp = PatchParams {
+                        field_manager: Some(FIELD_MANAGER.into()),
+                        ..Default::default()
+                    };
+                    let patch = Patch::Merge(json!({ "status": &want }));
+                    let r = api.patch_status(&name, &pp, &patch).await;
+                    ((ns, name), fp, rv, want, r)
+                }
+            })
+            .buffer_unordered(CONCURRENCY)
+            .collect()
+            .await;
+        let mut failed = 0;
+        for (key, fp, rv, want, r) in results {
+            match r {
+                Ok(_) => {
+                    tracing::debug!(route = %format!("{}/{}", key.0, key.1),
+                        reason = %want.conditions[0].reason, "status written");
+                    self.seen.insert(key, (fp, rv));
+                }
+                // Deleted meanwhile: nothing to report on.
+                Err(kube::Error::Api(s)) if s.code == 404 => {}
+                Err(e) => {
+                    failed += 1;
+                    tracing::warn!(route = %format!("{}/{}", key.0, key.1), error = %e,
+                        "writing SandboxRoute status");
+                }
+            }
+        }
+
+        for (ns, name, uid) in expired {
+            let api: Api<SandboxRoute> = Api::namespaced(self.client.clone(), &ns);
+            let dp = DeleteParams {
+                // Only the object we judged expired, not a new one of the same name.
+                preconditions: Some(Preconditions {
+                    uid: Some(uid.clone()),
+                    resource_version: None,
+                }),
+                ..Default::default()
+            };
+            match api.delete(&name, &dp).await {
+                Ok(_) => {
+                    tracing::info!(route = %format!("{ns}/{name}"), "deleted expired SandboxRoute");
+                    self.deleted.insert(uid);
+                }
+                Err(kube::Error::Api(s)) if s.code == 404 || s.code == 409 => {
+                    self.deleted.insert(uid);
+                }
+                Err(e) => {
+                    failed += 1;
+                    tracing::warn!(route = %format!("{ns}/{name}"), error = %e,
+                        "deleting expired SandboxRoute");
+                }
+            }
+        }
+        // Forget routes that are gone, so the maps do not grow without bound.
+        if self.seen.len() > statuses.len() * 2 + 64 {
+            let live: HashSet<Key> = statuses
+                .iter()
+                .map(|s| (s.namespace.clone(), s.name.clone()))
+                .collect();
+            self.seen.retain(|k, _| live.contains(k));
+        }
+        failed
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::routes::ForkStatus;
+
+    fn st(ready: bool, reason: Reason) -> RouteStatus {
+        RouteStatus {
+            namespace: "shop".into(),
+            name: "pr-42".into(),
+            observed_generation: 2,
+            ready,
+            reason,
+            message: "m".into(),
+            applied: ready,
+            forks: vec![ForkStatus {
+                service: "reviews".into(),
+                reason,
+                message: String::new(),
+                ready_endpoints: 3,
+            }],
+        }
+    }
+
+    #[test]
+    fn transition_time_kept_unless_status_flips() {
+        let t0: jiff::Timestamp = "2026-01-01T00:00:00Z".parse().unwrap();
+        let t1: jiff::Timestamp = "2026-01-01T00:01:00Z".parse().unwrap();
+        let first = desired_status(&st(true, Reason::EndpointsReady), None, t0);
+        assert_eq!(first.conditions[0].last_transition_time, Some(t0));
+        assert_eq!(first.conditions[0].status, "True");
+        assert_eq!(first.observed_generation, Some(2));
+        assert_eq!(first.forks[0].ready_endpoints, 3);
+        // Same status later: identical, so nothing is written.
+        let again = desired_status(&st(true, Reason::EndpointsReady), Some(&first), t1);
+        assert_eq!(again, first);
+        // Reason changes within False keep the time; a flip takes the new time.
+        let down = desired_status(&st(false, Reason::NoReadyEndpoints), Some(&first), t1);
+        assert_eq!(down.conditions[0].last_transition_time, Some(t1));
+        assert_eq!(down.conditions[0].reason, "NoReadyEndpoints");
+        let other = desired_status(&st(false, Reason::ServiceNotFound), Some(&down), t0);
+        assert_eq!(other.conditions[0].last_transition_time, Some(t1));
+    }
+
+    #[test]
+    fn status_json_shape() {
+        let t0: jiff::Timestamp = "2026-01-01T00:00:00Z".parse().unwrap();
+        let s = desired_status(&st(false, Reason::DuplicateKey), None, t0);
+        let v = serde_json::to_value(&s).unwrap();
+        assert_eq!(
+            v,
+            json!({
+                "observedGeneration": 2,
+                "conditions": [{
+                    "type": "Ready", "status": "False", "reason": "DuplicateKey", "message": "m",
+                    "observedGeneration": 2, "lastTransitionTime": "2026-01-01T00:00:00Z",
+                }],
+                "forks": [{ "service": "reviews", "reason": "DuplicateKey", "readyEndpoints": 3 }],
+            })
+        );
+    }
+}

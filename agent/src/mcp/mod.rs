@@ -1,0 +1,406 @@
+//! `shunt mcp`: an MCP server (stdio) for coding agents. An agent changes a service, puts the
+//! change in a sandbox, sends keyed test traffic through the real cluster, reads where each hop
+//! went and why, and fixes its change — without a human.
+//!
+//! Tools (each with a JSON schema; results are structured JSON, errors are
+//! `{"error": {"kind", "message", "fix"}}` with `isError: true`):
+//! `list_services`, `get_dependencies`, `resolve_port`, `list_sandbox_routes`,
+//! `create_sandbox_route`, `delete_sandbox_route`, `send_test_request`, `get_decisions`.
+//!
+//! Modes: no cluster (`--routes FILE --admin-addr ADDR`, see [`backend::Local`]) and cluster
+//! (`--kube`, see [`cluster::Cluster`]).
+//!
+//! - [`types`]: parameters and results (their schemas are what agents read).
+//! - [`tools`]: what each tool does, on a [`backend::Backend`].
+//! - [`edit`]: rewriting the routes file's `routes:` section.
+//! - [`request`]: send_test_request's client process, placed in the client pod.
+pub mod backend;
+pub mod cluster;
+pub mod edit;
+pub mod error;
+pub mod request;
+pub mod tools;
+pub mod types;
+
+use std::{
+    net::SocketAddr,
+    os::fd::AsRawFd as _,
+    path::{Path, PathBuf},
+    sync::Arc,
+};
+
+use anyhow::Context as _;
+use clap::Args;
+use rmcp::{
+    Json, ServerHandler, ServiceExt as _,
+    handler::server::{router::tool::ToolRouter, wrapper::Parameters},
+    tool, tool_handler, tool_router,
+};
+
+use self::{
+    backend::{Backend, Local},
+    error::{ErrorBody, ToolResult},
+    request::ClientPlacement,
+    types::*,
+};
+
+/// Flags of `shunt mcp`.
+#[derive(Debug, Clone, Args)]
+pub struct McpArgs {
+    /// No-cluster mode: the routes file the agent runs with (`shunt run --routes FILE`).
+    /// create/delete_sandbox_route edit it; the agent hot-reloads it.
+    #[arg(long, value_name = "FILE", conflicts_with = "kube")]
+    pub routes: Option<PathBuf>,
+
+    /// No-cluster mode: the agent's admin API (topology and routing decisions).
+    #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:9464")]
+    pub admin_addr: SocketAddr,
+
+    /// Network namespace (e.g. /run/netns/NAME) where --admin-addr is reachable; the server
+    /// runs in it. Default: this process's.
+    #[arg(long, value_name = "PATH")]
+    pub admin_netns: Option<PathBuf>,
+
+    /// send_test_request: the client pod's network namespace (e.g. /run/netns/NAME). Default:
+    /// the server's (see --admin-netns).
+    #[arg(long, value_name = "PATH")]
+    pub client_netns: Option<PathBuf>,
+
+    /// send_test_request: the cgroup v2 directory the agent captures (--cgroup of `shunt run`);
+    /// the request's client process joins it so its connection is routed like a pod's.
+    #[arg(long, value_name = "PATH")]
+    pub client_cgroup: Option<PathBuf>,
+
+    /// Cluster mode: SandboxRoutes through the Kubernetes API, the agents' admin APIs through
+    /// the API server's pod proxy, with your kubeconfig's credentials.
+    #[arg(long)]
+    pub kube: bool,
+
+    /// Kubeconfig for --kube (default: KUBECONFIG or ~/.kube/config, else in-cluster).
+    #[arg(long, value_name = "PATH", requires = "kube")]
+    pub kubeconfig: Option<PathBuf>,
+
+    /// Default namespace for --kube (default: the kubeconfig context's).
+    #[arg(long, value_name = "NS", requires = "kube")]
+    pub namespace: Option<String>,
+
+    /// Namespace of the agent pods (--kube).
+    #[arg(long, value_name = "NS", default_value = "shunt-system")]
+    pub agent_namespace: String,
+
+    /// Label selector of the agent pods (--kube).
+    #[arg(
+        long,
+        value_name = "SELECTOR",
+        default_value = "app.kubernetes.io/name=shunt,app.kubernetes.io/component=agent"
+    )]
+    pub agent_selector: String,
+
+    /// The agents' admin port (--kube).
+    #[arg(long, value_name = "PORT", default_value_t = 9464)]
+    pub agent_port: u16,
+
+    /// Internal: be send_test_request's client (request on stdin, response on stdout).
+    #[arg(long, hide = true)]
+    pub internal_request: bool,
+}
+
+const INSTRUCTIONS: &str = "Shunt routes requests that carry a routing key (W3C baggage \
+`sd-routing-key=KEY`) to sandbox pods of the services a SandboxRoute forks; every other request \
+stays on the baseline. Typical loop: list_services (services, ports, sandbox pods, forks) → \
+create_sandbox_route(key, forks=[{service, selector: {..., \"shunt.dev/sandbox\": ...}}]) → \
+send_test_request(url, key) and read `hops` (where each hop went and why) and the response → \
+fix the code, redeploy the sandbox, repeat → delete_sandbox_route(key). Use resolve_port before \
+calling a service: a wrong port bypasses routing. get_dependencies shows who calls what \
+(observed traffic). get_decisions(key) explains every routing decision for a key. Errors come as \
+{\"error\": {\"kind\", \"message\", \"fix\"}}: do what `fix` says.";
+
+/// The MCP server.
+#[derive(Clone)]
+pub struct ShuntMcp {
+    backend: Arc<Backend>,
+    placement: ClientPlacement,
+    tool_router: ToolRouter<Self>,
+}
+
+// Tool signatures spell out `Result<Json<T>, Json<ErrorBody>>`: the `#[tool]` macro derives the
+// output schema from that exact shape, not through an alias.
+fn out<T>(r: ToolResult<T>) -> Result<Json<T>, Json<ErrorBody>> {
+    r.map(Json).map_err(|e| Json(e.body()))
+}
+
+#[tool_router]
+impl ShuntMcp {
+    pub fn new(backend: Backend, placement: ClientPlacement) -> Self {
+        Self {
+            backend: Arc::new(backend),
+            placement,
+            tool_router: Self::tool_router(),
+        }
+    }
+
+    /// The services, with their ports, baseline endpoints and existing forks, and the sandbox
+    /// pods.
+    #[tool(
+        description = "List the services requests can be routed for: each with its addresses, \
+        ports (service port vs targetPort: always call the service port), baseline endpoints, \
+        a ready-made URL, and its existing forks (routing key → sandbox, with readiness). Also \
+        lists the sandbox pods (labelled shunt.dev/sandbox) you can point a fork's selector at. \
+        Start here."
+    )]
+    async fn list_services(
+        &self,
+        Parameters(p): Parameters<NamespaceParams>,
+    ) -> Result<Json<ListServicesResult>, Json<ErrorBody>> {
+        out(self.backend.list_services(p).await)
+    }
+
+    #[tool(
+        description = "Observed dependencies of a service, from real connections counted by the \
+        agent: `callers` (who calls it, with connection counts) and `callees` (what it and its \
+        sandbox pods call). Omit `service` for the whole graph (`edges`). Use it to find which \
+        services a change can affect and which entry point to send test traffic to."
+    )]
+    async fn get_dependencies(
+        &self,
+        Parameters(p): Parameters<DependenciesParams>,
+    ) -> Result<Json<DependenciesResult>, Json<ErrorBody>> {
+        out(self.backend.get_dependencies(p).await)
+    }
+
+    #[tool(
+        description = "Resolve a port name or number to the service port to call (and its \
+        targetPort). Requests to a wrong port silently land on the baseline or nowhere, so a \
+        wrong port is an error naming the right one (`details.suggested_port`) and listing \
+        `valid_ports`. Returns a URL for send_test_request."
+    )]
+    async fn resolve_port(
+        &self,
+        Parameters(p): Parameters<ResolvePortParams>,
+    ) -> Result<Json<ResolvePortResult>, Json<ErrorBody>> {
+        out(self.backend.resolve_port(p).await)
+    }
+
+    #[tool(
+        description = "List the SandboxRoutes: routing key, forks (service → sandbox selector or \
+        service), fallback, expiry, and status (ready, reason: EndpointsReady, NoReadyEndpoints, \
+        ServiceNotFound, DuplicateKey, ...)."
+    )]
+    async fn list_sandbox_routes(
+        &self,
+        Parameters(p): Parameters<NamespaceParams>,
+    ) -> Result<Json<ListRoutesResult>, Json<ErrorBody>> {
+        out(self.backend.list_sandbox_routes(p).await)
+    }
+
+    #[tool(
+        description = "Create a SandboxRoute: requests carrying `key` (baggage \
+        sd-routing-key=KEY) to each fork's `service` go to the sandbox pods its `selector` \
+        matches (the selector must include shunt.dev/sandbox) or to its `target_service`; \
+        everything else stays on the baseline. Returns the route's status and how to test it. \
+        Errors: key_exists, service_not_found, wrong_port, invalid_input (with the fix)."
+    )]
+    async fn create_sandbox_route(
+        &self,
+        Parameters(p): Parameters<CreateRouteParams>,
+    ) -> Result<Json<CreateRouteResult>, Json<ErrorBody>> {
+        out(self.backend.create_sandbox_route(p).await)
+    }
+
+    #[tool(
+        description = "Delete the SandboxRoute of a routing key; keyed requests go back to the \
+        baseline."
+    )]
+    async fn delete_sandbox_route(
+        &self,
+        Parameters(p): Parameters<KeyParams>,
+    ) -> Result<Json<DeleteRouteResult>, Json<ErrorBody>> {
+        out(self.backend.delete_sandbox_route(p).await)
+    }
+
+    #[tool(
+        description = "Send one HTTP request from inside the cluster (a client pod whose \
+        connections are captured), with `key` injected as baggage (omit it for unkeyed traffic). \
+        Returns the response (status, headers, body, body_json) and `hops`: every routing \
+        decision the request caused, hop by hop (from → service: sandbox|baseline (reason) → \
+        pod), including calls made by the services it reached, plus hints when something looks \
+        wrong (e.g. a service that drops the key)."
+    )]
+    async fn send_test_request(
+        &self,
+        Parameters(p): Parameters<SendRequestParams>,
+    ) -> Result<Json<SendRequestResult>, Json<ErrorBody>> {
+        out(self.backend.send_test_request(p, &self.placement).await)
+    }
+
+    #[tool(
+        description = "Every routing decision the agents logged for a key (optionally since a \
+        time, e.g. a send_test_request's started_unix_ms): service, decision \
+        (sandbox|baseline|passthrough|reject), reason, upstream pod, status, latency, with a \
+        summary and a hint per reason (why a keyed request landed on the baseline)."
+    )]
+    async fn get_decisions(
+        &self,
+        Parameters(p): Parameters<DecisionsParams>,
+    ) -> Result<Json<DecisionsResult>, Json<ErrorBody>> {
+        out(self.backend.get_decisions(p).await)
+    }
+}
+
+#[tool_handler(router = self.tool_router)]
+impl ServerHandler for ShuntMcp {
+    fn get_info(&self) -> rmcp::model::ServerConfig {
+        rmcp::model::ServerConfig::new(
+            rmcp::model::ServerCapabilities::builder()
+                .enable_tools()
+                .build(),
+        )
+        .with_server_info(rmcp::model::Implementation::new(
+            "shunt",
+            env!("CARGO_PKG_VERSION"),
+        ))
+        .with_instructions(INSTRUCTIONS)
+    }
+}
+
+/// `shunt mcp`.
+pub fn run(args: McpArgs) -> anyhow::Result<()> {
+    if args.internal_request {
+        return request::child_main();
+    }
+    if args.routes.is_none() && !args.kube {
+        anyhow::bail!(
+            "say where routes come from: --routes FILE (no cluster, with the agent at \
+             --admin-addr) or --kube (Kubernetes API)"
+        );
+    }
+    // Before any thread exists, so every thread of the runtime is in it.
+    if let Some(ns) = &args.admin_netns {
+        enter_netns(ns)?;
+    }
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()?;
+    rt.block_on(async move {
+        let backend = match &args.routes {
+            Some(file) => {
+                // Fail now, not at the first tool call, on a file that does not parse.
+                crate::routes::file::load_routes(file)?;
+                Backend::Local(Local {
+                    routes_file: file.clone(),
+                    admin_addr: args.admin_addr,
+                    edit_lock: tokio::sync::Mutex::new(()),
+                })
+            }
+            None => {
+                let (client, namespace) =
+                    crate::sandbox::kube_client(args.kubeconfig.as_deref()).await?;
+                Backend::Cluster(cluster::Cluster {
+                    client,
+                    namespace: args.namespace.clone().unwrap_or(namespace),
+                    agent_namespace: args.agent_namespace.clone(),
+                    agent_selector: args.agent_selector.clone(),
+                    agent_port: args.agent_port,
+                })
+            }
+        };
+        let server = ShuntMcp::new(backend, placement(&args));
+        let running = server
+            .serve(rmcp::transport::stdio())
+            .await
+            .context("starting the MCP session on stdio")?;
+        tracing::info!("MCP server ready on stdio");
+        running.waiting().await?;
+        anyhow::Ok(())
+    })
+}
+
+fn placement(args: &McpArgs) -> ClientPlacement {
+    ClientPlacement {
+        netns: args.client_netns.clone(),
+        cgroup: args.client_cgroup.clone(),
+    }
+}
+
+fn enter_netns(path: &Path) -> anyhow::Result<()> {
+    let f = std::fs::File::open(path)
+        .with_context(|| format!("--admin-netns: opening {}", path.display()))?;
+    // SAFETY: a valid namespace fd; affects only the calling (so far only) thread.
+    if unsafe { libc::setns(f.as_raw_fd(), libc::CLONE_NEWNET) } != 0 {
+        return Err(std::io::Error::last_os_error())
+            .with_context(|| format!("--admin-netns: entering {}", path.display()));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::Parser as _;
+
+    use crate::cli::{Cli, Command};
+
+    fn parse(args: &[&str]) -> Result<Command, clap::Error> {
+        Cli::try_parse_from(std::iter::once("shunt").chain(args.iter().copied())).map(|c| c.command)
+    }
+
+    #[test]
+    fn mcp_flags_parse() {
+        let Ok(Command::Mcp(a)) = parse(&[
+            "mcp",
+            "--routes",
+            "/r.yaml",
+            "--admin-netns",
+            "/run/netns/n",
+            "--client-netns",
+            "/run/netns/p0",
+            "--client-cgroup",
+            "/sys/fs/cgroup/x",
+        ]) else {
+            panic!("expected mcp");
+        };
+        assert_eq!(a.admin_addr.to_string(), "127.0.0.1:9464");
+        assert!(!a.kube && !a.internal_request);
+        assert_eq!(a.agent_namespace, "shunt-system");
+        assert!(parse(&["mcp", "--routes", "/r", "--kube"]).is_err());
+        assert!(
+            parse(&["mcp", "--kubeconfig", "/k"]).is_err(),
+            "--kubeconfig needs --kube"
+        );
+        assert!(parse(&["mcp", "--kube", "--kubeconfig", "/k", "--namespace", "shop"]).is_ok());
+    }
+
+    #[test]
+    fn sandbox_flags_parse() {
+        let Ok(Command::Sandbox(s)) = parse(&[
+            "sandbox",
+            "create",
+            "--fork",
+            "deployment/reviews",
+            "--image",
+            "r:2",
+            "--env",
+            "A=1",
+            "--env",
+            "B=2",
+            "--ttl",
+            "2h",
+            "-n",
+            "shop",
+        ]) else {
+            panic!("expected sandbox");
+        };
+        let crate::sandbox::SandboxCommand::Create(c) = s.command else {
+            panic!("expected create");
+        };
+        assert_eq!(c.env, ["A=1", "B=2"]);
+        assert_eq!(c.ttl, Some(std::time::Duration::from_secs(7200)));
+        assert_eq!(c.kube.namespace.as_deref(), Some("shop"));
+        assert!(
+            parse(&["sandbox", "create", "--fork", "deployment/x"]).is_err(),
+            "--image"
+        );
+        assert!(parse(&["sandbox", "delete", "pr-1", "--kubeconfig", "/k"]).is_ok());
+        assert!(parse(&["sandbox", "list", "-A"]).is_ok());
+    }
+}

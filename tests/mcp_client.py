@@ -1,0 +1,145 @@
+#!/usr/bin/env python3
+"""Drives `shunt mcp` with the official MCP Python SDK (`pip install mcp`): a real third-party
+MCP client, speaking MCP over the server's stdin/stdout. Used by tests/tests/mcp.rs.
+
+usage: mcp_client.py SCENARIO -- SERVER_COMMAND [ARGS...]
+
+SCENARIO is `netns` (no-cluster mode against a netns mini-cluster: frontend -> reviews
+(v1 baseline, v2 sandbox pod for key pr-42) -> ratings) or `kube` (cluster mode against the fake
+API server). Prints one JSON object on stdout: every step's result, which the Rust test asserts
+on. The client asserts nothing itself beyond what it needs to continue.
+"""
+import asyncio
+import json
+import sys
+
+from mcp import ClientSession, StdioServerParameters
+from mcp.client.stdio import stdio_client
+
+
+async def call(session, name, args):
+    res = await session.call_tool(name, args)
+    out = res.structured_content
+    if out is None:
+        text = "".join(getattr(c, "text", "") for c in res.content)
+        out = json.loads(text) if text else None
+    return {"is_error": bool(res.is_error), "result": out}
+
+
+def served_path(body):
+    """The pods a demo-app answer went through: ["frontend-v1", "reviews-v2", "ratings-v1"]."""
+    path = []
+    while isinstance(body, dict) and "pod" in body:
+        path.append(body["pod"])
+        body = body.get("downstream")
+    return path
+
+
+async def netns(session, out):
+    services = await call(session, "list_services", {})
+    out["list_services"] = services
+    urls = {s["name"]: s["url"] for s in services["result"]["services"]}
+    frontend = urls["frontend"]
+
+    # Unkeyed traffic first, by service name: the topology then shows the three tiers.
+    unkeyed = []
+    for _ in range(3):
+        r = await call(session, "send_test_request", {"url": "http://frontend.shop:9080/"})
+        unkeyed.append(r)
+    out["unkeyed_before"] = unkeyed
+    out["unkeyed_before_paths"] = [served_path(r["result"]["response"]["body_json"]) for r in unkeyed]
+
+    out["dependencies_reviews"] = await call(session, "get_dependencies", {"service": "reviews"})
+    out["dependencies_all"] = await call(session, "get_dependencies", {})
+
+    out["resolve_port_ok"] = await call(session, "resolve_port", {"service": "reviews", "port": "http"})
+    out["resolve_port_wrong"] = await call(session, "resolve_port", {"service": "reviews", "port": 8080})
+    out["wrong_port_request"] = await call(
+        session, "send_test_request", {"url": "http://reviews:8080/", "key": "pr-42"}
+    )
+
+    out["create_bad_selector"] = await call(
+        session,
+        "create_sandbox_route",
+        {"key": "pr-42", "forks": [{"service": "reviews", "selector": {"app": "reviews-v2"}}]},
+    )
+    fork = {"service": "reviews", "selector": {"app": "reviews-v2", "shunt.dev/sandbox": "pr-42"}}
+    out["create"] = await call(session, "create_sandbox_route", {"key": "pr-42", "forks": [fork]})
+    out["create_again"] = await call(session, "create_sandbox_route", {"key": "pr-42", "forks": [fork]})
+    out["list_routes"] = await call(session, "list_sandbox_routes", {})
+    out["list_services_forked"] = await call(session, "list_services", {"namespace": "shop"})
+
+    keyed = await call(session, "send_test_request", {"url": frontend, "key": "pr-42"})
+    out["keyed"] = keyed
+    out["keyed_path"] = served_path(keyed["result"]["response"]["body_json"])
+    plain = await call(session, "send_test_request", {"url": frontend})
+    out["unkeyed"] = plain
+    out["unkeyed_path"] = served_path(plain["result"]["response"]["body_json"])
+
+    out["decisions"] = await call(
+        session,
+        "get_decisions",
+        {"key": "pr-42", "since_unix_ms": keyed["result"]["started_unix_ms"]},
+    )
+    out["delete"] = await call(session, "delete_sandbox_route", {"key": "pr-42"})
+    out["delete_again"] = await call(session, "delete_sandbox_route", {"key": "pr-42"})
+    after = await call(session, "send_test_request", {"url": frontend, "key": "pr-42"})
+    out["keyed_after_delete"] = after
+    out["keyed_after_delete_path"] = served_path(after["result"]["response"]["body_json"])
+
+
+async def kube(session, out):
+    out["list_services"] = await call(session, "list_services", {})
+    out["resolve_port_wrong"] = await call(session, "resolve_port", {"service": "reviews", "port": 8080})
+    out["list_routes_before"] = await call(session, "list_sandbox_routes", {})
+    fork = {"service": "reviews", "selector": {"app": "reviews-v2", "shunt.dev/sandbox": "pr-42"}}
+    out["create"] = await call(
+        session, "create_sandbox_route", {"key": "pr-42", "forks": [fork], "ttl": "1h"}
+    )
+    out["create_again"] = await call(session, "create_sandbox_route", {"key": "pr-42", "forks": [fork]})
+    out["create_missing_service"] = await call(
+        session,
+        "create_sandbox_route",
+        {"key": "pr-43", "forks": [{"service": "nope", "selector": {"shunt.dev/sandbox": "x"}}]},
+    )
+    out["list_routes"] = await call(session, "list_sandbox_routes", {})
+    out["list_services_forked"] = await call(session, "list_services", {})
+    out["send"] = await call(
+        session, "send_test_request", {"url": "http://reviews:9080/", "key": "pr-42"}
+    )
+    out["dependencies"] = await call(session, "get_dependencies", {"service": "reviews"})
+    out["delete"] = await call(session, "delete_sandbox_route", {"key": "pr-42"})
+    out["list_routes_after"] = await call(session, "list_sandbox_routes", {})
+
+
+async def main():
+    argv = sys.argv[1:]
+    if len(argv) < 3 or argv[1] != "--":
+        sys.exit(__doc__)
+    scenario, command = argv[0], argv[2:]
+    params = StdioServerParameters(command=command[0], args=command[1:])
+    out = {}
+    async with stdio_client(params) as (read, write):
+        async with ClientSession(read, write) as session:
+            init = await session.initialize()
+            out["server"] = {
+                "name": init.server_info.name,
+                "protocol_version": str(init.protocol_version),
+                "instructions": init.instructions,
+            }
+            tools = await session.list_tools()
+            out["tools"] = {
+                t.name: {
+                    "description": t.description,
+                    "input_schema": t.input_schema,
+                    "has_output_schema": t.output_schema is not None,
+                }
+                for t in tools.tools
+            }
+            await {"netns": netns, "kube": kube}[scenario](session, out)
+    json.dump(out, sys.stdout)
+    sys.stdout.write("\n")
+
+
+if __name__ == "__main__":
+    asyncio.run(main())
