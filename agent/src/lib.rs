@@ -8,6 +8,7 @@ pub mod cli;
 pub mod kube;
 pub mod mcp;
 pub mod metrics;
+pub mod placement;
 pub mod proxy;
 pub mod routes;
 pub mod run;

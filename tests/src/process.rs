@@ -1,9 +1,6 @@
 //! Child processes inside a pod namespace and, optionally, a cgroup. The child joins the cgroup
 //! and the namespace between fork and exec, so the test runner itself never moves.
 use std::{
-    fs::OpenOptions,
-    io::Write as _,
-    os::{fd::AsRawFd as _, unix::process::CommandExt as _},
     path::Path,
     process::{Child, Command, Stdio},
     time::{Duration, Instant},
@@ -92,31 +89,8 @@ pub fn spawn_in(
     netns: Option<&Netns>,
     cgroup: Option<&Path>,
 ) -> anyhow::Result<ChildGuard> {
-    let ns = netns.map(|n| n.open()).transpose()?;
-    let procs = cgroup
-        .map(|c| {
-            OpenOptions::new()
-                .write(true)
-                .open(c.join("cgroup.procs"))
-                .with_context(|| format!("opening {}/cgroup.procs", c.display()))
-        })
-        .transpose()?;
-    // SAFETY: between fork and exec we only call async-signal-safe functions (write, setns,
-    // setrlimit) on fds opened before the fork.
-    unsafe {
-        cmd.pre_exec(move || {
-            if let Some(p) = procs.as_ref() {
-                // "0" moves the writing process: the child, not the runner.
-                (&*p).write_all(b"0")?;
-            }
-            if let Some(ns) = ns.as_ref()
-                && libc::setns(ns.as_raw_fd(), libc::CLONE_NEWNET) != 0
-            {
-                return Err(std::io::Error::last_os_error());
-            }
-            Ok(())
-        });
-    }
+    let ns_path = netns.map(|n| std::path::PathBuf::from(n.path()));
+    agent::placement::join_before_exec(&mut cmd, ns_path.as_deref(), cgroup)?;
     cmd.stdin(Stdio::null());
     let child = cmd.spawn().with_context(|| format!("spawning {name}"))?;
     Ok(ChildGuard {

@@ -7,10 +7,8 @@
 //! [`ChildResponse`] from its stdout.
 use std::{
     collections::BTreeMap,
-    fs::OpenOptions,
     io::{Read as _, Write as _},
     net::SocketAddr,
-    os::fd::AsRawFd as _,
     path::PathBuf,
     process::Stdio,
     time::Duration,
@@ -69,40 +67,12 @@ pub async fn run_in_child(
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .kill_on_drop(true);
-    let ns = placement
-        .netns
-        .as_ref()
-        .map(|p| {
-            std::fs::File::open(p)
-                .with_context(|| format!("opening the client network namespace {}", p.display()))
-        })
-        .transpose()?;
-    let procs = placement
-        .cgroup
-        .as_ref()
-        .map(|c| {
-            OpenOptions::new()
-                .write(true)
-                .open(c.join("cgroup.procs"))
-                .with_context(|| format!("opening {}/cgroup.procs", c.display()))
-        })
-        .transpose()?;
-    // SAFETY: between fork and exec only async-signal-safe calls (write, setns) on fds opened
-    // before the fork.
-    unsafe {
-        cmd.pre_exec(move || {
-            if let Some(p) = procs.as_ref() {
-                // "0": the writing process, i.e. this child.
-                (&*p).write_all(b"0")?;
-            }
-            if let Some(ns) = ns.as_ref()
-                && libc::setns(ns.as_raw_fd(), libc::CLONE_NEWNET) != 0
-            {
-                return Err(std::io::Error::last_os_error());
-            }
-            Ok(())
-        });
-    }
+    crate::placement::join_before_exec(
+        cmd.as_std_mut(),
+        placement.netns.as_deref(),
+        placement.cgroup.as_deref(),
+    )
+    .context("placing the request client in the client pod")?;
     let mut child = cmd.spawn().context("starting the request client")?;
     let input = serde_json::to_vec(req)?;
     if let Some(mut stdin) = child.stdin.take() {
