@@ -254,15 +254,18 @@ async fn forward(
     } else {
         (body.boxed_unsync(), None)
     };
+    // The request head is copied only when a retry on baseline is possible (a replayable body):
+    // most requests never pay for the clone.
+    let retry = replay.map(|bytes| (parts.clone(), bytes));
     let first = shared
         .upstreams
-        .send(upstream, Request::from_parts(parts.clone(), body))
+        .send(upstream, Request::from_parts(parts, body))
         .await;
     let result = match first {
         Err(UpstreamError::Connect(_, why)) if decision.kind == DecisionKind::Sandbox => {
             tracing::debug!(%upstream, %why, "sandbox refused the connection");
-            match (decision.fallback, replay) {
-                (Some(baseline), Some(bytes)) => {
+            match (decision.fallback, retry) {
+                (Some(baseline), Some((parts, bytes))) => {
                     decision.kind = DecisionKind::Baseline;
                     decision.reason = Reason::SandboxUnreachable;
                     decision.upstream = Some(baseline);
