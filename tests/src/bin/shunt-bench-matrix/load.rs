@@ -288,6 +288,21 @@ mod unit {
     use super::*;
 
     #[test]
+    fn oha_json() {
+        let out = r#"{"summary": {"total": 2.0, "requestsPerSec": 1001.0},
+            "latencyPercentiles": {"p50": 0.0001, "p90": 0.0002, "p99": 0.0005, "p99.9": 0.001},
+            "statusCodeDistribution": {"200": 1990, "503": 8},
+            "errorDistribution": {"aborted due to deadline": 3, "connection refused": 2}}"#;
+        let r = parse_oha(out, 2.0).expect("parse");
+        assert_eq!(
+            (r.ok, r.non2xx, r.errors, r.aborted_at_deadline),
+            (1990, 8, 2, 3)
+        );
+        assert!((r.rps - 999.0).abs() < 1e-9);
+        assert!((r.p50_us - 100.0).abs() < 1e-6 && (r.p999_us - 1000.0).abs() < 1e-6);
+    }
+
+    #[test]
     fn h2load_summary_and_log() {
         let out = "finished in 2.00s, 999.50 req/s, 1.07MB/s\n\
                    requests: 2000 total, 2000 started, 2000 done, 1999 succeeded, 1 failed, 0 errored, 0 timeout\n\

@@ -314,12 +314,13 @@ fn points(o: &Opts) -> (Vec<Point>, Vec<Point>, Vec<Point>) {
 }
 
 pub struct Bench {
+    // Drop order: HAProxy and the backends, then the world they live in.
+    haproxy: Haproxy,
+    _backends: Vec<ChildGuard>,
     env: Env,
     /// The CPU list the proxy under test (agent or HAProxy) is pinned to (`taskset -c`).
     proxy_cpu: String,
     routes: PathBuf,
-    haproxy: Haproxy,
-    _backends: Vec<ChildGuard>,
     pub records: Vec<Record>,
     /// The largest VmHWM of any agent process, KiB.
     pub agent_hwm_kib: u64,
@@ -870,6 +871,16 @@ fn run(o: &Opts) -> anyhow::Result<()> {
         }
     }
     std::fs::create_dir_all(&o.out)?;
+    // Outputs of an earlier run must not pass for this one's.
+    for e in std::fs::read_dir(&o.out)?.filter_map(Result::ok) {
+        let name = e.file_name().to_string_lossy().into_owned();
+        if name.starts_with("profile-")
+            || name.starts_with("perf-")
+            || ["results.md", "results.json", "README-section.md"].contains(&name.as_str())
+        {
+            let _ = std::fs::remove_file(e.path());
+        }
+    }
     let dir = std::env::current_exe()?
         .parent()
         .map(PathBuf::from)

@@ -411,7 +411,8 @@ pub fn write(
     writeln!(
         w,
         "Closed loop (HTTP/1.1, 16 connections, 1 KiB). Proxy cores busy = proxy CPU seconds / run \
-         seconds; req/s per core = requests / proxy CPU seconds. Knee: the highest open-loop rate \
+         seconds; req/s per core = requests / proxy CPU seconds (efficiency; it improves with load, as \
+         more requests share a wake-up, so compare it at similar req/s). Knee: the highest open-loop rate \
          met in the sweep (≥ 95 % achieved, p99 not exploded).\n"
     )?;
     writeln!(
@@ -535,6 +536,40 @@ pub fn write(
             }
         }
         writeln!(w)?;
+    }
+
+    let split = |p: &Profile| -> Option<(f64, f64)> {
+        let v = p.vcpu_per_krps?;
+        let kernel: f64 = p
+            .by_dso
+            .iter()
+            .filter(|(_, d)| d.contains("kernel"))
+            .map(|(pct, _)| pct)
+            .sum();
+        Some((v * kernel / 100.0, v * (100.0 - kernel) / 100.0))
+    };
+    let mut lines = Vec::new();
+    for s in profiles.iter().filter(|p| p.who == "shunt") {
+        let Some(h) = profiles
+            .iter()
+            .find(|p| p.who == "haproxy" && p.rate == s.rate)
+        else {
+            continue;
+        };
+        if let (Some((sk, su)), Some((hk, hu))) = (split(s), split(h)) {
+            lines.push(format!(
+                "- at {}/s (HTTP/1.1, 16 connections): kernel {sk:.3} (HAProxy {hk:.3}), user \
+                 space incl. libc {su:.3} (HAProxy {hu:.3}) vCPU per 1000 req/s",
+                s.rate
+            ));
+        }
+    }
+    if !lines.is_empty() {
+        writeln!(
+            w,
+            "#### Where the proxy's CPU goes (perf, kernel vs user space)\n\n{}\n",
+            lines.join("\n")
+        )?;
     }
 
     for prof in profiles {
