@@ -29,24 +29,10 @@ struct Cluster {
 }
 
 fn cluster() -> Cluster {
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .expect("runtime");
-    let api = rt
-        .block_on(FakeApiServer::start())
-        .expect("fake API server");
-    api.register_crd(
-        "shunt.dev",
-        "v1alpha1",
-        "sandboxroutes",
-        "SandboxRoute",
-        true,
-    )
-    .expect("CRD");
+    // The runtime-hosted server with the SandboxRoute CRD and namespace `shop`.
+    let tests::kube_world::FakeCluster { api, rt } =
+        tests::kube_world::FakeCluster::start(false).expect("fake API server");
     for obj in [
-        json!({ "apiVersion": "v1", "kind": "Namespace", "metadata": { "name": "shop" } }),
         json!({
             "apiVersion": "v1", "kind": "Service",
             "metadata": { "name": "reviews", "namespace": "shop" },
