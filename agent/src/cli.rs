@@ -129,7 +129,8 @@ pub struct RunArgs {
     #[arg(long, value_name = "N", default_value_t = agent_common::flows::DEFAULT_MAX_ENTRIES)]
     pub flows_max_entries: u32,
 
-    /// Proxy worker threads (0: one per CPU).
+    /// Proxy worker threads (0: one per CPU; 1: a single-threaded runtime, the agent then uses
+    /// one core for everything).
     #[arg(long, value_name = "N", default_value_t = 0)]
     pub worker_threads: usize,
 

@@ -33,10 +33,17 @@ use crate::{
 };
 
 pub fn run(args: RunArgs) -> anyhow::Result<()> {
-    let mut rt = tokio::runtime::Builder::new_multi_thread();
-    if args.worker_threads > 0 {
-        rt.worker_threads(args.worker_threads);
-    }
+    // One worker: a current-thread runtime, so every task (proxy connections, route sync, admin)
+    // runs on this thread with no cross-thread wake-ups or work-stealing bookkeeping per request.
+    let mut rt = if args.worker_threads == 1 {
+        tokio::runtime::Builder::new_current_thread()
+    } else {
+        let mut b = tokio::runtime::Builder::new_multi_thread();
+        if args.worker_threads > 0 {
+            b.worker_threads(args.worker_threads);
+        }
+        b
+    };
     rt.enable_all()
         .build()
         .context("starting the tokio runtime")?

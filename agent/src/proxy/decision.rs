@@ -1,7 +1,9 @@
 //! Where one request (or opaque connection) goes, and why.
-use std::{net::SocketAddr, time::SystemTime};
+use std::{net::SocketAddr, sync::Arc, time::SystemTime};
 
 use serde::Serialize;
+
+use crate::routes::RoutingKey;
 
 /// The kind of destination chosen.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize)]
@@ -72,16 +74,19 @@ pub struct Decision {
     pub reason: Reason,
     /// Where to send it; `None` only for `Reject`.
     pub upstream: Option<SocketAddr>,
-    /// `namespace/name` of the service, when known.
-    pub service: Option<String>,
-    /// `namespace/name` of the SandboxRoute involved, when any.
-    pub route: Option<String>,
+    /// `namespace/name` of the service, when known (shared with the route table).
+    pub service: Option<Arc<str>>,
+    /// `namespace/name` of the SandboxRoute involved, when any (shared with the route table).
+    pub route: Option<Arc<str>>,
     /// For a sandbox decision: where to go if the sandbox refuses the connection (fallback
     /// Baseline), or `None` when the fallback is Reject.
     pub fallback: Option<SocketAddr>,
 }
 
 /// One entry of the decision log, as `/decisions` shows it.
+///
+/// One is written per request, so it holds what the request already owns (its method, its
+/// path's shared bytes, its key) and the table's shared names, never fresh copies.
 #[derive(Clone, Debug, Serialize)]
 pub struct DecisionRecord {
     #[serde(with = "unix_ms")]
@@ -89,16 +94,58 @@ pub struct DecisionRecord {
     pub client: SocketAddr,
     pub original_dst: SocketAddr,
     pub protocol: &'static str,
-    pub method: Option<String>,
-    pub path: Option<String>,
-    pub service: Option<String>,
-    pub key: Option<String>,
+    #[serde(serialize_with = "as_str::method")]
+    pub method: Option<http::Method>,
+    /// The request target; `/decisions` shows its path (the query may hold secrets).
+    #[serde(serialize_with = "as_str::path")]
+    pub path: Option<http::uri::PathAndQuery>,
+    #[serde(serialize_with = "as_str::shared")]
+    pub service: Option<Arc<str>>,
+    pub key: Option<RoutingKey>,
     pub decision: DecisionKind,
     pub reason: Reason,
-    pub route: Option<String>,
+    #[serde(serialize_with = "as_str::shared")]
+    pub route: Option<Arc<str>>,
     pub upstream: Option<SocketAddr>,
     pub status: Option<u16>,
     pub latency_us: u64,
+}
+
+impl DecisionRecord {
+    pub fn key_str(&self) -> Option<&str> {
+        self.key.as_ref().map(RoutingKey::as_str)
+    }
+}
+
+/// Optional values serialized as their string form (`null` when absent).
+mod as_str {
+    use std::sync::Arc;
+
+    use serde::Serializer;
+
+    pub fn method<S: Serializer>(m: &Option<http::Method>, s: S) -> Result<S::Ok, S::Error> {
+        match m {
+            Some(m) => s.serialize_str(m.as_str()),
+            None => s.serialize_none(),
+        }
+    }
+
+    pub fn path<S: Serializer>(
+        p: &Option<http::uri::PathAndQuery>,
+        s: S,
+    ) -> Result<S::Ok, S::Error> {
+        match p {
+            Some(p) => s.serialize_str(p.path()),
+            None => s.serialize_none(),
+        }
+    }
+
+    pub fn shared<S: Serializer>(v: &Option<Arc<str>>, s: S) -> Result<S::Ok, S::Error> {
+        match v {
+            Some(v) => s.serialize_str(v),
+            None => s.serialize_none(),
+        }
+    }
 }
 
 mod unix_ms {

@@ -32,7 +32,7 @@ impl DecisionLog {
     pub fn query(&self, key: Option<&str>, since: Option<SystemTime>) -> Vec<DecisionRecord> {
         let ring = self.ring.lock().unwrap_or_else(|p| p.into_inner());
         ring.iter()
-            .filter(|r| key.is_none_or(|k| r.key.as_deref() == Some(k)))
+            .filter(|r| key.is_none_or(|k| r.key_str() == Some(k)))
             .filter(|r| since.is_none_or(|s| r.time >= s))
             .cloned()
             .collect()
@@ -43,6 +43,7 @@ impl DecisionLog {
 mod tests {
     use super::*;
     use crate::proxy::decision::{DecisionKind, Reason};
+    use crate::routes::RoutingKey;
 
     fn record(key: Option<&str>) -> DecisionRecord {
         DecisionRecord {
@@ -53,7 +54,7 @@ mod tests {
             method: None,
             path: None,
             service: None,
-            key: key.map(str::to_string),
+            key: key.map(|k| RoutingKey::parse(k).expect("valid key")),
             decision: DecisionKind::Baseline,
             reason: Reason::NoKey,
             route: None,
@@ -72,7 +73,7 @@ mod tests {
         let keys: Vec<_> = log
             .query(None, None)
             .into_iter()
-            .filter_map(|r| r.key)
+            .filter_map(|r| r.key.map(|k| k.as_str().to_string()))
             .collect();
         assert_eq!(keys, ["b", "c"]);
     }

@@ -169,13 +169,15 @@ async fn handle(
         tracing::debug!(client = %info.client, source = ?invalid.source, raw = %invalid.raw,
             "malformed routing key, treated as no key");
     }
-    let key = extracted.key.clone();
-    let mut decision =
-        shared
-            .router()
-            .decide(info.original_dst, key.as_ref(), extracted.invalid.is_some());
+    let mut decision = shared.router().decide(
+        info.original_dst,
+        extracted.key.as_ref(),
+        extracted.invalid.is_some(),
+    );
+    // Kept for the decision log: cheap clones (a standard method is a tag, the path shares the
+    // request's bytes).
     let method = req.method().clone();
-    let path = req.uri().path().to_string();
+    let path = req.uri().path_and_query().cloned();
 
     let response = if decision.kind == DecisionKind::Reject {
         reject(&decision)
@@ -186,26 +188,25 @@ async fn handle(
     };
 
     let status = response.status().as_u16();
-    shared.metrics.request(
-        decision.kind,
-        decision.reason.as_str(),
-        Some(started.elapsed()),
-    );
+    let latency = started.elapsed();
+    shared
+        .metrics
+        .request(decision.kind, decision.reason.as_str(), Some(latency));
     shared.log.push(DecisionRecord {
         time: SystemTime::now(),
         client: info.client,
         original_dst: info.original_dst,
         protocol: info.protocol.as_str(),
-        method: Some(method.to_string()),
-        path: Some(path),
-        service: decision.service.clone(),
-        key: key.as_ref().map(|k| k.as_str().to_string()),
+        method: Some(method),
+        path,
+        service: decision.service,
+        key: extracted.key,
         decision: decision.kind,
         reason: decision.reason,
-        route: decision.route.clone(),
+        route: decision.route,
         upstream: decision.upstream,
         status: Some(status),
-        latency_us: started.elapsed().as_micros() as u64,
+        latency_us: latency.as_micros() as u64,
     });
     response
 }
@@ -379,6 +380,22 @@ async fn forward_upgrade(
 /// Headers that describe one hop, not the message (RFC 9110 §7.6.1). Upgrade requests keep
 /// theirs; they never come here.
 fn strip_hop_by_hop(headers: &mut HeaderMap) {
+    if headers.contains_key(header::CONNECTION) {
+        strip_connection_listed(headers);
+    }
+    for name in [
+        header::CONNECTION,
+        HeaderName::from_static("keep-alive"),
+        HeaderName::from_static("proxy-connection"),
+        header::TRANSFER_ENCODING,
+        header::UPGRADE,
+    ] {
+        headers.remove(name);
+    }
+}
+
+/// The headers a `Connection` header names are hop-by-hop too.
+fn strip_connection_listed(headers: &mut HeaderMap) {
     let listed: Vec<HeaderName> = headers
         .get_all(header::CONNECTION)
         .iter()
@@ -387,15 +404,6 @@ fn strip_hop_by_hop(headers: &mut HeaderMap) {
         .filter_map(|t| HeaderName::from_bytes(t.trim().as_bytes()).ok())
         .collect();
     for name in listed {
-        headers.remove(name);
-    }
-    for name in [
-        "connection",
-        "keep-alive",
-        "proxy-connection",
-        "transfer-encoding",
-        "upgrade",
-    ] {
         headers.remove(name);
     }
 }

@@ -22,18 +22,18 @@ impl RouteTable {
                 fallback: None,
             };
         };
-        let service = Some(format!("{}/{}", svc.namespace, svc.name));
+        let service = Some(svc.label.clone());
         let baseline = if self.baseline(svc.id, port.port).contains(&dst) {
             dst
         } else {
             self.pick_baseline(svc.id, port.port).unwrap_or(dst)
         };
-        let to_baseline = |reason, route: Option<&str>| Decision {
+        let to_baseline = |reason, route: Option<&std::sync::Arc<str>>| Decision {
             kind: DecisionKind::Baseline,
             reason,
             upstream: Some(baseline),
             service: service.clone(),
-            route: route.map(str::to_string),
+            route: route.cloned(),
             fallback: None,
         };
         let Some(key) = key else {
@@ -55,7 +55,7 @@ impl RouteTable {
                 reason: Reason::KeyMatched,
                 upstream: Some(ep),
                 service,
-                route: Some(fork.route().to_string()),
+                route: Some(fork.route().clone()),
                 fallback: (fallback == Fallback::Baseline).then_some(baseline),
             },
             (None, Fallback::Baseline) => to_baseline(Reason::NoReadySandbox, Some(fork.route())),
@@ -64,7 +64,7 @@ impl RouteTable {
                 reason: Reason::NoReadySandbox,
                 upstream: None,
                 service,
-                route: Some(fork.route().to_string()),
+                route: Some(fork.route().clone()),
                 fallback: None,
             },
         }

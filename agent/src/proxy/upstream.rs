@@ -57,15 +57,19 @@ impl Upstreams {
         upstream: SocketAddr,
         mut req: Request<ProxyBody>,
     ) -> Result<Response<Incoming>, UpstreamError> {
-        let pq = req
-            .uri()
-            .path_and_query()
-            .map(|p| p.as_str().to_string())
-            .unwrap_or_else(|| "/".into());
-        let uri = format!("http://{upstream}{pq}")
-            .parse()
+        // Absolute form for the pooled client (its pool key is scheme + authority); the path
+        // keeps the request's own bytes.
+        let mut parts = std::mem::take(req.uri_mut()).into_parts();
+        parts.scheme = Some(http::uri::Scheme::HTTP);
+        parts.authority = Some(
+            http::uri::Authority::try_from(upstream.to_string())
+                .map_err(|e| UpstreamError::Io(upstream, format!("upstream authority: {e}")))?,
+        );
+        if parts.path_and_query.is_none() {
+            parts.path_and_query = Some(http::uri::PathAndQuery::from_static("/"));
+        }
+        *req.uri_mut() = http::Uri::from_parts(parts)
             .map_err(|e| UpstreamError::Io(upstream, format!("building the upstream URI: {e}")))?;
-        *req.uri_mut() = uri;
         let client = if req.version() == Version::HTTP_2 {
             &self.http2
         } else {

@@ -2,7 +2,10 @@
 use std::{
     collections::{BTreeMap, BTreeSet, HashMap, HashSet},
     net::{IpAddr, SocketAddr},
-    sync::atomic::{AtomicUsize, Ordering},
+    sync::{
+        Arc,
+        atomic::{AtomicUsize, Ordering},
+    },
 };
 
 use jiff::Timestamp;
@@ -20,6 +23,10 @@ pub struct ServiceRef {
     pub id: u32,
     pub namespace: String,
     pub name: String,
+    /// `namespace/name`, made once per table: every routing decision names its service, and a
+    /// shared string costs a reference count instead of an allocation per request.
+    #[serde(skip)]
+    pub label: Arc<str>,
 }
 
 /// One port of a Service.
@@ -33,7 +40,8 @@ pub struct ServicePortRef {
 /// The sandbox side of one (service, key) pair.
 #[derive(Debug)]
 pub struct ForkRoute {
-    route: String,
+    /// `namespace/name` of the SandboxRoute (shared with every decision that names it).
+    route: Arc<str>,
     key: RoutingKey,
     fallback: Fallback,
     ports: Vec<ForkPort>,
@@ -50,7 +58,7 @@ struct ForkPort {
 
 impl ForkRoute {
     /// The SandboxRoute this fork comes from, `namespace/name`.
-    pub fn route(&self) -> &str {
+    pub fn route(&self) -> &Arc<str> {
         &self.route
     }
 
@@ -627,7 +635,7 @@ impl RouteTable {
                 table.forks.entry(id).or_default().insert(
                     key.clone(),
                     ForkRoute {
-                        route: r.id(),
+                        route: r.id().into(),
                         key: key.clone(),
                         fallback: r.spec.fallback,
                         ports,
@@ -683,6 +691,7 @@ impl RouteTable {
                         id: *id,
                         namespace: (*ns).to_owned(),
                         name: (*name).to_owned(),
+                        label: format!("{ns}/{name}").into(),
                     },
                     ports,
                 },

@@ -142,7 +142,7 @@ fn selector_fork_routes_key_to_ready_sandbox_pods() {
     assert!(st[0].ready && st[0].applied);
     assert_eq!(st[0].forks[0].ready_endpoints, 1);
     let fork = t.fork(reviews_id(), &key("pr-42")).expect("fork");
-    assert_eq!(fork.route(), "shop/pr-42");
+    assert_eq!(&**fork.route(), "shop/pr-42");
     assert_eq!(fork.fallback(), Fallback::Baseline);
     assert!(fork.covers(9080));
     assert_eq!(fork.pick_sandbox(9080), Some(sa("10.2.0.1:8080")));
