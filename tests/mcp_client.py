@@ -5,8 +5,8 @@ MCP client, speaking MCP over the server's stdin/stdout. Used by tests/tests/mcp
 usage: mcp_client.py SCENARIO -- SERVER_COMMAND [ARGS...]
 
 SCENARIO is `netns` (no-cluster mode against a netns mini-cluster: frontend -> reviews
-(v1 baseline, v2 sandbox pod for key pr-42) -> ratings) or `kube` (cluster mode against the fake
-API server). Prints one JSON object on stdout: every step's result, which the Rust test asserts
+(v1 baseline, v2 sandbox pod for key pr-42) -> ratings), `kube` (cluster mode against the fake
+API server) or `kube_request` (cluster mode with a real agent: requests from pods). Prints one JSON object on stdout: every step's result, which the Rust test asserts
 on. The client asserts nothing itself beyond what it needs to continue.
 """
 import asyncio
@@ -112,6 +112,24 @@ async def kube(session, out):
     out["list_routes_after"] = await call(session, "list_sandbox_routes", {})
 
 
+async def kube_request(session, out):
+    """Cluster mode with a real agent: requests sent from pods, hops read through pods/proxy."""
+    out["list_services"] = await call(session, "list_services", {})
+    fork = {"service": "reviews", "selector": {"shunt.dev/sandbox": "pr-42"}}
+    out["create"] = await call(session, "create_sandbox_route", {"key": "pr-42", "forks": [fork]})
+    url = "http://reviews.shop.svc.cluster.local:9080/"
+    keyed = await call(session, "send_test_request", {"url": url, "key": "pr-42"})
+    out["keyed"] = keyed
+    out["unkeyed"] = await call(session, "send_test_request", {"url": url})
+    out["dependencies"] = await call(session, "get_dependencies", {"service": "reviews"})
+    since = (keyed.get("result") or {}).get("started_unix_ms")
+    args = {"key": "pr-42"}
+    if since is not None:
+        args["since_unix_ms"] = since
+    out["decisions"] = await call(session, "get_decisions", args)
+    out["delete"] = await call(session, "delete_sandbox_route", {"key": "pr-42"})
+
+
 async def main():
     argv = sys.argv[1:]
     if len(argv) < 3 or argv[1] != "--":
@@ -136,7 +154,7 @@ async def main():
                 }
                 for t in tools.tools
             }
-            await {"netns": netns, "kube": kube}[scenario](session, out)
+            await {"netns": netns, "kube": kube, "kube_request": kube_request}[scenario](session, out)
     json.dump(out, sys.stdout)
     sys.stdout.write("\n")
 

@@ -14,6 +14,7 @@
 //! on [`POD_PORT`]; Services listen on [`SERVICE_PORT`] with `targetPort: http`, resolved
 //! through EndpointSlice port names (baseline) and container port names (sandbox pods).
 use std::{
+    collections::BTreeSet,
     ffi::CString,
     net::{Ipv4Addr, SocketAddr},
     os::unix::ffi::OsStrExt as _,
@@ -394,6 +395,60 @@ impl KubeNode {
             .and_then(|l| l["served_by"].as_str().map(str::to_string))
             .unwrap_or_else(|| format!("error: {lines:?}"))
     }
+}
+
+/// (group, resource[/subresource], verb) of every request `api` received: what RBAC must allow.
+pub fn api_calls(api: &FakeApiServer) -> BTreeSet<(String, String, String)> {
+    api.requests()
+        .iter()
+        .filter_map(|line| {
+            let (method, target) = line.split_once(' ')?;
+            let (path, query) = target.split_once('?').unwrap_or((target, ""));
+            let segs: Vec<&str> = path.trim_start_matches('/').split('/').collect();
+            let (group, rest) = match *segs.first()? {
+                "api" => ("", segs.get(2..)?),
+                "apis" => (*segs.get(1)?, segs.get(3..)?),
+                _ => return None,
+            };
+            let rest = match rest {
+                ["namespaces", _, more @ ..] if !more.is_empty() => more,
+                r => r,
+            };
+            let resource = match rest {
+                // `pods/NAME:PORT/proxy/PATH...` is the `pods/proxy` subresource.
+                [res, _name, sub, ..] => format!("{res}/{sub}"),
+                [res, ..] => res.to_string(),
+                [] => return None,
+            };
+            let named = rest.len() >= 2;
+            let watch = query
+                .split('&')
+                .any(|kv| kv == "watch=true" || kv == "watch=1");
+            let verb = match (method, named, watch) {
+                ("GET", _, true) => "watch",
+                ("GET", true, false) => "get",
+                ("GET", false, false) => "list",
+                ("POST", ..) => "create",
+                ("PUT", ..) => "update",
+                ("PATCH", ..) => "patch",
+                ("DELETE", ..) => "delete",
+                _ => return None,
+            };
+            Some((group.to_string(), resource, verb.to_string()))
+        })
+        .collect()
+}
+
+/// The (group, resource, verb) triples an access list grants.
+pub fn granted(access: &[agent::kube::rbac::ApiAccess]) -> BTreeSet<(String, String, String)> {
+    access
+        .iter()
+        .flat_map(|a| {
+            a.verbs
+                .iter()
+                .map(|v| (a.group.to_string(), a.resource.to_string(), v.to_string()))
+        })
+        .collect()
 }
 
 /// Polls `f` every 20 ms until it holds; returns how long that took, or panics with `what`.

@@ -10,8 +10,8 @@ use serde_json::json;
 use tests::{
     bins,
     kube_world::{
-        FakeCluster, KubeNode, LEASE_NS, NS, RATINGS_IP, REVIEWS_IP, SERVICE_PORT, selector_spec,
-        wait_for,
+        FakeCluster, KubeNode, LEASE_NS, NS, RATINGS_IP, REVIEWS_IP, SERVICE_PORT, api_calls,
+        granted, selector_spec, wait_for,
     },
 };
 
@@ -35,61 +35,11 @@ fn synced(agent: &tests::harness::AgentProc) -> bool {
     agent.log_text().contains("kube: initial sync complete")
 }
 
-/// (group, resource[/subresource], verb) of every request the server received: what RBAC
-/// must allow.
-fn api_calls(c: &FakeCluster) -> BTreeSet<(String, String, String)> {
-    c.api
-        .requests()
-        .iter()
-        .filter_map(|line| {
-            let (method, target) = line.split_once(' ')?;
-            let (path, query) = target.split_once('?').unwrap_or((target, ""));
-            let segs: Vec<&str> = path.trim_start_matches('/').split('/').collect();
-            let (group, rest) = match *segs.first()? {
-                "api" => ("", segs.get(2..)?),
-                "apis" => (*segs.get(1)?, segs.get(3..)?),
-                _ => return None,
-            };
-            let rest = match rest {
-                ["namespaces", _, more @ ..] if !more.is_empty() => more,
-                r => r,
-            };
-            let resource = match rest {
-                [res, _name, sub] => format!("{res}/{sub}"),
-                [res, ..] => res.to_string(),
-                [] => return None,
-            };
-            let named = rest.len() >= 2;
-            let watch = query
-                .split('&')
-                .any(|kv| kv == "watch=true" || kv == "watch=1");
-            let verb = match (method, named, watch) {
-                ("GET", _, true) => "watch",
-                ("GET", true, false) => "get",
-                ("GET", false, false) => "list",
-                ("POST", ..) => "create",
-                ("PUT", ..) => "update",
-                ("PATCH", ..) => "patch",
-                ("DELETE", ..) => "delete",
-                _ => return None,
-            };
-            Some((group.to_string(), resource, verb.to_string()))
-        })
-        .collect()
-}
-
 /// Every call the agent made is in `rbac::AGENT_ACCESS`; with `all_used`, every entry of it
 /// was exercised too.
 fn assert_rbac_matches(c: &FakeCluster, all_used: bool) {
-    let granted: BTreeSet<(String, String, String)> = agent::kube::rbac::AGENT_ACCESS
-        .iter()
-        .flat_map(|a| {
-            a.verbs
-                .iter()
-                .map(|v| (a.group.to_string(), a.resource.to_string(), v.to_string()))
-        })
-        .collect();
-    let used = api_calls(c);
+    let granted = granted(agent::kube::rbac::AGENT_ACCESS);
+    let used = api_calls(&c.api);
     let ungranted: Vec<_> = used.difference(&granted).collect();
     assert!(
         ungranted.is_empty(),
@@ -476,7 +426,7 @@ fn expired_route_is_dropped_then_deleted() {
     );
     // This run used every kind of call the agent makes (a lease renewal included).
     wait_for("a lease renewal", DEADLINE, || {
-        api_calls(&c).contains(&(
+        api_calls(&c.api).contains(&(
             "coordination.k8s.io".into(),
             "leases".into(),
             "update".into(),

@@ -5,7 +5,9 @@
 //! - no-cluster mode against a netns mini-cluster with the real agent and eBPF capture:
 //!   frontend → reviews (v1 baseline, v2 sandbox pod for key pr-42) → ratings, each tier a
 //!   `demo-app` process in a captured pod that propagates the baggage header;
-//! - cluster mode against the fake API server (SandboxRoute tools).
+//! - cluster mode against the fake API server (SandboxRoute tools);
+//! - cluster mode end to end: the real agent with `--kube` on a netns node, send_test_request's
+//!   pods run by a fake kubelet in a captured pod, the agent's admin API through `pods/proxy`.
 //!
 //! Without PyPI (no venv can be made) the tests skip with a message, unless
 //! `SHUNT_REQUIRE_KERNEL_TESTS=1`, where that is a failure.
@@ -699,8 +701,13 @@ fn mcp_cluster_mode_manages_sandbox_routes_through_the_api() {
     assert_eq!(lr["routes"][0]["forks"][0]["ready_sandbox_endpoints"], 1);
     let forked = ok(&o, "list_services_forked");
     assert_eq!(forked["services"][0]["forks"][0]["key"], "pr-42");
-    err(&o, "send", "unsupported");
-    // No agent pods in shunt-system here (and the fake has no pod proxy): said so, with a fix.
+    // No agent pod to take the request image from, and no --request-image: said so, with a fix.
+    let e = err(&o, "send", "unsupported");
+    assert!(
+        e["fix"].as_str().is_some_and(|f| f.contains("--request-image")),
+        "{e}"
+    );
+    // No agent pods in shunt-system here: said so, with a fix.
     let e = err(&o, "dependencies", "agent_unreachable");
     assert!(
         e["message"]
@@ -718,4 +725,266 @@ fn mcp_cluster_mode_manages_sandbox_routes_through_the_api() {
             .is_none()
     );
     assert_eq!(ok(&o, "list_routes_after")["routes"], json!([]));
+    // Only the MCP server spoke HTTP to the API here: each of its calls is in MCP_ACCESS.
+    let calls = tests::kube_world::api_calls(&cluster.api);
+    let allowed = tests::kube_world::granted(agent::kube::rbac::MCP_ACCESS);
+    let missing: Vec<_> = calls.difference(&allowed).collect();
+    assert!(missing.is_empty(), "calls missing from MCP_ACCESS: {missing:?}");
+}
+
+// ---------------------------------------------------------------------------------------------
+// Cluster mode end to end: the real agent (`--kube`, eBPF capture) on a netns node, the fake API
+// server, request pods run by a fake kubelet, the agents' admin APIs through `pods/proxy`.
+
+const AGENT_IMAGE: &str = "registry.example/shunt:test";
+
+/// Connects from inside the network namespace `ns` (a kubelet dials pods from its node).
+fn dial_in(ns: &fs::File, addr: SocketAddr) -> std::io::Result<TcpStream> {
+    let fd = ns.try_clone()?;
+    std::thread::spawn(move || {
+        // SAFETY: a valid namespace fd; setns affects only this thread.
+        if unsafe { libc::setns(fd.as_raw_fd(), libc::CLONE_NEWNET) } != 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        TcpStream::connect_timeout(&addr, Duration::from_secs(5))
+    })
+    .join()
+    .unwrap_or_else(|_| Err(std::io::Error::other("dial thread panicked")))
+}
+
+/// Plays the kubelet of pod 0 for send_test_request's pods: marks each Running with pod 0's
+/// address, runs its container (this build's shunt binary with the pod's args and env) in pod
+/// 0's network namespace and the captured cgroup, then stores its output as the pod's log and
+/// marks it Succeeded or Failed. Returns the pods, as created.
+fn fake_kubelet(api: &FakeApiServer, env: &Env, stop: &AtomicBool) -> Vec<Value> {
+    let mut seen: Vec<Value> = Vec::new();
+    let ip = env.topo.pods[0].ip4.to_string();
+    while !stop.load(Ordering::Relaxed) {
+        for pod in api.list("v1", "Pod", Some("shop")) {
+            let name = pod["metadata"]["name"].as_str().unwrap_or_default().to_string();
+            if pod["metadata"]["labels"]["app.kubernetes.io/component"] != "test-request"
+                || seen.iter().any(|p| p["metadata"]["name"] == name.as_str())
+            {
+                continue;
+            }
+            seen.push(pod.clone());
+            let c = &pod["spec"]["containers"][0];
+            let status = |phase: &str, state: Value| {
+                let mut p = api.get("v1", "Pod", Some("shop"), &name).expect("request pod");
+                p["status"] = json!({
+                    "phase": phase, "podIP": ip, "podIPs": [{ "ip": ip }],
+                    "containerStatuses": [{ "name": c["name"], "image": c["image"], "imageID": "",
+                        "ready": phase == "Running", "restartCount": 0, "state": state }],
+                });
+                api.replace_status(p).expect("request pod status");
+            };
+            status("Running", json!({ "running": { "startedAt": "2026-12-06T00:00:00Z" } }));
+            let mut cmd = Command::new(&env.bins.agent);
+            for a in c["args"].as_array().into_iter().flatten() {
+                cmd.arg(a.as_str().expect("string arg"));
+            }
+            for e in c["env"].as_array().into_iter().flatten() {
+                cmd.env(
+                    e["name"].as_str().expect("env name"),
+                    e["value"].as_str().unwrap_or_default(),
+                );
+            }
+            cmd.stdout(Stdio::piped()).stderr(Stdio::piped());
+            let (code, log) = match spawn_in(
+                &name,
+                cmd,
+                Some(&env.topo.pods[0].netns),
+                Some(env.cgroup.path()),
+            )
+            .and_then(|child| child.output_timeout(Duration::from_secs(60)))
+            {
+                // A container log holds both streams; the response is printed last.
+                Ok((st, out, err)) => (st.code().unwrap_or(1), format!("{err}{out}")),
+                Err(e) => (1, format!("kubelet: {e:#}\n")),
+            };
+            api.set_pod_log("shop", &name, log);
+            status(
+                if code == 0 { "Succeeded" } else { "Failed" },
+                json!({ "terminated": { "exitCode": code, "reason": "Completed" } }),
+            );
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    seen
+}
+
+#[test]
+fn mcp_cluster_mode_sends_a_keyed_request_from_a_pod_and_reads_its_hops() {
+    let test = "mcp_cluster_mode_sends_a_keyed_request_from_a_pod_and_reads_its_hops";
+    let cluster = tests::kube_world::FakeCluster::start(true).expect("fake API server");
+    let Some(node) = tests::kube_world::KubeNode::new(test, &cluster, bins!()) else {
+        return;
+    };
+    let Some(python) = python_with_mcp(test) else {
+        return;
+    };
+    node.standard_objects(&cluster);
+    let mut agent = node.start_agent("node-a", &["--kube-debounce", "10ms"]);
+    agent.wait_ready(Duration::from_secs(20));
+    // The agent's pod, as the DaemonSet would make it; `pods/proxy` reaches its admin API in
+    // the node's namespace.
+    cluster.create(json!({
+        "apiVersion": "v1", "kind": "Pod",
+        "metadata": { "name": "shunt-node-a", "namespace": "shunt-system",
+                      "labels": { "app.kubernetes.io/name": "shunt",
+                                  "app.kubernetes.io/component": "agent" } },
+        "spec": { "nodeName": "node-a",
+                  "containers": [{ "name": "shunt", "image": AGENT_IMAGE,
+                                   "ports": [{ "name": "admin", "containerPort": ADMIN_PORT }] }] },
+    }));
+    let mut pod = cluster
+        .api
+        .get("v1", "Pod", Some("shunt-system"), "shunt-node-a")
+        .expect("agent pod");
+    pod["status"] = json!({ "phase": "Running", "podIP": tests::netns::PROXY4.to_string() });
+    cluster.api.replace_status(pod).expect("agent pod status");
+    let node_ns = Arc::new(node.env.node().open().expect("node netns"));
+    cluster.api.set_pod_dialer(Arc::new(move |t: &tests::fake_apiserver::PodTarget| {
+        if t.namespace != "shunt-system" {
+            return Err(std::io::Error::other("only the agent pod is reachable here"));
+        }
+        dial_in(&node_ns, SocketAddr::from(([127, 0, 0, 1], t.port)))
+    }));
+
+    let stop = Arc::new(AtomicBool::new(false));
+    let (o, request_pods) = std::thread::scope(|s| {
+        let kubelet = s.spawn(|| fake_kubelet(&cluster.api, &node.env, &stop));
+        let kubeconfig = node.env.run.path.join("kubeconfig-mcp");
+        cluster
+            .api
+            .write_kubeconfig(&kubeconfig)
+            .expect("kubeconfig");
+        let server: Vec<String> = vec![
+            env!("CARGO_BIN_EXE_shunt-under-test").into(),
+            "mcp".into(),
+            "--kube".into(),
+            "--kubeconfig".into(),
+            kubeconfig.display().to_string(),
+            "--namespace".into(),
+            "shop".into(),
+        ];
+        let o = mcp_client(&python, "kube_request", &server);
+        stop.store(true, Ordering::Relaxed);
+        (o, kubelet.join().expect("fake kubelet"))
+    });
+    let ctx = || format!("{o:#}\nagent log:\n{}", agent.log_text());
+
+    // The route is created through the API and the real agent (the leader) reports it Ready.
+    let c = ok(&o, "create");
+    assert_eq!(c["applied"], true, "{}", ctx());
+    assert_eq!(c["route"]["ready"], true, "{}", ctx());
+
+    // Each request ran as its own pod in the service's namespace, with the agents' image, no
+    // token and no privileges, and was deleted afterwards.
+    assert_eq!(request_pods.len(), 2, "{}", ctx());
+    for p in &request_pods {
+        let spec = &p["spec"];
+        assert_eq!(p["metadata"]["namespace"], "shop");
+        assert_eq!(spec["containers"][0]["image"], AGENT_IMAGE);
+        assert_eq!(
+            spec["containers"][0]["args"],
+            json!(["mcp", "--internal-request"])
+        );
+        assert_eq!(spec["automountServiceAccountToken"], false);
+        assert_eq!(spec["restartPolicy"], "Never");
+        let sc = &spec["containers"][0]["securityContext"];
+        assert_eq!(sc["capabilities"]["drop"], json!(["ALL"]));
+        assert_eq!(sc["runAsNonRoot"], true);
+        let name = p["metadata"]["name"].as_str().expect("name");
+        tests::kube_world::wait_for("the request pod's deletion", Duration::from_secs(10), || {
+            cluster.api.get("v1", "Pod", Some("shop"), name).is_none()
+        });
+    }
+
+    // Keyed: the sandbox, and the hop says so (read from the agent through pods/proxy).
+    let client_ip = node.ip(0).to_string();
+    let keyed = ok(&o, "keyed");
+    assert_eq!(keyed["response"]["status"], 200, "{}", ctx());
+    assert_eq!(keyed["response"]["headers"]["x-served-by"], "reviews-v2");
+    assert!(
+        keyed["sent_from"]
+            .as_str()
+            .is_some_and(|s| s.starts_with("pod shop/shunt-request-") && s.contains(&client_ip)),
+        "{keyed:#}"
+    );
+    assert_eq!(
+        hops(keyed),
+        [t(&client_ip, "shop/reviews", "sandbox", "shop/reviews-v2")],
+        "{}",
+        ctx()
+    );
+    assert_eq!(keyed["hops"][0]["reason"], "key_matched");
+    assert_eq!(keyed["hops"][0]["route"], "shop/pr-42");
+    // Unkeyed: the baseline.
+    let unkeyed = ok(&o, "unkeyed");
+    assert_eq!(unkeyed["response"]["headers"]["x-served-by"], "reviews-v1");
+    assert_eq!(
+        hops(unkeyed),
+        [t(&client_ip, "shop/reviews", "baseline", "shop/reviews")],
+        "{}",
+        ctx()
+    );
+    assert_eq!(unkeyed["hops"][0]["reason"], "no_key");
+
+    // Topology and decisions through the API server's pod proxy: the two connections the pods
+    // made, and the keyed decision with its reason.
+    let dep = ok(&o, "dependencies");
+    let callers = dep["callers"].as_array().expect("callers");
+    assert_eq!(callers.len(), 1, "{dep:#}");
+    assert_eq!(callers[0]["from"], client_ip.as_str());
+    assert_eq!(callers[0]["to"], "shop/reviews");
+    assert_eq!(callers[0]["connections"], 2, "{dep:#}");
+    let d = ok(&o, "decisions");
+    assert_eq!(d["summary"]["sandbox"], 1, "{d:#}");
+    assert!(
+        d["decisions"]
+            .as_array()
+            .expect("decisions")
+            .iter()
+            .all(|x| x["key"] == "pr-42" && x["agent"] == "shunt-node-a"),
+        "{d:#}"
+    );
+    assert_eq!(ok(&o, "delete")["deleted"], "shop/pr-42");
+    assert!(cluster.route("pr-42").is_none());
+    // What the MCP server called beyond the agent's own calls is in MCP_ACCESS, and the
+    // request pods' verbs are among them.
+    let calls = tests::kube_world::api_calls(&cluster.api);
+    let agent_calls = tests::kube_world::granted(agent::kube::rbac::AGENT_ACCESS);
+    let allowed = tests::kube_world::granted(agent::kube::rbac::MCP_ACCESS);
+    let missing: Vec<_> = calls
+        .difference(&agent_calls)
+        .filter(|c| !allowed.contains(*c))
+        .collect();
+    assert!(missing.is_empty(), "calls missing from MCP_ACCESS: {missing:?}");
+    for (res, verb) in [
+        ("pods", "create"),
+        ("pods", "get"),
+        ("pods", "delete"),
+        ("pods/log", "get"),
+        ("pods/proxy", "get"),
+    ] {
+        assert!(
+            calls.contains(&(String::new(), res.to_string(), verb.to_string())),
+            "{verb} {res} not called: {calls:?}"
+        );
+    }
+    // Every pods/proxy call went to the agent pod's admin port.
+    let proxied: Vec<String> = cluster
+        .api
+        .requests()
+        .into_iter()
+        .filter(|r| r.contains("/proxy"))
+        .collect();
+    assert!(
+        !proxied.is_empty()
+            && proxied.iter().all(|r| r.starts_with(&format!(
+                "GET /api/v1/namespaces/shunt-system/pods/shunt-node-a:{ADMIN_PORT}/proxy/"
+            ))),
+        "{proxied:?}"
+    );
 }

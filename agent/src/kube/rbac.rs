@@ -54,3 +54,46 @@ pub const AGENT_ACCESS: &[ApiAccess] = &[
         why: "Ready condition and per-fork endpoint counts (leader only)",
     },
 ];
+
+/// What a user (a person, or a coding agent) of `shunt mcp --kube` needs, with their own
+/// credentials; the agent daemon needs none of it. `tests/tests/mcp.rs` checks the MCP server's
+/// requests against it. Keep sorted by group, then resource.
+pub const MCP_ACCESS: &[ApiAccess] = &[
+    ApiAccess {
+        group: "",
+        resource: "pods",
+        verbs: &["list", "get", "create", "delete"],
+        why: "sandbox pods and the agent pods (list); send_test_request's request pod (create, \
+              get while it runs, delete)",
+    },
+    ApiAccess {
+        group: "",
+        resource: "pods/log",
+        verbs: &["get"],
+        why: "send_test_request reads the response from its request pod's log",
+    },
+    ApiAccess {
+        group: "",
+        resource: "pods/proxy",
+        verbs: &["get"],
+        why: "the agents' /topology and /decisions, in the agents' namespace only",
+    },
+    ApiAccess {
+        group: "",
+        resource: "services",
+        verbs: &["list"],
+        why: "services, ports and addresses",
+    },
+    ApiAccess {
+        group: "discovery.k8s.io",
+        resource: "endpointslices",
+        verbs: &["list"],
+        why: "baseline endpoints and their pods",
+    },
+    ApiAccess {
+        group: "shunt.dev",
+        resource: "sandboxroutes",
+        verbs: &["list", "get", "create", "delete"],
+        why: "the sandbox route tools",
+    },
+];

@@ -37,6 +37,12 @@ pub struct Cluster {
     pub agent_namespace: String,
     pub agent_selector: String,
     pub agent_port: u16,
+    /// send_test_request's pod image (default: the agents').
+    pub request_image: Option<String>,
+    /// send_test_request's pod namespace (default: the called service's).
+    pub request_namespace: Option<String>,
+    /// How long a request pod may take to be scheduled, pulled and started.
+    pub request_pod_timeout: Duration,
 }
 
 fn reason_of(s: &str) -> Reason {

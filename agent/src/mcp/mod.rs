@@ -14,11 +14,13 @@
 //! - [`tools`]: what each tool does, on a [`backend::Backend`].
 //! - [`edit`]: rewriting the routes file's `routes:` section.
 //! - [`request`]: send_test_request's client process, placed in the client pod.
+//! - [`request_pod`]: in cluster mode that client runs as a short-lived Pod.
 pub mod backend;
 pub mod cluster;
 pub mod edit;
 pub mod error;
 pub mod request;
+pub mod request_pod;
 pub mod tools;
 pub mod types;
 
@@ -100,7 +102,23 @@ pub struct McpArgs {
     #[arg(long, value_name = "PORT", default_value_t = 9464)]
     pub agent_port: u16,
 
-    /// Internal: be send_test_request's client (request on stdin, response on stdout).
+    /// send_test_request in cluster mode runs its client as a short-lived Pod with this image
+    /// (its entrypoint must be the shunt binary). Default: the image of a running agent pod.
+    #[arg(long, value_name = "IMAGE", requires = "kube")]
+    pub request_image: Option<String>,
+
+    /// Namespace of send_test_request's pod (--kube). Default: the called service's namespace,
+    /// so the request leaves from where that service's own clients live.
+    #[arg(long, value_name = "NS", requires = "kube")]
+    pub request_namespace: Option<String>,
+
+    /// How long send_test_request's pod may take to be scheduled and started (--kube), on top
+    /// of the request's own timeout.
+    #[arg(long, value_name = "DURATION", default_value = "60s", value_parser = crate::cli::parse_duration)]
+    pub request_pod_timeout: std::time::Duration,
+
+    /// Internal: be send_test_request's client (request in SHUNT_REQUEST or on stdin, response
+    /// on stdout).
     #[arg(long, hide = true)]
     pub internal_request: bool,
 }
@@ -220,7 +238,8 @@ impl ShuntMcp {
 
     #[tool(
         description = "Send one HTTP request from inside the cluster (a client pod whose \
-        connections are captured), with `key` injected as baggage (omit it for unkeyed traffic). \
+        connections are captured; with a cluster, a short-lived pod in the service's namespace \
+        that is deleted afterwards), with `key` injected as baggage (omit it for unkeyed traffic). \
         Returns the response (status, headers, body, body_json) and `hops`: every routing \
         decision the request caused, hop by hop (from → service: sandbox|baseline (reason) → \
         pod), including calls made by the services it reached, plus hints when something looks \
@@ -302,6 +321,9 @@ pub fn run(args: McpArgs) -> anyhow::Result<()> {
                     agent_namespace: args.agent_namespace.clone(),
                     agent_selector: args.agent_selector.clone(),
                     agent_port: args.agent_port,
+                    request_image: args.request_image.clone(),
+                    request_namespace: args.request_namespace.clone(),
+                    request_pod_timeout: args.request_pod_timeout,
                 })
             }
         };

@@ -21,6 +21,9 @@ use hyper_util::rt::TokioIo;
 use serde::{Deserialize, Serialize};
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 
+/// The variable a request pod gets its [`ChildRequest`] in (cluster mode has no stdin to write).
+pub const REQUEST_ENV: &str = "SHUNT_REQUEST";
+
 /// Largest response body returned.
 pub const BODY_LIMIT: usize = 256 * 1024;
 
@@ -102,11 +105,17 @@ pub async fn run_in_child(
     })
 }
 
-/// The child side: reads a request on stdin, prints the response on stdout.
+/// The child side: reads a request from `SHUNT_REQUEST` (a request pod) or stdin, prints the
+/// response on stdout.
 pub fn child_main() -> anyhow::Result<()> {
-    let mut input = Vec::new();
-    std::io::stdin().read_to_end(&mut input)?;
-    let req: ChildRequest = serde_json::from_slice(&input).context("request on stdin")?;
+    let req: ChildRequest = match std::env::var(REQUEST_ENV) {
+        Ok(json) => serde_json::from_str(&json).with_context(|| format!("request in {REQUEST_ENV}"))?,
+        Err(_) => {
+            let mut input = Vec::new();
+            std::io::stdin().read_to_end(&mut input)?;
+            serde_json::from_slice(&input).context("request on stdin")?
+        }
+    };
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;
@@ -116,6 +125,8 @@ pub fn child_main() -> anyhow::Result<()> {
     }
     let mut stdout = std::io::stdout().lock();
     serde_json::to_writer(&mut stdout, &resp)?;
+    // One line: a request pod's log is read back and its last line parsed.
+    stdout.write_all(b"\n")?;
     stdout.flush()?;
     Ok(())
 }

@@ -735,18 +735,6 @@ impl Backend {
         p: SendRequestParams,
         placement: &ClientPlacement,
     ) -> ToolResult<SendRequestResult> {
-        if self.is_cluster() {
-            return Err(ToolError::new(
-                "unsupported",
-                "send_test_request runs only in no-cluster mode (it needs a client inside the \
-                 captured pod network)",
-                format!(
-                    "send the request from a pod, e.g. `kubectl exec deploy/<client> -- curl -H \
-                     'baggage: sd-routing-key={}' URL`, then call get_decisions",
-                    p.key.as_deref().unwrap_or("KEY")
-                ),
-            ));
-        }
         let snap = self.snapshot(None).await?;
         let uri: http::Uri = p.url.parse().map_err(|e| {
             ToolError::invalid(
@@ -861,14 +849,37 @@ impl Backend {
         };
         let started_ms = now_ms();
         let started = Instant::now();
-        let resp = run_in_child(placement, &req).await.map_err(|e| {
-            ToolError::new(
-                "request_failed",
-                format!("{e:#}"),
-                "check --client-netns/--client-cgroup of `shunt mcp` (they must name the client \
-                 pod's network namespace and the captured cgroup)",
-            )
-        })?;
+        let (resp, sent_from) = match self {
+            Backend::Local(_) => {
+                let resp = run_in_child(placement, &req).await.map_err(|e| {
+                    ToolError::new(
+                        "request_failed",
+                        format!("{e:#}"),
+                        "check --client-netns/--client-cgroup of `shunt mcp` (they must name the \
+                         client pod's network namespace and the captured cgroup)",
+                    )
+                })?;
+                (resp, "the client pod (--client-netns, --client-cgroup)".to_string())
+            }
+            Backend::Cluster(c) => {
+                // From the called service's namespace unless told otherwise: where its own
+                // clients usually run (and NetworkPolicies allow them).
+                let ns = c
+                    .request_namespace
+                    .clone()
+                    .or_else(|| service.map(|s| s.namespace.clone()))
+                    .unwrap_or_else(|| c.namespace.clone());
+                let (resp, pod) = c.request_from_pod(&ns, &req).await?;
+                let from = format!(
+                    "pod {}/{}{}{}",
+                    pod.namespace,
+                    pod.name,
+                    pod.pod_ip.map(|ip| format!(" ({ip})")).unwrap_or_default(),
+                    pod.node.map(|n| format!(" on node {n}")).unwrap_or_default()
+                );
+                (resp, from)
+            }
+        };
         let elapsed_ms = started.elapsed().as_millis() as u64;
         if let Some(err) = resp.error.as_deref().filter(|_| resp.status.is_none()) {
             return Err(ToolError::new(
@@ -899,6 +910,7 @@ impl Backend {
             method,
             url: p.url,
             connected_to: req.addr.to_string(),
+            sent_from,
             key: p.key,
             started_unix_ms: started_ms,
             elapsed_ms,

@@ -454,6 +454,9 @@ pub struct SendRequestResult {
     pub url: String,
     /// The address actually dialled (service names resolved).
     pub connected_to: String,
+    /// Where the request was sent from: the client pod (no-cluster mode) or the short-lived
+    /// request pod (cluster mode).
+    pub sent_from: String,
     /// The key sent, if any.
     pub key: Option<String>,
     pub started_unix_ms: u64,

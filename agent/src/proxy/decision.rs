@@ -96,9 +96,9 @@ pub struct DecisionRecord {
     pub protocol: &'static str,
     #[serde(serialize_with = "as_str::method")]
     pub method: Option<http::Method>,
-    /// The request target; `/decisions` shows its path (the query may hold secrets).
-    #[serde(serialize_with = "as_str::path")]
-    pub path: Option<http::uri::PathAndQuery>,
+    /// The request's path (not its query, which may hold secrets). Copied: a shared slice
+    /// would keep the connection's whole read buffer alive for as long as the log holds it.
+    pub path: Option<Box<str>>,
     #[serde(serialize_with = "as_str::shared")]
     pub service: Option<Arc<str>>,
     pub key: Option<RoutingKey>,
@@ -126,16 +126,6 @@ mod as_str {
     pub fn method<S: Serializer>(m: &Option<http::Method>, s: S) -> Result<S::Ok, S::Error> {
         match m {
             Some(m) => s.serialize_str(m.as_str()),
-            None => s.serialize_none(),
-        }
-    }
-
-    pub fn path<S: Serializer>(
-        p: &Option<http::uri::PathAndQuery>,
-        s: S,
-    ) -> Result<S::Ok, S::Error> {
-        match p {
-            Some(p) => s.serialize_str(p.path()),
             None => s.serialize_none(),
         }
     }

@@ -375,8 +375,8 @@ fn progress(msg: &str) {
 }
 
 /// Container states that will not fix themselves.
-const IMAGE_ERRORS: [&str; 3] = ["ErrImagePull", "ImagePullBackOff", "InvalidImageName"];
-const START_ERRORS: [&str; 3] = [
+pub(crate) const IMAGE_ERRORS: [&str; 3] = ["ErrImagePull", "ImagePullBackOff", "InvalidImageName"];
+pub(crate) const START_ERRORS: [&str; 3] = [
     "CrashLoopBackOff",
     "CreateContainerConfigError",
     "RunContainerError",

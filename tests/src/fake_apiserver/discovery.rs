@@ -109,6 +109,11 @@ fn resource_json(t: &ResourceType) -> Value {
     r
 }
 
+/// core/v1 Pods, whose `log` and `proxy` subresources the kubelet serves.
+fn is_core_pods(t: &ResourceType) -> bool {
+    t.group.is_empty() && t.plural == "pods"
+}
+
 /// `/api/v1` or `/apis/GROUP/VERSION`.
 pub(crate) fn resource_list(reg: &Registry, group: &str, version: &str) -> Option<Value> {
     let types = reg.in_group_version(group, version);
@@ -125,6 +130,18 @@ pub(crate) fn resource_list(reg: &Registry, group: &str, version: &str) -> Optio
             "kind": t.kind,
             "verbs": STATUS_VERBS,
         }));
+        if is_core_pods(t) {
+            // kube-apiserver lists them as Pod (log: text) and PodProxyOptions.
+            resources.push(json!({
+                "name": "pods/log", "singularName": "", "namespaced": true, "kind": "Pod",
+                "verbs": ["get"],
+            }));
+            resources.push(json!({
+                "name": "pods/proxy", "singularName": "", "namespaced": true,
+                "kind": "PodProxyOptions",
+                "verbs": ["create", "delete", "get", "patch", "update"],
+            }));
+        }
         if has_scale(t) {
             resources.push(json!({
                 "name": format!("{}/scale", t.plural),
@@ -203,6 +220,20 @@ pub(crate) fn aggregated(reg: &Registry, core: bool, version: &str) -> Value {
                             }
                             if !t.categories.is_empty() {
                                 r["categories"] = json!(t.categories);
+                            }
+                            if is_core_pods(t)
+                                && let Some(Value::Array(subs)) = r.get_mut("subresources")
+                            {
+                                subs.push(json!({
+                                    "subresource": "log",
+                                    "responseKind": kind,
+                                    "verbs": ["get"],
+                                }));
+                                subs.push(json!({
+                                    "subresource": "proxy",
+                                    "responseKind": { "group": "", "version": "v1", "kind": "PodProxyOptions" },
+                                    "verbs": ["create", "delete", "get", "patch", "update"],
+                                }));
                             }
                             if has_scale(t)
                                 && let Some(Value::Array(subs)) = r.get_mut("subresources")

@@ -19,6 +19,7 @@ use tokio::net::{TcpListener, TcpSocket};
 use tokio::task::{JoinHandle, JoinSet};
 
 use super::discovery;
+use super::kubelet;
 use super::error::{ApiError, ApiResult};
 use super::resources::ResourceType;
 use super::rest;
@@ -178,6 +179,14 @@ enum Route {
     OpenApiV3Index,
     OpenApiV3(String, String),
     Resource(Box<ResourceRequest>),
+    /// `pods/NAME/log` (served by the kubelet in a real cluster).
+    PodLog { ns: String, name: String },
+    /// `pods/NAME[:PORT]/proxy/PATH`; `path` is raw (still percent-encoded), `/` at least.
+    PodProxy {
+        ns: String,
+        name_port: String,
+        path: String,
+    },
 }
 
 fn percent_decode(seg: &str) -> String {
@@ -206,6 +215,26 @@ fn route(shared: &Shared, path: &str) -> ApiResult<Route> {
             return Ok(Route::OpenApiV3(g.to_string(), v.to_string()));
         }
         ["apis", g] => return Ok(Route::ApiGroup(g.to_string())),
+        _ => {}
+    }
+    match s.as_slice() {
+        ["api", "v1", "namespaces", ns, "pods", name, "log"] => {
+            return Ok(Route::PodLog {
+                ns: ns.to_string(),
+                name: name.to_string(),
+            });
+        }
+        ["api", "v1", "namespaces", ns, "pods", name_port, "proxy", ..] => {
+            // The raw remainder: "/api/v1/namespaces/NS/pods/NAME/proxy" is 8 '/'-separated
+            // pieces after the leading empty one.
+            let raw: Vec<&str> = path.split('/').collect();
+            let rest = raw.get(8..).map(|r| r.join("/")).unwrap_or_default();
+            return Ok(Route::PodProxy {
+                ns: ns.to_string(),
+                name_port: name_port.to_string(),
+                path: format!("/{rest}"),
+            });
+        }
         _ => {}
     }
     let (group, version, rest) = match s.as_slice() {
@@ -371,5 +400,14 @@ async fn dispatch(shared: Arc<Shared>, req: Request<Incoming>) -> ApiResult<Resp
             Ok(json(&doc))
         }
         Route::Resource(r) => rest::handle(shared, req, *r, query, accept).await,
+        Route::PodLog { ns, name } => {
+            discovery_only(&req)?;
+            kubelet::log(&shared, &ns, &name, &query)
+        }
+        Route::PodProxy {
+            ns,
+            name_port,
+            path,
+        } => kubelet::proxy(shared, req, ns, name_port, path).await,
     }
 }

@@ -50,7 +50,8 @@
 //! field managers (apply always forces); no garbage collector (ownerReferences and
 //! propagationPolicy have no effect); no controllers (Deployments never get Pods or status,
 //! Pods stay Pending); no admission webhooks; no schema validation or defaulting of custom
-//! resources; no authn/authz; no `/log`, `/exec`, `/eviction`; core/v1 and events.k8s.io/v1
+//! resources; no authn/authz; no `/exec`, `/attach`, `/eviction` (`pods/log` and `pods/proxy` are served:
+//! see `kubelet`, the test sets logs and how pods are reached); core/v1 and events.k8s.io/v1
 //! Events are stored separately.
 
 mod cluster;
@@ -59,6 +60,7 @@ mod discovery;
 mod error;
 mod faults;
 mod http;
+mod kubelet;
 mod meta;
 mod patch;
 mod render;
@@ -78,6 +80,7 @@ use serde_json::{Value, json};
 
 pub use error::ApiError;
 pub use faults::Faults;
+pub use kubelet::{PodDialer, PodTarget, dial_pod_ip};
 pub use state::Options;
 
 use cluster::{Cluster, DeleteOpts, Deleted, Sub, WriteOpts};
@@ -118,6 +121,8 @@ impl FakeApiServer {
             options,
             addr,
             requests: Mutex::new(Vec::new()),
+            pod_logs: Mutex::new(kubelet::PodLogs::default()),
+            pod_dialer: Mutex::new(Arc::new(dial_pod_ip)),
             listener: Mutex::new(None),
         });
         let handle = http::spawn_server(shared.clone(), listener);
@@ -205,6 +210,26 @@ impl FakeApiServer {
             },
         });
         self.create(crd).map(|_| ()).map_err(anyhow::Error::from)
+    }
+
+    /// Sets what `GET pods/NAME/log` returns for a pod (the kubelet's part: there is none).
+    /// Until set, a Pending pod's log is a 400 "waiting to start", any other an empty text.
+    pub fn set_pod_log(&self, namespace: &str, pod: &str, text: impl Into<String>) {
+        self.shared
+            .pod_logs
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .set(namespace, pod, text.into());
+    }
+
+    /// Sets how `pods/NAME[:PORT]/proxy/...` connects to a pod (default: [`dial_pod_ip`]), e.g.
+    /// from inside the network namespace the pod's address lives in.
+    pub fn set_pod_dialer(&self, dialer: PodDialer) {
+        *self
+            .shared
+            .pod_dialer
+            .lock()
+            .unwrap_or_else(|e| e.into_inner()) = dialer;
     }
 
     /// Fault injection controls.

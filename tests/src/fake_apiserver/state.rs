@@ -49,6 +49,10 @@ pub(crate) struct Shared {
     pub(crate) options: Options,
     pub(crate) addr: SocketAddr,
     pub(crate) requests: Mutex<Vec<String>>,
+    /// Pod logs set by the test (the kubelet's part).
+    pub(crate) pod_logs: Mutex<super::kubelet::PodLogs>,
+    /// How `pods/proxy` reaches a pod.
+    pub(crate) pod_dialer: Mutex<super::kubelet::PodDialer>,
     /// The accept loop; it owns every connection task, so aborting it drops them all.
     pub(crate) listener: Mutex<Option<JoinHandle<()>>>,
 }

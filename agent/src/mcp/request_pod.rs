@@ -1,0 +1,251 @@
+//! send_test_request in cluster mode: the request is made by a short-lived Pod, so its connection
+//! leaves from inside the cluster and is captured and routed like any pod's.
+//!
+//! The Pod runs the agent's own image (found on a running agent pod, or `--request-image`) with
+//! `shunt mcp --internal-request`: the same client the no-cluster mode runs in the client pod's
+//! namespace, reading its [`ChildRequest`] from the `SHUNT_REQUEST` variable and printing its
+//! [`ChildResponse`] as the last line of its log. It has no service account token, no
+//! capabilities and a read-only root, and it is deleted once its log has been read (or on any
+//! error).
+use std::time::{Duration, Instant};
+
+use k8s_openapi::api::core::v1::Pod;
+use kube::{
+    Api, ResourceExt as _,
+    api::{DeleteParams, ListParams, LogParams, PostParams},
+};
+use serde_json::json;
+
+use super::{
+    cluster::Cluster,
+    error::{ToolError, ToolResult},
+    request::{ChildRequest, ChildResponse, REQUEST_ENV},
+};
+use crate::sandbox::{IMAGE_ERRORS, START_ERRORS};
+
+/// Labels of every request pod (for `kubectl get pods -l ...` and for clean-up).
+pub const REQUEST_POD_LABELS: [(&str, &str); 2] = [
+    ("app.kubernetes.io/name", "shunt"),
+    ("app.kubernetes.io/component", "test-request"),
+];
+const CONTAINER: &str = "request";
+
+/// Where the request ran.
+#[derive(Clone, Debug)]
+pub struct RequestPod {
+    pub name: String,
+    pub namespace: String,
+    pub node: Option<String>,
+    pub pod_ip: Option<String>,
+}
+
+impl Cluster {
+    /// The image the request pod runs: `--request-image`, else a running agent pod's.
+    async fn request_image(&self) -> ToolResult<(String, Option<Vec<String>>)> {
+        if let Some(image) = &self.request_image {
+            return Ok((image.clone(), None));
+        }
+        let pods = Api::<Pod>::namespaced(self.client.clone(), &self.agent_namespace)
+            .list(&ListParams::default().labels(&self.agent_selector))
+            .await
+            .map_err(ToolError::api)?;
+        pods.items
+            .iter()
+            .filter_map(|p| p.spec.as_ref()?.containers.first())
+            .find_map(|c| Some((c.image.clone()?, c.command.clone())))
+            .ok_or_else(|| {
+                ToolError::new(
+                    "unsupported",
+                    format!(
+                        "no agent pod in namespace {} (labels {}) to take the request image from",
+                        self.agent_namespace, self.agent_selector
+                    ),
+                    "install the agent (deploy/), or give `shunt mcp --request-image IMAGE` (an \
+                     image with the shunt binary as its entrypoint)",
+                )
+            })
+    }
+
+    /// Runs `req` from a new Pod in `namespace` and returns what the client saw.
+    pub async fn request_from_pod(
+        &self,
+        namespace: &str,
+        req: &ChildRequest,
+    ) -> ToolResult<(ChildResponse, RequestPod)> {
+        let (image, command) = self.request_image().await?;
+        let api = Api::<Pod>::namespaced(self.client.clone(), namespace);
+        let request_json = serde_json::to_string(req)
+            .map_err(|e| ToolError::invalid(format!("encoding the request: {e}"), ""))?;
+        let deadline_s = req.timeout_ms.div_ceil(1000) + self.request_pod_timeout.as_secs();
+        let pod: Pod = serde_json::from_value(json!({
+            "apiVersion": "v1",
+            "kind": "Pod",
+            "metadata": {
+                "generateName": "shunt-request-",
+                "namespace": namespace,
+                "labels": REQUEST_POD_LABELS.iter().map(|(k, v)| (k.to_string(), json!(v)))
+                    .collect::<serde_json::Map<_, _>>(),
+            },
+            "spec": {
+                "restartPolicy": "Never",
+                "activeDeadlineSeconds": deadline_s,
+                "automountServiceAccountToken": false,
+                "enableServiceLinks": false,
+                "terminationGracePeriodSeconds": 0,
+                "containers": [{
+                    "name": CONTAINER,
+                    "image": image,
+                    "command": command,
+                    "args": ["mcp", "--internal-request"],
+                    "env": [{ "name": REQUEST_ENV, "value": request_json }],
+                    "resources": {
+                        "requests": { "cpu": "10m", "memory": "16Mi" },
+                        "limits": { "memory": "64Mi" },
+                    },
+                    "securityContext": {
+                        "runAsNonRoot": true,
+                        "runAsUser": 65532,
+                        "allowPrivilegeEscalation": false,
+                        "readOnlyRootFilesystem": true,
+                        "capabilities": { "drop": ["ALL"] },
+                    },
+                }],
+            },
+        }))
+        .map_err(|e| ToolError::invalid(format!("building the request pod: {e}"), ""))?;
+        let created = api
+            .create(&PostParams::default(), &pod)
+            .await
+            .map_err(|e| match &e {
+                kube::Error::Api(s) if s.code == 403 => ToolError::new(
+                    "forbidden",
+                    format!("creating the request pod in {namespace}: {}", s.message),
+                    format!(
+                        "your user needs `create`, `get` and `delete` on pods and `get` on \
+                         pods/log in {namespace} for send_test_request"
+                    ),
+                ),
+                _ => ToolError::api(e),
+            })?;
+        let name = created.name_any();
+        let result = self.finish(&api, &name, namespace, &image, req).await;
+        // Whatever happened, the pod goes (in the background: the answer does not wait).
+        let api2 = api.clone();
+        let name2 = name.clone();
+        tokio::spawn(async move {
+            if let Err(e) = api2.delete(&name2, &DeleteParams::background()).await {
+                tracing::warn!(pod = %name2, error = %e, "deleting the request pod failed");
+            }
+        });
+        result
+    }
+
+    async fn finish(
+        &self,
+        api: &Api<Pod>,
+        name: &str,
+        namespace: &str,
+        image: &str,
+        req: &ChildRequest,
+    ) -> ToolResult<(ChildResponse, RequestPod)> {
+        let deadline = Instant::now()
+            + self.request_pod_timeout
+            + Duration::from_millis(req.timeout_ms);
+        let mut last_state = "not created yet".to_string();
+        let pod = loop {
+            let pod = api.get(name).await.map_err(ToolError::api)?;
+            let status = pod.status.clone().unwrap_or_default();
+            let phase = status.phase.clone().unwrap_or_default();
+            if phase == "Succeeded" || phase == "Failed" {
+                break pod;
+            }
+            for c in status.container_statuses.iter().flatten() {
+                let Some(w) = c.state.as_ref().and_then(|s| s.waiting.as_ref()) else {
+                    continue;
+                };
+                let reason = w.reason.clone().unwrap_or_default();
+                let detail = match &w.message {
+                    Some(m) if !m.is_empty() => format!("{reason}: {}", m.replace('\n', " ")),
+                    _ => reason.clone(),
+                };
+                if IMAGE_ERRORS.contains(&reason.as_str()) {
+                    return Err(ToolError::new(
+                        "request_failed",
+                        format!("the request pod's image {image} cannot be pulled ({detail})"),
+                        "give `shunt mcp --request-image IMAGE` an image the cluster can pull \
+                         whose entrypoint is the shunt binary (the agent's image is)",
+                    ));
+                }
+                if START_ERRORS.contains(&reason.as_str()) {
+                    return Err(ToolError::new(
+                        "request_failed",
+                        format!("the request pod {namespace}/{name} does not start ({detail})"),
+                        "check --request-image (its entrypoint must be the shunt binary) and \
+                         that pods may run as non-root in this namespace",
+                    ));
+                }
+                last_state = detail;
+            }
+            if let Some(c) = status
+                .conditions
+                .iter()
+                .flatten()
+                .find(|c| c.type_ == "PodScheduled" && c.status == "False")
+            {
+                last_state = format!(
+                    "not scheduled: {}",
+                    c.message.clone().unwrap_or_else(|| c.reason.clone().unwrap_or_default())
+                );
+            } else if !phase.is_empty() {
+                last_state = phase;
+            }
+            if Instant::now() > deadline {
+                return Err(ToolError::new(
+                    "request_failed",
+                    format!(
+                        "the request pod {namespace}/{name} did not finish in time (last state: \
+                         {last_state})"
+                    ),
+                    "check that pods can be scheduled in this namespace and that the image \
+                     starts quickly; raise `shunt mcp --request-pod-timeout`",
+                ));
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        };
+        let info = RequestPod {
+            name: name.to_string(),
+            namespace: namespace.to_string(),
+            node: pod.spec.as_ref().and_then(|s| s.node_name.clone()),
+            pod_ip: pod.status.as_ref().and_then(|s| s.pod_ip.clone()),
+        };
+        let log = api
+            .logs(
+                name,
+                &LogParams {
+                    container: Some(CONTAINER.into()),
+                    ..LogParams::default()
+                },
+            )
+            .await
+            .map_err(|e| match &e {
+                kube::Error::Api(s) if s.code == 403 => ToolError::new(
+                    "forbidden",
+                    format!("reading the request pod's log: {}", s.message),
+                    format!("your user needs `get` on pods/log in {namespace}"),
+                ),
+                _ => ToolError::api(e),
+            })?;
+        let line = log.lines().rev().find(|l| !l.trim().is_empty()).unwrap_or("");
+        let resp: ChildResponse = serde_json::from_str(line).map_err(|e| {
+            ToolError::new(
+                "request_failed",
+                format!(
+                    "the request pod {namespace}/{name} printed no response ({e}); its log: {}",
+                    log.chars().take(500).collect::<String>()
+                ),
+                "check --request-image: its entrypoint must be a shunt binary of this version",
+            )
+        })?;
+        Ok((resp, info))
+    }
+}
