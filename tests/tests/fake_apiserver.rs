@@ -2042,3 +2042,151 @@ async fn serve_for_manual_use() -> Result<()> {
     tokio::time::sleep(Duration::from_secs(secs)).await;
     Ok(())
 }
+
+// ---------------------------------------------------------------------------------------
+// Pod subresources the kubelet serves: log and proxy
+// ---------------------------------------------------------------------------------------
+
+/// A one-connection-at-a-time HTTP server on loopback that answers with the request line and
+/// one header it saw (as a real pod's server would), for `pods/proxy`.
+async fn echo_pod() -> Result<std::net::SocketAddr> {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let addr = listener.local_addr()?;
+    tokio::spawn(async move {
+        while let Ok((stream, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let svc = hyper::service::service_fn(
+                    |req: hyper::Request<hyper::body::Incoming>| async move {
+                        let seen = json!({
+                            "method": req.method().as_str(),
+                            "target": req.uri().to_string(),
+                            "x_test": req.headers().get("x-test").and_then(|v| v.to_str().ok()),
+                            "authorization": req.headers().get("authorization").is_some(),
+                        });
+                        let mut resp = hyper::Response::new(http_body_util::Full::new(
+                            bytes::Bytes::from(seen.to_string()),
+                        ));
+                        *resp.status_mut() = hyper::StatusCode::IM_A_TEAPOT;
+                        resp.headers_mut()
+                            .insert("x-pod", hyper::header::HeaderValue::from_static("echo"));
+                        Ok::<_, std::convert::Infallible>(resp)
+                    },
+                );
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(hyper_util::rt::TokioIo::new(stream), svc)
+                    .await;
+            });
+        }
+    });
+    Ok(addr)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pod_log_and_proxy_answer_like_the_kubelet() -> Result<()> {
+    let api = FakeApiServer::start().await?;
+    let client = api.client();
+    let pods: Api<Pod> = Api::namespaced(client.clone(), "default");
+    let pod: Pod = serde_json::from_value(json!({
+        "apiVersion": "v1", "kind": "Pod",
+        "metadata": { "name": "web" },
+        "spec": { "containers": [{ "name": "app", "image": "web:1",
+                                   "ports": [{ "name": "http", "containerPort": 8080 }] }] },
+    }))?;
+    within("create", STEP, pods.create(&PostParams::default(), &pod)).await??;
+
+    // log: 400 while the container has not started, the text once the kubelet has it.
+    let lp = kube::api::LogParams::default();
+    let e = within("log", STEP, pods.logs("web", &lp)).await?;
+    let (code, reason) = api_error(e.expect_err("pending pod has no log"))?;
+    ensure!(code == 400 && reason == "BadRequest", "{code} {reason}");
+    api.set_pod_log("default", "web", "one\ntwo\nthree\n");
+    let text = within("log", STEP, pods.logs("web", &lp)).await??;
+    ensure!(text == "one\ntwo\nthree\n", "{text:?}");
+    let tail = kube::api::LogParams {
+        tail_lines: Some(1),
+        ..Default::default()
+    };
+    ensure!(within("log", STEP, pods.logs("web", &tail)).await?? == "three\n");
+    let e = within("log", STEP, pods.logs("nope", &lp)).await?;
+    ensure!(api_error(e.expect_err("no such pod"))?.0 == 404);
+
+    // proxy: 503 without a pod IP; then the pod's own answer, status, headers and body, with
+    // the API server's credentials not passed on.
+    // (kube's client retries 503s, as it should: read this one over a plain connection.)
+    let (code, body) = plain_get(&api, "/api/v1/namespaces/default/pods/web:8080/proxy/").await?;
+    ensure!(
+        code == 503 && body.contains("ServiceUnavailable") && body.contains("no IP"),
+        "{code} {body}"
+    );
+    let echo = echo_pod().await?;
+    let mut p = api
+        .get("v1", "Pod", Some("default"), "web")
+        .context("pod")?;
+    p["status"] = json!({ "phase": "Running", "podIP": "127.0.0.1" });
+    api.replace_status(p)?;
+    let port = echo.port();
+    api.set_pod_dialer(std::sync::Arc::new(
+        move |t: &tests::fake_apiserver::PodTarget| {
+            ensure_io(t.name == "web" && t.port == 8080)?;
+            std::net::TcpStream::connect(("127.0.0.1", port))
+        },
+    ));
+    let (code, body) = raw(
+        &client,
+        "GET",
+        "/api/v1/namespaces/default/pods/web:http/proxy/a/b?x=1",
+        &[("x-test", "yes"), ("authorization", "Bearer secret")],
+        b"",
+    )
+    .await?;
+    ensure!(code == 418, "{code} {body}");
+    ensure!(
+        body == json!({ "method": "GET", "target": "/a/b?x=1", "x_test": "yes", "authorization": false }),
+        "{body}"
+    );
+    let (code, body) = raw(
+        &client,
+        "GET",
+        "/api/v1/namespaces/default/pods/web:nope/proxy/",
+        &[],
+        b"",
+    )
+    .await?;
+    ensure!(code == 400, "{code} {body}");
+
+    // kubectl reads the same log.
+    if let Some(k) = Kubectl::for_server(&api)? {
+        let out = k.ok(&["logs", "web", "--tail", "2"]).await?;
+        ensure!(out == "two\nthree\n", "{out:?}");
+    }
+    Ok(())
+}
+
+/// One GET over a fresh connection, no retries: `(status, body)`.
+async fn plain_get(api: &FakeApiServer, path: &str) -> Result<(u16, String)> {
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    let mut s = within("connect", STEP, tokio::net::TcpStream::connect(api.addr())).await??;
+    let req = format!(
+        "GET {path} HTTP/1.1\r\nhost: {}\r\nconnection: close\r\n\r\n",
+        api.addr()
+    );
+    s.write_all(req.as_bytes()).await?;
+    let mut out = Vec::new();
+    within("response", STEP, s.read_to_end(&mut out)).await??;
+    let text = String::from_utf8_lossy(&out).into_owned();
+    let code = text
+        .split(' ')
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .context("status line")?;
+    Ok((code, text))
+}
+
+/// `Ok(())` when `cond` holds, else an io error (for dialers).
+fn ensure_io(cond: bool) -> std::io::Result<()> {
+    if cond {
+        Ok(())
+    } else {
+        Err(std::io::Error::other("unexpected pod target"))
+    }
+}

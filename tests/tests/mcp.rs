@@ -704,7 +704,9 @@ fn mcp_cluster_mode_manages_sandbox_routes_through_the_api() {
     // No agent pod to take the request image from, and no --request-image: said so, with a fix.
     let e = err(&o, "send", "unsupported");
     assert!(
-        e["fix"].as_str().is_some_and(|f| f.contains("--request-image")),
+        e["fix"]
+            .as_str()
+            .is_some_and(|f| f.contains("--request-image")),
         "{e}"
     );
     // No agent pods in shunt-system here: said so, with a fix.
@@ -729,7 +731,10 @@ fn mcp_cluster_mode_manages_sandbox_routes_through_the_api() {
     let calls = tests::kube_world::api_calls(&cluster.api);
     let allowed = tests::kube_world::granted(agent::kube::rbac::MCP_ACCESS);
     let missing: Vec<_> = calls.difference(&allowed).collect();
-    assert!(missing.is_empty(), "calls missing from MCP_ACCESS: {missing:?}");
+    assert!(
+        missing.is_empty(),
+        "calls missing from MCP_ACCESS: {missing:?}"
+    );
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -761,7 +766,10 @@ fn fake_kubelet(api: &FakeApiServer, env: &Env, stop: &AtomicBool) -> Vec<Value>
     let ip = env.topo.pods[0].ip4.to_string();
     while !stop.load(Ordering::Relaxed) {
         for pod in api.list("v1", "Pod", Some("shop")) {
-            let name = pod["metadata"]["name"].as_str().unwrap_or_default().to_string();
+            let name = pod["metadata"]["name"]
+                .as_str()
+                .unwrap_or_default()
+                .to_string();
             if pod["metadata"]["labels"]["app.kubernetes.io/component"] != "test-request"
                 || seen.iter().any(|p| p["metadata"]["name"] == name.as_str())
             {
@@ -770,7 +778,9 @@ fn fake_kubelet(api: &FakeApiServer, env: &Env, stop: &AtomicBool) -> Vec<Value>
             seen.push(pod.clone());
             let c = &pod["spec"]["containers"][0];
             let status = |phase: &str, state: Value| {
-                let mut p = api.get("v1", "Pod", Some("shop"), &name).expect("request pod");
+                let mut p = api
+                    .get("v1", "Pod", Some("shop"), &name)
+                    .expect("request pod");
                 p["status"] = json!({
                     "phase": phase, "podIP": ip, "podIPs": [{ "ip": ip }],
                     "containerStatuses": [{ "name": c["name"], "image": c["image"], "imageID": "",
@@ -778,7 +788,10 @@ fn fake_kubelet(api: &FakeApiServer, env: &Env, stop: &AtomicBool) -> Vec<Value>
                 });
                 api.replace_status(p).expect("request pod status");
             };
-            status("Running", json!({ "running": { "startedAt": "2026-12-06T00:00:00Z" } }));
+            status(
+                "Running",
+                json!({ "running": { "startedAt": "2026-12-06T00:00:00Z" } }),
+            );
             let mut cmd = Command::new(&env.bins.agent);
             for a in c["args"].as_array().into_iter().flatten() {
                 cmd.arg(a.as_str().expect("string arg"));
@@ -844,12 +857,16 @@ fn mcp_cluster_mode_sends_a_keyed_request_from_a_pod_and_reads_its_hops() {
     pod["status"] = json!({ "phase": "Running", "podIP": tests::netns::PROXY4.to_string() });
     cluster.api.replace_status(pod).expect("agent pod status");
     let node_ns = Arc::new(node.env.node().open().expect("node netns"));
-    cluster.api.set_pod_dialer(Arc::new(move |t: &tests::fake_apiserver::PodTarget| {
-        if t.namespace != "shunt-system" {
-            return Err(std::io::Error::other("only the agent pod is reachable here"));
-        }
-        dial_in(&node_ns, SocketAddr::from(([127, 0, 0, 1], t.port)))
-    }));
+    cluster
+        .api
+        .set_pod_dialer(Arc::new(move |t: &tests::fake_apiserver::PodTarget| {
+            if t.namespace != "shunt-system" {
+                return Err(std::io::Error::other(
+                    "only the agent pod is reachable here",
+                ));
+            }
+            dial_in(&node_ns, SocketAddr::from(([127, 0, 0, 1], t.port)))
+        }));
 
     let stop = Arc::new(AtomicBool::new(false));
     let (o, request_pods) = std::thread::scope(|s| {
@@ -896,9 +913,11 @@ fn mcp_cluster_mode_sends_a_keyed_request_from_a_pod_and_reads_its_hops() {
         assert_eq!(sc["capabilities"]["drop"], json!(["ALL"]));
         assert_eq!(sc["runAsNonRoot"], true);
         let name = p["metadata"]["name"].as_str().expect("name");
-        tests::kube_world::wait_for("the request pod's deletion", Duration::from_secs(10), || {
-            cluster.api.get("v1", "Pod", Some("shop"), name).is_none()
-        });
+        tests::kube_world::wait_for(
+            "the request pod's deletion",
+            Duration::from_secs(10),
+            || cluster.api.get("v1", "Pod", Some("shop"), name).is_none(),
+        );
     }
 
     // Keyed: the sandbox, and the hop says so (read from the agent through pods/proxy).
@@ -960,7 +979,10 @@ fn mcp_cluster_mode_sends_a_keyed_request_from_a_pod_and_reads_its_hops() {
         .difference(&agent_calls)
         .filter(|c| !allowed.contains(*c))
         .collect();
-    assert!(missing.is_empty(), "calls missing from MCP_ACCESS: {missing:?}");
+    assert!(
+        missing.is_empty(),
+        "calls missing from MCP_ACCESS: {missing:?}"
+    );
     for (res, verb) in [
         ("pods", "create"),
         ("pods", "get"),

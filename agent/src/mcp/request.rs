@@ -109,7 +109,9 @@ pub async fn run_in_child(
 /// response on stdout.
 pub fn child_main() -> anyhow::Result<()> {
     let req: ChildRequest = match std::env::var(REQUEST_ENV) {
-        Ok(json) => serde_json::from_str(&json).with_context(|| format!("request in {REQUEST_ENV}"))?,
+        Ok(json) => {
+            serde_json::from_str(&json).with_context(|| format!("request in {REQUEST_ENV}"))?
+        }
         Err(_) => {
             let mut input = Vec::new();
             std::io::stdin().read_to_end(&mut input)?;

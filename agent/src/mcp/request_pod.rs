@@ -148,9 +148,8 @@ impl Cluster {
         image: &str,
         req: &ChildRequest,
     ) -> ToolResult<(ChildResponse, RequestPod)> {
-        let deadline = Instant::now()
-            + self.request_pod_timeout
-            + Duration::from_millis(req.timeout_ms);
+        let deadline =
+            Instant::now() + self.request_pod_timeout + Duration::from_millis(req.timeout_ms);
         let mut last_state = "not created yet".to_string();
         let pod = loop {
             let pod = api.get(name).await.map_err(ToolError::api)?;
@@ -194,7 +193,9 @@ impl Cluster {
             {
                 last_state = format!(
                     "not scheduled: {}",
-                    c.message.clone().unwrap_or_else(|| c.reason.clone().unwrap_or_default())
+                    c.message
+                        .clone()
+                        .unwrap_or_else(|| c.reason.clone().unwrap_or_default())
                 );
             } else if !phase.is_empty() {
                 last_state = phase;
@@ -235,7 +236,11 @@ impl Cluster {
                 ),
                 _ => ToolError::api(e),
             })?;
-        let line = log.lines().rev().find(|l| !l.trim().is_empty()).unwrap_or("");
+        let line = log
+            .lines()
+            .rev()
+            .find(|l| !l.trim().is_empty())
+            .unwrap_or("");
         let resp: ChildResponse = serde_json::from_str(line).map_err(|e| {
             ToolError::new(
                 "request_failed",

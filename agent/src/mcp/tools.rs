@@ -859,7 +859,10 @@ impl Backend {
                          client pod's network namespace and the captured cgroup)",
                     )
                 })?;
-                (resp, "the client pod (--client-netns, --client-cgroup)".to_string())
+                (
+                    resp,
+                    "the client pod (--client-netns, --client-cgroup)".to_string(),
+                )
             }
             Backend::Cluster(c) => {
                 // From the called service's namespace unless told otherwise: where its own
@@ -875,7 +878,9 @@ impl Backend {
                     pod.namespace,
                     pod.name,
                     pod.pod_ip.map(|ip| format!(" ({ip})")).unwrap_or_default(),
-                    pod.node.map(|n| format!(" on node {n}")).unwrap_or_default()
+                    pod.node
+                        .map(|n| format!(" on node {n}"))
+                        .unwrap_or_default()
                 );
                 (resp, from)
             }

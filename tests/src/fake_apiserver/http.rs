@@ -19,8 +19,8 @@ use tokio::net::{TcpListener, TcpSocket};
 use tokio::task::{JoinHandle, JoinSet};
 
 use super::discovery;
-use super::kubelet;
 use super::error::{ApiError, ApiResult};
+use super::kubelet;
 use super::resources::ResourceType;
 use super::rest;
 use super::state::Shared;
@@ -180,7 +180,10 @@ enum Route {
     OpenApiV3(String, String),
     Resource(Box<ResourceRequest>),
     /// `pods/NAME/log` (served by the kubelet in a real cluster).
-    PodLog { ns: String, name: String },
+    PodLog {
+        ns: String,
+        name: String,
+    },
     /// `pods/NAME[:PORT]/proxy/PATH`; `path` is raw (still percent-encoded), `/` at least.
     PodProxy {
         ns: String,
@@ -224,7 +227,16 @@ fn route(shared: &Shared, path: &str) -> ApiResult<Route> {
                 name: name.to_string(),
             });
         }
-        ["api", "v1", "namespaces", ns, "pods", name_port, "proxy", ..] => {
+        [
+            "api",
+            "v1",
+            "namespaces",
+            ns,
+            "pods",
+            name_port,
+            "proxy",
+            ..,
+        ] => {
             // The raw remainder: "/api/v1/namespaces/NS/pods/NAME/proxy" is 8 '/'-separated
             // pieces after the leading empty one.
             let raw: Vec<&str> = path.split('/').collect();

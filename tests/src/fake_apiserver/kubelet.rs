@@ -45,7 +45,10 @@ pub type PodDialer = Arc<dyn Fn(&PodTarget) -> std::io::Result<TcpStream> + Send
 /// The dialer used unless a test sets its own: `status.podIP:port`.
 pub fn dial_pod_ip(t: &PodTarget) -> std::io::Result<TcpStream> {
     let ip = t.ip.ok_or_else(|| {
-        std::io::Error::new(std::io::ErrorKind::AddrNotAvailable, "pod has no IP address")
+        std::io::Error::new(
+            std::io::ErrorKind::AddrNotAvailable,
+            "pod has no IP address",
+        )
     })?;
     TcpStream::connect_timeout(&SocketAddr::new(ip, t.port), Duration::from_secs(5))
 }
@@ -238,7 +241,11 @@ pub(crate) async fn proxy(
         .uri(&pq)
         .header(
             hyper::header::HOST,
-            format!("{}:{}", target.ip.map(|i| i.to_string()).unwrap_or_default(), target.port),
+            format!(
+                "{}:{}",
+                target.ip.map(|i| i.to_string()).unwrap_or_default(),
+                target.port
+            ),
         );
     for (n, v) in parts.headers.iter().filter(|(n, _)| forwardable(n)) {
         out = out.header(n, v);
@@ -268,8 +275,8 @@ pub(crate) async fn proxy(
         .await
         .map_err(|_| unavailable(format!("pod {name} did not answer in {PROXY_TIMEOUT:?}")))??;
     let mut resp = Response::new(full(bytes));
-    *resp.status_mut() = StatusCode::from_u16(rparts.status.as_u16())
-        .unwrap_or(StatusCode::BAD_GATEWAY);
+    *resp.status_mut() =
+        StatusCode::from_u16(rparts.status.as_u16()).unwrap_or(StatusCode::BAD_GATEWAY);
     for (n, v) in rparts.headers.iter().filter(|(n, _)| forwardable(n)) {
         resp.headers_mut().append(n.clone(), v.clone());
     }
