@@ -21,6 +21,8 @@ use aya::{
     programs::{CgroupAttachMode, CgroupSockAddr, SockOps},
 };
 
+pub mod run_stats;
+
 pub use env::{cgroup_id, cgroup2_mount, own_cgroup_dir};
 pub use error::CaptureError;
 pub use maps::{CaptureStats, Flow, FlowsMap, OrigDstMap, SteeredMap, SyncReport};

@@ -903,12 +903,17 @@ impl Backend {
             None => (Vec::new(), Vec::new()),
         };
         if hops.is_empty() {
-            hints.push(
+            hints.push(if self.is_cluster() {
+                "no routing decision was recorded for this request: the destination is not \
+                 steered (no fork covers that service and port), or no agent runs on the request \
+                 pod's node (see sent_from; the DaemonSet must tolerate that node)"
+                    .into()
+            } else {
                 "no routing decision was recorded for this request: the destination is not \
                  steered (no fork covers that service and port), or the client is not in the \
                  captured cgroup (--client-cgroup)"
-                    .into(),
-            );
+                    .into()
+            });
         }
         let body_json = serde_json::from_str(&resp.body).ok();
         Ok(SendRequestResult {

@@ -20,6 +20,7 @@
 //! [--proxy-cpu LIST]`
 //! (or `cargo xtask bench`, which installs oha, h2load and haproxy first).
 mod haproxy;
+mod hookcost;
 mod load;
 mod procstat;
 mod report;
@@ -326,6 +327,8 @@ pub struct Bench {
     pub agent_hwm_kib: u64,
     /// Thread names of the agent (the run that had the most).
     pub agent_threads: Vec<String>,
+    /// The capture hooks' kernel run time over B's new-connection runs.
+    pub hook_cost: hookcost::HookCostMeter,
 }
 
 impl Bench {
@@ -492,13 +495,27 @@ impl Bench {
             self.run_one(Scenario::A, point, rep, None)?;
         }
         if scenarios.iter().any(|s| s.uses_agent()) {
+            let others = agent::capture::run_stats::snapshot();
             let mut agent = self.start_agent();
             let pid = agent.child.pid();
             self.sample_routing(self.addr(Scenario::C), true)?;
             self.sample_routing(self.addr(Scenario::B), false)?;
             for s in [Scenario::B, Scenario::C, Scenario::D] {
                 if scenarios.contains(&s) {
+                    // B's new connections: the hooks' own kernel run time, per connect().
+                    let stats = (s == Scenario::B && point.group == Group::NewConn)
+                        .then(|| {
+                            agent::capture::run_stats::enable()
+                                .map_err(|e| eprintln!("  (no BPF run-time statistics: {e})"))
+                                .ok()
+                        })
+                        .flatten()
+                        .map(|guard| (guard, hookcost::snapshot(&others)));
                     self.run_one(s, point, rep, Some(pid))?;
+                    if let Some((_guard, before)) = stats {
+                        let after = hookcost::snapshot(&others);
+                        self.hook_cost.add(&before, &after);
+                    }
                 }
             }
             self.agent_hwm_kib = self
@@ -927,6 +944,7 @@ fn run(o: &Opts) -> anyhow::Result<()> {
         records: Vec::new(),
         agent_hwm_kib: 0,
         agent_threads: Vec::new(),
+        hook_cost: hookcost::HookCostMeter::default(),
     };
     b.sample_routing(b.addr(Scenario::E), true)?;
     b.sample_routing(b.addr(Scenario::A), false)?;
