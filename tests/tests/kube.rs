@@ -1,7 +1,6 @@
 //! The Kubernetes route source (`shunt run --kube`): the real agent with real BPF maps in a
 //! netns topology, against the fake API server. See `tests::kube_world` for the layout.
 use std::{
-    collections::BTreeSet,
     net::SocketAddr,
     time::{Duration, Instant},
 };
