@@ -596,6 +596,19 @@ fn fake_cluster() -> FakeCluster {
     FakeCluster { api, _rt: rt }
 }
 
+/// `shunt mcp --kube` against the fake API server, default namespace `shop`.
+fn kube_server(kubeconfig: &Path) -> Vec<String> {
+    vec![
+        env!("CARGO_BIN_EXE_shunt-under-test").into(),
+        "mcp".into(),
+        "--kube".into(),
+        "--kubeconfig".into(),
+        kubeconfig.display().to_string(),
+        "--namespace".into(),
+        "shop".into(),
+    ]
+}
+
 /// Plays the agents' leader: marks every SandboxRoute without a status Ready. Returns the
 /// routes it saw, as created.
 fn fake_leader(api: &FakeApiServer, stop: &AtomicBool) -> Vec<Value> {
@@ -639,16 +652,7 @@ fn mcp_cluster_mode_manages_sandbox_routes_through_the_api() {
         let (cluster, stop) = (cluster.clone(), stop.clone());
         std::thread::spawn(move || fake_leader(&cluster.api, &stop))
     };
-    let server: Vec<String> = vec![
-        env!("CARGO_BIN_EXE_shunt-under-test").into(),
-        "mcp".into(),
-        "--kube".into(),
-        "--kubeconfig".into(),
-        kubeconfig.display().to_string(),
-        "--namespace".into(),
-        "shop".into(),
-    ];
-    let o = mcp_client(&python, "kube", &server);
+    let o = mcp_client(&python, "kube", &kube_server(&kubeconfig));
     stop.store(true, Ordering::Relaxed);
     let seen = leader.join().expect("fake leader");
     check_tools(&o);
@@ -876,16 +880,7 @@ fn mcp_cluster_mode_sends_a_keyed_request_from_a_pod_and_reads_its_hops() {
             .api
             .write_kubeconfig(&kubeconfig)
             .expect("kubeconfig");
-        let server: Vec<String> = vec![
-            env!("CARGO_BIN_EXE_shunt-under-test").into(),
-            "mcp".into(),
-            "--kube".into(),
-            "--kubeconfig".into(),
-            kubeconfig.display().to_string(),
-            "--namespace".into(),
-            "shop".into(),
-        ];
-        let o = mcp_client(&python, "kube_request", &server);
+        let o = mcp_client(&python, "kube_request", &kube_server(&kubeconfig));
         stop.store(true, Ordering::Relaxed);
         (o, kubelet.join().expect("fake kubelet"))
     });
