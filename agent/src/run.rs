@@ -50,6 +50,18 @@ pub fn run(args: RunArgs) -> anyhow::Result<()> {
         .block_on(run_async(args))
 }
 
+/// Recomputes and applies a route table on the blocking pool: a large table takes milliseconds,
+/// and the proxy may share this runtime's only thread.
+async fn apply_off_runtime<F>(apply: &F, state: Arc<ClusterState>)
+where
+    F: Fn(&ClusterState) -> Vec<RouteStatus> + Clone + Send + 'static,
+{
+    let apply = apply.clone();
+    if let Err(e) = tokio::task::spawn_blocking(move || apply(&state)).await {
+        tracing::error!(error = %e, "route table recompute panicked");
+    }
+}
+
 async fn bind(addr: std::net::SocketAddr, flag: &str) -> anyhow::Result<TcpListener> {
     TcpListener::bind(addr)
         .await
@@ -233,12 +245,12 @@ async fn run_async(args: RunArgs) -> anyhow::Result<()> {
                     changed = w.states.changed() => {
                         if changed.is_err() { return; }
                         let state = w.states.borrow_and_update().clone();
-                        apply(&state);
+                        apply_off_runtime(&apply, state).await;
                     }
                     _ = tokio::time::sleep(expiry.unwrap_or(Duration::MAX).min(Duration::from_millis(200))) => {
                         if expiry.is_some_and(|e| e.is_zero()) {
                             let state = w.states.borrow().clone();
-                            apply(&state);
+                            apply_off_runtime(&apply, state).await;
                         }
                     }
                 }

@@ -84,7 +84,7 @@ impl KubeSource {
     /// and returns the routes' statuses, which the lease holder writes back.
     pub fn spawn<F>(self, apply: F) -> KubeHandle
     where
-        F: FnMut(&ClusterState) -> Vec<RouteStatus> + Send + 'static,
+        F: Fn(&ClusterState) -> Vec<RouteStatus> + Clone + Send + Sync + 'static,
     {
         let stop = CancellationToken::new();
         let mut watches = source::Watches::start(&self.client, &stop);

@@ -344,11 +344,11 @@ where
 pub async fn sync_loop<F>(
     mut watches: Watches,
     debounce: Duration,
-    mut apply: F,
+    apply: F,
     statuses: watch::Sender<Arc<Vec<crate::routes::RouteStatus>>>,
     stop: CancellationToken,
 ) where
-    F: FnMut(&ClusterState) -> Vec<crate::routes::RouteStatus>,
+    F: Fn(&ClusterState) -> Vec<crate::routes::RouteStatus> + Clone + Send + 'static,
 {
     // Nothing is applied before every cache is complete: a partial view would drop routes.
     let started = tokio::time::Instant::now();
@@ -371,7 +371,18 @@ pub async fn sync_loop<F>(
         let state = watches.stores.cluster_state();
         let built = t0.elapsed();
         let now = jiff::Timestamp::now();
-        let computed = apply(&state);
+        // The recompute takes milliseconds for large tables: off the runtime, so proxied
+        // requests on the same (possibly only) worker thread never wait for it.
+        let (computed, state) = {
+            let apply = apply.clone();
+            match tokio::task::spawn_blocking(move || (apply(&state), state)).await {
+                Ok(r) => r,
+                Err(e) => {
+                    tracing::error!(error = %e, "kube: route table recompute panicked");
+                    return;
+                }
+            }
+        };
         tracing::debug!(
             routes = state.routes.len(),
             build_us = built.as_micros() as u64,
