@@ -1,7 +1,8 @@
 //! Cluster mode: the Kubernetes API with the user's own kubeconfig. SandboxRoutes are created and
 //! deleted through the API (the agents watch them); the agents' admin APIs (`/topology`,
-//! `/decisions`) are reached through the API server's pod proxy, so nothing but the API server
-//! needs to be reachable from where `shunt mcp` runs.
+//! `/decisions`) are reached through the API server's pod proxy, and send_test_request runs as a
+//! Pod (`request_pod`), so nothing but the API server needs to be reachable from where `shunt
+//! mcp` runs.
 use std::{
     collections::HashMap,
     time::{Duration, Instant},

@@ -1,5 +1,6 @@
-//! What each tool does, on top of a [`Backend`]. Mode-independent except where a mode cannot do
-//! something (send_test_request in cluster mode).
+//! What each tool does, on top of a [`Backend`]. Mode-independent except for where
+//! send_test_request's client runs: a process placed in the client pod (no cluster) or a
+//! short-lived Pod (cluster, see `request_pod`).
 use std::{
     collections::{BTreeMap, BTreeSet},
     net::{IpAddr, SocketAddr},
