@@ -390,6 +390,15 @@ mod tests {
             "--kubeconfig needs --kube"
         );
         assert!(parse(&["mcp", "--kube", "--kubeconfig", "/k", "--namespace", "shop"]).is_ok());
+        let Ok(Command::Mcp(k)) = parse(&["mcp", "--kube", "--request-image", "shunt:1"]) else {
+            panic!("expected mcp --kube");
+        };
+        assert_eq!(k.request_image.as_deref(), Some("shunt:1"));
+        assert_eq!(k.request_pod_timeout, std::time::Duration::from_secs(60));
+        assert!(
+            parse(&["mcp", "--routes", "/r", "--request-image", "x"]).is_err(),
+            "--request-image needs --kube"
+        );
     }
 
     #[test]
