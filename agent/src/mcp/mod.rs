@@ -287,6 +287,18 @@ pub fn run(args: McpArgs) -> anyhow::Result<()> {
     if args.internal_request {
         return request::child_main();
     }
+    // clap's `requires = "kube"` is not enforced next to --routes (which conflicts with it).
+    if args.routes.is_some() {
+        let kube_only = [
+            ("--kubeconfig", args.kubeconfig.is_some()),
+            ("--namespace", args.namespace.is_some()),
+            ("--request-image", args.request_image.is_some()),
+            ("--request-namespace", args.request_namespace.is_some()),
+        ];
+        if let Some((flag, _)) = kube_only.iter().find(|(_, set)| *set) {
+            anyhow::bail!("{flag} applies to cluster mode only (--kube), not with --routes");
+        }
+    }
     if args.routes.is_none() && !args.kube {
         anyhow::bail!(
             "say where routes come from: --routes FILE (no cluster, with the agent at \
@@ -396,7 +408,7 @@ mod tests {
         assert_eq!(k.request_image.as_deref(), Some("shunt:1"));
         assert_eq!(k.request_pod_timeout, std::time::Duration::from_secs(60));
         assert!(
-            parse(&["mcp", "--routes", "/r", "--request-image", "x"]).is_err(),
+            parse(&["mcp", "--request-image", "x"]).is_err(),
             "--request-image needs --kube"
         );
     }
