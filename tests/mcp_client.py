@@ -130,6 +130,13 @@ async def kube_request(session, out):
     out["delete"] = await call(session, "delete_sandbox_route", {"key": "pr-42"})
 
 
+async def kube_bad_image(session, out):
+    """Cluster mode: a request pod whose image cannot be pulled."""
+    out["send"] = await call(
+        session, "send_test_request", {"url": "http://reviews.shop:9080/", "key": "pr-42"}
+    )
+
+
 async def main():
     argv = sys.argv[1:]
     if len(argv) < 3 or argv[1] != "--":
@@ -154,7 +161,8 @@ async def main():
                 }
                 for t in tools.tools
             }
-            await {"netns": netns, "kube": kube, "kube_request": kube_request}[scenario](session, out)
+            await {"netns": netns, "kube": kube, "kube_request": kube_request,
+             "kube_bad_image": kube_bad_image}[scenario](session, out)
     json.dump(out, sys.stdout)
     sys.stdout.write("\n")
 

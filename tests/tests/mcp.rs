@@ -741,6 +741,82 @@ fn mcp_cluster_mode_manages_sandbox_routes_through_the_api() {
     );
 }
 
+#[test]
+fn mcp_cluster_mode_request_pod_with_an_unpullable_image_is_an_error_naming_the_fix() {
+    let test = "mcp_cluster_mode_request_pod_with_an_unpullable_image_is_an_error_naming_the_fix";
+    let Some(python) = python_with_mcp(test) else {
+        return;
+    };
+    let cluster = Arc::new(fake_cluster());
+    let dir = tempfile::tempdir().expect("tempdir");
+    let kubeconfig = dir.path().join("kubeconfig");
+    cluster
+        .api
+        .write_kubeconfig(&kubeconfig)
+        .expect("kubeconfig");
+    // The kubelet's answer to an image it cannot pull.
+    let stop = Arc::new(AtomicBool::new(false));
+    let kubelet = {
+        let (cluster, stop) = (cluster.clone(), stop.clone());
+        std::thread::spawn(move || {
+            let mut seen = Vec::new();
+            while !stop.load(Ordering::Relaxed) {
+                for mut p in cluster.api.list("v1", "Pod", Some("shop")) {
+                    let name = p["metadata"]["name"]
+                        .as_str()
+                        .unwrap_or_default()
+                        .to_string();
+                    if p["metadata"]["labels"]["app.kubernetes.io/component"] != "test-request"
+                        || seen.contains(&name)
+                    {
+                        continue;
+                    }
+                    seen.push(name);
+                    p["status"] = json!({
+                        "phase": "Pending",
+                        "containerStatuses": [{ "name": "request", "image": p["spec"]["containers"][0]["image"],
+                            "imageID": "", "ready": false, "restartCount": 0,
+                            "state": { "waiting": { "reason": "ErrImagePull",
+                                "message": "pull access denied for nope/shunt" } } }],
+                    });
+                    let _ = cluster.api.replace_status(p);
+                }
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            seen
+        })
+    };
+    let mut server = kube_server(&kubeconfig);
+    server.extend(["--request-image".into(), "nope/shunt:1".into()]);
+    let o = mcp_client(&python, "kube_bad_image", &server);
+    stop.store(true, Ordering::Relaxed);
+    let pods = kubelet.join().expect("fake kubelet");
+    let e = err(&o, "send", "request_failed");
+    let message = e["message"].as_str().unwrap_or_default();
+    assert!(
+        message.contains("nope/shunt:1") && message.contains("ErrImagePull"),
+        "{e}"
+    );
+    assert!(
+        e["fix"]
+            .as_str()
+            .is_some_and(|f| f.contains("--request-image")),
+        "{e}"
+    );
+    // The failed pod does not stay behind.
+    assert_eq!(pods.len(), 1, "{pods:?}");
+    tests::kube_world::wait_for(
+        "the request pod's deletion",
+        Duration::from_secs(10),
+        || {
+            cluster
+                .api
+                .get("v1", "Pod", Some("shop"), &pods[0])
+                .is_none()
+        },
+    );
+}
+
 // ---------------------------------------------------------------------------------------------
 // Cluster mode end to end: the real agent (`--kube`, eBPF capture) on a netns node, the fake API
 // server, request pods run by a fake kubelet, the agents' admin APIs through `pods/proxy`.

@@ -29,6 +29,50 @@ pub const REQUEST_POD_LABELS: [(&str, &str); 2] = [
     ("app.kubernetes.io/component", "test-request"),
 ];
 const CONTAINER: &str = "request";
+/// Largest encoded request a pod carries (in an env var of its spec; objects are limited to
+/// about 1.5 MB by etcd).
+const MAX_REQUEST_BYTES: usize = 256 * 1024;
+
+/// Deletes the request pod: at once when the request is done, in the background when the tool
+/// call is dropped half-way.
+struct DeleteOnDrop {
+    api: Api<Pod>,
+    name: String,
+}
+
+impl DeleteOnDrop {
+    /// Deletes now (bounded), so a server that exits right after answering leaves nothing.
+    async fn delete_now(mut self) {
+        let name = std::mem::take(&mut self.name);
+        let dp = DeleteParams::background();
+        let delete = self.api.delete(&name, &dp);
+        match tokio::time::timeout(std::time::Duration::from_secs(5), delete).await {
+            Ok(Ok(_)) => {}
+            Ok(Err(e)) => {
+                tracing::warn!(pod = %name, error = %e, "deleting the request pod failed")
+            }
+            Err(_) => tracing::warn!(pod = %name, "deleting the request pod timed out"),
+        }
+    }
+}
+
+impl Drop for DeleteOnDrop {
+    fn drop(&mut self) {
+        if self.name.is_empty() {
+            return;
+        }
+        let (api, name) = (self.api.clone(), std::mem::take(&mut self.name));
+        let Ok(rt) = tokio::runtime::Handle::try_current() else {
+            tracing::warn!(pod = %name, "no runtime to delete the request pod; its deadline ends it");
+            return;
+        };
+        rt.spawn(async move {
+            if let Err(e) = api.delete(&name, &DeleteParams::background()).await {
+                tracing::warn!(pod = %name, error = %e, "deleting the request pod failed");
+            }
+        });
+    }
+}
 
 /// Where the request ran.
 #[derive(Clone, Debug)]
@@ -76,6 +120,16 @@ impl Cluster {
         let api = Api::<Pod>::namespaced(self.client.clone(), namespace);
         let request_json = serde_json::to_string(req)
             .map_err(|e| ToolError::invalid(format!("encoding the request: {e}"), ""))?;
+        if request_json.len() > MAX_REQUEST_BYTES {
+            return Err(ToolError::invalid(
+                format!(
+                    "the request is {} bytes; a request pod carries at most {MAX_REQUEST_BYTES} \
+                     (it travels in the pod's spec)",
+                    request_json.len()
+                ),
+                "send a smaller body",
+            ));
+        }
         let deadline_s = req.timeout_ms.div_ceil(1000) + self.request_pod_timeout.as_secs();
         let pod: Pod = serde_json::from_value(json!({
             "apiVersion": "v1",
@@ -128,15 +182,13 @@ impl Cluster {
                 _ => ToolError::api(e),
             })?;
         let name = created.name_any();
+        // Whatever happens (an answer, an error, the tool call cancelled), the pod goes.
+        let cleanup = DeleteOnDrop {
+            api: api.clone(),
+            name: name.clone(),
+        };
         let result = self.finish(&api, &name, namespace, &image, req).await;
-        // Whatever happened, the pod goes (in the background: the answer does not wait).
-        let api2 = api.clone();
-        let name2 = name.clone();
-        tokio::spawn(async move {
-            if let Err(e) = api2.delete(&name2, &DeleteParams::background()).await {
-                tracing::warn!(pod = %name2, error = %e, "deleting the request pod failed");
-            }
-        });
+        cleanup.delete_now().await;
         result
     }
 
