@@ -596,6 +596,34 @@ fn fake_cluster() -> FakeCluster {
     FakeCluster { api, _rt: rt }
 }
 
+/// The fake cluster, and a kubeconfig for it (in a directory that lives as long as the guard).
+fn kube_fixture() -> (FakeCluster, tempfile::TempDir, PathBuf) {
+    let cluster = fake_cluster();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let kubeconfig = dir.path().join("kubeconfig");
+    cluster
+        .api
+        .write_kubeconfig(&kubeconfig)
+        .expect("kubeconfig");
+    (cluster, dir, kubeconfig)
+}
+
+/// Runs `peer` (a stand-in for the agents' leader or a kubelet) beside `run`, until `run` is
+/// done; returns both results.
+fn with_peer<T: Send>(
+    api: &FakeApiServer,
+    peer: impl FnOnce(&FakeApiServer, &AtomicBool) -> T + Send,
+    run: impl FnOnce() -> Value,
+) -> (Value, T) {
+    let stop = AtomicBool::new(false);
+    std::thread::scope(|s| {
+        let peer = s.spawn(|| peer(api, &stop));
+        let out = run();
+        stop.store(true, Ordering::Relaxed);
+        (out, peer.join().expect("the fake peer"))
+    })
+}
+
 /// `shunt mcp --kube` against the fake API server, default namespace `shop`.
 fn kube_server(kubeconfig: &Path) -> Vec<String> {
     vec![
@@ -640,21 +668,10 @@ fn mcp_cluster_mode_manages_sandbox_routes_through_the_api() {
     let Some(python) = python_with_mcp(test) else {
         return;
     };
-    let cluster = Arc::new(fake_cluster());
-    let dir = tempfile::tempdir().expect("tempdir");
-    let kubeconfig = dir.path().join("kubeconfig");
-    cluster
-        .api
-        .write_kubeconfig(&kubeconfig)
-        .expect("kubeconfig");
-    let stop = Arc::new(AtomicBool::new(false));
-    let leader = {
-        let (cluster, stop) = (cluster.clone(), stop.clone());
-        std::thread::spawn(move || fake_leader(&cluster.api, &stop))
-    };
-    let o = mcp_client(&python, "kube", &kube_server(&kubeconfig));
-    stop.store(true, Ordering::Relaxed);
-    let seen = leader.join().expect("fake leader");
+    let (cluster, _dir, kubeconfig) = kube_fixture();
+    let (o, seen) = with_peer(&cluster.api, fake_leader, || {
+        mcp_client(&python, "kube", &kube_server(&kubeconfig))
+    });
     check_tools(&o);
 
     let ls = ok(&o, "list_services");
@@ -741,56 +758,47 @@ fn mcp_cluster_mode_manages_sandbox_routes_through_the_api() {
     );
 }
 
+/// Plays a kubelet that cannot pull any request pod's image. Returns the pods' names.
+fn kubelet_that_cannot_pull(api: &FakeApiServer, stop: &AtomicBool) -> Vec<String> {
+    let mut seen = Vec::new();
+    while !stop.load(Ordering::Relaxed) {
+        for mut p in api.list("v1", "Pod", Some("shop")) {
+            let name = p["metadata"]["name"]
+                .as_str()
+                .unwrap_or_default()
+                .to_string();
+            if p["metadata"]["labels"]["app.kubernetes.io/component"] != "test-request"
+                || seen.contains(&name)
+            {
+                continue;
+            }
+            seen.push(name);
+            p["status"] = json!({
+                "phase": "Pending",
+                "containerStatuses": [{ "name": "request", "image": p["spec"]["containers"][0]["image"],
+                    "imageID": "", "ready": false, "restartCount": 0,
+                    "state": { "waiting": { "reason": "ErrImagePull",
+                        "message": "pull access denied for nope/shunt" } } }],
+            });
+            let _ = api.replace_status(p);
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    seen
+}
+
 #[test]
 fn mcp_cluster_mode_request_pod_with_an_unpullable_image_is_an_error_naming_the_fix() {
     let test = "mcp_cluster_mode_request_pod_with_an_unpullable_image_is_an_error_naming_the_fix";
     let Some(python) = python_with_mcp(test) else {
         return;
     };
-    let cluster = Arc::new(fake_cluster());
-    let dir = tempfile::tempdir().expect("tempdir");
-    let kubeconfig = dir.path().join("kubeconfig");
-    cluster
-        .api
-        .write_kubeconfig(&kubeconfig)
-        .expect("kubeconfig");
-    // The kubelet's answer to an image it cannot pull.
-    let stop = Arc::new(AtomicBool::new(false));
-    let kubelet = {
-        let (cluster, stop) = (cluster.clone(), stop.clone());
-        std::thread::spawn(move || {
-            let mut seen = Vec::new();
-            while !stop.load(Ordering::Relaxed) {
-                for mut p in cluster.api.list("v1", "Pod", Some("shop")) {
-                    let name = p["metadata"]["name"]
-                        .as_str()
-                        .unwrap_or_default()
-                        .to_string();
-                    if p["metadata"]["labels"]["app.kubernetes.io/component"] != "test-request"
-                        || seen.contains(&name)
-                    {
-                        continue;
-                    }
-                    seen.push(name);
-                    p["status"] = json!({
-                        "phase": "Pending",
-                        "containerStatuses": [{ "name": "request", "image": p["spec"]["containers"][0]["image"],
-                            "imageID": "", "ready": false, "restartCount": 0,
-                            "state": { "waiting": { "reason": "ErrImagePull",
-                                "message": "pull access denied for nope/shunt" } } }],
-                    });
-                    let _ = cluster.api.replace_status(p);
-                }
-                std::thread::sleep(Duration::from_millis(50));
-            }
-            seen
-        })
-    };
+    let (cluster, _dir, kubeconfig) = kube_fixture();
     let mut server = kube_server(&kubeconfig);
     server.extend(["--request-image".into(), "nope/shunt:1".into()]);
-    let o = mcp_client(&python, "kube_bad_image", &server);
-    stop.store(true, Ordering::Relaxed);
-    let pods = kubelet.join().expect("fake kubelet");
+    let (o, pods) = with_peer(&cluster.api, kubelet_that_cannot_pull, || {
+        mcp_client(&python, "kube_bad_image", &server)
+    });
     let e = err(&o, "send", "request_failed");
     let message = e["message"].as_str().unwrap_or_default();
     assert!(
@@ -948,18 +956,16 @@ fn mcp_cluster_mode_sends_a_keyed_request_from_a_pod_and_reads_its_hops() {
             dial_in(&node_ns, SocketAddr::from(([127, 0, 0, 1], t.port)))
         }));
 
-    let stop = Arc::new(AtomicBool::new(false));
-    let (o, request_pods) = std::thread::scope(|s| {
-        let kubelet = s.spawn(|| fake_kubelet(&cluster.api, &node.env, &stop));
-        let kubeconfig = node.env.run.path.join("kubeconfig-mcp");
-        cluster
-            .api
-            .write_kubeconfig(&kubeconfig)
-            .expect("kubeconfig");
-        let o = mcp_client(&python, "kube_request", &kube_server(&kubeconfig));
-        stop.store(true, Ordering::Relaxed);
-        (o, kubelet.join().expect("fake kubelet"))
-    });
+    let kubeconfig = node.env.run.path.join("kubeconfig-mcp");
+    cluster
+        .api
+        .write_kubeconfig(&kubeconfig)
+        .expect("kubeconfig");
+    let (o, request_pods) = with_peer(
+        &cluster.api,
+        |api, stop| fake_kubelet(api, &node.env, stop),
+        || mcp_client(&python, "kube_request", &kube_server(&kubeconfig)),
+    );
     let ctx = || format!("{o:#}\nagent log:\n{}", agent.log_text());
 
     // The route is created through the API and the real agent (the leader) reports it Ready.
