@@ -623,14 +623,7 @@ fn triples(rules: &[PolicyRule], what: &str) -> BTreeSet<(String, String, String
 
 #[test]
 fn rbac_grants_exactly_the_agents_api_access() {
-    let wanted: BTreeSet<(String, String, String)> = AGENT_ACCESS
-        .iter()
-        .flat_map(|a| {
-            a.verbs
-                .iter()
-                .map(|v| (a.group.to_string(), a.resource.to_string(), v.to_string()))
-        })
-        .collect();
+    let wanted = tests::kube_world::granted(AGENT_ACCESS);
     for (what, objs) in manifests() {
         let ds: DaemonSet = the(&objs, "DaemonSet", &what);
         let sa_name = pod_spec(&ds)

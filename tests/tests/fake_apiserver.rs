@@ -2113,7 +2113,11 @@ async fn pod_log_and_proxy_answer_like_the_kubelet() -> Result<()> {
     // proxy: 503 without a pod IP; then the pod's own answer, status, headers and body, with
     // the API server's credentials not passed on.
     // (kube's client retries 503s, as it should: read this one over a plain connection.)
-    let (code, body) = plain_get(&api, "/api/v1/namespaces/default/pods/web:8080/proxy/").await?;
+    let addr = api.addr();
+    let (code, body) = tokio::task::spawn_blocking(move || {
+        tests::harness::http_get(addr, "/api/v1/namespaces/default/pods/web:8080/proxy/")
+    })
+    .await??;
     ensure!(
         code == 503 && body.contains("ServiceUnavailable") && body.contains("no IP"),
         "{code} {body}"
@@ -2160,26 +2164,6 @@ async fn pod_log_and_proxy_answer_like_the_kubelet() -> Result<()> {
         ensure!(out == "two\nthree\n", "{out:?}");
     }
     Ok(())
-}
-
-/// One GET over a fresh connection, no retries: `(status, body)`.
-async fn plain_get(api: &FakeApiServer, path: &str) -> Result<(u16, String)> {
-    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
-    let mut s = within("connect", STEP, tokio::net::TcpStream::connect(api.addr())).await??;
-    let req = format!(
-        "GET {path} HTTP/1.1\r\nhost: {}\r\nconnection: close\r\n\r\n",
-        api.addr()
-    );
-    s.write_all(req.as_bytes()).await?;
-    let mut out = Vec::new();
-    within("response", STEP, s.read_to_end(&mut out)).await??;
-    let text = String::from_utf8_lossy(&out).into_owned();
-    let code = text
-        .split(' ')
-        .nth(1)
-        .and_then(|c| c.parse().ok())
-        .context("status line")?;
-    Ok((code, text))
 }
 
 /// `Ok(())` when `cond` holds, else an io error (for dialers).

@@ -90,6 +90,15 @@ pub(crate) fn full(bytes: impl Into<Bytes>) -> Body {
     Full::new(bytes.into()).boxed_unsync()
 }
 
+pub(crate) fn text_response(text: impl Into<Bytes>) -> Response<Body> {
+    let mut resp = Response::new(full(text));
+    resp.headers_mut().insert(
+        CONTENT_TYPE,
+        HeaderValue::from_static("text/plain; charset=utf-8"),
+    );
+    resp
+}
+
 pub(crate) fn json_response(code: u16, value: &Value, content_type: &str) -> Response<Body> {
     let body = serde_json::to_vec(value).unwrap_or_default();
     let mut resp = Response::new(full(body));
@@ -348,14 +357,7 @@ async fn dispatch(shared: Arc<Shared>, req: Request<Incoming>) -> ApiResult<Resp
             discovery_only(&req)?;
             Ok(json(&discovery::version()))
         }
-        Route::Health => {
-            let mut resp = Response::new(full("ok"));
-            resp.headers_mut().insert(
-                CONTENT_TYPE,
-                HeaderValue::from_static("text/plain; charset=utf-8"),
-            );
-            Ok(resp)
-        }
+        Route::Health => Ok(text_response("ok")),
         Route::Api | Route::Apis => {
             discovery_only(&req)?;
             let core = matches!(route, Route::Api);

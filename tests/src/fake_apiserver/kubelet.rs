@@ -12,16 +12,15 @@ use std::net::{IpAddr, SocketAddr, TcpStream};
 use std::sync::Arc;
 use std::time::Duration;
 
-use bytes::Bytes;
 use http_body_util::{BodyExt as _, Full, Limited};
 use hyper::body::Incoming;
-use hyper::header::{CONTENT_TYPE, HeaderName, HeaderValue};
+use hyper::header::HeaderName;
 use hyper::{Request, Response, StatusCode};
 use hyper_util::rt::TokioIo;
 use serde_json::Value;
 
 use super::error::{ApiError, ApiResult};
-use super::http::{Body, Query, full, read_body};
+use super::http::{Body, Query, full, read_body, text_response};
 use super::state::Shared;
 
 /// Largest proxied response body (the server buffers it).
@@ -75,15 +74,6 @@ fn pod_rt(shared: &Shared) -> ApiResult<super::resources::ResourceType> {
 fn get_pod(shared: &Shared, ns: &str, name: &str) -> ApiResult<Value> {
     let rt = pod_rt(shared)?;
     shared.lock().get(&rt, Some(ns), name)
-}
-
-fn text_response(text: impl Into<Bytes>) -> Response<Body> {
-    let mut resp = Response::new(full(text.into()));
-    resp.headers_mut().insert(
-        CONTENT_TYPE,
-        HeaderValue::from_static("text/plain; charset=utf-8"),
-    );
-    resp
 }
 
 /// `GET /api/v1/namespaces/NS/pods/NAME/log`.
