@@ -21,7 +21,7 @@ use super::{
     error::{ToolError, ToolResult},
     request::{ChildRequest, ChildResponse, REQUEST_ENV},
 };
-use crate::sandbox::{IMAGE_ERRORS, START_ERRORS};
+use crate::sandbox::{IMAGE_ERRORS, START_ERRORS, waiting_containers};
 
 /// Labels of every request pod (for `kubectl get pods -l ...` and for clean-up).
 pub const REQUEST_POD_LABELS: [(&str, &str); 2] = [
@@ -40,19 +40,20 @@ struct DeleteOnDrop {
     name: String,
 }
 
+/// Deletes a request pod, bounded in time; failures are logged (the pod's deadline ends it).
+async fn delete_pod(api: Api<Pod>, name: String) {
+    let dp = DeleteParams::background();
+    match tokio::time::timeout(Duration::from_secs(5), api.delete(&name, &dp)).await {
+        Ok(Ok(_)) => {}
+        Ok(Err(e)) => tracing::warn!(pod = %name, error = %e, "deleting the request pod failed"),
+        Err(_) => tracing::warn!(pod = %name, "deleting the request pod timed out"),
+    }
+}
+
 impl DeleteOnDrop {
-    /// Deletes now (bounded), so a server that exits right after answering leaves nothing.
+    /// Deletes now, so a server that exits right after answering leaves nothing.
     async fn delete_now(mut self) {
-        let name = std::mem::take(&mut self.name);
-        let dp = DeleteParams::background();
-        let delete = self.api.delete(&name, &dp);
-        match tokio::time::timeout(std::time::Duration::from_secs(5), delete).await {
-            Ok(Ok(_)) => {}
-            Ok(Err(e)) => {
-                tracing::warn!(pod = %name, error = %e, "deleting the request pod failed")
-            }
-            Err(_) => tracing::warn!(pod = %name, "deleting the request pod timed out"),
-        }
+        delete_pod(self.api.clone(), std::mem::take(&mut self.name)).await;
     }
 }
 
@@ -61,16 +62,12 @@ impl Drop for DeleteOnDrop {
         if self.name.is_empty() {
             return;
         }
-        let (api, name) = (self.api.clone(), std::mem::take(&mut self.name));
+        let name = std::mem::take(&mut self.name);
         let Ok(rt) = tokio::runtime::Handle::try_current() else {
             tracing::warn!(pod = %name, "no runtime to delete the request pod; its deadline ends it");
             return;
         };
-        rt.spawn(async move {
-            if let Err(e) = api.delete(&name, &DeleteParams::background()).await {
-                tracing::warn!(pod = %name, error = %e, "deleting the request pod failed");
-            }
-        });
+        rt.spawn(delete_pod(self.api.clone(), name));
     }
 }
 
@@ -210,15 +207,7 @@ impl Cluster {
             if phase == "Succeeded" || phase == "Failed" {
                 break pod;
             }
-            for c in status.container_statuses.iter().flatten() {
-                let Some(w) = c.state.as_ref().and_then(|s| s.waiting.as_ref()) else {
-                    continue;
-                };
-                let reason = w.reason.clone().unwrap_or_default();
-                let detail = match &w.message {
-                    Some(m) if !m.is_empty() => format!("{reason}: {}", m.replace('\n', " ")),
-                    _ => reason.clone(),
-                };
+            for (reason, detail) in waiting_containers(&status) {
                 if IMAGE_ERRORS.contains(&reason.as_str()) {
                     return Err(ToolError::new(
                         "request_failed",

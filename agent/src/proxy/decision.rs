@@ -85,8 +85,8 @@ pub struct Decision {
 
 /// One entry of the decision log, as `/decisions` shows it.
 ///
-/// One is written per request, so it holds what the request already owns (its method, its
-/// path's shared bytes, its key) and the table's shared names, never fresh copies.
+/// One is written per request, so it takes what the request already owns (its method and key)
+/// and the route table's shared names; only the path is copied.
 #[derive(Clone, Debug, Serialize)]
 pub struct DecisionRecord {
     #[serde(with = "unix_ms")]

@@ -382,6 +382,28 @@ pub(crate) const START_ERRORS: [&str; 3] = [
     "RunContainerError",
 ];
 
+/// The waiting containers (init containers too) of a pod: `(reason, "reason: message")`, the
+/// message on one line.
+pub(crate) fn waiting_containers(
+    status: &k8s_openapi::api::core::v1::PodStatus,
+) -> Vec<(String, String)> {
+    status
+        .container_statuses
+        .iter()
+        .flatten()
+        .chain(status.init_container_statuses.iter().flatten())
+        .filter_map(|c| {
+            let w = c.state.as_ref()?.waiting.as_ref()?;
+            let reason = w.reason.clone().unwrap_or_default();
+            let detail = match w.message.as_deref() {
+                Some(m) if !m.is_empty() => format!("{reason}: {}", m.replace('\n', " ")),
+                _ => reason.clone(),
+            };
+            Some((reason, detail))
+        })
+        .collect()
+}
+
 async fn wait_ready(
     client: &Client,
     ns: &str,
@@ -422,24 +444,7 @@ async fn wait_ready(
             {
                 ready += 1;
             }
-            let waiting = status
-                .container_statuses
-                .iter()
-                .flatten()
-                .chain(status.init_container_statuses.iter().flatten())
-                .filter_map(|c| {
-                    let w = c.state.as_ref()?.waiting.as_ref()?;
-                    Some((
-                        w.reason.clone().unwrap_or_default(),
-                        w.message.clone().unwrap_or_default(),
-                    ))
-                });
-            for (reason, message) in waiting {
-                let detail = if message.is_empty() {
-                    reason.clone()
-                } else {
-                    format!("{reason}: {}", message.replace('\n', " "))
-                };
+            for (reason, detail) in waiting_containers(status) {
                 if IMAGE_ERRORS.contains(&reason.as_str()) {
                     remove(client, ns, &plan.route_name, key).await;
                     bail!(

@@ -503,14 +503,17 @@ impl Bench {
             for s in [Scenario::B, Scenario::C, Scenario::D] {
                 if scenarios.contains(&s) {
                     // B's new connections: the hooks' own kernel run time, per connect().
-                    let stats = (s == Scenario::B && point.group == Group::NewConn)
-                        .then(|| {
-                            agent::capture::run_stats::enable()
-                                .map_err(|e| eprintln!("  (no BPF run-time statistics: {e})"))
-                                .ok()
-                        })
-                        .flatten()
-                        .map(|guard| (guard, hookcost::snapshot(&others)));
+                    let stats = if s == Scenario::B && point.group == Group::NewConn {
+                        match agent::capture::run_stats::enable() {
+                            Ok(guard) => Some((guard, hookcost::snapshot(&others))),
+                            Err(e) => {
+                                eprintln!("  (no BPF run-time statistics: {e})");
+                                None
+                            }
+                        }
+                    } else {
+                        None
+                    };
                     self.run_one(s, point, rep, Some(pid))?;
                     if let Some((_guard, before)) = stats {
                         let after = hookcost::snapshot(&others);
