@@ -14,4 +14,5 @@ pub mod routes;
 pub mod run;
 pub mod sandbox;
 pub mod steering;
+pub mod sync;
 pub mod watchdog;

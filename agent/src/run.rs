@@ -27,8 +27,9 @@ use crate::{
         key::{KeyExtractor, KeySources},
         upstream::Upstreams,
     },
-    routes::{ClusterState, RouteStatus, RouteTable, file::RoutesFileWatcher},
+    routes::{ClusterState, RouteStatus, RouteTable},
     steering::Steering,
+    sync::file_source::RoutesFileWatcher,
     watchdog::Watchdog,
 };
 

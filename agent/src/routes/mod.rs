@@ -6,7 +6,7 @@
 //! sets into BPF map updates.
 //!
 //! Dependency rule: this module imports none of `capture`, `proxy`, `kube`, aya, hyper or
-//! kube-rs. Only [`file`]'s watcher uses tokio.
+//! kube-rs, nor tokio.
 mod diff;
 pub mod file;
 mod key;
