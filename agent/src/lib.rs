@@ -13,6 +13,5 @@ pub mod proxy;
 pub mod routes;
 pub mod run;
 pub mod sandbox;
-pub mod steering;
 pub mod sync;
 pub mod watchdog;

@@ -94,7 +94,7 @@ impl Metrics {
             m.steer_insert_failures.clone(),
         );
         if let Some(stats) = capture {
-            registry.register_collector(Box::new(CaptureCollector(stats)));
+            register_capture(registry, stats);
         }
         m
     }
@@ -140,6 +140,12 @@ impl Metrics {
     pub fn orig_dst_misses(&self) -> u64 {
         self.orig_dst_misses.get()
     }
+}
+
+/// Registers the capture programs' counters (they exist once capture is attached, after the
+/// agent's own metrics).
+pub fn register_capture(registry: &mut Registry, stats: Arc<CaptureStats>) {
+    registry.register_collector(Box::new(CaptureCollector(stats)));
 }
 
 /// Reads the capture programs' per-CPU counters on each scrape.

@@ -1,12 +1,10 @@
 //! `shunt run`: wires capture, route sync, the node proxy, the watchdog and the admin API.
 use std::{
-    collections::BTreeMap,
     os::fd::AsFd as _,
     sync::{
         Arc,
         atomic::{AtomicU64, Ordering},
     },
-    time::Duration,
 };
 
 use anyhow::Context as _;
@@ -27,9 +25,11 @@ use crate::{
         key::{KeyExtractor, KeySources},
         upstream::Upstreams,
     },
-    routes::{ClusterState, RouteStatus, RouteTable},
-    steering::Steering,
-    sync::file_source::RoutesFileWatcher,
+    routes::RouteTable,
+    sync::{
+        DEFAULT_RECONCILE_INTERVAL, RouteSync, RouteSyncConfig, SourceFeed, Steering,
+        file_source::RoutesFileWatcher,
+    },
     watchdog::Watchdog,
 };
 
@@ -51,18 +51,6 @@ pub fn run(args: RunArgs) -> anyhow::Result<()> {
         .block_on(run_async(args))
 }
 
-/// Recomputes and applies a route table on the blocking pool: a large table takes milliseconds,
-/// and the proxy may share this runtime's only thread.
-async fn apply_off_runtime<F>(apply: &F, state: Arc<ClusterState>)
-where
-    F: Fn(&ClusterState) -> Vec<RouteStatus> + Clone + Send + 'static,
-{
-    let apply = apply.clone();
-    if let Err(e) = tokio::task::spawn_blocking(move || apply(&state)).await {
-        tracing::error!(error = %e, "route table recompute panicked");
-    }
-}
-
 async fn bind(addr: std::net::SocketAddr, flag: &str) -> anyhow::Result<TcpListener> {
     TcpListener::bind(addr)
         .await
@@ -78,10 +66,13 @@ async fn run_async(args: RunArgs) -> anyhow::Result<()> {
                 .with_context(|| format!("--key-header {h:?}: not a valid header name"))
         })
         .collect::<anyhow::Result<Vec<_>>>()?;
+    let mut registry = Registry::default();
+    let metrics = Metrics::register(&mut registry, None);
     // Load the routes before touching the kernel: a bad file is a startup error, with its line.
     let routes_watch = match &args.routes {
         Some(path) => Some(
             RoutesFileWatcher::new(path, args.routes_poll_interval)
+                .with_metrics(metrics.clone())
                 .spawn()
                 .map_err(|e| anyhow::anyhow!("{e}"))?,
         ),
@@ -98,7 +89,6 @@ async fn run_async(args: RunArgs) -> anyhow::Result<()> {
                     .unwrap_or_else(crate::kube::default_identity),
                 lease_namespace: args.lease_namespace.clone(),
                 lease_duration: args.lease_duration,
-                debounce: args.kube_debounce,
             })
             .await?,
         )
@@ -136,55 +126,63 @@ async fn run_async(args: RunArgs) -> anyhow::Result<()> {
     } = Capture::attach(&cfg)?.into_parts();
     attach_guard.forward_logs();
 
-    let mut registry = Registry::default();
-    let metrics = Metrics::register(&mut registry, Some(Arc::new(stats)));
+    crate::metrics::register_capture(&mut registry, Arc::new(stats));
     let table = Arc::new(ArcSwap::from_pointee(RouteTable::default()));
     let log = Arc::new(DecisionLog::new(args.decision_log_size));
     let admin_state = AdminState::new(registry, table.clone(), log.clone(), Some(flows));
     let steering = Arc::new(Steering::new(steered));
-
-    // --steer destinations are steered whatever the routes say (service id 0).
-    let extra: BTreeMap<_, _> = args.steer.iter().map(|d| (*d, 0u32)).collect();
-    let apply = {
-        let (table, steering, metrics, extra) = (
-            table.clone(),
-            steering.clone(),
-            metrics.clone(),
-            extra.clone(),
-        );
-        move |state: &ClusterState| -> Vec<RouteStatus> {
-            let (new, statuses) = RouteTable::compute(state, jiff::Timestamp::now());
-            for s in statuses.iter().filter(|s| !s.ready) {
-                tracing::warn!(route = %format!("{}/{}", s.namespace, s.name),
-                    reason = s.reason.as_str(), message = %s.message, "route not ready");
-            }
-            let mut desired = new.steered().clone();
-            desired.extend(extra.iter().map(|(k, v)| (*k, *v)));
-            // The proxy learns the routes before capture sends it the traffic.
-            table.store(Arc::new(new));
-            if let Some(r) = steering.apply(desired, &metrics) {
-                tracing::info!(
-                    added = r.added,
-                    removed = r.removed,
-                    unchanged = r.unchanged,
-                    failed = r.failed.len(),
-                    "route table applied"
-                );
-            }
-            metrics.table_reloaded();
-            statuses
+    let (route_sync, sync_out) = RouteSync::new(RouteSyncConfig {
+        table: table.clone(),
+        steering: steering.clone(),
+        metrics: metrics.clone(),
+        always_steered: args.steer.clone(),
+        debounce: args.kube_debounce,
+        reconcile_interval: DEFAULT_RECONCILE_INTERVAL,
+    });
+    // Each source publishes its view; route sync alone turns it into the table and STEERED.
+    let mut idle_source = None;
+    let (kube_handle, feed) = match (kube_source, routes_watch) {
+        (Some(k), _) => {
+            let (handle, feed) = k.spawn(sync_out.statuses.clone());
+            let feed = SourceFeed {
+                name: "kube",
+                states: feed.states,
+                relists: Some(feed.relists),
+            };
+            (Some(handle), feed)
+        }
+        (None, Some(w)) => {
+            let mut states = w.states;
+            // The file as loaded at start is the first view to apply.
+            states.mark_changed();
+            let feed = SourceFeed {
+                name: "routes file",
+                states,
+                relists: None,
+            };
+            (None, feed)
+        }
+        (None, None) => {
+            // No source: only --steer destinations, applied once.
+            let (tx, mut states) = tokio::sync::watch::channel(Arc::default());
+            states.mark_changed();
+            idle_source = Some(tx);
+            let feed = SourceFeed {
+                name: "no route source",
+                states,
+                relists: None,
+            };
+            (None, feed)
         }
     };
-    // A restarted agent finds its previous entries pinned: the first apply makes the map exactly
-    // the desired set.
-    // With --kube that first apply waits for the first complete sync (until then the pinned
+    let sync_stop = CancellationToken::new();
+    let sync_task = tokio::spawn(route_sync.run(feed, sync_stop.clone()));
+    // Without --kube the initial table is in force before the proxy serves, as it always was;
+    // with --kube the first apply waits for the first complete list (until then the pinned
     // entries stay, and the proxy sends what it gets to the original destinations).
-    let initial = routes_watch
-        .as_ref()
-        .map(|w| w.states.borrow().clone())
-        .unwrap_or_default();
-    if kube_source.is_none() {
-        apply(&initial);
+    if kube_handle.is_none() {
+        let mut applied = sync_out.applied.clone();
+        let _ = applied.wait_for(|n| *n > 0).await;
     }
 
     let shutdown = CancellationToken::new();
@@ -231,39 +229,6 @@ async fn run_async(args: RunArgs) -> anyhow::Result<()> {
     for l in std::iter::once(listener4).chain(listener6) {
         tasks.spawn(proxy::serve(l, shared.clone(), args.shutdown_grace));
     }
-    let kube_sync = kube_source.map(|k| k.spawn(apply.clone()));
-    let route_sync = routes_watch.map(|mut w| {
-        let (metrics, table) = (metrics.clone(), table.clone());
-        tokio::spawn(async move {
-            let mut rejected = w.stats.rejected();
-            loop {
-                // Expiry needs no file change: recompute when the next route expires.
-                let expiry = table.load().next_expiry().map(|t| {
-                    let now = jiff::Timestamp::now();
-                    Duration::try_from(t.duration_since(now)).unwrap_or(Duration::ZERO)
-                });
-                tokio::select! {
-                    changed = w.states.changed() => {
-                        if changed.is_err() { return; }
-                        let state = w.states.borrow_and_update().clone();
-                        apply_off_runtime(&apply, state).await;
-                    }
-                    _ = tokio::time::sleep(expiry.unwrap_or(Duration::MAX).min(Duration::from_millis(200))) => {
-                        if expiry.is_some_and(|e| e.is_zero()) {
-                            let state = w.states.borrow().clone();
-                            apply_off_runtime(&apply, state).await;
-                        }
-                    }
-                }
-                // Count rejected versions of the file as they happen.
-                let now = w.stats.rejected();
-                for _ in rejected..now {
-                    metrics.table_reload_error();
-                }
-                rejected = now;
-            }
-        })
-    });
     let admin_shutdown = CancellationToken::new();
     let admin_task = tokio::spawn(admin::serve(
         admin_listener,
@@ -285,10 +250,10 @@ async fn run_async(args: RunArgs) -> anyhow::Result<()> {
     admin_state.ready.store(false, Ordering::Relaxed);
     drop(watchdog_stop);
     let _ = tokio::task::spawn_blocking(move || watchdog.join()).await;
-    if let Some(t) = route_sync {
-        t.abort();
-    }
-    if let Some(k) = kube_sync {
+    sync_stop.cancel();
+    let _ = sync_task.await;
+    drop(idle_source);
+    if let Some(k) = kube_handle {
         k.shutdown().await;
     }
     let cleared = steering.suspend();

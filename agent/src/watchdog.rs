@@ -15,7 +15,7 @@ use std::{
     time::Duration,
 };
 
-use crate::{metrics::Metrics, steering::Steering};
+use crate::{metrics::Metrics, sync::Steering};
 
 pub struct Watchdog {
     pub listeners: Vec<OwnedFd>,

@@ -1,5 +1,5 @@
 //! Typed handles on the pinned maps.
-use std::{collections::BTreeMap, net::SocketAddr};
+use std::net::SocketAddr;
 
 use agent_common::{
     Endpoint,
@@ -10,19 +10,9 @@ use agent_common::{
 };
 use aya::maps::{HashMap, MapData, MapError, PerCpuArray, PerCpuHashMap};
 
-/// `STEERED`: which destinations are redirected. One writer (route sync) at a time.
+/// `STEERED`: which destinations are redirected. One writer: `sync::steering::Steering`.
 pub struct SteeredMap {
     map: HashMap<MapData, Endpoint, SteeredService>,
-}
-
-/// What applying a desired steered set changed.
-#[derive(Debug, Default, Clone, PartialEq, Eq)]
-pub struct SyncReport {
-    pub added: usize,
-    pub removed: usize,
-    pub unchanged: usize,
-    /// Inserts the kernel refused (a full map): these destinations stay direct.
-    pub failed: Vec<(SocketAddr, String)>,
 }
 
 impl SteeredMap {
@@ -52,35 +42,6 @@ impl SteeredMap {
             .filter_map(Result::ok)
             .map(|(k, v)| (k.to_socket_addr(), v.service_id))
             .collect()
-    }
-
-    /// Makes the map equal `desired`, touching only the difference. Compares against the map's
-    /// actual contents, so entries left by an earlier agent are collected too.
-    pub fn sync(&mut self, desired: &BTreeMap<SocketAddr, u32>) -> SyncReport {
-        let current: BTreeMap<SocketAddr, u32> = self.entries().into_iter().collect();
-        let mut report = SyncReport::default();
-        for dst in current.keys().filter(|k| !desired.contains_key(k)) {
-            match self.unsteer(*dst) {
-                Ok(()) => report.removed += 1,
-                Err(e) => tracing::warn!(%dst, error = %e, "removing a steered destination failed"),
-            }
-        }
-        for (dst, id) in desired {
-            if current.get(dst) == Some(id) {
-                report.unchanged += 1;
-                continue;
-            }
-            match self.steer(*dst, *id) {
-                Ok(()) => report.added += 1,
-                Err(e) => report.failed.push((*dst, e.to_string())),
-            }
-        }
-        report
-    }
-
-    /// Removes every entry: new connections go direct. Used first on shutdown.
-    pub fn clear(&mut self) -> usize {
-        self.sync(&BTreeMap::new()).removed
     }
 }
 

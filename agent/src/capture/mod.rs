@@ -23,9 +23,11 @@ use aya::{
 
 pub mod run_stats;
 
+/// Why a map write failed (what [`SteeredMap`] returns).
+pub use aya::maps::MapError;
 pub use env::{cgroup_id, cgroup2_mount, own_cgroup_dir};
 pub use error::CaptureError;
-pub use maps::{CaptureStats, Flow, FlowsMap, OrigDstMap, SteeredMap, SyncReport};
+pub use maps::{CaptureStats, Flow, FlowsMap, OrigDstMap, SteeredMap};
 
 /// The eBPF object built by `agent/build.rs`.
 static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/shunt-capture"));

@@ -4,13 +4,14 @@
 //!
 //! - [`crd`]: the `SandboxRoute` custom resource and its CRD (`shunt crd`).
 //! - [`convert`]: Kubernetes objects → `ClusterState` (pure).
-//! - [`source`]: watches, caches and the debounced recompute loop.
+//! - [`source`]: watches, caches, and the loop that publishes them as `ClusterState`s.
 //! - [`lease`]: leader election (one status writer per cluster).
 //! - [`status`]: status writes and deletion of expired routes, by the leader.
 //! - [`rbac`]: every API permission the above uses.
 //!
-//! [`KubeSource::spawn`] takes the same `apply` function the routes-file source feeds, so table
-//! swaps and `STEERED` updates happen the same way whatever the source.
+//! [`KubeSource::spawn`] publishes on a watch channel, as the routes-file source does, and
+//! subscribes its status writer to the statuses that route sync (`crate::sync`) publishes: table
+//! swaps and `STEERED` updates happen in that one room whatever the source.
 pub mod convert;
 pub mod crd;
 pub mod lease;
@@ -39,8 +40,6 @@ pub struct KubeOptions {
     pub identity: String,
     pub lease_namespace: String,
     pub lease_duration: Duration,
-    /// Quiet time after a change before recomputing, so bursts cost one computation.
-    pub debounce: Duration,
 }
 
 /// A configured (not yet connected) kube source.
@@ -49,7 +48,15 @@ pub struct KubeSource {
     opts: KubeOptions,
 }
 
-/// The running source: watches, recompute loop, election, status writer.
+/// What the kube source publishes.
+pub struct KubeFeed {
+    /// A complete view of the cluster after the first full list, then after each change.
+    pub states: watch::Receiver<Arc<ClusterState>>,
+    /// Bumped after each relist.
+    pub relists: watch::Receiver<u64>,
+}
+
+/// The running source: watches, publish loop, election, status writer.
 pub struct KubeHandle {
     stop: CancellationToken,
     lease: JoinHandle<()>,
@@ -80,17 +87,15 @@ impl KubeSource {
         &self.client
     }
 
-    /// Starts everything. `apply` gets each new `ClusterState` (after the first complete sync)
-    /// and returns the routes' statuses, which the lease holder writes back.
-    pub fn spawn<F>(self, apply: F) -> KubeHandle
-    where
-        F: Fn(&ClusterState) -> Vec<RouteStatus> + Clone + Send + Sync + 'static,
-    {
+    /// Starts everything. The status writer (while this agent holds the Lease) writes the
+    /// `statuses` that route sync computes from what this source publishes.
+    pub fn spawn(self, statuses: watch::Receiver<Arc<Vec<RouteStatus>>>) -> (KubeHandle, KubeFeed) {
         let stop = CancellationToken::new();
         let mut watches = source::Watches::start(&self.client, &stop);
         let mut tasks = std::mem::take(&mut watches.tasks);
         let routes = watches.stores.routes.clone();
         let routes_touched = watches.routes_touched.clone();
+        let relists = watches.relists.clone();
 
         let (leader_tx, leader_rx) = watch::channel(false);
         let lease = tokio::spawn(lease::run(
@@ -105,23 +110,24 @@ impl KubeSource {
             stop.clone(),
         ));
 
-        let (status_tx, status_rx) = watch::channel(Arc::new(Vec::new()));
         tasks.push(tokio::spawn(
             status::StatusWriter::new(self.client.clone(), routes).run(
-                status_rx,
+                statuses,
                 leader_rx,
                 routes_touched,
                 stop.clone(),
             ),
         ));
-        tasks.push(tokio::spawn(source::sync_loop(
+        let (states_tx, states) = watch::channel(Arc::new(ClusterState::default()));
+        tasks.push(tokio::spawn(source::publish_loop(
             watches,
-            self.opts.debounce,
-            apply,
-            status_tx,
+            states_tx,
             stop.clone(),
         )));
-        KubeHandle { stop, lease, tasks }
+        (
+            KubeHandle { stop, lease, tasks },
+            KubeFeed { states, relists },
+        )
     }
 }
 
@@ -156,7 +162,6 @@ mod tests {
             identity: "node-a".into(),
             lease_namespace: "shunt-system".into(),
             lease_duration: Duration::from_secs(15),
-            debounce: Duration::from_millis(50),
         }
     }
 

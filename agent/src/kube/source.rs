@@ -1,26 +1,19 @@
 //! The watch side: reflectors over SandboxRoutes, Services, EndpointSlices and sandbox Pods, and
-//! the loop that turns their caches into [`ClusterState`]s.
+//! the loop that publishes their caches as [`ClusterState`]s (route sync does the rest).
 //!
 //! Rules this follows:
 //! - The reflector caches are the truth. A relist (`Init … InitDone`, after a restart, an
 //!   expired resourceVersion (410) or a cut watch) swaps a cache whole, so a missed Delete
 //!   event cannot leave a stale route behind; nothing here acts on single events.
-//! - Nothing is computed until every cache has listed once, and a watch error never empties a
-//!   cache: while the API server is unreachable the last-good table stays in force. Watches
-//!   resume from their resourceVersion with a backoff (kube's `default_backoff`).
-//! - Changes are debounced, so a burst (a Deployment rollout, a relist) costs one computation.
-//! - Expiry needs no API change: the loop also wakes at the next `expiresAt`.
-use std::{
-    collections::HashMap,
-    fmt::Debug,
-    sync::{
-        Arc,
-        atomic::{AtomicBool, Ordering},
-    },
-    time::Duration,
-};
+//! - Nothing is published until every cache has listed once (`Store::wait_until_ready`), and a
+//!   watch error never empties a cache: while the API server is unreachable the last-good table
+//!   stays in force. Watches resume from their resourceVersion with a backoff (kube's
+//!   `default_backoff`).
+//! - Each relist after the first is counted on `relists`, so route sync reconciles the kernel
+//!   map against the fresh view.
+use std::{collections::HashMap, fmt::Debug, pin::Pin, sync::Arc, time::Duration};
 
-use futures::StreamExt as _;
+use futures::{StreamExt as _, stream::FuturesUnordered};
 use k8s_openapi::api::{
     core::v1::{Pod, Service},
     discovery::v1::EndpointSlice,
@@ -67,14 +60,15 @@ impl Stores {
     }
 }
 
-/// Watches, their change counter and whether each has listed once.
+/// Watches and their change counters.
 pub struct Watches {
     pub stores: Stores,
     /// Bumped when something that can change the route table changed.
     pub changes: watch::Receiver<u64>,
     /// Bumped on every SandboxRoute event, status-only ones included (for the status writer).
     pub routes_touched: watch::Receiver<u64>,
-    synced: Vec<(&'static str, Arc<AtomicBool>)>,
+    /// Bumped by every relist after a watch's first list.
+    pub relists: watch::Receiver<u64>,
     pub tasks: Vec<JoinHandle<()>>,
 }
 
@@ -121,12 +115,9 @@ impl Watches {
     pub fn start(client: &Client, stop: &CancellationToken) -> Self {
         let (tx, changes) = watch::channel(0u64);
         let (touched_tx, routes_touched) = watch::channel(0u64);
-        let mut synced = Vec::new();
+        let (relists_tx, relists) = watch::channel(0u64);
         let mut tasks = Vec::new();
-        let mut spawn = |what: &'static str, task: (JoinHandle<()>, Arc<AtomicBool>)| {
-            tasks.push(task.0);
-            synced.push((what, task.1));
-        };
+        let mut spawn = |_what: &'static str, task: JoinHandle<()>| tasks.push(task);
         let (routes, t) = watch_into_store(
             WatchSpec::<SandboxRoute> {
                 what: "SandboxRoutes",
@@ -137,6 +128,7 @@ impl Watches {
                 touched: Some(touched_tx),
             },
             tx.clone(),
+            relists_tx.clone(),
             stop.clone(),
         );
         spawn("SandboxRoutes", t);
@@ -154,6 +146,7 @@ impl Watches {
                 touched: None,
             },
             tx.clone(),
+            relists_tx.clone(),
             stop.clone(),
         );
         spawn("Services", t);
@@ -175,6 +168,7 @@ impl Watches {
                 touched: None,
             },
             tx.clone(),
+            relists_tx.clone(),
             stop.clone(),
         );
         spawn("EndpointSlices", t);
@@ -208,6 +202,7 @@ impl Watches {
                 touched: None,
             },
             tx,
+            relists_tx,
             stop.clone(),
         );
         spawn("sandbox Pods", t);
@@ -220,23 +215,9 @@ impl Watches {
             },
             changes,
             routes_touched,
-            synced,
+            relists,
             tasks,
         }
-    }
-
-    /// Whether every watch has listed at least once.
-    pub fn synced(&self) -> bool {
-        self.synced.iter().all(|(_, s)| s.load(Ordering::Acquire))
-    }
-
-    /// The watches that have not listed yet.
-    pub fn pending(&self) -> Vec<&'static str> {
-        self.synced
-            .iter()
-            .filter(|(_, s)| !s.load(Ordering::Acquire))
-            .map(|(w, _)| *w)
-            .collect()
     }
 }
 
@@ -245,18 +226,18 @@ fn bump(tx: &watch::Sender<u64>) {
 }
 
 /// One watch → reflector → store, as a task. Bumps `changes` when an event changes what the
-/// table reads of an object (per `relevant`), on deletes and on each completed (re)list.
+/// table reads of an object (per `relevant`), on deletes and on each completed (re)list, and
+/// `relists` on each completed list after the first.
 fn watch_into_store<K>(
     spec: WatchSpec<K>,
     changes: watch::Sender<u64>,
+    relists: watch::Sender<u64>,
     stop: CancellationToken,
-) -> (Store<K>, (JoinHandle<()>, Arc<AtomicBool>))
+) -> (Store<K>, JoinHandle<()>)
 where
     K: Resource<DynamicType = ()> + Clone + DeserializeOwned + Debug + Send + Sync + 'static,
 {
     let (reader, writer) = reflector::store::<K>();
-    let synced = Arc::new(AtomicBool::new(false));
-    let flag = synced.clone();
     let WatchSpec {
         what,
         api,
@@ -272,6 +253,7 @@ where
             .reflect(writer);
         let mut stream = std::pin::pin!(stream);
         let mut failing = false;
+        let mut listed = false;
         // namespace/name → relevance of what the store holds; rebuilt by each relist.
         let mut seen: HashMap<String, u64> = HashMap::new();
         let mut relisting: HashMap<String, u64> = HashMap::new();
@@ -311,8 +293,9 @@ where
                 }
                 Ok(Event::InitDone) => {
                     seen = std::mem::take(&mut relisting);
-                    if flag.swap(true, Ordering::AcqRel) {
+                    if std::mem::replace(&mut listed, true) {
                         tracing::debug!(watch = what, "relisted");
+                        bump(&relists);
                     }
                     if failing {
                         tracing::info!(watch = what, "watch recovered (relisted)");
@@ -336,97 +319,88 @@ where
             }
         }
     });
-    (reader, (task, synced))
+    (reader, task)
 }
 
-/// Builds a `ClusterState` from the caches after each (debounced) change and at the next
-/// expiry, and hands it to `apply`; publishes `apply`'s statuses for the status writer.
-pub async fn sync_loop<F>(
+/// Publishes the caches as a [`ClusterState`] once every watch has listed, then after each
+/// change. The build runs on the blocking pool (it copies every cached object the table reads);
+/// changes during a build are coalesced into the next one. Ends on `stop` or when route sync
+/// drops its receiver.
+pub async fn publish_loop(
     mut watches: Watches,
-    debounce: Duration,
-    apply: F,
-    statuses: watch::Sender<Arc<Vec<crate::routes::RouteStatus>>>,
+    states: watch::Sender<Arc<ClusterState>>,
     stop: CancellationToken,
-) where
-    F: Fn(&ClusterState) -> Vec<crate::routes::RouteStatus> + Clone + Send + 'static,
-{
-    // Nothing is applied before every cache is complete: a partial view would drop routes.
-    let started = tokio::time::Instant::now();
-    let mut next_report = Duration::from_secs(10);
-    while !watches.synced() {
-        tokio::select! {
-            _ = stop.cancelled() => return,
-            r = watches.changes.changed() => if r.is_err() { return },
-            _ = tokio::time::sleep(Duration::from_secs(1)) => {}
-        }
-        if started.elapsed() >= next_report {
-            tracing::warn!(waiting_for = ?watches.pending(), "kube: initial sync still incomplete");
-            next_report += Duration::from_secs(10);
-        }
+) {
+    if !wait_until_listed(&watches.stores, &stop).await {
+        return;
     }
-    let mut first = true;
     loop {
         watches.changes.borrow_and_update();
+        let stores = watches.stores.clone();
         let t0 = std::time::Instant::now();
-        let state = watches.stores.cluster_state();
-        let built = t0.elapsed();
-        let now = jiff::Timestamp::now();
-        // The recompute takes milliseconds for large tables: off the runtime, so proxied
-        // requests on the same (possibly only) worker thread never wait for it.
-        let (computed, state) = {
-            let apply = apply.clone();
-            match tokio::task::spawn_blocking(move || (apply(&state), state)).await {
-                Ok(r) => r,
-                Err(e) => {
-                    tracing::error!(error = %e, "kube: route table recompute panicked");
-                    return;
-                }
+        let state = match tokio::task::spawn_blocking(move || stores.cluster_state()).await {
+            Ok(s) => s,
+            Err(e) => {
+                tracing::error!(error = %e, "kube: building the cluster state panicked");
+                return;
             }
         };
         tracing::debug!(
             routes = state.routes.len(),
-            build_us = built.as_micros() as u64,
-            apply_us = (t0.elapsed() - built).as_micros() as u64,
-            "kube: route table recomputed"
+            build_us = t0.elapsed().as_micros() as u64,
+            "kube: cluster state published"
         );
-        if std::mem::take(&mut first) {
-            tracing::info!(
-                routes = state.routes.len(),
-                services = state.services.len(),
-                sandbox_pods = state.pods.len(),
-                "kube: initial sync complete, route table applied"
-            );
+        if states.send(Arc::new(state)).is_err() {
+            return;
         }
-        let _ = statuses.send(Arc::new(computed));
-        let next_expiry = state
-            .routes
-            .iter()
-            .filter_map(|r| r.spec.expires_at)
-            .filter(|t| *t > now)
-            .min();
-        let wake = next_expiry.map(|t| {
-            let left = Duration::try_from(t.duration_since(jiff::Timestamp::now()))
-                .unwrap_or(Duration::ZERO);
-            // A little after, so the computation's own clock reading is past it too.
-            tokio::time::Instant::now() + left + Duration::from_millis(5)
-        });
         tokio::select! {
             _ = stop.cancelled() => return,
-            r = watches.changes.changed() => {
-                if r.is_err() { return }
-                tokio::select! {
-                    _ = stop.cancelled() => return,
-                    _ = tokio::time::sleep(debounce) => {}
-                }
-            }
-            _ = sleep_until_opt(wake) => {}
+            r = watches.changes.changed() => if r.is_err() { return },
         }
     }
 }
 
-async fn sleep_until_opt(at: Option<tokio::time::Instant>) {
-    match at {
-        Some(at) => tokio::time::sleep_until(at).await,
-        None => std::future::pending().await,
+/// Waits until every cache has listed once (a partial view would drop routes), reporting the
+/// ones still missing every 10 s. `false`: stopped first.
+async fn wait_until_listed(stores: &Stores, stop: &CancellationToken) -> bool {
+    type Ready = Pin<Box<dyn std::future::Future<Output = &'static str> + Send>>;
+    fn ready<K>(what: &'static str, store: &Store<K>) -> Ready
+    where
+        K: Resource<DynamicType = ()> + Clone + Send + Sync + 'static,
+    {
+        let store = store.clone();
+        Box::pin(async move {
+            // The writer lives as long as the watch task; if it is gone, so is the watch.
+            let _ = store.wait_until_ready().await;
+            what
+        })
     }
+    let mut pending = vec![
+        "SandboxRoutes",
+        "Services",
+        "EndpointSlices",
+        "sandbox Pods",
+    ];
+    let mut waits: FuturesUnordered<Ready> = [
+        ready("SandboxRoutes", &stores.routes),
+        ready("Services", &stores.services),
+        ready("EndpointSlices", &stores.slices),
+        ready("sandbox Pods", &stores.pods),
+    ]
+    .into_iter()
+    .collect();
+    let mut report = tokio::time::interval_at(
+        tokio::time::Instant::now() + Duration::from_secs(10),
+        Duration::from_secs(10),
+    );
+    while !pending.is_empty() {
+        tokio::select! {
+            _ = stop.cancelled() => return false,
+            Some(what) = waits.next() => pending.retain(|p| *p != what),
+            _ = report.tick() => {
+                tracing::warn!(waiting_for = ?pending, "kube: initial sync still incomplete");
+            }
+        }
+    }
+    true
 }

@@ -18,8 +18,9 @@ impl SteeredDiff {
 
 /// What to write to `STEERED` to go from `old` to `new`. Both lists come out sorted by address.
 ///
-/// Apply `add` before `remove`: a destination that stays steered is then never briefly missing,
-/// and a connection made between the two steps at worst goes through the proxy once more.
+/// A destination that stays steered is only in `add` when its service id changed (an insert
+/// overwrites it in place), so it is never briefly missing whatever the order; removing first
+/// leaves room in a nearly full map.
 pub fn diff(old: &BTreeMap<SocketAddr, u32>, new: &BTreeMap<SocketAddr, u32>) -> SteeredDiff {
     SteeredDiff {
         add: new

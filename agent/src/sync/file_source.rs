@@ -14,9 +14,12 @@ use std::{
 
 use tokio::{sync::watch, task::JoinHandle};
 
-use crate::routes::{
-    ClusterState,
-    file::{Diagnostic, RoutesFileError, parse_routes},
+use crate::{
+    metrics::Metrics,
+    routes::{
+        ClusterState,
+        file::{Diagnostic, RoutesFileError, parse_routes},
+    },
 };
 
 /// Counters and last error of a [`RoutesFileWatcher`], for metrics and readiness.
@@ -56,16 +59,19 @@ impl ReloadStats {
 /// Polling (mtime, size and inode, then a content hash) rather than inotify: it sees edits made
 /// in place, by rename, and through the symlink swaps of a Kubernetes ConfigMap volume alike,
 /// and costs one `stat` per interval.
-#[derive(Clone, Debug)]
+#[derive(Clone)]
 pub struct RoutesFileWatcher {
     path: PathBuf,
     interval: Duration,
+    /// Counts rejected versions in `shunt_route_table_reload_errors` as they happen.
+    metrics: Option<Arc<Metrics>>,
 }
 
 /// What [`RoutesFileWatcher::spawn`] returns.
 #[derive(Debug)]
 pub struct RoutesFileWatch {
-    /// The latest valid state; changes only when the file's meaning does.
+    /// The latest valid state; changes only when the file's meaning does. Its current value
+    /// (the file as loaded at spawn) counts as seen.
     pub states: watch::Receiver<Arc<ClusterState>>,
     pub stats: Arc<ReloadStats>,
     /// The polling task; it ends when every receiver is dropped, or abort it.
@@ -77,7 +83,14 @@ impl RoutesFileWatcher {
         Self {
             path: path.into(),
             interval,
+            metrics: None,
         }
+    }
+
+    /// Also counts rejected versions of the file in the agent's metrics.
+    pub fn with_metrics(mut self, metrics: Arc<Metrics>) -> Self {
+        self.metrics = Some(metrics);
+        self
     }
 
     /// Loads the file, then polls it on the current tokio runtime. The initial load must
@@ -93,7 +106,7 @@ impl RoutesFileWatcher {
         let stats = Arc::new(ReloadStats::default());
         stats.reloads.fetch_add(1, Ordering::Relaxed);
         let (tx, states) = watch::channel(Arc::new(initial));
-        let task = tokio::spawn(run(poller, self.interval, tx, stats.clone()));
+        let task = tokio::spawn(run(poller, self.interval, tx, stats.clone(), self.metrics));
         Ok(RoutesFileWatch {
             states,
             stats,
@@ -107,6 +120,7 @@ async fn run(
     interval: Duration,
     tx: watch::Sender<Arc<ClusterState>>,
     stats: Arc<ReloadStats>,
+    metrics: Option<Arc<Metrics>>,
 ) {
     let mut tick = tokio::time::interval(interval);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -150,6 +164,9 @@ async fn run(
             }
             Poll::Rejected(e) | Poll::Unreadable(e) => {
                 stats.rejected.fetch_add(1, Ordering::Relaxed);
+                if let Some(m) = &metrics {
+                    m.table_reload_error();
+                }
                 let msg = e.to_string();
                 tracing::warn!(error = %msg, "routes file rejected; keeping the last good routes");
                 stats.set_error(Some(msg));

@@ -1,0 +1,188 @@
+//! The one owner of `STEERED`: route sync says what should be steered, the watchdog and shutdown
+//! may suspend steering (fail open), and this keeps the kernel map consistent with both.
+//!
+//! An apply writes only the difference between the new desired set and what this owner last
+//! applied: a route change costs one map syscall per changed destination, not a walk of the
+//! whole map. A *reconcile* compares against what the kernel map actually holds, so entries
+//! left by an earlier agent, or lost behind our back, are put right; it runs at start, after a
+//! relist, on [`Steering::resume`] and on the sync room's slow timer.
+use std::{collections::BTreeMap, net::SocketAddr, sync::Mutex};
+
+use crate::{
+    capture::{MapError, SteeredMap},
+    metrics::Metrics,
+    routes::diff,
+};
+
+/// The kernel map behind [`Steering`], as a trait so the diff logic is tested without a kernel
+/// (and its syscalls counted). Each method is one map syscall, except [`Self::entries`], which
+/// walks the map.
+pub trait SteeredStore: Send {
+    fn steer(&mut self, dst: SocketAddr, service_id: u32) -> Result<(), MapError>;
+    /// Removing an absent entry is not an error.
+    fn unsteer(&mut self, dst: SocketAddr) -> Result<(), MapError>;
+    fn entries(&self) -> Vec<(SocketAddr, u32)>;
+}
+
+impl SteeredStore for SteeredMap {
+    fn steer(&mut self, dst: SocketAddr, service_id: u32) -> Result<(), MapError> {
+        SteeredMap::steer(self, dst, service_id)
+    }
+    fn unsteer(&mut self, dst: SocketAddr) -> Result<(), MapError> {
+        SteeredMap::unsteer(self, dst)
+    }
+    fn entries(&self) -> Vec<(SocketAddr, u32)> {
+        SteeredMap::entries(self)
+    }
+}
+
+/// How an apply compares.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ApplyMode {
+    /// Against what this owner last applied: touches only changed entries.
+    Incremental,
+    /// Against the kernel map's actual contents (reads the whole map).
+    Reconcile,
+}
+
+/// What an apply changed.
+#[derive(Debug, Default)]
+pub struct SyncReport {
+    pub added: usize,
+    pub removed: usize,
+    pub unchanged: usize,
+    /// Inserts the kernel refused (a full map): these destinations stay direct. They are retried
+    /// on the next apply.
+    pub failed: Vec<(SocketAddr, MapError)>,
+}
+
+pub struct Steering {
+    inner: Mutex<Inner>,
+}
+
+struct Inner {
+    map: Box<dyn SteeredStore>,
+    /// What route sync wants steered.
+    desired: BTreeMap<SocketAddr, u32>,
+    /// What the kernel map holds as far as this owner knows: every successful write since the
+    /// last reconcile.
+    applied: BTreeMap<SocketAddr, u32>,
+    suspended: bool,
+}
+
+impl Steering {
+    pub fn new(map: impl SteeredStore + 'static) -> Self {
+        Self {
+            inner: Mutex::new(Inner {
+                map: Box::new(map),
+                desired: BTreeMap::new(),
+                applied: BTreeMap::new(),
+                suspended: false,
+            }),
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
+        self.inner.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Sets the desired steered set and applies it (unless suspended: then it is applied on
+    /// [`Self::resume`]).
+    pub fn apply(
+        &self,
+        desired: BTreeMap<SocketAddr, u32>,
+        mode: ApplyMode,
+        metrics: &Metrics,
+    ) -> Option<SyncReport> {
+        let mut inner = self.lock();
+        inner.desired = desired;
+        if inner.suspended {
+            return None;
+        }
+        let report = inner.write(mode);
+        report_failures(&report, metrics);
+        Some(report)
+    }
+
+    /// Fails open: empties `STEERED` so new connections go direct, until [`Self::resume`].
+    pub fn suspend(&self) -> usize {
+        let mut inner = self.lock();
+        inner.suspended = true;
+        inner
+            .write_set(&BTreeMap::new(), ApplyMode::Reconcile)
+            .removed
+    }
+
+    /// Restores the desired set after a suspension (a reconcile: the map was emptied).
+    pub fn resume(&self, metrics: &Metrics) {
+        let mut inner = self.lock();
+        inner.suspended = false;
+        let report = inner.write(ApplyMode::Reconcile);
+        report_failures(&report, metrics);
+    }
+
+    pub fn is_suspended(&self) -> bool {
+        self.lock().suspended
+    }
+
+    /// What the kernel map holds now.
+    pub fn entries(&self) -> Vec<(SocketAddr, u32)> {
+        self.lock().map.entries()
+    }
+}
+
+impl Inner {
+    fn write(&mut self, mode: ApplyMode) -> SyncReport {
+        let desired = std::mem::take(&mut self.desired);
+        let report = self.write_set(&desired, mode);
+        self.desired = desired;
+        report
+    }
+
+    /// Makes the map equal `desired`. Removes first, so a nearly full map has room for the adds;
+    /// a destination that stays steered is only ever overwritten, never briefly missing.
+    fn write_set(&mut self, desired: &BTreeMap<SocketAddr, u32>, mode: ApplyMode) -> SyncReport {
+        if mode == ApplyMode::Reconcile {
+            self.applied = self.map.entries().into_iter().collect();
+        }
+        let d = diff(&self.applied, desired);
+        let mut report = SyncReport {
+            unchanged: desired.len() - d.add.len(),
+            ..SyncReport::default()
+        };
+        for dst in d.remove {
+            match self.map.unsteer(dst) {
+                Ok(()) => {
+                    self.applied.remove(&dst);
+                    report.removed += 1;
+                }
+                Err(e) => tracing::warn!(%dst, error = %e, "removing a steered destination failed"),
+            }
+        }
+        for (dst, id) in d.add {
+            match self.map.steer(dst, id) {
+                Ok(()) => {
+                    self.applied.insert(dst, id);
+                    report.added += 1;
+                }
+                Err(e) => {
+                    // What the map holds for it is unknown now: the next apply writes it again.
+                    self.applied.remove(&dst);
+                    report.failed.push((dst, e));
+                }
+            }
+        }
+        report
+    }
+}
+
+fn report_failures(report: &SyncReport, metrics: &Metrics) {
+    for (dst, err) in &report.failed {
+        tracing::error!(%dst, error = %err, "could not steer destination (map full?); it stays direct");
+    }
+    metrics.steer_insert_failed(report.failed.len() as u64);
+}
+
+#[cfg(test)]
+#[path = "steering_tests.rs"]
+mod tests;
