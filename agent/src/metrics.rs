@@ -99,6 +99,11 @@ impl Metrics {
         m
     }
 
+    /// Metrics that no registry serves: for tools and tests that drive parts of the agent.
+    pub fn unregistered() -> Arc<Self> {
+        Self::register(&mut Registry::default(), None)
+    }
+
     /// One routed request (or opaque connection).
     pub fn request(
         &self,

@@ -83,7 +83,7 @@ fn start(initial: Arc<ClusterState>, debounce: Duration) -> Harness {
     let (sync, out) = RouteSync::new(RouteSyncConfig {
         table: table.clone(),
         steering: Arc::new(Steering::new(map.clone())),
-        metrics: Metrics::register(&mut prometheus_client::registry::Registry::default(), None),
+        metrics: Metrics::unregistered(),
         always_steered: vec!["10.0.0.9:80".parse().expect("addr")],
         debounce,
         reconcile_interval: Duration::from_secs(3600),
