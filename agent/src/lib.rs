@@ -1,7 +1,21 @@
-//! Shunt's node agent: loads the capture programs, runs the node proxy and serves the admin API.
+//! Shunt: the node agent (`shunt run`) and the clients that drive it (`shunt mcp`, `sandbox`,
+//! `routes`, `topology`, `crd`).
 //!
-//! Folders by role: [`capture`] is the only module that touches aya; [`proxy`] accepts redirected
-//! connections; [`admin`] serves health and metrics. [`run`] wires them together for `shunt run`.
+//! Rooms by role, and who may import whom (see ARCHITECTURE.md, "Dependency rules"):
+//! - [`routes`]: the route table as plain data, and the routing decision made against it; no
+//!   runtime part (no tokio, aya, hyper or kube-rs).
+//! - [`sync`]: route sync, end to end. Sources (the routes file in [`sync::file_source`],
+//!   Kubernetes in [`kube`]) publish `ClusterState`s; sync alone recomputes the table, swaps the
+//!   proxy's copy, and hands [`sync::Steering`] (the only writer of `STEERED`) a diff.
+//! - [`capture`]: the only module that touches aya: loads, attaches and pins the eBPF programs.
+//! - [`proxy`]: accepts redirected connections and forwards each request by its key; reads a
+//!   table snapshot and an original-destination lookup, never `kube`.
+//! - [`kube`]: watches and status writes against the API server; never `proxy`. Shared
+//!   Kubernetes helpers for [`mcp`] and [`sandbox`] live here.
+//! - [`admin`]: health, metrics and the debug endpoints; [`watchdog`]: fails open when the proxy
+//!   stops accepting (an OS thread on purpose: a wedged runtime could not run it).
+//! - [`run`] wires the parts for `shunt run` from a config value; [`cli`] parses the command
+//!   line and is imported by no one.
 pub mod admin;
 pub mod capture;
 pub mod cli;
