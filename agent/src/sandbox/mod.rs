@@ -116,6 +116,7 @@ pub fn run(args: SandboxArgs) -> anyhow::Result<()> {
     })
 }
 
+/// A client and the namespace to work in (--namespace, else the kubeconfig context's).
 async fn connect(k: &KubeFlags) -> anyhow::Result<(Client, String)> {
     let (client, ns) = crate::kube::client::load(k.kubeconfig.as_deref()).await?;
     Ok((client, k.namespace.clone().unwrap_or(ns)))
