@@ -1,7 +1,10 @@
-//! The `shunt` command line.
+//! The `shunt` command line: parses flags and hands each subcommand plain values (`run` gets a
+//! [`RunConfig`]); `mcp` and `sandbox` own their flags and are only dispatched to from here.
 use std::{net::SocketAddr, path::PathBuf, process::ExitCode, time::Duration};
 
 use clap::{Args, Parser, Subcommand};
+
+use crate::{config::RunConfig, duration::parse_duration};
 
 #[derive(Debug, Parser)]
 #[command(
@@ -52,40 +55,51 @@ pub struct TopologyArgs {
     pub json: bool,
 }
 
-/// Flags of `shunt run`.
+/// Flags of `shunt run`. Each also reads an environment variable (`SHUNT_` and the flag's name,
+/// `NODE_NAME` for --node-name, as the DaemonSet sets it); the command line wins.
 #[derive(Debug, Clone, Args)]
 pub struct RunArgs {
     /// cgroup v2 directory whose processes are captured (the cgroup v2 root on a node).
-    #[arg(long, value_name = "PATH")]
+    #[arg(long, env = "SHUNT_CGROUP", value_name = "PATH")]
     pub cgroup: PathBuf,
 
     /// IPv4 address and port the node proxy listens on; steered IPv4 connects go here.
-    #[arg(long, value_name = "IP:PORT")]
+    #[arg(long, env = "SHUNT_PROXY_ADDR", value_name = "IP:PORT")]
     pub proxy_addr: SocketAddr,
 
     /// IPv6 address and port for steered IPv6 connects (none: IPv6 destinations stay direct).
-    #[arg(long, value_name = "[IP]:PORT")]
+    #[arg(long, env = "SHUNT_PROXY_ADDR6", value_name = "[IP]:PORT")]
     pub proxy_addr6: Option<SocketAddr>,
 
     /// bpffs directory where maps are pinned. Mounted there if missing, unless --kube.
-    #[arg(long, value_name = "DIR", default_value = "/sys/fs/bpf/shunt")]
+    #[arg(
+        long,
+        env = "SHUNT_BPFFS_DIR",
+        value_name = "DIR",
+        default_value = "/sys/fs/bpf/shunt"
+    )]
     pub bpffs_dir: PathBuf,
 
     /// Admin API (health, readiness, metrics).
-    #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:9464")]
+    #[arg(
+        long,
+        env = "SHUNT_ADMIN_ADDR",
+        value_name = "ADDR",
+        default_value = "127.0.0.1:9464"
+    )]
     pub admin_addr: SocketAddr,
 
     /// Routes file (YAML: services, sandbox pods and SandboxRoutes), hot-reloaded on change.
-    #[arg(long, value_name = "FILE")]
+    #[arg(long, env = "SHUNT_ROUTES", value_name = "FILE")]
     pub routes: Option<PathBuf>,
 
     /// Take routes from the Kubernetes API (SandboxRoutes, Services, EndpointSlices, sandbox
     /// Pods). bpffs is then never mounted: the node's must be mounted in.
-    #[arg(long, conflicts_with = "routes")]
+    #[arg(long, env = "SHUNT_KUBE", conflicts_with = "routes")]
     pub kube: bool,
 
     /// Kubeconfig for --kube (default: in-cluster config, else KUBECONFIG or ~/.kube/config).
-    #[arg(long, value_name = "PATH", requires = "kube")]
+    #[arg(long, env = "SHUNT_KUBECONFIG", value_name = "PATH", requires = "kube")]
     pub kubeconfig: Option<PathBuf>,
 
     /// This node's name: the agent's identity in the status Lease (default: the host name).
@@ -93,108 +107,203 @@ pub struct RunArgs {
     pub node_name: Option<String>,
 
     /// Namespace of the Lease that elects the one agent writing SandboxRoute status.
-    #[arg(long, value_name = "NS", default_value = "shunt-system")]
+    #[arg(
+        long,
+        env = "SHUNT_LEASE_NAMESPACE",
+        value_name = "NS",
+        default_value = "shunt-system"
+    )]
     pub lease_namespace: String,
 
     /// How long the status Lease holds without renewal before another agent takes over.
-    #[arg(long, value_name = "DURATION", default_value = "15s", value_parser = parse_duration)]
+    #[arg(long, env = "SHUNT_LEASE_DURATION", value_name = "DURATION", default_value = "15s", value_parser = parse_duration)]
     pub lease_duration: Duration,
 
     /// Quiet time after a Kubernetes change before the route table is recomputed.
-    #[arg(long, value_name = "DURATION", default_value = "50ms", value_parser = parse_duration)]
+    #[arg(long, env = "SHUNT_KUBE_DEBOUNCE", value_name = "DURATION", default_value = "50ms", value_parser = parse_duration)]
     pub kube_debounce: Duration,
 
     /// How often the routes file is checked for changes.
-    #[arg(long, value_name = "DURATION", default_value = "500ms", value_parser = parse_duration)]
+    #[arg(long, env = "SHUNT_ROUTES_POLL_INTERVAL", value_name = "DURATION", default_value = "500ms", value_parser = parse_duration)]
     pub routes_poll_interval: Duration,
 
-    /// Steer this destination to the proxy (repeatable). Route sources add their own.
-    #[arg(long, value_name = "IP:PORT")]
+    /// Steer this destination to the proxy (repeatable; comma-separated in the variable). Route
+    /// sources add their own.
+    #[arg(
+        long,
+        env = "SHUNT_STEER",
+        value_name = "IP:PORT",
+        value_delimiter = ','
+    )]
     pub steer: Vec<SocketAddr>,
 
     /// Also exempt sockets carrying this SO_MARK from capture. Off by default: mark bits collide
     /// with kube-proxy (0x4000/0x8000) and CNI marks. The agent's cgroup is always exempt.
-    #[arg(long, value_name = "MARK")]
+    #[arg(long, env = "SHUNT_AGENT_MARK", value_name = "MARK")]
     pub agent_mark: Option<u32>,
 
     /// Capacity of the steered-destinations map.
-    #[arg(long, value_name = "N", default_value_t = agent_common::steered::DEFAULT_MAX_ENTRIES)]
+    #[arg(long, env = "SHUNT_STEERED_MAX_ENTRIES", value_name = "N", default_value_t = agent_common::steered::DEFAULT_MAX_ENTRIES)]
     pub steered_max_entries: u32,
 
     /// Capacity of each original-destination LRU map.
-    #[arg(long, value_name = "N", default_value_t = agent_common::orig::DEFAULT_MAX_ENTRIES)]
+    #[arg(long, env = "SHUNT_ORIG_MAX_ENTRIES", value_name = "N", default_value_t = agent_common::orig::DEFAULT_MAX_ENTRIES)]
     pub orig_max_entries: u32,
 
     /// Capacity of the per-CPU flow counters behind `/topology` (least recently used age out).
-    #[arg(long, value_name = "N", default_value_t = agent_common::flows::DEFAULT_MAX_ENTRIES)]
+    #[arg(long, env = "SHUNT_FLOWS_MAX_ENTRIES", value_name = "N", default_value_t = agent_common::flows::DEFAULT_MAX_ENTRIES)]
     pub flows_max_entries: u32,
 
     /// Proxy worker threads (0: one per CPU; 1: a single-threaded runtime, the agent then uses
     /// one core for everything).
-    #[arg(long, value_name = "N", default_value_t = 0)]
+    #[arg(
+        long,
+        env = "SHUNT_WORKER_THREADS",
+        value_name = "N",
+        default_value_t = 0
+    )]
     pub worker_threads: usize,
 
     /// Upstream connect timeout.
-    #[arg(long, value_name = "DURATION", default_value = "5s", value_parser = parse_duration)]
+    #[arg(long, env = "SHUNT_CONNECT_TIMEOUT", value_name = "DURATION", default_value = "5s", value_parser = parse_duration)]
     pub connect_timeout: Duration,
 
     /// Time a client has to send a request's headers (HTTP/1.1); slower clients get a 408.
-    #[arg(long, value_name = "DURATION", default_value = "10s", value_parser = parse_duration)]
+    #[arg(long, env = "SHUNT_HEADER_READ_TIMEOUT", value_name = "DURATION", default_value = "10s", value_parser = parse_duration)]
     pub header_read_timeout: Duration,
 
     /// Idle timeout of pooled upstream connections and of HTTP/2 keep-alive.
-    #[arg(long, value_name = "DURATION", default_value = "60s", value_parser = parse_duration)]
+    #[arg(long, env = "SHUNT_IDLE_TIMEOUT", value_name = "DURATION", default_value = "60s", value_parser = parse_duration)]
     pub idle_timeout: Duration,
 
     /// How long to wait for a client's first bytes before treating the connection as opaque
     /// (server-speaks-first protocols send nothing).
-    #[arg(long, value_name = "DURATION", default_value = "500ms", value_parser = parse_duration)]
+    #[arg(long, env = "SHUNT_DETECT_TIMEOUT", value_name = "DURATION", default_value = "500ms", value_parser = parse_duration)]
     pub detect_timeout: Duration,
 
     /// Largest request header block accepted (bigger gets 431).
-    #[arg(long, value_name = "BYTES", default_value_t = 65_536)]
+    #[arg(
+        long,
+        env = "SHUNT_MAX_HEADER_BYTES",
+        value_name = "BYTES",
+        default_value_t = 65_536
+    )]
     pub max_header_bytes: usize,
 
     /// Most request headers accepted (more gets 431).
-    #[arg(long, value_name = "N", default_value_t = 128)]
+    #[arg(
+        long,
+        env = "SHUNT_MAX_HEADERS",
+        value_name = "N",
+        default_value_t = 128
+    )]
     pub max_headers: usize,
 
-    /// Extra header carrying the routing key (repeatable), read after the standard ones
-    /// (baggage, tracestate, uberctx-sd-routing-key, ot-baggage-sd-routing-key).
-    #[arg(long, value_name = "NAME")]
+    /// Extra header carrying the routing key (repeatable; comma-separated in the variable), read
+    /// after the standard ones (baggage, tracestate, uberctx-sd-routing-key,
+    /// ot-baggage-sd-routing-key).
+    #[arg(
+        long,
+        env = "SHUNT_KEY_HEADER",
+        value_name = "NAME",
+        value_delimiter = ','
+    )]
     pub key_header: Vec<String>,
 
     /// Routing decisions kept for `/decisions`.
-    #[arg(long, value_name = "N", default_value_t = 4096)]
+    #[arg(
+        long,
+        env = "SHUNT_DECISION_LOG_SIZE",
+        value_name = "N",
+        default_value_t = 4096
+    )]
     pub decision_log_size: usize,
 
     /// How often the watchdog checks that the proxy accepts; a wedged proxy fails open.
-    #[arg(long, value_name = "DURATION", default_value = "1s", value_parser = parse_duration)]
+    #[arg(long, env = "SHUNT_WATCHDOG_INTERVAL", value_name = "DURATION", default_value = "1s", value_parser = parse_duration)]
     pub watchdog_interval: Duration,
 
     /// Maximum concurrent proxied connections; further clients wait in the accept queue.
-    #[arg(long, value_name = "N", default_value_t = 16_384)]
+    #[arg(
+        long,
+        env = "SHUNT_MAX_CONNECTIONS",
+        value_name = "N",
+        default_value_t = 16_384
+    )]
     pub max_connections: usize,
 
     /// How long in-flight connections may finish after SIGTERM.
-    #[arg(long, value_name = "DURATION", default_value = "10s", value_parser = parse_duration)]
+    #[arg(long, env = "SHUNT_SHUTDOWN_GRACE", value_name = "DURATION", default_value = "10s", value_parser = parse_duration)]
     pub shutdown_grace: Duration,
 }
 
-/// Parses "250ms", "5s", "2m", "1h".
-pub fn parse_duration(s: &str) -> Result<Duration, String> {
-    let s = s.trim();
-    let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
-    let (num, unit) = s.split_at(split);
-    let n: u64 = num
-        .parse()
-        .map_err(|_| format!("`{s}`: expected a number then ms|s|m|h"))?;
-    match unit {
-        "ms" => Ok(Duration::from_millis(n)),
-        "s" | "" => Ok(Duration::from_secs(n)),
-        "m" => Ok(Duration::from_secs(n * 60)),
-        "h" => Ok(Duration::from_secs(n * 3600)),
-        _ => Err(format!("`{s}`: unknown unit `{unit}`, expected ms|s|m|h")),
+impl From<RunArgs> for RunConfig {
+    fn from(a: RunArgs) -> Self {
+        // Destructured, so a flag added to one and not the other fails to compile.
+        let RunArgs {
+            cgroup,
+            proxy_addr,
+            proxy_addr6,
+            bpffs_dir,
+            admin_addr,
+            routes,
+            kube,
+            kubeconfig,
+            node_name,
+            lease_namespace,
+            lease_duration,
+            kube_debounce,
+            routes_poll_interval,
+            steer,
+            agent_mark,
+            steered_max_entries,
+            orig_max_entries,
+            flows_max_entries,
+            worker_threads,
+            connect_timeout,
+            header_read_timeout,
+            idle_timeout,
+            detect_timeout,
+            max_header_bytes,
+            max_headers,
+            key_header,
+            decision_log_size,
+            watchdog_interval,
+            max_connections,
+            shutdown_grace,
+        } = a;
+        RunConfig {
+            cgroup,
+            proxy_addr,
+            proxy_addr6,
+            bpffs_dir,
+            admin_addr,
+            routes,
+            kube,
+            kubeconfig,
+            node_name,
+            lease_namespace,
+            lease_duration,
+            kube_debounce,
+            routes_poll_interval,
+            steer,
+            agent_mark,
+            steered_max_entries,
+            orig_max_entries,
+            flows_max_entries,
+            worker_threads,
+            connect_timeout,
+            header_read_timeout,
+            idle_timeout,
+            detect_timeout,
+            max_header_bytes,
+            max_headers,
+            key_header,
+            decision_log_size,
+            watchdog_interval,
+            max_connections,
+            shutdown_grace,
+        }
     }
 }
 
@@ -203,7 +312,7 @@ pub fn main() -> ExitCode {
     let cli = Cli::parse();
     init_tracing();
     let result = match cli.command {
-        Command::Run(args) => crate::run::run(*args),
+        Command::Run(args) => crate::run::run(RunConfig::from(*args)),
         Command::Routes(a) => admin_cli(a.admin_addr, "/routes").map(|t| print!("{t}")),
         Command::Topology(t) => admin_cli(t.admin.admin_addr, "/topology").and_then(|text| {
             if t.json {
@@ -254,83 +363,5 @@ fn init_tracing() {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn durations_parse_with_units() {
-        assert_eq!(parse_duration("250ms"), Ok(Duration::from_millis(250)));
-        assert_eq!(parse_duration("5s"), Ok(Duration::from_secs(5)));
-        assert_eq!(parse_duration("2m"), Ok(Duration::from_secs(120)));
-        assert!(parse_duration("5 parsecs").is_err());
-    }
-
-    #[test]
-    fn run_flags_parse() {
-        let cli = Cli::try_parse_from([
-            "shunt",
-            "run",
-            "--cgroup",
-            "/sys/fs/cgroup",
-            "--proxy-addr",
-            "10.0.0.1:15001",
-            "--proxy-addr6",
-            "[fd00::1]:15001",
-            "--steer",
-            "10.96.0.7:9080",
-            "--steer",
-            "[fd00::7]:80",
-        ])
-        .expect("parses");
-        let Command::Run(args) = cli.command else {
-            panic!("expected run");
-        };
-        assert_eq!(args.steer.len(), 2);
-        assert_eq!(args.bpffs_dir, PathBuf::from("/sys/fs/bpf/shunt"));
-        assert!(!args.kube);
-    }
-
-    #[test]
-    fn kube_flags_parse_and_conflict_with_routes() {
-        let base = [
-            "shunt",
-            "run",
-            "--cgroup",
-            "/sys/fs/cgroup",
-            "--proxy-addr",
-            "10.0.0.1:15001",
-        ];
-        let cli = Cli::try_parse_from(base.iter().copied().chain([
-            "--kube",
-            "--kubeconfig",
-            "/k",
-            "--node-name",
-            "n1",
-            "--lease-duration",
-            "3s",
-        ]))
-        .expect("parses");
-        let Command::Run(args) = cli.command else {
-            panic!("expected run");
-        };
-        assert!(args.kube);
-        assert_eq!(args.kubeconfig, Some(PathBuf::from("/k")));
-        assert_eq!(args.node_name.as_deref(), Some("n1"));
-        assert_eq!(args.lease_namespace, "shunt-system");
-        assert_eq!(args.lease_duration, Duration::from_secs(3));
-        assert_eq!(args.kube_debounce, Duration::from_millis(50));
-        assert!(
-            Cli::try_parse_from(base.iter().copied().chain(["--kube", "--routes", "/r"])).is_err()
-        );
-        assert!(
-            Cli::try_parse_from(base.iter().copied().chain(["--kubeconfig", "/k"])).is_err(),
-            "--kubeconfig needs --kube"
-        );
-        assert!(matches!(
-            Cli::try_parse_from(["shunt", "crd"])
-                .expect("parses")
-                .command,
-            Command::Crd
-        ));
-    }
-}
+#[path = "cli_tests.rs"]
+mod tests;

@@ -19,6 +19,8 @@
 pub mod admin;
 pub mod capture;
 pub mod cli;
+pub mod config;
+pub mod duration;
 pub mod kube;
 pub mod mcp;
 pub mod metrics;

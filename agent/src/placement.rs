@@ -3,11 +3,30 @@
 //! The child joins both between fork and exec, so the caller itself never moves: cgroup v2
 //! moves whole processes, and `setns` would move the calling thread.
 use std::{
-    fs::OpenOptions, io::Write as _, os::fd::AsRawFd as _, os::unix::process::CommandExt as _,
-    path::Path,
+    fs::OpenOptions,
+    io::Write as _,
+    os::fd::AsRawFd as _,
+    os::unix::process::CommandExt as _,
+    path::{Path, PathBuf},
 };
 
-use anyhow::Context as _;
+/// A namespace or cgroup that cannot be joined (found before the fork, so it names the path).
+#[derive(Debug, thiserror::Error)]
+pub enum PlacementError {
+    #[error("opening the network namespace {}", path.display())]
+    Netns {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("opening {}", path.display())]
+    Cgroup {
+        /// The cgroup's `cgroup.procs`.
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+}
 
 /// Arranges for `cmd`'s child to join the network namespace at `netns` (e.g. `/run/netns/x`)
 /// and the cgroup v2 directory `cgroup` before it execs. The files are opened now, so errors
@@ -16,19 +35,22 @@ pub fn join_before_exec(
     cmd: &mut std::process::Command,
     netns: Option<&Path>,
     cgroup: Option<&Path>,
-) -> anyhow::Result<()> {
+) -> Result<(), PlacementError> {
     let ns = netns
         .map(|p| {
-            std::fs::File::open(p)
-                .with_context(|| format!("opening the network namespace {}", p.display()))
+            std::fs::File::open(p).map_err(|source| PlacementError::Netns {
+                path: p.to_path_buf(),
+                source,
+            })
         })
         .transpose()?;
     let procs = cgroup
         .map(|c| {
+            let path = c.join("cgroup.procs");
             OpenOptions::new()
                 .write(true)
-                .open(c.join("cgroup.procs"))
-                .with_context(|| format!("opening {}/cgroup.procs", c.display()))
+                .open(&path)
+                .map_err(|source| PlacementError::Cgroup { path, source })
         })
         .transpose()?;
     // SAFETY: between fork and exec only async-signal-safe calls (write, setns) on fds opened

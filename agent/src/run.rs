@@ -16,7 +16,7 @@ use tokio_util::sync::CancellationToken;
 use crate::{
     admin::{self, AdminState},
     capture::{self, Capture, CaptureConfig},
-    cli::RunArgs,
+    config::RunConfig,
     kube::{KubeOptions, KubeSource},
     metrics::Metrics,
     proxy::{
@@ -33,7 +33,7 @@ use crate::{
     watchdog::Watchdog,
 };
 
-pub fn run(args: RunArgs) -> anyhow::Result<()> {
+pub fn run(args: RunConfig) -> anyhow::Result<()> {
     // One worker: a current-thread runtime, so every task (proxy connections, route sync, admin)
     // runs on this thread with no cross-thread wake-ups or work-stealing bookkeeping per request.
     let mut rt = if args.worker_threads == 1 {
@@ -57,7 +57,7 @@ async fn bind(addr: std::net::SocketAddr, flag: &str) -> anyhow::Result<TcpListe
         .with_context(|| format!("binding {flag} {addr}"))
 }
 
-async fn run_async(args: RunArgs) -> anyhow::Result<()> {
+async fn run_async(args: RunConfig) -> anyhow::Result<()> {
     let key_headers = args
         .key_header
         .iter()

@@ -1,6 +1,6 @@
 //! The `SandboxRoute` custom resource (`shunt.dev/v1alpha1`): its Rust type, its CRD (printed by
-//! `shunt crd`, committed as `deploy/base/crd.yaml`), and the conversion to the plain-data
-//! [`routes::SandboxRouteSpec`] the route computation reads.
+//! `shunt crd`, committed as `deploy/base/crd.yaml`), and the conversions to and from the
+//! plain-data [`routes::SandboxRouteSpec`] the route computation reads.
 //!
 //! The spec mirrors [`routes::SandboxRouteSpec`] field for field; it is a separate type only
 //! because `routes` must not depend on kube-rs or schemars. The schema makes a real API server
@@ -233,6 +233,50 @@ impl From<&SandboxRouteSpec> for routes::SandboxRouteSpec {
     }
 }
 
+impl From<routes::Fallback> for Fallback {
+    fn from(f: routes::Fallback) -> Self {
+        match f {
+            routes::Fallback::Baseline => Fallback::Baseline,
+            routes::Fallback::Reject => Fallback::Reject,
+        }
+    }
+}
+
+/// The inverse of [`port_ref`] (for references it produced: a number stays a number).
+fn int_or_string(p: &PortRef) -> IntOrString {
+    match p {
+        PortRef::Number(n) => IntOrString::Int(i32::from(*n)),
+        PortRef::Name(s) => IntOrString::String(s.clone()),
+    }
+}
+
+/// The inverse of the conversion above: the object a client (`shunt mcp --kube`) creates for a
+/// spec it built and checked as plain data.
+impl From<&routes::SandboxRouteSpec> for SandboxRouteSpec {
+    fn from(s: &routes::SandboxRouteSpec) -> Self {
+        SandboxRouteSpec {
+            routing_key: s.routing_key.clone(),
+            forks: s
+                .forks
+                .iter()
+                .map(|f| Fork {
+                    service: f.service.clone(),
+                    to: ForkTo {
+                        selector: f.to.selector.clone(),
+                        service: f.to.service.clone(),
+                    },
+                    ports: f
+                        .ports
+                        .as_ref()
+                        .map(|ps| ps.iter().map(int_or_string).collect()),
+                })
+                .collect(),
+            fallback: s.fallback.into(),
+            expires_at: s.expires_at,
+        }
+    }
+}
+
 /// The CustomResourceDefinition object.
 pub fn crd() -> CustomResourceDefinition {
     SandboxRoute::crd()
@@ -280,6 +324,28 @@ mod tests {
         .expect("parses");
         assert_eq!(r, want);
         assert!(r.problems("shop").is_empty());
+    }
+
+    #[test]
+    fn routes_spec_converts_back_unchanged() {
+        let r: routes::SandboxRouteSpec = serde_json::from_value(json!({
+            "routingKey": "pr-42",
+            "forks": [
+                { "service": "reviews", "to": { "selector": { "app": "r", "shunt.dev/sandbox": "pr-42" } },
+                  "ports": [9080, "grpc"] },
+                { "service": "ratings", "to": { "service": "ratings-pr-42" } },
+            ],
+            "fallback": "Reject",
+            "expiresAt": "2030-01-02T03:04:05Z",
+        }))
+        .expect("parses");
+        let s = SandboxRouteSpec::from(&r);
+        assert_eq!(routes::SandboxRouteSpec::from(&s), r);
+        // The same object the two types' shared serialization gives.
+        assert_eq!(
+            serde_json::to_value(&s).expect("ser"),
+            serde_json::to_value(&r).expect("ser")
+        );
     }
 
     #[test]

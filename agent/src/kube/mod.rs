@@ -9,23 +9,26 @@
 //! - [`status`]: status writes and deletion of expired routes, by the leader.
 //! - [`rbac`]: every API permission the above uses.
 //!
+//! - [`client`]: the one kubeconfig loader (agent, `shunt sandbox`, `shunt mcp --kube`).
+//! - [`route_status`], [`pods`]: helpers the clients share (status read back from a
+//!   SandboxRoute, pod waiting states).
+//!
 //! [`KubeSource::spawn`] publishes on a watch channel, as the routes-file source does, and
 //! subscribes its status writer to the statuses that route sync (`crate::sync`) publishes: table
 //! swaps and `STEERED` updates happen in that one room whatever the source.
+pub mod client;
 pub mod convert;
 pub mod crd;
 pub mod lease;
+pub mod pods;
 pub mod rbac;
+pub mod route_status;
 pub mod source;
 pub mod status;
 
 use std::{path::PathBuf, sync::Arc, time::Duration};
 
-use anyhow::Context as _;
-use kube::{
-    Client, Config,
-    config::{KubeConfigOptions, Kubeconfig},
-};
+use kube::Client;
 use tokio::{sync::watch, task::JoinHandle};
 use tokio_util::sync::CancellationToken;
 
@@ -67,19 +70,7 @@ impl KubeSource {
     /// Reads the configuration and builds a client. A bad kubeconfig is an error here, at
     /// startup; an unreachable API server is not (the watches retry).
     pub async fn new(opts: KubeOptions) -> anyhow::Result<Self> {
-        let config = match &opts.kubeconfig {
-            Some(path) => {
-                let kc = Kubeconfig::read_from(path)
-                    .with_context(|| format!("--kubeconfig {}", path.display()))?;
-                Config::from_custom_kubeconfig(kc, &KubeConfigOptions::default())
-                    .await
-                    .with_context(|| format!("--kubeconfig {}", path.display()))?
-            }
-            None => Config::infer().await.context(
-                "no Kubernetes configuration (in-cluster, KUBECONFIG or ~/.kube/config)",
-            )?,
-        };
-        let client = Client::try_from(config).context("building the Kubernetes client")?;
+        let (client, _namespace) = client::load(opts.kubeconfig.as_deref()).await?;
         Ok(Self { client, opts })
     }
 

@@ -18,7 +18,7 @@ use tokio::sync::Mutex;
 
 use super::{
     cluster::Cluster,
-    error::{ToolError, ToolResult},
+    error::{ToolError, ToolErrorKind, ToolResult},
     types::{FallbackParam, ForkTargetInfo, PortValue, RouteForkInfo, RouteInfo},
 };
 use crate::routes::{ClusterState, Fallback, RouteStatus, RouteTable, SandboxRouteObj};
@@ -165,7 +165,7 @@ const RELOAD_WAIT: Duration = Duration::from_secs(6);
 impl Local {
     fn file_error(&self, e: impl std::fmt::Display) -> ToolError {
         ToolError::new(
-            "routes_file",
+            ToolErrorKind::RoutesFile,
             format!("{}: {e}", self.routes_file.display()),
             "fix the routes file (the agent keeps its last good version meanwhile), or point \
              --routes at the file the agent reads",
@@ -190,7 +190,7 @@ impl Local {
             .await
             .map_err(|e| {
                 ToolError::new(
-                    "agent_unreachable",
+                    ToolErrorKind::AgentUnreachable,
                     format!("{e:#}"),
                     "start the agent (`shunt run --routes FILE`), or give `shunt mcp` its \
                      --admin-addr (and --admin-netns when it listens in another network \
@@ -200,17 +200,13 @@ impl Local {
     }
 
     /// Polls `/routes` until `pred` holds for the route list, up to [`RELOAD_WAIT`].
-    async fn wait_agent(&self, pred: impl Fn(&[Value]) -> bool) -> Result<bool, String> {
+    async fn wait_agent(&self, pred: impl Fn(&[Value]) -> bool) -> ToolResult<bool> {
         let deadline = Instant::now() + RELOAD_WAIT;
         loop {
-            match self.admin_get("/routes").await {
-                Ok(body) => {
-                    let routes: Vec<Value> = serde_json::from_str(&body).unwrap_or_default();
-                    if pred(&routes) {
-                        return Ok(true);
-                    }
-                }
-                Err(e) => return Err(e.message),
+            let body = self.admin_get("/routes").await?;
+            let routes: Vec<Value> = serde_json::from_str(&body).unwrap_or_default();
+            if pred(&routes) {
+                return Ok(true);
             }
             if Instant::now() > deadline {
                 return Ok(false);
@@ -245,7 +241,8 @@ impl Local {
             Err(e) => (
                 false,
                 vec![format!(
-                    "could not ask the agent whether it applies the change: {e}"
+                    "could not ask the agent whether it applies the change: {}",
+                    e.message
                 )],
             ),
         }

@@ -20,12 +20,12 @@ use kube::{
 
 use super::{
     backend::{AgentReply, Snapshot, route_info},
-    error::{ToolError, ToolResult},
+    error::{ToolError, ToolErrorKind, ToolResult},
     types::RouteInfo,
 };
 use crate::{
-    kube::{convert, crd},
-    routes::{self, ForkStatus, Reason, RouteStatus, SANDBOX_LABEL, SandboxRouteObj},
+    kube::{convert, crd, route_status::route_status},
+    routes::{SANDBOX_LABEL, SandboxRouteObj},
 };
 
 /// How long create_sandbox_route waits for the agents' status.
@@ -44,51 +44,6 @@ pub struct Cluster {
     pub request_namespace: Option<String>,
     /// How long a request pod may take to be scheduled, pulled and started.
     pub request_pod_timeout: Duration,
-}
-
-fn reason_of(s: &str) -> Reason {
-    match s {
-        "EndpointsReady" => Reason::EndpointsReady,
-        "ServiceNotFound" => Reason::ServiceNotFound,
-        "PortNotFound" => Reason::PortNotFound,
-        "DuplicateKey" => Reason::DuplicateKey,
-        "Expired" => Reason::Expired,
-        "CrossNamespace" => Reason::CrossNamespace,
-        "InvalidKey" => Reason::InvalidKey,
-        "InvalidSelector" => Reason::InvalidSelector,
-        "InvalidTarget" => Reason::InvalidTarget,
-        _ => Reason::NoReadyEndpoints,
-    }
-}
-
-/// The status the agents wrote on a SandboxRoute, if any.
-pub fn status_of(r: &crd::SandboxRoute) -> Option<RouteStatus> {
-    let status = r.status.as_ref()?;
-    let cond = status.conditions.iter().find(|c| c.type_ == crd::READY)?;
-    Some(RouteStatus {
-        namespace: r.namespace().unwrap_or_default(),
-        name: r.name_any(),
-        observed_generation: status.observed_generation.unwrap_or(0),
-        ready: cond.status == "True",
-        reason: reason_of(&cond.reason),
-        message: cond.message.clone(),
-        applied: cond.status == "True",
-        forks: status
-            .forks
-            .iter()
-            .map(|f| ForkStatus {
-                service: f.service.clone(),
-                reason: reason_of(&f.reason),
-                message: f.message.clone(),
-                ready_endpoints: f.ready_endpoints as usize,
-            })
-            .collect(),
-    })
-}
-
-/// The CRD spec for a routes spec (the two serialize identically).
-pub fn crd_spec(spec: &routes::SandboxRouteSpec) -> anyhow::Result<crd::SandboxRouteSpec> {
-    Ok(serde_json::from_value(serde_json::to_value(spec)?)?)
 }
 
 impl Cluster {
@@ -135,7 +90,7 @@ impl Cluster {
             .map(|r| {
                 by_name
                     .get(&(r.namespace.clone(), r.name.clone()))
-                    .and_then(|cr| status_of(cr))
+                    .and_then(|cr| route_status(cr))
             })
             .collect();
         let mut pod_names = HashMap::new();
@@ -183,7 +138,7 @@ impl Cluster {
         let agents = self.agents().await?;
         if agents.is_empty() {
             return Err(ToolError::new(
-                "agent_unreachable",
+                ToolErrorKind::AgentUnreachable,
                 format!(
                     "no running agent pod in namespace {} with labels {}",
                     self.agent_namespace, self.agent_selector
@@ -227,7 +182,7 @@ impl Cluster {
         }
         if replies.is_empty() {
             return Err(ToolError::new(
-                "agent_unreachable",
+                ToolErrorKind::AgentUnreachable,
                 format!("no agent answered: {}", warnings.join("; ")),
                 format!(
                     "check that your user may `get pods/proxy` in {} and that the agents are \
@@ -244,7 +199,6 @@ impl Cluster {
         route: SandboxRouteObj,
     ) -> ToolResult<(RouteInfo, bool, Vec<String>)> {
         let api = Api::<crd::SandboxRoute>::namespaced(self.client.clone(), &route.namespace);
-        let spec = crd_spec(&route.spec).map_err(|e| ToolError::invalid(e.to_string(), ""))?;
         let obj = crd::SandboxRoute {
             metadata: ObjectMeta {
                 name: Some(route.name.clone()),
@@ -252,7 +206,7 @@ impl Cluster {
                 labels: Some([(SANDBOX_LABEL.to_string(), route.spec.routing_key.clone())].into()),
                 ..ObjectMeta::default()
             },
-            spec,
+            spec: crd::SandboxRouteSpec::from(&route.spec),
             status: None,
         };
         let created = api
@@ -260,7 +214,7 @@ impl Cluster {
             .await
             .map_err(|e| match &e {
                 kube::Error::Api(s) if s.code == 409 => ToolError::new(
-                    "key_exists",
+                    ToolErrorKind::KeyExists,
                     format!(
                         "a SandboxRoute named {}/{} already exists",
                         route.namespace, route.name
@@ -275,7 +229,7 @@ impl Cluster {
         let deadline = Instant::now() + STATUS_WAIT;
         let mut last = created;
         loop {
-            if let Some(st) = status_of(&last)
+            if let Some(st) = route_status(&last)
                 && st.observed_generation >= generation
             {
                 let info = route_info(&route, Some(&st));

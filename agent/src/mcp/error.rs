@@ -1,15 +1,76 @@
 //! Structured tool errors: `{"error": {"kind", "message", "fix", "details"?}}`, returned as a
 //! tool result with `isError: true`, so an agent can read what went wrong and what to do next.
+use std::fmt;
+
 use schemars::JsonSchema;
 use serde::Serialize;
 use serde_json::Value;
 
+/// What kind of error a tool returned: stable, snake_case on the wire, so an agent can act on it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum ToolErrorKind {
+    /// No such service (`details.services` lists them).
+    ServiceNotFound,
+    /// A service name found in several namespaces.
+    AmbiguousService,
+    /// Not a port of the service (`details.valid_ports`, maybe `details.suggested_port`).
+    WrongPort,
+    /// The routing key (or the route's name) is already taken.
+    KeyExists,
+    /// No route with that key.
+    RouteNotFound,
+    /// A routing key used in several namespaces.
+    AmbiguousKey,
+    /// A parameter is malformed or inconsistent.
+    InvalidInput,
+    /// No agent answered.
+    AgentUnreachable,
+    /// An agent answered something this version cannot read.
+    AgentError,
+    /// The test request could not be made or answered.
+    RequestFailed,
+    /// The cluster lacks what the tool needs (e.g. an agent pod to take an image from).
+    Unsupported,
+    /// The user's credentials lack a permission; the fix names it.
+    Forbidden,
+    /// Any other Kubernetes API failure.
+    ApiError,
+    /// The routes file (no-cluster mode) cannot be read or written.
+    RoutesFile,
+}
+
+impl ToolErrorKind {
+    /// The wire string (what `kind` serializes to).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ToolErrorKind::ServiceNotFound => "service_not_found",
+            ToolErrorKind::AmbiguousService => "ambiguous_service",
+            ToolErrorKind::WrongPort => "wrong_port",
+            ToolErrorKind::KeyExists => "key_exists",
+            ToolErrorKind::RouteNotFound => "route_not_found",
+            ToolErrorKind::AmbiguousKey => "ambiguous_key",
+            ToolErrorKind::InvalidInput => "invalid_input",
+            ToolErrorKind::AgentUnreachable => "agent_unreachable",
+            ToolErrorKind::AgentError => "agent_error",
+            ToolErrorKind::RequestFailed => "request_failed",
+            ToolErrorKind::Unsupported => "unsupported",
+            ToolErrorKind::Forbidden => "forbidden",
+            ToolErrorKind::ApiError => "api_error",
+            ToolErrorKind::RoutesFile => "routes_file",
+        }
+    }
+}
+
+impl fmt::Display for ToolErrorKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
 #[derive(Clone, Debug, Serialize, JsonSchema)]
 pub struct ToolError {
-    /// Stable, snake_case: `service_not_found`, `wrong_port`, `key_exists`, `route_not_found`,
-    /// `invalid_input`, `agent_unreachable`, `request_failed`, `unsupported`, `api_error`,
-    /// `routes_file`.
-    pub kind: String,
+    pub kind: ToolErrorKind,
     /// What went wrong, in one or two sentences.
     pub message: String,
     /// What to do about it.
@@ -26,9 +87,9 @@ pub struct ErrorBody {
 }
 
 impl ToolError {
-    pub fn new(kind: &str, message: impl Into<String>, fix: impl Into<String>) -> Self {
+    pub fn new(kind: ToolErrorKind, message: impl Into<String>, fix: impl Into<String>) -> Self {
         Self {
-            kind: kind.into(),
+            kind,
             message: message.into(),
             fix: fix.into(),
             details: None,
@@ -41,12 +102,12 @@ impl ToolError {
     }
 
     pub fn invalid(message: impl Into<String>, fix: impl Into<String>) -> Self {
-        Self::new("invalid_input", message, fix)
+        Self::new(ToolErrorKind::InvalidInput, message, fix)
     }
 
-    pub fn api(e: impl std::fmt::Display) -> Self {
+    pub fn api(e: impl fmt::Display) -> Self {
         Self::new(
-            "api_error",
+            ToolErrorKind::ApiError,
             format!("Kubernetes API: {e}"),
             "check the kubeconfig (--kubeconfig), that the API server is reachable, and that \
              your user has the permissions listed in the README (\"For coding agents\")",
@@ -58,10 +119,43 @@ impl ToolError {
     }
 }
 
-impl std::fmt::Display for ToolError {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+impl fmt::Display for ToolError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "{}: {} (fix: {})", self.kind, self.message, self.fix)
     }
 }
 
 pub type ToolResult<T> = Result<T, ToolError>;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn kinds_serialize_as_their_wire_strings() {
+        use ToolErrorKind::*;
+        for k in [
+            ServiceNotFound,
+            AmbiguousService,
+            WrongPort,
+            KeyExists,
+            RouteNotFound,
+            AmbiguousKey,
+            InvalidInput,
+            AgentUnreachable,
+            AgentError,
+            RequestFailed,
+            Unsupported,
+            Forbidden,
+            ApiError,
+            RoutesFile,
+        ] {
+            assert_eq!(serde_json::to_value(k).unwrap(), k.as_str());
+        }
+        let e = ToolError::invalid("bad", "fix it").body();
+        assert_eq!(
+            serde_json::to_value(e).unwrap(),
+            serde_json::json!({ "error": { "kind": "invalid_input", "message": "bad", "fix": "fix it" } })
+        );
+    }
+}

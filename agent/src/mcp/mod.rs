@@ -114,7 +114,7 @@ pub struct McpArgs {
 
     /// How long send_test_request's pod may take to be scheduled and started (--kube), on top
     /// of the request's own timeout.
-    #[arg(long, value_name = "DURATION", default_value = "60s", value_parser = crate::cli::parse_duration)]
+    #[arg(long, value_name = "DURATION", default_value = "60s", value_parser = crate::duration::parse_duration)]
     pub request_pod_timeout: std::time::Duration,
 
     /// Internal: be send_test_request's client (request in SHUNT_REQUEST or on stdin, response
@@ -326,7 +326,7 @@ pub fn run(args: McpArgs) -> anyhow::Result<()> {
             }
             None => {
                 let (client, namespace) =
-                    crate::sandbox::kube_client(args.kubeconfig.as_deref()).await?;
+                    crate::kube::client::load(args.kubeconfig.as_deref()).await?;
                 Backend::Cluster(cluster::Cluster {
                     client,
                     namespace: args.namespace.clone().unwrap_or(namespace),
@@ -366,84 +366,4 @@ fn enter_netns(path: &Path) -> anyhow::Result<()> {
             .with_context(|| format!("--admin-netns: entering {}", path.display()));
     }
     Ok(())
-}
-
-#[cfg(test)]
-mod tests {
-    use clap::Parser as _;
-
-    use crate::cli::{Cli, Command};
-
-    fn parse(args: &[&str]) -> Result<Command, clap::Error> {
-        Cli::try_parse_from(std::iter::once("shunt").chain(args.iter().copied())).map(|c| c.command)
-    }
-
-    #[test]
-    fn mcp_flags_parse() {
-        let Ok(Command::Mcp(a)) = parse(&[
-            "mcp",
-            "--routes",
-            "/r.yaml",
-            "--admin-netns",
-            "/run/netns/n",
-            "--client-netns",
-            "/run/netns/p0",
-            "--client-cgroup",
-            "/sys/fs/cgroup/x",
-        ]) else {
-            panic!("expected mcp");
-        };
-        assert_eq!(a.admin_addr.to_string(), "127.0.0.1:9464");
-        assert!(!a.kube && !a.internal_request);
-        assert_eq!(a.agent_namespace, "shunt-system");
-        assert!(parse(&["mcp", "--routes", "/r", "--kube"]).is_err());
-        assert!(
-            parse(&["mcp", "--kubeconfig", "/k"]).is_err(),
-            "--kubeconfig needs --kube"
-        );
-        assert!(parse(&["mcp", "--kube", "--kubeconfig", "/k", "--namespace", "shop"]).is_ok());
-        let Ok(Command::Mcp(k)) = parse(&["mcp", "--kube", "--request-image", "shunt:1"]) else {
-            panic!("expected mcp --kube");
-        };
-        assert_eq!(k.request_image.as_deref(), Some("shunt:1"));
-        assert_eq!(k.request_pod_timeout, std::time::Duration::from_secs(60));
-        assert!(
-            parse(&["mcp", "--request-image", "x"]).is_err(),
-            "--request-image needs --kube"
-        );
-    }
-
-    #[test]
-    fn sandbox_flags_parse() {
-        let Ok(Command::Sandbox(s)) = parse(&[
-            "sandbox",
-            "create",
-            "--fork",
-            "deployment/reviews",
-            "--image",
-            "r:2",
-            "--env",
-            "A=1",
-            "--env",
-            "B=2",
-            "--ttl",
-            "2h",
-            "-n",
-            "shop",
-        ]) else {
-            panic!("expected sandbox");
-        };
-        let crate::sandbox::SandboxCommand::Create(c) = s.command else {
-            panic!("expected create");
-        };
-        assert_eq!(c.env, ["A=1", "B=2"]);
-        assert_eq!(c.ttl, Some(std::time::Duration::from_secs(7200)));
-        assert_eq!(c.kube.namespace.as_deref(), Some("shop"));
-        assert!(
-            parse(&["sandbox", "create", "--fork", "deployment/x"]).is_err(),
-            "--image"
-        );
-        assert!(parse(&["sandbox", "delete", "pr-1", "--kubeconfig", "/k"]).is_ok());
-        assert!(parse(&["sandbox", "list", "-A"]).is_ok());
-    }
 }

@@ -18,10 +18,10 @@ use serde_json::json;
 
 use super::{
     cluster::Cluster,
-    error::{ToolError, ToolResult},
+    error::{ToolError, ToolErrorKind, ToolResult},
     request::{ChildRequest, ChildResponse, REQUEST_ENV},
 };
-use crate::sandbox::{IMAGE_ERRORS, START_ERRORS, waiting_containers};
+use crate::kube::pods::{IMAGE_ERRORS, START_ERRORS, waiting_containers};
 
 /// Labels of every request pod (for `kubectl get pods -l ...` and for clean-up).
 pub const REQUEST_POD_LABELS: [(&str, &str); 2] = [
@@ -96,7 +96,7 @@ impl Cluster {
             .find_map(|c| Some((c.image.clone()?, c.command.clone())))
             .ok_or_else(|| {
                 ToolError::new(
-                    "unsupported",
+                    ToolErrorKind::Unsupported,
                     format!(
                         "no agent pod in namespace {} (labels {}) to take the request image from",
                         self.agent_namespace, self.agent_selector
@@ -169,7 +169,7 @@ impl Cluster {
             .await
             .map_err(|e| match &e {
                 kube::Error::Api(s) if s.code == 403 => ToolError::new(
-                    "forbidden",
+                    ToolErrorKind::Forbidden,
                     format!("creating the request pod in {namespace}: {}", s.message),
                     format!(
                         "your user needs `create`, `get` and `delete` on pods and `get` on \
@@ -210,7 +210,7 @@ impl Cluster {
             for (reason, detail) in waiting_containers(&status) {
                 if IMAGE_ERRORS.contains(&reason.as_str()) {
                     return Err(ToolError::new(
-                        "request_failed",
+                        ToolErrorKind::RequestFailed,
                         format!("the request pod's image {image} cannot be pulled ({detail})"),
                         "give `shunt mcp --request-image IMAGE` an image the cluster can pull \
                          whose entrypoint is the shunt binary (the agent's image is)",
@@ -218,7 +218,7 @@ impl Cluster {
                 }
                 if START_ERRORS.contains(&reason.as_str()) {
                     return Err(ToolError::new(
-                        "request_failed",
+                        ToolErrorKind::RequestFailed,
                         format!("the request pod {namespace}/{name} does not start ({detail})"),
                         "check --request-image (its entrypoint must be the shunt binary) and \
                          that pods may run as non-root in this namespace",
@@ -243,7 +243,7 @@ impl Cluster {
             }
             if Instant::now() > deadline {
                 return Err(ToolError::new(
-                    "request_failed",
+                    ToolErrorKind::RequestFailed,
                     format!(
                         "the request pod {namespace}/{name} did not finish in time (last state: \
                          {last_state})"
@@ -271,7 +271,7 @@ impl Cluster {
             .await
             .map_err(|e| match &e {
                 kube::Error::Api(s) if s.code == 403 => ToolError::new(
-                    "forbidden",
+                    ToolErrorKind::Forbidden,
                     format!("reading the request pod's log: {}", s.message),
                     format!("your user needs `get` on pods/log in {namespace}"),
                 ),
@@ -284,7 +284,7 @@ impl Cluster {
             .unwrap_or("");
         let resp: ChildResponse = serde_json::from_str(line).map_err(|e| {
             ToolError::new(
-                "request_failed",
+                ToolErrorKind::RequestFailed,
                 format!(
                     "the request pod {namespace}/{name} printed no response ({e}); its log: {}",
                     log.chars().take(500).collect::<String>()

@@ -51,6 +51,40 @@ pub struct CloneOptions<'a> {
     pub expires_at: Option<jiff::Timestamp>,
 }
 
+/// Why a sandbox cannot be made as asked; each message names the fix where there is one.
+#[derive(Debug, thiserror::Error)]
+pub enum CloneError {
+    #[error(
+        "--key {key:?} is not usable: a key is 1-63 of [A-Za-z0-9._-], starting and ending with a \
+         letter or digit (it becomes the {SANDBOX_LABEL} label); fix: pick e.g. --key pr-42"
+    )]
+    InvalidKey { key: String },
+    #[error("deployment/{deployment} has no spec")]
+    NoSpec { deployment: String },
+    #[error(
+        "no Service in namespace {namespace} selects the pods of deployment/{deployment} (labels \
+         {labels}); fix: a sandbox forks a Service, so fork a Deployment that a Service routes to"
+    )]
+    NoSelectingService {
+        namespace: String,
+        deployment: String,
+        labels: String,
+    },
+    #[error("deployment/{deployment} has no pod spec")]
+    NoPodSpec { deployment: String },
+    #[error(
+        "deployment/{deployment} has no container {container:?} (containers: {containers}); fix: \
+         pass one of them to --container"
+    )]
+    NoSuchContainer {
+        deployment: String,
+        container: String,
+        containers: String,
+    },
+    #[error("deployment/{deployment} has no containers")]
+    NoContainers { deployment: String },
+}
+
 /// Whether `v` is a valid label value (≤ 63, alphanumerics at both ends, `-_.` inside).
 pub fn is_label_value(v: &str) -> bool {
     v.len() <= 63
@@ -62,12 +96,11 @@ pub fn is_label_value(v: &str) -> bool {
 }
 
 /// Checks a key is usable for a sandbox: a routing key and a label value.
-pub fn check_key(key: &str) -> Result<(), String> {
+pub fn check_key(key: &str) -> Result<(), CloneError> {
     if RoutingKey::parse(key).is_err() || !is_label_value(key) {
-        return Err(format!(
-            "--key {key:?} is not usable: a key is 1-63 of [A-Za-z0-9._-], starting and ending \
-             with a letter or digit (it becomes the {SANDBOX_LABEL} label); fix: pick e.g. --key pr-42"
-        ));
+        return Err(CloneError::InvalidKey {
+            key: key.to_string(),
+        });
     }
     Ok(())
 }
@@ -121,14 +154,13 @@ pub fn plan(
     baseline: &Deployment,
     services: &[Service],
     o: &CloneOptions<'_>,
-) -> Result<ClonePlan, String> {
+) -> Result<ClonePlan, CloneError> {
     check_key(o.key)?;
     let name = baseline.metadata.name.clone().unwrap_or_default();
     let namespace = baseline.metadata.namespace.clone().unwrap_or_default();
-    let spec = baseline
-        .spec
-        .as_ref()
-        .ok_or_else(|| format!("deployment/{name} has no spec"))?;
+    let spec = baseline.spec.as_ref().ok_or_else(|| CloneError::NoSpec {
+        deployment: name.clone(),
+    })?;
     let template_labels = spec
         .template
         .metadata
@@ -137,11 +169,11 @@ pub fn plan(
         .unwrap_or_default();
     let selecting = selecting_services(services, &template_labels);
     if selecting.is_empty() {
-        return Err(format!(
-            "no Service in namespace {namespace} selects the pods of deployment/{name} (labels {}); \
-             fix: a sandbox forks a Service, so fork a Deployment that a Service routes to",
-            fmt_labels(&template_labels)
-        ));
+        return Err(CloneError::NoSelectingService {
+            namespace,
+            deployment: name,
+            labels: fmt_labels(&template_labels),
+        });
     }
     let match_labels = spec.selector.match_labels.clone().unwrap_or_default();
     let rewrite: BTreeSet<String> = selecting
@@ -191,23 +223,26 @@ pub fn plan(
         .template
         .spec
         .as_mut()
-        .ok_or_else(|| format!("deployment/{name} has no pod spec"))?;
+        .ok_or_else(|| CloneError::NoPodSpec {
+            deployment: name.clone(),
+        })?;
     let names: Vec<String> = pod_spec.containers.iter().map(|c| c.name.clone()).collect();
     let container = match o.container {
         Some(c) => pod_spec
             .containers
             .iter_mut()
             .find(|x| x.name == c)
-            .ok_or_else(|| {
-                format!(
-                    "deployment/{name} has no container {c:?} (containers: {}); fix: pass one of them to --container",
-                    names.join(", ")
-                )
+            .ok_or_else(|| CloneError::NoSuchContainer {
+                deployment: name.clone(),
+                container: c.to_string(),
+                containers: names.join(", "),
             })?,
         None => pod_spec
             .containers
             .first_mut()
-            .ok_or_else(|| format!("deployment/{name} has no containers"))?,
+            .ok_or_else(|| CloneError::NoContainers {
+                deployment: name.clone(),
+            })?,
     };
     container.image = Some(o.image.to_string());
     let env = container.env.get_or_insert_with(Vec::new);
@@ -373,14 +408,15 @@ mod tests {
         let svcs = [service("reviews", json!({ "app": "reviews" }))];
         let mut o = opts(&[]);
         o.container = Some("nope");
-        let e = plan(&deployment(), &svcs, &o).unwrap_err();
+        let e = plan(&deployment(), &svcs, &o).unwrap_err().to_string();
         assert!(e.contains("containers: main, side"), "{e}");
         let e = plan(
             &deployment(),
             &[service("x", json!({ "app": "x" }))],
             &opts(&[]),
         )
-        .unwrap_err();
+        .unwrap_err()
+        .to_string();
         assert!(e.starts_with("no Service in namespace shop selects"), "{e}");
         assert!(check_key("-bad").is_err());
         assert!(check_key(&"a".repeat(64)).is_err());

@@ -1,0 +1,123 @@
+//! Reading a SandboxRoute's status back: the inverse of [`super::status::desired_status`], for
+//! the clients (`shunt mcp --kube`) that show what the agents reported.
+//!
+//! Reasons are spelled by [`Reason::as_str`] on both sides, so parsing goes through that same
+//! table.
+use kube::ResourceExt as _;
+
+use super::crd::{self, SandboxRoute};
+use crate::routes::{ForkStatus, Reason, RouteStatus};
+
+/// Every [`Reason`] (a new variant stops `every_reason_round_trips` from compiling until it is
+/// added here and there).
+const REASONS: [Reason; 10] = [
+    Reason::EndpointsReady,
+    Reason::ServiceNotFound,
+    Reason::PortNotFound,
+    Reason::NoReadyEndpoints,
+    Reason::DuplicateKey,
+    Reason::Expired,
+    Reason::CrossNamespace,
+    Reason::InvalidKey,
+    Reason::InvalidSelector,
+    Reason::InvalidTarget,
+];
+
+/// The reason the status writer spelled `s`, if this version knows it.
+pub fn parse_reason(s: &str) -> Option<Reason> {
+    REASONS.into_iter().find(|r| r.as_str() == s)
+}
+
+/// A reason as read from a status: one this version does not know (a newer agent wrote it) can
+/// only be read as "not ready".
+fn reason_or_not_ready(s: &str) -> Reason {
+    parse_reason(s).unwrap_or(Reason::NoReadyEndpoints)
+}
+
+/// The status the agents wrote on a SandboxRoute, if any.
+pub fn route_status(r: &SandboxRoute) -> Option<RouteStatus> {
+    let status = r.status.as_ref()?;
+    let cond = status.conditions.iter().find(|c| c.type_ == crd::READY)?;
+    Some(RouteStatus {
+        namespace: r.namespace().unwrap_or_default(),
+        name: r.name_any(),
+        observed_generation: status.observed_generation.unwrap_or(0),
+        ready: cond.status == "True",
+        reason: reason_or_not_ready(&cond.reason),
+        message: cond.message.clone(),
+        applied: cond.status == "True",
+        forks: status
+            .forks
+            .iter()
+            .map(|f| ForkStatus {
+                service: f.service.clone(),
+                reason: reason_or_not_ready(&f.reason),
+                message: f.message.clone(),
+                ready_endpoints: f.ready_endpoints as usize,
+            })
+            .collect(),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::kube::status::desired_status;
+
+    #[test]
+    fn every_reason_round_trips() {
+        for r in REASONS {
+            // Exhaustive on purpose: a new variant must be added here and to REASONS.
+            match r {
+                Reason::EndpointsReady
+                | Reason::ServiceNotFound
+                | Reason::PortNotFound
+                | Reason::NoReadyEndpoints
+                | Reason::DuplicateKey
+                | Reason::Expired
+                | Reason::CrossNamespace
+                | Reason::InvalidKey
+                | Reason::InvalidSelector
+                | Reason::InvalidTarget => {}
+            }
+            assert_eq!(parse_reason(r.as_str()), Some(r));
+        }
+        assert_eq!(parse_reason("SomethingNew"), None);
+        assert_eq!(
+            reason_or_not_ready("SomethingNew"),
+            Reason::NoReadyEndpoints
+        );
+    }
+
+    #[test]
+    fn reads_back_what_the_writer_writes() {
+        let written = RouteStatus {
+            namespace: "shop".into(),
+            name: "pr-42".into(),
+            observed_generation: 3,
+            ready: false,
+            reason: Reason::PortNotFound,
+            message: "m".into(),
+            applied: false,
+            forks: vec![ForkStatus {
+                service: "reviews".into(),
+                reason: Reason::PortNotFound,
+                message: "no port grpc".into(),
+                ready_endpoints: 2,
+            }],
+        };
+        let mut obj = SandboxRoute::new(
+            "pr-42",
+            crd::SandboxRouteSpec {
+                routing_key: "pr-42".into(),
+                forks: Vec::new(),
+                fallback: crd::Fallback::Baseline,
+                expires_at: None,
+            },
+        );
+        obj.metadata.namespace = Some("shop".into());
+        assert_eq!(route_status(&obj), None, "no status yet");
+        obj.status = Some(desired_status(&written, None, jiff::Timestamp::UNIX_EPOCH));
+        assert_eq!(route_status(&obj), Some(written));
+    }
+}
