@@ -5,6 +5,9 @@
 //! baggage differently (Jaeger's `uberctx-*`, OpenTracing's `ot-baggage-*`), vendors that only
 //! pass `tracestate`, explicit headers, and a query parameter for the first hop from a browser.
 //!
+//! The proxy makes one call per request, [`KeyExtractor::normalize`]. How a key is spelled in
+//! baggage, which clients without the proxy need too, is in [`crate::routes::key`].
+//!
 //! Everything here reads attacker-controlled bytes: it works on raw header bytes (no UTF-8
 //! assumption), never panics, and does linear work in the size of the input.
 use std::{borrow::Cow, fmt};

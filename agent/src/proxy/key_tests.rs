@@ -324,6 +324,38 @@ fn injected_baggage_is_extracted_back() {
     );
 }
 
+#[test]
+fn normalize_moves_a_query_key_into_baggage() {
+    let mut h = headers(&[("baggage", "x=1")]);
+    let mut u = uri("/p?a=1&sd-routing-key=pr-9");
+    let e = extractor().normalize(&mut h, &mut u);
+    assert_eq!(
+        (e.key.map(|k| k.to_string()), e.source),
+        (Some("pr-9".into()), KeySource::Query)
+    );
+    assert_eq!(u, uri("/p?a=1"));
+    assert_eq!(h.get(BAGGAGE).expect("set"), "x=1,sd-routing-key=pr-9");
+}
+
+#[test]
+fn normalize_leaves_the_request_alone_unless_the_query_supplied_the_key() {
+    // A header key wins: the query parameter is not the key's source, so it stays.
+    let mut h = headers(&[("baggage", "sd-routing-key=pr-1")]);
+    let mut u = uri("/p?sd-routing-key=pr-2");
+    let e = extractor().normalize(&mut h, &mut u);
+    assert_eq!(e.source, KeySource::Baggage);
+    assert_eq!(u, uri("/p?sd-routing-key=pr-2"));
+    assert_eq!(h.get(BAGGAGE).expect("kept"), "sd-routing-key=pr-1");
+    // Only a malformed query key: reported, nothing rewritten.
+    let mut h = HeaderMap::new();
+    let mut u = uri("/p?sd-routing-key=bad!");
+    let e = extractor().normalize(&mut h, &mut u);
+    assert_eq!(e.key, None);
+    assert_eq!(e.invalid.map(|i| i.source), Some(KeySource::Query));
+    assert_eq!(u, uri("/p?sd-routing-key=bad!"));
+    assert!(h.is_empty());
+}
+
 mod prop {
     use proptest::prelude::*;
 

@@ -174,3 +174,7 @@ async fn handle(shared: &Arc<ProxyShared>, client: tokio::net::TcpStream, peer: 
         Protocol::Tls | Protocol::Opaque => opaque::serve(shared, client, info).await,
     }
 }
+
+#[cfg(test)]
+#[path = "mod_tests.rs"]
+mod tests;
