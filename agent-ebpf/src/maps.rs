@@ -2,7 +2,7 @@
 //! overrides them from its flags before loading.
 use agent_common::{
     Endpoint,
-    config::ProxyConfig,
+    config::ProxyMapConfig,
     flows::{FlowCounters, FlowKey},
     orig::OrigDst,
     stats,
@@ -18,7 +18,7 @@ pub static STEERED: HashMap<Endpoint, SteeredService> =
     HashMap::pinned(agent_common::steered::DEFAULT_MAX_ENTRIES, 0);
 
 #[map(name = "PROXY_CFG_V1")]
-pub static PROXY_CFG: Array<ProxyConfig> = Array::pinned(1, 0);
+pub static PROXY_CFG: Array<ProxyMapConfig> = Array::pinned(1, 0);
 
 #[map(name = "ORIG_COOKIE_V1")]
 pub static ORIG_COOKIE: LruHashMap<u64, OrigDst> =

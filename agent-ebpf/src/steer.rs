@@ -1,6 +1,6 @@
 //! The decision shared by connect4 and connect6: is this destination steered, is the caller
 //! exempt, and if so remember the original destination by socket cookie.
-use agent_common::{Endpoint, config::ProxyConfig, orig::OrigDst, stats};
+use agent_common::{Endpoint, config::ProxyMapConfig, orig::OrigDst, stats};
 use aya_ebpf::{
     bindings::bpf_sock_addr,
     helpers::generated::{bpf_get_current_cgroup_id, bpf_get_socket_cookie},
@@ -20,7 +20,7 @@ pub enum Verdict {
     /// Leave it alone.
     Direct,
     /// Rewrite it to the proxy described by this config.
-    Redirect(ProxyConfig),
+    Redirect(ProxyMapConfig),
 }
 
 /// Decide for a connect to `dst`. Records the original destination when redirecting, and returns

@@ -12,7 +12,10 @@ use prometheus_client::{
     registry::Registry,
 };
 
-use crate::{capture::CaptureStats, proxy::decision::DecisionKind};
+use crate::{
+    capture::CaptureStats,
+    routes::{DecisionKind, DecisionReason},
+};
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct RequestLabels {
@@ -104,17 +107,17 @@ impl Metrics {
         Self::register(&mut Registry::default(), None)
     }
 
-    /// One routed request (or opaque connection).
+    /// One routed request (or opaque connection), labelled by its decision.
     pub fn request(
         &self,
         kind: DecisionKind,
-        reason: &'static str,
+        reason: DecisionReason,
         latency: Option<std::time::Duration>,
     ) {
         self.requests
             .get_or_create(&RequestLabels {
                 decision: kind.as_str(),
-                reason,
+                reason: reason.as_str(),
             })
             .inc();
         if let Some(l) = latency {

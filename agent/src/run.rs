@@ -189,7 +189,7 @@ async fn run_async(args: RunConfig) -> anyhow::Result<()> {
     let lookup: Arc<dyn OrigDstLookup> = Arc::new(orig_dst);
     let heartbeat = Arc::new(AtomicU64::new(0));
     let shared = Arc::new(ProxyShared {
-        cfg: proxy::ProxyConfig {
+        limits: proxy::ProxyLimits {
             connect_timeout: args.connect_timeout,
             header_read_timeout: args.header_read_timeout,
             idle_timeout: args.idle_timeout,

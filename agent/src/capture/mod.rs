@@ -99,7 +99,7 @@ impl Capture {
             }
         };
 
-        let mut proxy_cfg: Array<MapData, config::ProxyConfig> =
+        let mut proxy_cfg: Array<MapData, config::ProxyMapConfig> =
             take_map(&mut ebpf, config::MAP_NAME)?;
         proxy_cfg
             .set(0, &proxy_config(cfg)?, 0)
@@ -259,8 +259,8 @@ where
     })
 }
 
-fn proxy_config(cfg: &CaptureConfig) -> Result<config::ProxyConfig, CaptureError> {
-    let mut out = config::ProxyConfig {
+fn proxy_config(cfg: &CaptureConfig) -> Result<config::ProxyMapConfig, CaptureError> {
+    let mut out = config::ProxyMapConfig {
         agent_cgroup_id: env::cgroup_id(&cfg.agent_cgroup)?,
         ..Default::default()
     };

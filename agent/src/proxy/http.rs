@@ -5,14 +5,13 @@
 use std::{
     convert::Infallible,
     io::Write as _,
-    net::SocketAddr,
     pin::Pin,
     sync::{
         Arc,
         atomic::{AtomicBool, Ordering},
     },
     task::{Context, Poll},
-    time::{Instant, SystemTime},
+    time::Instant,
 };
 
 use bytes::Bytes;
@@ -30,29 +29,21 @@ use tokio::{
 };
 
 use super::{
-    ProxyShared,
-    decision::{Decision, DecisionKind, DecisionRecord, Reason},
+    ConnInfo, Exit, ProxyShared,
     detect::Protocol,
-    upstream::{ProxyBody, UpstreamError},
+    upstream::{ProxyBody, UpstreamError, error_chain},
 };
+use crate::routes::{Decision, DecisionKind, DecisionReason};
 
-/// What is known about one client connection.
-#[derive(Clone, Copy, Debug)]
-pub struct ConnInfo {
-    pub client: SocketAddr,
-    pub original_dst: SocketAddr,
-    pub protocol: Protocol,
-}
-
-/// Bodies we answer with ourselves (errors, 503s).
-fn local_body(text: String) -> ProxyBody {
-    Full::new(Bytes::from(text))
+/// A body held in memory: one we answer with ourselves, or a buffered request replayed.
+fn full(bytes: impl Into<Bytes>) -> ProxyBody {
+    Full::new(bytes.into())
         .map_err(|never| match never {})
         .boxed_unsync()
 }
 
 fn local_response(status: StatusCode, text: String) -> Response<ProxyBody> {
-    let mut r = Response::new(local_body(text));
+    let mut r = Response::new(full(text));
     *r.status_mut() = status;
     r.headers_mut().insert(
         header::CONTENT_TYPE,
@@ -104,22 +95,22 @@ pub async fn serve(shared: Arc<ProxyShared>, stream: TcpStream, info: ConnInfo) 
             async move { Ok::<_, Infallible>(handle(&shared, info, &invalid_logged, req).await) }
         })
     };
-    let cfg = &shared.cfg;
+    let limits = &shared.limits;
     let result = match info.protocol {
         Protocol::H2c => {
             let mut b = hyper::server::conn::http2::Builder::new(TokioExecutor::new());
             b.timer(TokioTimer::new())
-                .max_header_list_size(cfg.max_header_bytes as u32)
-                .keep_alive_interval(Some(cfg.idle_timeout / 2))
-                .keep_alive_timeout(cfg.idle_timeout / 2);
+                .max_header_list_size(limits.max_header_bytes as u32)
+                .keep_alive_interval(Some(limits.idle_timeout / 2))
+                .keep_alive_timeout(limits.idle_timeout / 2);
             until_shutdown!(b.serve_connection(io, svc), shared.shutdown)
         }
         _ => {
             let mut b = hyper::server::conn::http1::Builder::new();
             b.timer(TokioTimer::new())
-                .header_read_timeout(Some(cfg.header_read_timeout))
-                .max_header_size(cfg.max_header_bytes)
-                .max_headers(cfg.max_headers);
+                .header_read_timeout(Some(limits.header_read_timeout))
+                .max_header_size(limits.max_header_bytes)
+                .max_headers(limits.max_headers);
             until_shutdown!(b.serve_connection(io, svc).with_upgrades(), shared.shutdown)
         }
     };
@@ -131,9 +122,18 @@ pub async fn serve(shared: Arc<ProxyShared>, stream: TcpStream, info: ConnInfo) 
             let _ = (&dup).write_all(
                 b"HTTP/1.1 408 Request Timeout\r\nconnection: close\r\ncontent-length: 0\r\n\r\n",
             );
-            shared
-                .metrics
-                .request(DecisionKind::Reject, "header_read_timeout", None);
+            let service = shared
+                .table()
+                .resolve(info.original_dst, info.service)
+                .map(|(svc, _)| svc.label.clone());
+            shared.record(
+                &info,
+                Decision::reject(DecisionReason::HeaderReadTimeout, service),
+                Exit {
+                    status: Some(408),
+                    ..Exit::default()
+                },
+            );
         }
         let _ = dup.shutdown(std::net::Shutdown::Both);
     }
@@ -149,34 +149,26 @@ async fn handle(
     shared: &ProxyShared,
     info: ConnInfo,
     invalid_logged: &AtomicBool,
-    mut req: Request<Incoming>,
+    req: Request<Incoming>,
 ) -> Response<ProxyBody> {
     let started = Instant::now();
-    let mut extracted = shared.keys.extract(req.headers(), req.uri());
-    // A key given as a query parameter is stripped and re-sent as baggage, so services that
-    // propagate baggage carry it on.
-    if extracted.source == super::key::KeySource::Query {
-        let (uri, query_key) = super::key::strip_query_key(req.uri());
-        if let Some(k) = query_key {
-            *req.uri_mut() = uri;
-            super::key::inject_baggage(req.headers_mut(), &k);
-            extracted.key = Some(k);
-        }
-    }
+    let (mut parts, body) = req.into_parts();
+    let extracted = shared.keys.normalize(&mut parts.headers, &mut parts.uri);
+    let req = Request::from_parts(parts, body);
     if let Some(invalid) = &extracted.invalid
         && !invalid_logged.swap(true, Ordering::Relaxed)
     {
         tracing::debug!(client = %info.client, source = ?invalid.source, raw = %invalid.raw,
             "malformed routing key, treated as no key");
     }
-    let mut decision = shared.router().decide(
+    let mut decision = shared.table().decide(
         info.original_dst,
+        info.service,
         extracted.key.as_ref(),
         extracted.invalid.is_some(),
     );
     // Kept for the decision log (a standard method is a tag: no allocation).
-    let method = req.method().clone();
-    let path = Some(Box::<str>::from(req.uri().path()));
+    let request = (req.method().clone(), Box::<str>::from(req.uri().path()));
 
     let response = if decision.kind == DecisionKind::Reject {
         reject(&decision)
@@ -186,27 +178,13 @@ async fn handle(
         forward(shared, &mut decision, req).await
     };
 
-    let status = response.status().as_u16();
-    let latency = started.elapsed();
-    shared
-        .metrics
-        .request(decision.kind, decision.reason.as_str(), Some(latency));
-    shared.log.push(DecisionRecord {
-        time: SystemTime::now(),
-        client: info.client,
-        original_dst: info.original_dst,
-        protocol: info.protocol.as_str(),
-        method: Some(method),
-        path,
-        service: decision.service,
+    let exit = Exit {
+        request: Some(request),
         key: extracted.key,
-        decision: decision.kind,
-        reason: decision.reason,
-        route: decision.route,
-        upstream: decision.upstream,
-        status: Some(status),
-        latency_us: latency.as_micros() as u64,
-    });
+        status: Some(response.status().as_u16()),
+        latency: Some(started.elapsed()),
+    };
+    shared.record(&info, decision, exit);
     response
 }
 
@@ -262,12 +240,12 @@ async fn forward(
         .send(upstream, Request::from_parts(parts, body))
         .await;
     let result = match first {
-        Err(UpstreamError::Connect(_, why)) if decision.kind == DecisionKind::Sandbox => {
-            tracing::debug!(%upstream, %why, "sandbox refused the connection");
+        Err(refused @ UpstreamError::Connect { .. }) if decision.kind == DecisionKind::Sandbox => {
+            tracing::debug!(%upstream, error = %error_chain(&refused), "sandbox refused the connection");
             match (decision.fallback, retry) {
                 (Some(baseline), Some((parts, bytes))) => {
                     decision.kind = DecisionKind::Baseline;
-                    decision.reason = Reason::SandboxUnreachable;
+                    decision.reason = DecisionReason::SandboxUnreachable;
                     decision.upstream = Some(baseline);
                     shared
                         .upstreams
@@ -276,10 +254,10 @@ async fn forward(
                 }
                 (None, _) => {
                     decision.kind = DecisionKind::Reject;
-                    decision.reason = Reason::SandboxUnreachable;
+                    decision.reason = DecisionReason::SandboxUnreachable;
                     return reject(decision);
                 }
-                (Some(_), None) => Err(UpstreamError::Connect(upstream, why)),
+                (Some(_), None) => Err(refused),
             }
         }
         other => other,
@@ -291,16 +269,11 @@ async fn forward(
             Response::from_parts(parts, body.boxed_unsync())
         }
         Err(e) => {
-            tracing::debug!(error = %e, "forwarding failed");
-            local_response(StatusCode::BAD_GATEWAY, format!("shunt: {e}\n"))
+            let why = error_chain(&e);
+            tracing::debug!(error = %why, "forwarding failed");
+            local_response(StatusCode::BAD_GATEWAY, format!("shunt: {why}\n"))
         }
     }
-}
-
-fn full(bytes: Bytes) -> ProxyBody {
-    Full::new(bytes)
-        .map_err(|never| match never {})
-        .boxed_unsync()
 }
 
 fn is_upgrade(req: &Request<Incoming>) -> bool {
@@ -326,7 +299,7 @@ async fn forward_upgrade(
         return reject(decision);
     };
     let client_upgrade = hyper::upgrade::on(&mut req);
-    let stream = match super::relay::connect(upstream, shared.cfg.connect_timeout).await {
+    let stream = match super::relay::connect(upstream, shared.limits.connect_timeout).await {
         Ok(s) => s,
         Err(e) => {
             return local_response(

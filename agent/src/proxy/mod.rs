@@ -1,13 +1,13 @@
 //! The node proxy: accepts connections redirected by capture, resolves where each was going, and
-//! forwards it: per request for HTTP/1.1, HTTP/2 and gRPC, opaquely for TLS and anything else.
-pub mod decision;
+//! dispatches it: per request for HTTP/1.1, HTTP/2 and gRPC ([`http`]), opaquely for TLS and
+//! anything else ([`opaque`]). Both paths report through [`ProxyShared::record`].
 pub mod decision_log;
 pub mod detect;
 pub mod http;
 pub mod key;
+pub mod opaque;
 pub mod orig_dst;
 pub mod relay;
-pub mod router;
 pub mod upstream;
 
 use std::{net::SocketAddr, sync::Arc, time::Duration, time::SystemTime};
@@ -16,15 +16,17 @@ use arc_swap::ArcSwap;
 use tokio::{net::TcpListener, sync::Semaphore, task::JoinSet};
 use tokio_util::sync::CancellationToken;
 
-use crate::{metrics::Metrics, routes::RouteTable};
-use decision::{DecisionKind, DecisionRecord, Reason};
-use decision_log::DecisionLog;
+use crate::{
+    metrics::Metrics,
+    routes::{Decision, RouteTable, RoutingKey},
+};
+use decision_log::{DecisionLog, DecisionRecord};
 use detect::Protocol;
-pub use orig_dst::{OrigDstAddr, OrigDstLookup, ServiceId};
+pub use orig_dst::{ClientAddr, OrigDstAddr, OrigDstLookup, ServiceId};
 
 /// Limits and timeouts of the proxy.
 #[derive(Clone, Debug)]
-pub struct ProxyConfig {
+pub struct ProxyLimits {
     pub connect_timeout: Duration,
     pub header_read_timeout: Duration,
     pub idle_timeout: Duration,
@@ -36,7 +38,7 @@ pub struct ProxyConfig {
 
 /// State shared by every connection of the proxy.
 pub struct ProxyShared {
-    pub cfg: ProxyConfig,
+    pub limits: ProxyLimits,
     pub keys: key::KeyExtractor,
     pub table: Arc<ArcSwap<RouteTable>>,
     pub upstreams: upstream::Upstreams,
@@ -49,17 +51,65 @@ pub struct ProxyShared {
     pub heartbeat: Arc<std::sync::atomic::AtomicU64>,
 }
 
+/// What is known about one client connection, from accept on.
+#[derive(Clone, Copy, Debug)]
+pub struct ConnInfo {
+    pub client: ClientAddr,
+    pub original_dst: OrigDstAddr,
+    /// The Service capture found the destination under (kept, not re-derived, for the decision).
+    pub service: ServiceId,
+    pub protocol: Protocol,
+}
+
+/// How one request or connection left the proxy, beside its decision.
+#[derive(Debug, Default)]
+pub struct Exit {
+    /// Method and path of an HTTP request; `None` for an opaque connection or a request whose
+    /// headers never arrived.
+    pub request: Option<(hyper::Method, Box<str>)>,
+    pub key: Option<RoutingKey>,
+    /// The status answered; `None` for an opaque connection.
+    pub status: Option<u16>,
+    /// From the request's arrival to its response headers; `None` when nothing was forwarded
+    /// per request (an opaque connection, a 408).
+    pub latency: Option<Duration>,
+}
+
 impl ProxyShared {
     /// The current route table snapshot (swapped atomically by route sync).
-    pub fn router(&self) -> arc_swap::Guard<Arc<RouteTable>> {
+    pub fn table(&self) -> arc_swap::Guard<Arc<RouteTable>> {
         self.table.load()
+    }
+
+    /// The one exit of every request and connection: the request metric and the decision log
+    /// entry come from the same decision, so they cannot disagree.
+    pub fn record(&self, conn: &ConnInfo, decision: Decision, exit: Exit) {
+        self.metrics
+            .request(decision.kind, decision.reason, exit.latency);
+        let (method, path) = exit.request.unzip();
+        self.log.push(DecisionRecord {
+            time: SystemTime::now(),
+            client: conn.client,
+            original_dst: conn.original_dst,
+            protocol: conn.protocol.as_str(),
+            method,
+            path,
+            service: decision.service,
+            key: exit.key,
+            decision: decision.kind,
+            reason: decision.reason,
+            route: decision.route,
+            upstream: decision.upstream,
+            status: exit.status,
+            latency_us: exit.latency.map_or(0, |l| l.as_micros() as u64),
+        });
     }
 }
 
 /// Serves one listener until shutdown, then stops accepting and waits for in-flight connections
 /// for at most `grace`.
 pub async fn serve(listener: TcpListener, shared: Arc<ProxyShared>, grace: Duration) {
-    let permits = Arc::new(Semaphore::new(shared.cfg.max_connections));
+    let permits = Arc::new(Semaphore::new(shared.limits.max_connections));
     let mut conns = JoinSet::new();
     loop {
         let permit = tokio::select! {
@@ -102,71 +152,29 @@ pub async fn serve(listener: TcpListener, shared: Arc<ProxyShared>, grace: Durat
     }
 }
 
+/// Resolves where the connection was going, detects its protocol and hands it to its path.
 async fn handle(shared: &Arc<ProxyShared>, client: tokio::net::TcpStream, peer: SocketAddr) {
-    let peer = orig_dst::normalize(peer);
-    let Some((OrigDstAddr(dst), _service)) = shared.lookup.lookup(peer) else {
+    let peer = ClientAddr::from_peer(peer);
+    let Some((original_dst, service)) = shared.lookup.lookup(peer) else {
         // Never guess: an evicted entry means we do not know where this was going.
         shared.metrics.orig_dst_miss();
         tracing::warn!(%peer, "no original destination for this connection (evicted?); closing it");
         return;
     };
     let _ = client.set_nodelay(true);
-    let protocol = detect::detect(&client, shared.cfg.detect_timeout).await;
-    let info = http::ConnInfo {
+    let protocol = detect::detect(&client, shared.limits.detect_timeout).await;
+    let info = ConnInfo {
         client: peer,
-        original_dst: dst,
+        original_dst,
+        service,
         protocol,
     };
     match protocol {
         Protocol::Http1 | Protocol::H2c => http::serve(shared.clone(), client, info).await,
-        Protocol::Tls | Protocol::Opaque => opaque(shared, client, info).await,
+        Protocol::Tls | Protocol::Opaque => opaque::serve(shared, client, info).await,
     }
 }
 
-/// TLS and unknown bytes: no key can be read, so the connection goes to baseline.
-async fn opaque(shared: &ProxyShared, client: tokio::net::TcpStream, info: http::ConnInfo) {
-    let started = std::time::Instant::now();
-    let d = shared.router().decide(info.original_dst, None, false);
-    let upstream = d.upstream.unwrap_or(info.original_dst);
-    shared.metrics.request(
-        DecisionKind::Baseline,
-        Reason::OpaqueProtocol.as_str(),
-        None,
-    );
-    shared.log.push(DecisionRecord {
-        time: SystemTime::now(),
-        client: info.client,
-        original_dst: info.original_dst,
-        protocol: info.protocol.as_str(),
-        method: None,
-        path: None,
-        service: d.service.clone(),
-        key: None,
-        decision: if d.kind == DecisionKind::Passthrough {
-            d.kind
-        } else {
-            DecisionKind::Baseline
-        },
-        reason: Reason::OpaqueProtocol,
-        route: None,
-        upstream: Some(upstream),
-        status: None,
-        latency_us: 0,
-    });
-    let up = match relay::connect(upstream, shared.cfg.connect_timeout).await {
-        Ok(u) => u,
-        Err(e) => {
-            shared.metrics.upstream_connect_error();
-            tracing::debug!(client = %info.client, %upstream, error = %e, "upstream connect failed");
-            return;
-        }
-    };
-    // Opaque streams have no request boundary to drain at: on shutdown they get the grace
-    // period, then are closed.
-    match relay::relay(client, up).await {
-        Ok((a, b)) => {
-            tracing::trace!(%upstream, up = a, down = b, elapsed = ?started.elapsed(), "opaque relay done")
-        }
-        Err(e) => tracing::debug!(%upstream, error = %e, "opaque relay ended with an error"),
-    }
-}
+#[cfg(test)]
+#[path = "mod_tests.rs"]
+mod tests;

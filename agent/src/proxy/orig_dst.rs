@@ -1,43 +1,51 @@
 //! Where a redirected connection was going. Behind a trait so the proxy can be tested without a
 //! kernel (the way linkerd2-proxy hides `SO_ORIGINAL_DST`).
-use std::net::SocketAddr;
+use std::{fmt, net::SocketAddr};
+
+use serde::Serialize;
 
 use crate::capture::OrigDstMap;
+pub use crate::routes::{OrigDstAddr, ServiceId};
 
-/// The destination the client dialled before capture redirected it to the proxy.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub struct OrigDstAddr(pub SocketAddr);
+/// The client's address as the proxy accepted it, canonical (an IPv4-mapped peer of a
+/// dual-stack listener is plain IPv4, as capture recorded it).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize)]
+#[serde(transparent)]
+pub struct ClientAddr(SocketAddr);
 
-/// The agent's id for the service that destination belongs to (0: none).
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
-pub struct ServiceId(pub u32);
+impl ClientAddr {
+    /// The accepted peer address, canonicalised.
+    pub fn from_peer(peer: SocketAddr) -> Self {
+        Self(crate::routes::canonical(peer))
+    }
 
-/// Resolves the original destination of an accepted connection from its peer address.
+    pub fn get(self) -> SocketAddr {
+        self.0
+    }
+}
+
+impl fmt::Display for ClientAddr {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        self.0.fmt(f)
+    }
+}
+
+/// Resolves the original destination of an accepted connection, and the id of the Service
+/// capture found it under, from its peer address.
 pub trait OrigDstLookup: Send + Sync + 'static {
-    fn lookup(&self, client: SocketAddr) -> Option<(OrigDstAddr, ServiceId)>;
+    fn lookup(&self, client: ClientAddr) -> Option<(OrigDstAddr, ServiceId)>;
 }
 
 impl OrigDstLookup for OrigDstMap {
-    fn lookup(&self, client: SocketAddr) -> Option<(OrigDstAddr, ServiceId)> {
-        self.get(client)
+    fn lookup(&self, client: ClientAddr) -> Option<(OrigDstAddr, ServiceId)> {
+        self.get(client.get())
             .map(|(dst, id)| (OrigDstAddr(dst), ServiceId(id)))
     }
 }
 
 /// A fixed table, for tests and for running without capture.
-impl OrigDstLookup for std::collections::HashMap<SocketAddr, (OrigDstAddr, ServiceId)> {
-    fn lookup(&self, client: SocketAddr) -> Option<(OrigDstAddr, ServiceId)> {
-        self.get(&normalize(client)).copied()
-    }
-}
-
-/// An IPv4-mapped IPv6 peer (from a dual-stack listener) as plain IPv4.
-pub fn normalize(addr: SocketAddr) -> SocketAddr {
-    match addr {
-        SocketAddr::V6(v6) => match v6.ip().to_ipv4_mapped() {
-            Some(v4) => SocketAddr::new(v4.into(), v6.port()),
-            None => addr,
-        },
-        v4 => v4,
+impl OrigDstLookup for std::collections::HashMap<ClientAddr, (OrigDstAddr, ServiceId)> {
+    fn lookup(&self, client: ClientAddr) -> Option<(OrigDstAddr, ServiceId)> {
+        self.get(&client).copied()
     }
 }

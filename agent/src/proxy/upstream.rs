@@ -20,15 +20,31 @@ pub struct Upstreams {
     http2: Client<HttpConnector, ProxyBody>,
 }
 
-/// Why forwarding failed.
+/// Why forwarding failed. The message names the upstream; the cause is the source (see
+/// [`error_chain`] to print both).
 #[derive(Debug, thiserror::Error)]
 pub enum UpstreamError {
     /// No connection could be made: the request was not sent and may be retried elsewhere.
-    #[error("connecting to {0}: {1}")]
-    Connect(SocketAddr, String),
+    #[error("connecting to {upstream}")]
+    Connect {
+        upstream: SocketAddr,
+        #[source]
+        source: hyper_util::client::legacy::Error,
+    },
     /// The upstream failed after the request was (maybe) sent.
-    #[error("upstream {0}: {1}")]
-    Io(SocketAddr, String),
+    #[error("upstream {upstream}")]
+    Request {
+        upstream: SocketAddr,
+        #[source]
+        source: hyper_util::client::legacy::Error,
+    },
+    /// The request's URI could not be made absolute for the upstream.
+    #[error("building the upstream URI for {upstream}")]
+    Uri {
+        upstream: SocketAddr,
+        #[source]
+        source: http::Error,
+    },
 }
 
 impl Upstreams {
@@ -61,32 +77,36 @@ impl Upstreams {
         // keeps the request's own bytes.
         let mut parts = std::mem::take(req.uri_mut()).into_parts();
         parts.scheme = Some(http::uri::Scheme::HTTP);
+        let uri_error = |e: http::Error| UpstreamError::Uri {
+            upstream,
+            source: e,
+        };
         parts.authority = Some(
             http::uri::Authority::try_from(upstream.to_string())
-                .map_err(|e| UpstreamError::Io(upstream, format!("upstream authority: {e}")))?,
+                .map_err(|e| uri_error(e.into()))?,
         );
         if parts.path_and_query.is_none() {
             parts.path_and_query = Some(http::uri::PathAndQuery::from_static("/"));
         }
-        *req.uri_mut() = http::Uri::from_parts(parts)
-            .map_err(|e| UpstreamError::Io(upstream, format!("building the upstream URI: {e}")))?;
+        *req.uri_mut() = http::Uri::from_parts(parts).map_err(|e| uri_error(e.into()))?;
         let client = if req.version() == Version::HTTP_2 {
             &self.http2
         } else {
             *req.version_mut() = Version::HTTP_11;
             &self.http1
         };
-        client.request(req).await.map_err(|e| {
-            if e.is_connect() {
-                UpstreamError::Connect(upstream, error_chain(&e))
+        client.request(req).await.map_err(|source| {
+            if source.is_connect() {
+                UpstreamError::Connect { upstream, source }
             } else {
-                UpstreamError::Io(upstream, error_chain(&e))
+                UpstreamError::Request { upstream, source }
             }
         })
     }
 }
 
-fn error_chain(e: &dyn std::error::Error) -> String {
+/// `e` and its sources, joined with `: `, for a response body or a log line.
+pub fn error_chain(e: &dyn std::error::Error) -> String {
     let mut s = e.to_string();
     let mut src = e.source();
     while let Some(inner) = src {

@@ -1,4 +1,8 @@
-//! The routing key: the opaque token a request carries to pick its sandbox.
+//! The routing key: the opaque token a request carries to pick its sandbox, and how it is
+//! spelled in W3C baggage.
+//!
+//! Only std here: the proxy's header handling builds on these helpers, and so does a client (the
+//! MCP server's test requests) that must not need the proxy.
 use std::{borrow::Borrow, fmt, str::FromStr};
 
 use serde::{Deserialize, Serialize};
@@ -126,6 +130,69 @@ impl Borrow<str> for RoutingKey {
     }
 }
 
+/// The baggage and tracestate member name, and the query parameter name, that carry the key.
+pub const MEMBER: &str = "sd-routing-key";
+
+/// Optional whitespace (space and tab) trimmed from both ends, as HTTP and W3C lists allow.
+pub fn trim_ows(b: &[u8]) -> &[u8] {
+    let is_ows = |c: &u8| *c == b' ' || *c == b'\t';
+    let start = b.iter().position(|c| !is_ows(c)).unwrap_or(b.len());
+    let end = b.iter().rposition(|c| !is_ows(c)).map_or(start, |e| e + 1);
+    b.get(start..end).unwrap_or_default()
+}
+
+/// `key = value` split at the first `=`, both sides trimmed; `None` for a member without `=`.
+pub fn split_member(member: &[u8]) -> Option<(&[u8], &[u8])> {
+    let eq = member.iter().position(|c| *c == b'=')?;
+    Some((trim_ows(&member[..eq]), trim_ows(&member[eq + 1..])))
+}
+
+/// The raw (still percent-encoded) value of one baggage list member, if it is [`MEMBER`].
+pub fn key_member_value(member: &[u8]) -> Option<&[u8]> {
+    // Properties (`;prop=x`) qualify a member; they are not part of its value.
+    let kv = member.split(|c| *c == b';').next().unwrap_or_default();
+    let (k, v) = split_member(kv)?;
+    (k == MEMBER.as_bytes()).then_some(v)
+}
+
+/// One baggage value without its [`MEMBER`] members; the others keep their bytes and order.
+/// `None` when it has no such member (the value is fine as it is); empty when nothing else was
+/// in it. The result is trimmed, so removing a leading member leaves no leading space.
+pub fn strip_key_members(value: &[u8]) -> Option<Vec<u8>> {
+    let is_ours = |m: &&[u8]| key_member_value(m).is_some();
+    if !value.split(|c| *c == b',').any(|m| is_ours(&m)) {
+        return None;
+    }
+    let kept: Vec<&[u8]> = value
+        .split(|c| *c == b',')
+        .filter(|m| !is_ours(m))
+        .collect();
+    Some(trim_ows(&kept.join(&b","[..])).to_vec())
+}
+
+/// The baggage member that carries `key`. Keys need no percent-encoding (see [`RoutingKey`]),
+/// so it is written as is.
+pub fn key_member(key: &str) -> String {
+    format!("{MEMBER}={key}")
+}
+
+/// `baggage` with `key` as its one [`MEMBER`]: any other is removed and `MEMBER=key` is
+/// appended, so downstream services see a single, consistent key.
+pub fn baggage_with_key(baggage: Option<&str>, key: &str) -> String {
+    let rest = baggage.map_or_else(Vec::new, |b| {
+        strip_key_members(b.as_bytes()).unwrap_or_else(|| trim_ows(b.as_bytes()).to_vec())
+    });
+    let member = key_member(key);
+    if rest.is_empty() {
+        return member;
+    }
+    // Only whole members, split at an ASCII comma, were removed: still valid UTF-8.
+    let mut out = String::from_utf8_lossy(&rest).into_owned();
+    out.push(',');
+    out.push_str(&member);
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -175,6 +242,29 @@ mod tests {
         assert_eq!(
             RoutingKey::parse_bytes(b"pr-1").map(|k| k.to_string()),
             Ok("pr-1".into())
+        );
+    }
+
+    #[test]
+    fn baggage_with_key_replaces_every_other_key_member() {
+        assert_eq!(baggage_with_key(None, "pr-1"), "sd-routing-key=pr-1");
+        assert_eq!(baggage_with_key(Some(" "), "pr-1"), "sd-routing-key=pr-1");
+        assert_eq!(
+            baggage_with_key(Some("sd-routing-key=old;p, a=1"), "pr-1"),
+            "a=1,sd-routing-key=pr-1"
+        );
+        assert_eq!(
+            baggage_with_key(Some("a=1"), "pr-1"),
+            "a=1,sd-routing-key=pr-1"
+        );
+    }
+
+    #[test]
+    fn strip_key_members_leaves_values_without_one_alone() {
+        assert_eq!(strip_key_members(b"a=1,sd-routing-keyX=2"), None);
+        assert_eq!(
+            strip_key_members(b"a=1, sd-routing-key = k ;p").as_deref(),
+            Some(&b"a=1"[..])
         );
     }
 

@@ -7,13 +7,17 @@
 //!
 //! Dependency rule: this module imports none of `capture`, `proxy`, `kube`, aya, hyper or
 //! kube-rs, nor tokio.
+mod addr;
+mod decision;
 mod diff;
 pub mod file;
-mod key;
+pub mod key;
 mod model;
 mod status;
 mod table;
 
+pub use addr::{OrigDstAddr, ServiceId, canonical};
+pub use decision::{Decision, DecisionKind, DecisionReason};
 pub use diff::{SteeredDiff, diff};
 pub use key::{KeyError, RoutingKey, is_key_byte};
 pub use model::{

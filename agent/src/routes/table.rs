@@ -13,7 +13,7 @@ use serde::Serialize;
 
 use super::{
     ClusterState, Fallback, ForkSpec, ForkStatus, Pod, PortRef, Reason, RouteStatus, RoutingKey,
-    SandboxRouteObj, Service, ServicePort, TargetPort, model::local_name,
+    SandboxRouteObj, Service, ServicePort, TargetPort, addr::canonical, model::local_name,
 };
 
 /// A Service as the proxy sees it.
@@ -216,15 +216,6 @@ fn round_robin(list: &[SocketAddr], next: &AtomicUsize) -> Option<SocketAddr> {
     list.get(i).copied()
 }
 
-/// IPv4-mapped IPv6 (from dual-stack sockets) as plain IPv4, so both spellings match.
-fn canon(addr: SocketAddr) -> SocketAddr {
-    SocketAddr::new(addr.ip().to_canonical(), addr.port())
-}
-
-fn canon_ip(ip: IpAddr) -> IpAddr {
-    ip.to_canonical()
-}
-
 /// The port an endpoint serves a Service port on: as the EndpointSlice resolved it, else the
 /// numeric target port (a routes file may leave endpoint ports out).
 fn endpoint_port(ep_ports: &BTreeMap<String, u16>, sp: &ServicePort) -> Option<u16> {
@@ -242,7 +233,7 @@ fn baseline_addrs(svc: &Service, sp: &ServicePort, only_ready: bool) -> Vec<Sock
         .endpoints
         .iter()
         .filter(|ep| ep.ready || !only_ready)
-        .filter_map(|ep| endpoint_port(&ep.ports, sp).map(|p| canon(SocketAddr::new(ep.ip, p))))
+        .filter_map(|ep| endpoint_port(&ep.ports, sp).map(|p| canonical(SocketAddr::new(ep.ip, p))))
         .collect();
     v.sort_unstable();
     v.dedup();
@@ -393,7 +384,7 @@ impl<'a> Index<'a> {
                                 TargetPort::Number(n) => *n,
                                 TargetPort::Name(n) => *p.container_ports.get(n)?,
                             };
-                            Some(canon(SocketAddr::new(ip, port)))
+                            Some(canonical(SocketAddr::new(ip, port)))
                         })
                         .collect();
                     eps.sort_unstable();
@@ -571,14 +562,14 @@ impl RouteTable {
         for svc in &state.services {
             for ep in &svc.endpoints {
                 owners
-                    .entry(canon_ip(ep.ip))
+                    .entry(ep.ip.to_canonical())
                     .or_insert_with(|| format!("{}/{}", svc.namespace, svc.name));
             }
         }
         // Pods are more specific than the Service they back: they win.
         for pod in &state.pods {
             for ip in &pod.ips {
-                owners.insert(canon_ip(*ip), format!("{}/{}", pod.namespace, pod.name));
+                owners.insert(ip.to_canonical(), format!("{}/{}", pod.namespace, pod.name));
             }
         }
         let mut table = RouteTable {
@@ -731,7 +722,7 @@ impl RouteTable {
             };
             for ip in &svc.addresses {
                 for (pi, p) in entry.ports.iter().enumerate() {
-                    let addr = canon(SocketAddr::new(*ip, p.port.port));
+                    let addr = canonical(SocketAddr::new(*ip, p.port.port));
                     self.by_addr.entry(addr).or_insert((*id, pi));
                 }
             }
@@ -776,7 +767,7 @@ impl RouteTable {
                 let vips = svc
                     .addresses
                     .iter()
-                    .map(|ip| canon(SocketAddr::new(*ip, p.port.port)));
+                    .map(|ip| canonical(SocketAddr::new(*ip, p.port.port)));
                 for addr in vips.chain(p.all.iter().copied()) {
                     if self.by_addr.get(&addr) == Some(&(*id, pi)) {
                         self.steered.insert(addr, *id);
@@ -793,7 +784,7 @@ impl RouteTable {
             };
             for (pi, p) in entry.ports.iter().enumerate() {
                 for ip in &svc.addresses {
-                    let addr = canon(SocketAddr::new(*ip, p.port.port));
+                    let addr = canonical(SocketAddr::new(*ip, p.port.port));
                     if self.by_addr.get(&addr) == Some(&(*id, pi)) {
                         self.steered.insert(addr, *id);
                     }
@@ -805,9 +796,25 @@ impl RouteTable {
     /// The Service and port a connection's original destination belongs to: a ClusterIP:port,
     /// or a baseline endpoint ip:targetPort (when another hook translated the ClusterIP first).
     pub fn service_for(&self, dst: SocketAddr) -> Option<(&ServiceRef, &ServicePortRef)> {
-        let (id, pi) = self.by_addr.get(&canon(dst))?;
+        let (id, pi) = self.by_addr.get(&canonical(dst))?;
         let entry = self.services.get(id)?;
         Some((&entry.svc, &entry.ports.get(*pi)?.port))
+    }
+
+    /// The port of Service `id` that `dst` addresses, with capture's word (`id`) for which
+    /// Service was meant: the port `dst` is indexed under when that is this Service; the port
+    /// `dst` is a baseline endpoint of when the endpoint is shared with another Service; the
+    /// Service port numbered like `dst` when this table does not know the address at all.
+    /// `None` otherwise (the current table gives the address to another Service).
+    pub fn service_port(&self, id: u32, dst: SocketAddr) -> Option<(&ServiceRef, &ServicePortRef)> {
+        let dst = canonical(dst);
+        let entry = self.services.get(&id)?;
+        let pi = match self.by_addr.get(&dst) {
+            Some(&(owner, pi)) if owner == id => pi,
+            Some(_) => entry.ports.iter().position(|p| p.all.contains(&dst))?,
+            None => entry.ports.iter().position(|p| p.port.port == dst.port())?,
+        };
+        Some((&entry.svc, &entry.ports.get(pi)?.port))
     }
 
     /// A Service by id.
@@ -852,7 +859,7 @@ impl RouteTable {
 
     /// Who owns an IP address: a known pod, else the Service it is an endpoint of.
     pub fn owner_of(&self, ip: IpAddr) -> Option<&str> {
-        self.owners.get(&canon_ip(ip)).map(String::as_str)
+        self.owners.get(&ip.to_canonical()).map(String::as_str)
     }
 
     /// The earliest future `expiresAt`: recompute then, since expiry needs no cluster change.

@@ -727,7 +727,14 @@ fn always_steer_service_vips_are_steered_without_forks() {
     for vip in &vips {
         assert!(table.steered().contains_key(vip), "{vip} steered");
         assert_eq!(
-            table.decide(*vip, None, false).upstream,
+            table
+                .decide(
+                    crate::routes::OrigDstAddr(*vip),
+                    crate::routes::ServiceId::NONE,
+                    None,
+                    false
+                )
+                .upstream,
             table
                 .baseline(service_id(&svc.namespace, &svc.name), svc.ports[0].port)
                 .first()

@@ -354,19 +354,7 @@ fn hop_tree(
 
 /// `baggage` with `sd-routing-key=KEY` set (replacing any previous value of that member).
 fn with_key(baggage: Option<&str>, key: &str) -> String {
-    let mut members: Vec<String> = baggage
-        .unwrap_or("")
-        .split(',')
-        .map(str::trim)
-        .filter(|m| !m.is_empty())
-        .filter(|m| {
-            m.split_once('=')
-                .is_none_or(|(k, _)| k.trim() != "sd-routing-key")
-        })
-        .map(str::to_string)
-        .collect();
-    members.push(format!("sd-routing-key={key}"));
-    members.join(",")
+    crate::routes::key::baggage_with_key(baggage, key)
 }
 
 #[cfg(test)]

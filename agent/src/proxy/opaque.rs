@@ -1,0 +1,38 @@
+//! TLS and unknown bytes, the sibling of the [`http`](super::http) path: no key can be read, so
+//! the connection goes where a keyless request would (a baseline endpoint of a known service,
+//! else the original destination) and its bytes are copied both ways.
+use std::time::Instant;
+
+use tokio::net::TcpStream;
+
+use super::{ConnInfo, Exit, ProxyShared, relay};
+use crate::routes::{Decision, DecisionReason};
+
+/// Routes and relays one opaque connection until both sides close.
+pub async fn serve(shared: &ProxyShared, client: TcpStream, info: ConnInfo) {
+    let started = Instant::now();
+    let decision = Decision {
+        reason: DecisionReason::OpaqueProtocol,
+        ..shared
+            .table()
+            .decide(info.original_dst, info.service, None, false)
+    };
+    let upstream = decision.upstream.unwrap_or(info.original_dst.0);
+    shared.record(&info, decision, Exit::default());
+    let up = match relay::connect(upstream, shared.limits.connect_timeout).await {
+        Ok(u) => u,
+        Err(e) => {
+            shared.metrics.upstream_connect_error();
+            tracing::debug!(client = %info.client, %upstream, error = %e, "upstream connect failed");
+            return;
+        }
+    };
+    // Opaque streams have no request boundary to drain at: on shutdown they get the grace
+    // period, then are closed.
+    match relay::relay(client, up).await {
+        Ok((a, b)) => {
+            tracing::trace!(%upstream, up = a, down = b, elapsed = ?started.elapsed(), "opaque relay done")
+        }
+        Err(e) => tracing::debug!(%upstream, error = %e, "opaque relay ended with an error"),
+    }
+}
