@@ -1,6 +1,12 @@
-//! Tests of the routes file: parsing, validation messages, and reloading.
+//! Tests of the routes file: parsing and validation messages (the watcher is tested in
+//! `crate::sync::file_source`).
 use super::*;
-use crate::routes::{Reason, RouteTable, RoutingKey, SANDBOX_LABEL, service_id};
+use jiff::Timestamp;
+
+use crate::routes::{
+    Fallback, Reason, RouteTable, RoutingKey, SANDBOX_LABEL, SandboxRouteSpec, TargetPort,
+    service_id,
+};
 
 const EXAMPLE: &str = r#"
 services:

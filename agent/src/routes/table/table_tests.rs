@@ -6,7 +6,7 @@ use std::{
 
 use jiff::Timestamp;
 
-use super::*;
+use super::{ids::assign_ids, *};
 use crate::routes::{
     ClusterState, EndpointAddr, Fallback, ForkSpec, ForkTarget, Pod, PortRef, Reason,
     SANDBOX_LABEL, SandboxRouteObj, SandboxRouteSpec, Service, ServicePort, TargetPort,
