@@ -25,7 +25,7 @@ use super::{
 };
 use crate::{
     kube::{convert, crd},
-    routes::{self, ForkStatus, Reason, RouteStatus, SANDBOX_LABEL, SandboxRouteObj},
+    routes::{self, ForkStatus, RouteReason, RouteStatus, SANDBOX_LABEL, SandboxRouteObj},
 };
 
 /// How long create_sandbox_route waits for the agents' status.
@@ -46,18 +46,18 @@ pub struct Cluster {
     pub request_pod_timeout: Duration,
 }
 
-fn reason_of(s: &str) -> Reason {
+fn reason_of(s: &str) -> RouteReason {
     match s {
-        "EndpointsReady" => Reason::EndpointsReady,
-        "ServiceNotFound" => Reason::ServiceNotFound,
-        "PortNotFound" => Reason::PortNotFound,
-        "DuplicateKey" => Reason::DuplicateKey,
-        "Expired" => Reason::Expired,
-        "CrossNamespace" => Reason::CrossNamespace,
-        "InvalidKey" => Reason::InvalidKey,
-        "InvalidSelector" => Reason::InvalidSelector,
-        "InvalidTarget" => Reason::InvalidTarget,
-        _ => Reason::NoReadyEndpoints,
+        "EndpointsReady" => RouteReason::EndpointsReady,
+        "ServiceNotFound" => RouteReason::ServiceNotFound,
+        "PortNotFound" => RouteReason::PortNotFound,
+        "DuplicateKey" => RouteReason::DuplicateKey,
+        "Expired" => RouteReason::Expired,
+        "CrossNamespace" => RouteReason::CrossNamespace,
+        "InvalidKey" => RouteReason::InvalidKey,
+        "InvalidSelector" => RouteReason::InvalidSelector,
+        "InvalidTarget" => RouteReason::InvalidTarget,
+        _ => RouteReason::NoReadyEndpoints,
     }
 }
 

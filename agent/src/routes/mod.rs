@@ -20,7 +20,7 @@ pub use model::{
     ClusterState, EndpointAddr, Fallback, ForkSpec, ForkTarget, Pod, PortRef, SANDBOX_LABEL,
     SandboxRouteObj, SandboxRouteSpec, Service, ServicePort, SpecField, SpecProblem, TargetPort,
 };
-pub use status::{ForkStatus, Reason, RouteStatus};
+pub use status::{ForkStatus, RouteReason, RouteStatus};
 pub use table::{
     ForkPortView, ForkRoute, ForkView, RouteTable, RouteView, ServicePortRef, ServiceRef,
     service_id,

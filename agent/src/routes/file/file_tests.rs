@@ -4,7 +4,7 @@ use super::*;
 use jiff::Timestamp;
 
 use crate::routes::{
-    Fallback, Reason, RouteTable, RoutingKey, SANDBOX_LABEL, SandboxRouteSpec, TargetPort,
+    Fallback, RouteReason, RouteTable, RoutingKey, SANDBOX_LABEL, SandboxRouteSpec, TargetPort,
     service_id,
 };
 
@@ -58,7 +58,7 @@ fn documented_example_parses() {
 #[test]
 fn documented_example_routes_keyed_requests() {
     let (t, st) = RouteTable::compute(&ok(EXAMPLE), Timestamp::UNIX_EPOCH);
-    assert_eq!(st[0].reason, Reason::EndpointsReady, "{st:?}");
+    assert_eq!(st[0].reason, RouteReason::EndpointsReady, "{st:?}");
     let fork = t
         .fork(
             service_id("shop", "reviews"),
@@ -286,5 +286,5 @@ routes:
     assert!(!s.pods[0].ready);
     assert_eq!(s.routes[0].spec.fallback, Fallback::Reject);
     let (_, st) = RouteTable::compute(&s, Timestamp::UNIX_EPOCH);
-    assert_eq!(st[0].reason, Reason::NoReadyEndpoints);
+    assert_eq!(st[0].reason, RouteReason::NoReadyEndpoints);
 }

@@ -21,7 +21,7 @@ use std::{
 use jiff::Timestamp;
 use serde::Serialize;
 
-use super::{ClusterState, Fallback, Reason, RouteStatus, RoutingKey, SandboxRouteObj};
+use super::{ClusterState, Fallback, RouteReason, RouteStatus, RoutingKey, SandboxRouteObj};
 use resolve::{Index, ResolvedFork, baseline_addrs, severity};
 use views::view_of;
 
@@ -166,11 +166,11 @@ impl RouteTable {
     pub fn compute(state: &ClusterState, now: Timestamp) -> (RouteTable, Vec<RouteStatus>) {
         let ix = Index::new(state);
         let mut statuses: Vec<Option<RouteStatus>> = vec![None; state.routes.len()];
-        let status = |r: &SandboxRouteObj, reason: Reason, message: String| RouteStatus {
+        let status = |r: &SandboxRouteObj, reason: RouteReason, message: String| RouteStatus {
             namespace: r.namespace.clone(),
             name: r.name.clone(),
             observed_generation: r.generation,
-            ready: reason == Reason::EndpointsReady,
+            ready: reason == RouteReason::EndpointsReady,
             reason,
             message,
             applied: false,
@@ -193,7 +193,7 @@ impl RouteTable {
             let r = &state.routes[i];
             if let Some(at) = r.spec.expires_at {
                 if at <= now {
-                    statuses[i] = Some(status(r, Reason::Expired, format!("expired at {at}")));
+                    statuses[i] = Some(status(r, RouteReason::Expired, format!("expired at {at}")));
                     continue;
                 }
                 next_expiry = Some(next_expiry.map_or(at, |n| n.min(at)));
@@ -207,7 +207,7 @@ impl RouteTable {
             if let Some(&winner) = claims.get(&claim) {
                 statuses[i] = Some(status(
                     r,
-                    Reason::DuplicateKey,
+                    RouteReason::DuplicateKey,
                     format!(
                         "routing key {:?} is already used by the older route {}",
                         r.spec.routing_key,
@@ -302,15 +302,15 @@ impl RouteTable {
                 .enumerate()
                 .min_by_key(|(_, s)| severity(s.reason));
             let (reason, message) = match worst {
-                Some((i, s)) if s.reason != Reason::EndpointsReady => (
+                Some((i, s)) if s.reason != RouteReason::EndpointsReady => (
                     s.reason,
                     format!("forks[{i}] ({}): {}", s.service, s.message),
                 ),
                 Some(_) => (
-                    Reason::EndpointsReady,
+                    RouteReason::EndpointsReady,
                     format!("{} fork(s) have ready sandbox endpoints", resolved.len()),
                 ),
-                None => (Reason::EndpointsReady, "route has no forks".into()),
+                None => (RouteReason::EndpointsReady, "route has no forks".into()),
             };
             let mut st = status(r, reason, message);
             st.applied = applied;
@@ -367,7 +367,7 @@ impl RouteTable {
             .map(|(s, r)| {
                 s.unwrap_or_else(|| {
                     // Unreachable: every route got a status above. Stay total regardless.
-                    status(r, Reason::InvalidTarget, "not evaluated".into())
+                    status(r, RouteReason::InvalidTarget, "not evaluated".into())
                 })
             })
             .collect();

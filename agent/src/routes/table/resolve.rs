@@ -7,8 +7,8 @@ use std::{
 
 use super::{canon, ids::assign_ids};
 use crate::routes::{
-    ClusterState, ForkSpec, ForkStatus, Pod, PortRef, Reason, Service, ServicePort, TargetPort,
-    model::local_name,
+    ClusterState, ForkSpec, ForkStatus, Pod, PortRef, RouteReason, Service, ServicePort,
+    TargetPort, model::local_name,
 };
 
 /// The port an endpoint serves a Service port on: as the EndpointSlice resolved it, else the
@@ -84,7 +84,7 @@ impl<'a> Index<'a> {
     pub(super) fn resolve_fork(&self, ns: &str, fork: &ForkSpec) -> ResolvedFork {
         let mut status = ForkStatus {
             service: fork.service.clone(),
-            reason: Reason::EndpointsReady,
+            reason: RouteReason::EndpointsReady,
             message: String::new(),
             ready_endpoints: 0,
         };
@@ -105,13 +105,13 @@ impl<'a> Index<'a> {
         let Some((id, svc)) = self.service(ns, name) else {
             return fail(
                 status,
-                Reason::ServiceNotFound,
+                RouteReason::ServiceNotFound,
                 format!("service {ns}/{name} not found"),
             );
         };
 
         // Which of the Service's ports the fork covers.
-        let mut problems: Vec<(Reason, String)> = Vec::new();
+        let mut problems: Vec<(RouteReason, String)> = Vec::new();
         let covered: Vec<usize> = match &fork.ports {
             None => (0..svc.ports.len()).collect(),
             Some(refs) => refs
@@ -123,7 +123,7 @@ impl<'a> Index<'a> {
                     });
                     if found.is_none() {
                         problems.push((
-                            Reason::PortNotFound,
+                            RouteReason::PortNotFound,
                             format!("service {ns}/{name} has no port {}", port_ref_str(r)),
                         ));
                     }
@@ -135,7 +135,7 @@ impl<'a> Index<'a> {
         };
         if svc.ports.is_empty() {
             problems.push((
-                Reason::PortNotFound,
+                RouteReason::PortNotFound,
                 format!("service {ns}/{name} has no ports"),
             ));
         }
@@ -158,7 +158,7 @@ impl<'a> Index<'a> {
                         .collect();
                     if !elsewhere.is_empty() {
                         problems.push((
-                            Reason::CrossNamespace,
+                            RouteReason::CrossNamespace,
                             format!(
                                 "selector matches pods only in namespace(s) {}; forks may only target namespace {ns:?}",
                                 elsewhere.into_iter().collect::<Vec<_>>().join(", ")
@@ -192,7 +192,7 @@ impl<'a> Index<'a> {
                 match self.service(ns, tname) {
                     None => {
                         problems.push((
-                            Reason::ServiceNotFound,
+                            RouteReason::ServiceNotFound,
                             format!("target service {ns}/{tname} not found"),
                         ));
                         ports.extend(covered.iter().map(|&i| (i, Vec::new())));
@@ -204,7 +204,7 @@ impl<'a> Index<'a> {
                                 Some(tp) => ports.push((i, baseline_addrs(tsvc, tp, true))),
                                 None => {
                                     problems.push((
-                                        Reason::PortNotFound,
+                                        RouteReason::PortNotFound,
                                         format!(
                                             "target service {ns}/{tname} has no port matching {}",
                                             port_label(sp)
@@ -228,7 +228,7 @@ impl<'a> Index<'a> {
         status.ready_endpoints = ips.len();
         if let Some((i, _)) = ports.iter().find(|(_, eps)| eps.is_empty()) {
             problems.push((
-                Reason::NoReadyEndpoints,
+                RouteReason::NoReadyEndpoints,
                 format!(
                     "no ready sandbox endpoint for {}; fallback applies",
                     port_label(&svc.ports[*i])
@@ -275,17 +275,17 @@ fn port_label(sp: &ServicePort) -> String {
 }
 
 /// Lower is reported first when a fork or route has several problems.
-pub(super) fn severity(r: Reason) -> u8 {
+pub(super) fn severity(r: RouteReason) -> u8 {
     match r {
-        Reason::InvalidKey => 0,
-        Reason::InvalidSelector => 1,
-        Reason::InvalidTarget => 2,
-        Reason::CrossNamespace => 3,
-        Reason::Expired => 4,
-        Reason::DuplicateKey => 5,
-        Reason::ServiceNotFound => 6,
-        Reason::PortNotFound => 7,
-        Reason::NoReadyEndpoints => 8,
-        Reason::EndpointsReady => 9,
+        RouteReason::InvalidKey => 0,
+        RouteReason::InvalidSelector => 1,
+        RouteReason::InvalidTarget => 2,
+        RouteReason::CrossNamespace => 3,
+        RouteReason::Expired => 4,
+        RouteReason::DuplicateKey => 5,
+        RouteReason::ServiceNotFound => 6,
+        RouteReason::PortNotFound => 7,
+        RouteReason::NoReadyEndpoints => 8,
+        RouteReason::EndpointsReady => 9,
     }
 }

@@ -5,7 +5,7 @@ use jiff::Timestamp;
 use serde::Serialize;
 
 use super::resolve::{Index, ResolvedFork};
-use crate::routes::{Fallback, Reason, RouteStatus, SandboxRouteObj};
+use crate::routes::{Fallback, RouteReason, RouteStatus, SandboxRouteObj};
 
 /// One route for the admin `/routes` view.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
@@ -18,7 +18,7 @@ pub struct RouteView {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub expires_at: Option<Timestamp>,
     pub ready: bool,
-    pub reason: Reason,
+    pub reason: RouteReason,
     pub message: String,
     pub applied: bool,
     pub forks: Vec<ForkView>,
@@ -30,7 +30,7 @@ pub struct ForkView {
     pub service: String,
     /// `None` when the Service was not found.
     pub service_id: Option<u32>,
-    pub reason: Reason,
+    pub reason: RouteReason,
     pub message: String,
     pub ready_endpoints: usize,
     pub ports: Vec<ForkPortView>,
