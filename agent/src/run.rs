@@ -80,11 +80,7 @@ async fn run_async(args: RunArgs) -> anyhow::Result<()> {
         .collect::<anyhow::Result<Vec<_>>>()?;
     // Load the routes before touching the kernel: a bad file is a startup error, with its line.
     let routes_watch = match &args.routes {
-        Some(path) => Some(
-            RoutesFileWatcher::new(path, args.routes_poll_interval)
-                .spawn()
-                .map_err(|e| anyhow::anyhow!("{e}"))?,
-        ),
+        Some(path) => Some(RoutesFileWatcher::new(path, args.routes_poll_interval).spawn()?),
         None => None,
     };
     // Likewise a bad kubeconfig; an unreachable API server is not an error (watches retry).

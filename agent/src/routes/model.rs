@@ -228,11 +228,11 @@ impl SandboxRouteSpec {
                     "set exactly one of `selector` or `service`".into(),
                 ),
                 (Some(sel), None) => {
-                    if let Err(msg) = check_selector(sel) {
+                    if let Err(e) = check_selector(sel) {
                         bad(
                             SpecField::ForkSelector(i),
                             RouteReason::InvalidSelector,
-                            msg,
+                            e.to_string(),
                         );
                     }
                 }
@@ -276,17 +276,30 @@ pub fn local_name<'a>(namespace: &str, s: &'a str) -> Result<&'a str, (RouteReas
     Ok(name)
 }
 
-fn check_selector(sel: &BTreeMap<String, String>) -> Result<(), String> {
+/// Why a fork's pod selector is refused.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
+enum SelectorError {
+    #[error(
+        "an empty selector would match every pod; it must include {}",
+        SANDBOX_LABEL
+    )]
+    Empty,
+    #[error(
+        "selector must include the {} label, so it can never match baseline pods",
+        SANDBOX_LABEL
+    )]
+    NoSandboxLabel,
+    #[error("{} must not be empty", SANDBOX_LABEL)]
+    EmptySandboxLabel,
+}
+
+fn check_selector(sel: &BTreeMap<String, String>) -> Result<(), SelectorError> {
     if sel.is_empty() {
-        return Err(format!(
-            "an empty selector would match every pod; it must include {SANDBOX_LABEL}"
-        ));
+        return Err(SelectorError::Empty);
     }
     match sel.get(SANDBOX_LABEL) {
-        None => Err(format!(
-            "selector must include the {SANDBOX_LABEL} label, so it can never match baseline pods"
-        )),
-        Some(v) if v.is_empty() => Err(format!("{SANDBOX_LABEL} must not be empty")),
+        None => Err(SelectorError::NoSandboxLabel),
+        Some(v) if v.is_empty() => Err(SelectorError::EmptySandboxLabel),
         Some(_) => Ok(()),
     }
 }

@@ -288,3 +288,16 @@ routes:
     let (_, st) = RouteTable::compute(&s, Timestamp::UNIX_EPOCH);
     assert_eq!(st[0].reason, RouteReason::NoReadyEndpoints);
 }
+
+#[test]
+fn a_read_error_names_the_file_once_and_keeps_its_cause_as_the_source() {
+    let path = std::env::temp_dir().join("shunt-no-such-routes-file.yaml");
+    let e = load_routes(&path).expect_err("missing file");
+    assert!(matches!(e, RoutesFileError::Read { .. }));
+    assert_eq!(e.to_string(), path.display().to_string());
+    let chain = format!("{:#}", anyhow::Error::from(e));
+    let shown = path.display().to_string();
+    assert!(chain.starts_with(&format!("{shown}: ")), "{chain}");
+    assert!(chain.contains("os error 2"), "{chain}");
+    assert_eq!(chain.matches(shown.as_str()).count(), 1, "{chain}");
+}

@@ -51,7 +51,9 @@ pub struct Diagnostic {
 /// Why a routes file was not loaded.
 #[derive(Debug, thiserror::Error)]
 pub enum RoutesFileError {
-    #[error("{}: {source}", path.display())]
+    /// The file could not be read. The message is the path alone: the cause is the source, so
+    /// display this with an error-chain renderer (`{:#}` on an `anyhow::Error`) to show both.
+    #[error("{}", path.display())]
     Read {
         path: PathBuf,
         #[source]
