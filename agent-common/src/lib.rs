@@ -14,7 +14,20 @@ pub mod addr;
 pub mod config;
 pub mod flows;
 pub mod orig;
+pub mod programs;
 pub mod stats;
 pub mod steered;
 
 pub use addr::{Endpoint, NetAddr};
+
+/// Every map in the capture object (aya-log's own aside), by its pinned name. The agent and the
+/// test binaries name maps only through these constants; a test checks the list against the
+/// object itself.
+pub const MAP_NAMES: [&str; 6] = [
+    steered::MAP_NAME,
+    config::MAP_NAME,
+    orig::COOKIE_MAP_NAME,
+    orig::DST_MAP_NAME,
+    flows::MAP_NAME,
+    stats::MAP_NAME,
+];
