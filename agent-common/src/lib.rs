@@ -3,7 +3,9 @@
 //! Every type here is `#[repr(C)]` with explicit padding fields and no `bool`, `Option` or enum
 //! fields, so the kernel and userspace agree on every byte. Each map family has its own module
 //! with its pinned, versioned map name: a change to a layout bumps the `_V` suffix, so a new agent
-//! never reinterprets an old agent's pinned map.
+//! never reinterprets an old agent's pinned map. [`MAP_NAMES`] lists them all and [`programs`]
+//! names the capture programs: nothing else spells these names out (the eBPF attributes aside,
+//! which take only literals; `agent/tests/map_names.rs` checks those against this crate).
 //!
 //! Addresses are held in one form for both families: IPv4 as IPv4-mapped IPv6 (`::ffff:a.b.c.d`),
 //! as four network-order words exactly like the kernel's `bpf_sock_addr.user_ip6`. A dual-stack

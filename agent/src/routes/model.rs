@@ -1,5 +1,5 @@
-//! The input of the route computation: what a source (routes file now, Kubernetes later) knows
-//! about the cluster. Plain data, no behaviour beyond static validation of a route spec.
+//! The input of the route computation: what a source (the Kubernetes watch or the routes file)
+//! knows about the cluster. Plain data, no behaviour beyond static validation of a route spec.
 use std::{collections::BTreeMap, fmt, net::IpAddr};
 
 use jiff::Timestamp;
@@ -107,9 +107,10 @@ impl SandboxRouteObj {
     }
 }
 
-/// The spec of a SandboxRoute. Same type for the routes file and (later) the CRD, so it
-/// deliberately does not deny unknown fields: the API server prunes those, and a newer CRD must
-/// not break an older agent.
+/// The spec of a SandboxRoute as the computation reads it. The routes file and the CRD
+/// (`kube::crd::SandboxRouteSpec`, a separate type so `routes` needs no kube-rs) both convert
+/// to it, and it serializes exactly like the CRD's spec. It does not deny unknown fields: a spec
+/// written by a newer CRD must still read on an older agent.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct SandboxRouteSpec {
