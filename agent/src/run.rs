@@ -73,8 +73,7 @@ async fn run_async(args: RunConfig) -> anyhow::Result<()> {
         Some(path) => Some(
             RoutesFileWatcher::new(path, args.routes_poll_interval)
                 .with_metrics(metrics.clone())
-                .spawn()
-                .map_err(|e| anyhow::anyhow!("{e}"))?,
+                .spawn()?,
         ),
         None => None,
     };

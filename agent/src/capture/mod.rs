@@ -14,7 +14,7 @@ use std::{
     path::{Path, PathBuf},
 };
 
-use agent_common::{config, flows, orig, stats, steered};
+use agent_common::{config, flows, orig, programs, stats, steered};
 use aya::{
     Ebpf, EbpfLoader,
     maps::{Array, HashMap, MapData, PerCpuArray, PerCpuHashMap},
@@ -32,13 +32,13 @@ pub use maps::{CaptureStats, Flow, FlowsMap, OrigDstMap, SteeredMap};
 /// The eBPF object built by `agent/build.rs`.
 static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/shunt-capture"));
 
-const SOCK_ADDR_PROGRAMS: [&str; 4] = [
-    "shunt_connect4",
-    "shunt_connect6",
-    "shunt_getpeername4",
-    "shunt_getpeername6",
-];
-const SOCK_OPS_PROGRAM: &str = "shunt_sock_ops";
+const SOCK_ADDR_PROGRAMS: [&str; 4] = programs::SOCK_ADDR;
+const SOCK_OPS_PROGRAM: &str = programs::SOCK_OPS;
+
+/// The embedded eBPF object, for checks that read it (map and program names).
+pub fn ebpf_object() -> &'static [u8] {
+    EBPF_OBJECT
+}
 
 /// How to capture.
 #[derive(Clone, Debug)]

@@ -10,7 +10,7 @@ use aya::{
 };
 
 /// Programs of ours carry this prefix (BPF names are cut at 15 bytes).
-const PREFIX: &str = "shunt_";
+const PREFIX: &str = agent_common::programs::PREFIX;
 
 /// Run-time statistics stay on while this lives.
 pub struct RunStatsGuard(#[allow(dead_code)] OwnedFd);

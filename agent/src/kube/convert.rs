@@ -224,7 +224,7 @@ mod tests {
     use serde_json::json;
 
     use super::*;
-    use crate::routes::{Reason, RouteTable};
+    use crate::routes::{RouteReason, RouteTable};
 
     fn obj<T: serde::de::DeserializeOwned>(v: serde_json::Value) -> T {
         serde_json::from_value(v).expect("valid object")
@@ -443,7 +443,11 @@ mod tests {
             )],
         );
         let (t, statuses) = RouteTable::compute(&state, jiff::Timestamp::now());
-        assert_eq!(statuses[0].reason, Reason::EndpointsReady, "{statuses:?}");
+        assert_eq!(
+            statuses[0].reason,
+            RouteReason::EndpointsReady,
+            "{statuses:?}"
+        );
         assert_eq!(statuses[0].observed_generation, 3);
         assert_eq!(statuses[0].forks[0].ready_endpoints, 1);
         let (svc, _) = t.service_for(sa("10.96.0.7:9080")).unwrap();
@@ -483,8 +487,8 @@ mod tests {
             ["a", "b"]
         );
         let (_, statuses) = RouteTable::compute(&state, jiff::Timestamp::now());
-        assert_eq!(statuses[0].reason, Reason::NoReadyEndpoints);
-        assert_eq!(statuses[1].reason, Reason::DuplicateKey);
+        assert_eq!(statuses[0].reason, RouteReason::NoReadyEndpoints);
+        assert_eq!(statuses[1].reason, RouteReason::DuplicateKey);
     }
 
     #[test]

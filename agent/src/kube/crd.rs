@@ -371,7 +371,7 @@ mod tests {
         }))
         .expect("parses");
         let p = routes::SandboxRouteSpec::from(&s).problems("shop");
-        assert_eq!(p[0].reason, routes::Reason::InvalidSelector);
+        assert_eq!(p[0].reason, routes::RouteReason::InvalidSelector);
     }
 
     #[test]

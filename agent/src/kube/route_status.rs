@@ -1,37 +1,37 @@
 //! Reading a SandboxRoute's status back: the inverse of [`super::status::desired_status`], for
 //! the clients (`shunt mcp --kube`) that show what the agents reported.
 //!
-//! Reasons are spelled by [`Reason::as_str`] on both sides, so parsing goes through that same
+//! Reasons are spelled by [`RouteReason::as_str`] on both sides, so parsing goes through that same
 //! table.
 use kube::ResourceExt as _;
 
 use super::crd::{self, SandboxRoute};
-use crate::routes::{ForkStatus, Reason, RouteStatus};
+use crate::routes::{ForkStatus, RouteReason, RouteStatus};
 
-/// Every [`Reason`] (a new variant stops `every_reason_round_trips` from compiling until it is
+/// Every [`RouteReason`] (a new variant stops `every_reason_round_trips` from compiling until it is
 /// added here and there).
-const REASONS: [Reason; 10] = [
-    Reason::EndpointsReady,
-    Reason::ServiceNotFound,
-    Reason::PortNotFound,
-    Reason::NoReadyEndpoints,
-    Reason::DuplicateKey,
-    Reason::Expired,
-    Reason::CrossNamespace,
-    Reason::InvalidKey,
-    Reason::InvalidSelector,
-    Reason::InvalidTarget,
+const REASONS: [RouteReason; 10] = [
+    RouteReason::EndpointsReady,
+    RouteReason::ServiceNotFound,
+    RouteReason::PortNotFound,
+    RouteReason::NoReadyEndpoints,
+    RouteReason::DuplicateKey,
+    RouteReason::Expired,
+    RouteReason::CrossNamespace,
+    RouteReason::InvalidKey,
+    RouteReason::InvalidSelector,
+    RouteReason::InvalidTarget,
 ];
 
 /// The reason the status writer spelled `s`, if this version knows it.
-pub fn parse_reason(s: &str) -> Option<Reason> {
+pub fn parse_reason(s: &str) -> Option<RouteReason> {
     REASONS.into_iter().find(|r| r.as_str() == s)
 }
 
 /// A reason as read from a status: one this version does not know (a newer agent wrote it) can
 /// only be read as "not ready".
-fn reason_or_not_ready(s: &str) -> Reason {
-    parse_reason(s).unwrap_or(Reason::NoReadyEndpoints)
+fn reason_or_not_ready(s: &str) -> RouteReason {
+    parse_reason(s).unwrap_or(RouteReason::NoReadyEndpoints)
 }
 
 /// The status the agents wrote on a SandboxRoute, if any.
@@ -69,23 +69,23 @@ mod tests {
         for r in REASONS {
             // Exhaustive on purpose: a new variant must be added here and to REASONS.
             match r {
-                Reason::EndpointsReady
-                | Reason::ServiceNotFound
-                | Reason::PortNotFound
-                | Reason::NoReadyEndpoints
-                | Reason::DuplicateKey
-                | Reason::Expired
-                | Reason::CrossNamespace
-                | Reason::InvalidKey
-                | Reason::InvalidSelector
-                | Reason::InvalidTarget => {}
+                RouteReason::EndpointsReady
+                | RouteReason::ServiceNotFound
+                | RouteReason::PortNotFound
+                | RouteReason::NoReadyEndpoints
+                | RouteReason::DuplicateKey
+                | RouteReason::Expired
+                | RouteReason::CrossNamespace
+                | RouteReason::InvalidKey
+                | RouteReason::InvalidSelector
+                | RouteReason::InvalidTarget => {}
             }
             assert_eq!(parse_reason(r.as_str()), Some(r));
         }
         assert_eq!(parse_reason("SomethingNew"), None);
         assert_eq!(
             reason_or_not_ready("SomethingNew"),
-            Reason::NoReadyEndpoints
+            RouteReason::NoReadyEndpoints
         );
     }
 
@@ -96,12 +96,12 @@ mod tests {
             name: "pr-42".into(),
             observed_generation: 3,
             ready: false,
-            reason: Reason::PortNotFound,
+            reason: RouteReason::PortNotFound,
             message: "m".into(),
             applied: false,
             forks: vec![ForkStatus {
                 service: "reviews".into(),
-                reason: Reason::PortNotFound,
+                reason: RouteReason::PortNotFound,
                 message: "no port grpc".into(),
                 ready_endpoints: 2,
             }],

@@ -22,7 +22,7 @@ use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
 use super::crd::{self, RouteCondition, SandboxRoute, SandboxRouteStatus};
-use crate::routes::{Reason, RouteStatus};
+use crate::routes::{RouteReason, RouteStatus};
 
 /// The field manager of status writes.
 pub const FIELD_MANAGER: &str = "shunt-agent";
@@ -159,7 +159,7 @@ impl StatusWriter {
             if obj.metadata.generation.unwrap_or(0) != st.observed_generation {
                 continue;
             }
-            if st.reason == Reason::Expired
+            if st.reason == RouteReason::Expired
                 && let Some(uid) = obj.metadata.uid.clone()
                 && !self.deleted.contains(&uid)
             {
@@ -260,7 +260,7 @@ mod tests {
     use super::*;
     use crate::routes::ForkStatus;
 
-    fn st(ready: bool, reason: Reason) -> RouteStatus {
+    fn st(ready: bool, reason: RouteReason) -> RouteStatus {
         RouteStatus {
             namespace: "shop".into(),
             name: "pr-42".into(),
@@ -282,26 +282,26 @@ mod tests {
     fn transition_time_kept_unless_status_flips() {
         let t0: jiff::Timestamp = "2026-01-01T00:00:00Z".parse().unwrap();
         let t1: jiff::Timestamp = "2026-01-01T00:01:00Z".parse().unwrap();
-        let first = desired_status(&st(true, Reason::EndpointsReady), None, t0);
+        let first = desired_status(&st(true, RouteReason::EndpointsReady), None, t0);
         assert_eq!(first.conditions[0].last_transition_time, Some(t0));
         assert_eq!(first.conditions[0].status, "True");
         assert_eq!(first.observed_generation, Some(2));
         assert_eq!(first.forks[0].ready_endpoints, 3);
         // Same status later: identical, so nothing is written.
-        let again = desired_status(&st(true, Reason::EndpointsReady), Some(&first), t1);
+        let again = desired_status(&st(true, RouteReason::EndpointsReady), Some(&first), t1);
         assert_eq!(again, first);
         // Reason changes within False keep the time; a flip takes the new time.
-        let down = desired_status(&st(false, Reason::NoReadyEndpoints), Some(&first), t1);
+        let down = desired_status(&st(false, RouteReason::NoReadyEndpoints), Some(&first), t1);
         assert_eq!(down.conditions[0].last_transition_time, Some(t1));
         assert_eq!(down.conditions[0].reason, "NoReadyEndpoints");
-        let other = desired_status(&st(false, Reason::ServiceNotFound), Some(&down), t0);
+        let other = desired_status(&st(false, RouteReason::ServiceNotFound), Some(&down), t0);
         assert_eq!(other.conditions[0].last_transition_time, Some(t1));
     }
 
     #[test]
     fn status_json_shape() {
         let t0: jiff::Timestamp = "2026-01-01T00:00:00Z".parse().unwrap();
-        let s = desired_status(&st(false, Reason::DuplicateKey), None, t0);
+        let s = desired_status(&st(false, RouteReason::DuplicateKey), None, t0);
         let v = serde_json::to_value(&s).unwrap();
         assert_eq!(
             v,

@@ -173,8 +173,8 @@ impl Local {
     }
 
     pub fn snapshot(&self) -> ToolResult<Snapshot> {
-        let state =
-            crate::routes::file::load_routes(&self.routes_file).map_err(|e| self.file_error(e))?;
+        let state = crate::routes::file::load_routes(&self.routes_file)
+            .map_err(|e| self.file_error(format!("{:#}", anyhow::Error::from(e))))?;
         let (_, statuses) = RouteTable::compute(&state, jiff::Timestamp::now());
         Ok(Snapshot {
             statuses: statuses.into_iter().map(Some).collect(),

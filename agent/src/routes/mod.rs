@@ -1,9 +1,14 @@
 //! The route table as plain data.
 //!
-//! A source (the routes file now, Kubernetes later) produces a [`ClusterState`];
-//! [`RouteTable::compute`] turns it into the lookups the proxy makes per request, the set of
-//! destinations capture must steer, and a status per SandboxRoute. [`diff`] turns two steered
-//! sets into BPF map updates.
+//! Each source, the Kubernetes watch (`crate::kube`) or the routes file (parsed by
+//! [`file`](mod@file), watched by `crate::sync::file_source`), describes the cluster as a
+//! [`ClusterState`]. Route sync (`crate::sync`) hands that to [`RouteTable::compute`], which
+//! gives the lookups the proxy makes per request, the set of destinations capture must steer,
+//! and a [`RouteStatus`] per SandboxRoute; [`diff`] turns two steered sets into the BPF map
+//! updates sync applies.
+//!
+//! Rooms: `model` (the input), `table` (the computation and its lookups), `status`, `diff`,
+//! `key` (the routing key a request carries), `file`.
 //!
 //! Dependency rule: this module imports none of `capture`, `proxy`, `kube`, aya, hyper or
 //! kube-rs, nor tokio.
@@ -24,7 +29,7 @@ pub use model::{
     ClusterState, EndpointAddr, Fallback, ForkSpec, ForkTarget, Pod, PortRef, SANDBOX_LABEL,
     SandboxRouteObj, SandboxRouteSpec, Service, ServicePort, SpecField, SpecProblem, TargetPort,
 };
-pub use status::{ForkStatus, Reason, RouteStatus};
+pub use status::{ForkStatus, RouteReason, RouteStatus};
 pub use table::{
     ForkPortView, ForkRoute, ForkView, RouteTable, RouteView, ServicePortRef, ServiceRef,
     service_id,

@@ -1,11 +1,11 @@
-//! The input of the route computation: what a source (routes file now, Kubernetes later) knows
-//! about the cluster. Plain data, no behaviour beyond static validation of a route spec.
+//! The input of the route computation: what a source (the Kubernetes watch or the routes file)
+//! knows about the cluster. Plain data, no behaviour beyond static validation of a route spec.
 use std::{collections::BTreeMap, fmt, net::IpAddr};
 
 use jiff::Timestamp;
 use serde::{Deserialize, Serialize};
 
-use super::{KeyError, Reason, RoutingKey};
+use super::{KeyError, RouteReason, RoutingKey};
 
 /// The label every selector fork must carry, so a fork can never select baseline pods by
 /// accident (baseline pods do not have it).
@@ -107,9 +107,10 @@ impl SandboxRouteObj {
     }
 }
 
-/// The spec of a SandboxRoute. Same type for the routes file and (later) the CRD, so it
-/// deliberately does not deny unknown fields: the API server prunes those, and a newer CRD must
-/// not break an older agent.
+/// The spec of a SandboxRoute as the computation reads it. The routes file and the CRD
+/// (`kube::crd::SandboxRouteSpec`, a separate type so `routes` needs no kube-rs) both convert
+/// to it, and it serializes exactly like the CRD's spec. It does not deny unknown fields: a spec
+/// written by a newer CRD must still read on an older agent.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct SandboxRouteSpec {
@@ -180,7 +181,7 @@ impl fmt::Display for SpecField {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct SpecProblem {
     pub field: SpecField,
-    pub reason: Reason,
+    pub reason: RouteReason,
     pub message: String,
 }
 
@@ -200,7 +201,7 @@ impl SandboxRouteSpec {
         if let Err(e) = RoutingKey::parse(&self.routing_key) {
             bad(
                 SpecField::RoutingKey,
-                Reason::InvalidKey,
+                RouteReason::InvalidKey,
                 format!(
                     "{:?} is not a valid routing key ({}): {}",
                     truncate(&self.routing_key, 80),
@@ -224,19 +225,23 @@ impl SandboxRouteSpec {
             match (&fork.to.selector, &fork.to.service) {
                 (Some(_), Some(_)) | (None, None) => bad(
                     SpecField::ForkTo(i),
-                    Reason::InvalidTarget,
+                    RouteReason::InvalidTarget,
                     "set exactly one of `selector` or `service`".into(),
                 ),
                 (Some(sel), None) => {
-                    if let Err(msg) = check_selector(sel) {
-                        bad(SpecField::ForkSelector(i), Reason::InvalidSelector, msg);
+                    if let Err(e) = check_selector(sel) {
+                        bad(
+                            SpecField::ForkSelector(i),
+                            RouteReason::InvalidSelector,
+                            e.to_string(),
+                        );
                     }
                 }
                 (None, Some(svc)) => match local_name(namespace, svc) {
                     Err(p) => bad(SpecField::ForkTargetService(i), p.0, p.1),
                     Ok(target) if Some(target) == baseline => bad(
                         SpecField::ForkTargetService(i),
-                        Reason::InvalidTarget,
+                        RouteReason::InvalidTarget,
                         format!("a fork of {target:?} cannot target the same service"),
                     ),
                     Ok(_) => {}
@@ -250,13 +255,13 @@ impl SandboxRouteSpec {
 /// A Service name as written in a fork: `name`, or `namespace/name` for the route's own
 /// namespace. Anything else leaves the namespace, which a route may not do: a route's author
 /// must not be able to redirect another namespace's traffic.
-pub fn local_name<'a>(namespace: &str, s: &'a str) -> Result<&'a str, (Reason, String)> {
+pub fn local_name<'a>(namespace: &str, s: &'a str) -> Result<&'a str, (RouteReason, String)> {
     let name = match s.split_once('/') {
         None => s,
         Some((ns, name)) if ns == namespace => name,
         Some((ns, _)) => {
             return Err((
-                Reason::CrossNamespace,
+                RouteReason::CrossNamespace,
                 format!(
                     "{s:?} is in namespace {ns:?}; forks may only target namespace {namespace:?}"
                 ),
@@ -265,24 +270,37 @@ pub fn local_name<'a>(namespace: &str, s: &'a str) -> Result<&'a str, (Reason, S
     };
     if name.is_empty() || name.contains('/') {
         return Err((
-            Reason::InvalidTarget,
+            RouteReason::InvalidTarget,
             format!("{s:?} is not a service name"),
         ));
     }
     Ok(name)
 }
 
-fn check_selector(sel: &BTreeMap<String, String>) -> Result<(), String> {
+/// Why a fork's pod selector is refused.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
+enum SelectorError {
+    #[error(
+        "an empty selector would match every pod; it must include {}",
+        SANDBOX_LABEL
+    )]
+    Empty,
+    #[error(
+        "selector must include the {} label, so it can never match baseline pods",
+        SANDBOX_LABEL
+    )]
+    NoSandboxLabel,
+    #[error("{} must not be empty", SANDBOX_LABEL)]
+    EmptySandboxLabel,
+}
+
+fn check_selector(sel: &BTreeMap<String, String>) -> Result<(), SelectorError> {
     if sel.is_empty() {
-        return Err(format!(
-            "an empty selector would match every pod; it must include {SANDBOX_LABEL}"
-        ));
+        return Err(SelectorError::Empty);
     }
     match sel.get(SANDBOX_LABEL) {
-        None => Err(format!(
-            "selector must include the {SANDBOX_LABEL} label, so it can never match baseline pods"
-        )),
-        Some(v) if v.is_empty() => Err(format!("{SANDBOX_LABEL} must not be empty")),
+        None => Err(SelectorError::NoSandboxLabel),
+        Some(v) if v.is_empty() => Err(SelectorError::EmptySandboxLabel),
         Some(_) => Ok(()),
     }
 }
@@ -373,7 +391,7 @@ mod tests {
         }
     }
 
-    fn reasons(s: &SandboxRouteSpec, ns: &str) -> Vec<(SpecField, Reason)> {
+    fn reasons(s: &SandboxRouteSpec, ns: &str) -> Vec<(SpecField, RouteReason)> {
         s.problems(ns)
             .into_iter()
             .map(|p| (p.field, p.reason))
@@ -391,7 +409,7 @@ mod tests {
         let s = spec("pr-42", selector(&[("app", "reviews")]));
         assert_eq!(
             reasons(&s, "shop"),
-            [(SpecField::ForkSelector(0), Reason::InvalidSelector)]
+            [(SpecField::ForkSelector(0), RouteReason::InvalidSelector)]
         );
     }
 
@@ -400,7 +418,7 @@ mod tests {
         let s = spec("pr-42", selector(&[]));
         assert_eq!(
             reasons(&s, "shop"),
-            [(SpecField::ForkSelector(0), Reason::InvalidSelector)]
+            [(SpecField::ForkSelector(0), RouteReason::InvalidSelector)]
         );
     }
 
@@ -408,7 +426,7 @@ mod tests {
     fn invalid_key_is_reported_with_the_syntax() {
         let s = spec("bad key!", selector(&[(SANDBOX_LABEL, "x")]));
         let p = s.problems("shop");
-        assert_eq!(p[0].reason, Reason::InvalidKey);
+        assert_eq!(p[0].reason, RouteReason::InvalidKey);
         assert!(
             p[0].message
                 .starts_with("\"bad key!\" is not a valid routing key ([A-Za-z0-9._-]{1,64})"),
@@ -425,13 +443,13 @@ mod tests {
         };
         assert_eq!(
             reasons(&spec("k", to), "shop"),
-            [(SpecField::ForkTargetService(0), Reason::CrossNamespace)]
+            [(SpecField::ForkTargetService(0), RouteReason::CrossNamespace)]
         );
         let mut s = spec("k", selector(&[(SANDBOX_LABEL, "x")]));
         s.forks[0].service = "other/reviews".into();
         assert_eq!(
             reasons(&s, "shop"),
-            [(SpecField::ForkService(0), Reason::CrossNamespace)]
+            [(SpecField::ForkService(0), RouteReason::CrossNamespace)]
         );
     }
 
@@ -448,13 +466,13 @@ mod tests {
     fn target_needs_exactly_one_of_selector_or_service() {
         assert_eq!(
             reasons(&spec("k", ForkTarget::default()), "shop"),
-            [(SpecField::ForkTo(0), Reason::InvalidTarget)]
+            [(SpecField::ForkTo(0), RouteReason::InvalidTarget)]
         );
         let mut both = selector(&[(SANDBOX_LABEL, "x")]);
         both.service = Some("reviews-pr".into());
         assert_eq!(
             reasons(&spec("k", both), "shop"),
-            [(SpecField::ForkTo(0), Reason::InvalidTarget)]
+            [(SpecField::ForkTo(0), RouteReason::InvalidTarget)]
         );
     }
 
@@ -466,7 +484,7 @@ mod tests {
         };
         assert_eq!(
             reasons(&spec("k", to), "shop"),
-            [(SpecField::ForkTargetService(0), Reason::InvalidTarget)]
+            [(SpecField::ForkTargetService(0), RouteReason::InvalidTarget)]
         );
     }
 

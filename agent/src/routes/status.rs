@@ -5,7 +5,7 @@ use serde::Serialize;
 
 /// The reason of a route's (or a fork's) `Ready` condition. Only `EndpointsReady` is Ready=True.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize)]
-pub enum Reason {
+pub enum RouteReason {
     /// Every fork has at least one ready sandbox endpoint on every forked port.
     EndpointsReady,
     /// A fork's baseline Service or target Service does not exist.
@@ -28,24 +28,24 @@ pub enum Reason {
     InvalidTarget,
 }
 
-impl Reason {
+impl RouteReason {
     pub fn as_str(self) -> &'static str {
         match self {
-            Reason::EndpointsReady => "EndpointsReady",
-            Reason::ServiceNotFound => "ServiceNotFound",
-            Reason::PortNotFound => "PortNotFound",
-            Reason::NoReadyEndpoints => "NoReadyEndpoints",
-            Reason::DuplicateKey => "DuplicateKey",
-            Reason::Expired => "Expired",
-            Reason::CrossNamespace => "CrossNamespace",
-            Reason::InvalidKey => "InvalidKey",
-            Reason::InvalidSelector => "InvalidSelector",
-            Reason::InvalidTarget => "InvalidTarget",
+            RouteReason::EndpointsReady => "EndpointsReady",
+            RouteReason::ServiceNotFound => "ServiceNotFound",
+            RouteReason::PortNotFound => "PortNotFound",
+            RouteReason::NoReadyEndpoints => "NoReadyEndpoints",
+            RouteReason::DuplicateKey => "DuplicateKey",
+            RouteReason::Expired => "Expired",
+            RouteReason::CrossNamespace => "CrossNamespace",
+            RouteReason::InvalidKey => "InvalidKey",
+            RouteReason::InvalidSelector => "InvalidSelector",
+            RouteReason::InvalidTarget => "InvalidTarget",
         }
     }
 }
 
-impl fmt::Display for Reason {
+impl fmt::Display for RouteReason {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(self.as_str())
     }
@@ -59,9 +59,9 @@ pub struct RouteStatus {
     pub name: String,
     /// The `generation` this status was computed from.
     pub observed_generation: i64,
-    /// `Ready` condition: true only with [`Reason::EndpointsReady`].
+    /// `Ready` condition: true only with [`RouteReason::EndpointsReady`].
     pub ready: bool,
-    pub reason: Reason,
+    pub reason: RouteReason,
     pub message: String,
     /// Whether any of its forks are in the table.
     pub applied: bool,
@@ -83,7 +83,7 @@ impl RouteStatus {
 pub struct ForkStatus {
     /// The baseline Service, as written in the spec.
     pub service: String,
-    pub reason: Reason,
+    pub reason: RouteReason,
     pub message: String,
     /// Distinct ready sandbox endpoint IPs serving at least one forked port.
     pub ready_endpoints: usize,

@@ -167,7 +167,8 @@ async fn run(
                 if let Some(m) = &metrics {
                     m.table_reload_error();
                 }
-                let msg = e.to_string();
+                // `{:#}`: the whole chain, so a read error shows its cause after the path.
+                let msg = format!("{:#}", anyhow::Error::from(e));
                 tracing::warn!(error = %msg, "routes file rejected; keeping the last good routes");
                 stats.set_error(Some(msg));
             }
@@ -217,11 +218,12 @@ impl Poller {
     }
 
     fn read_error(&mut self, source: std::io::Error) -> Poll {
+        // The path never changes, so the cause alone tells one read error from another.
+        let msg = source.to_string();
         let e = RoutesFileError::Read {
             path: self.path.clone(),
             source,
         };
-        let msg = e.to_string();
         if self.last_read_error.as_ref() == Some(&msg) {
             return Poll::Unchanged;
         }

@@ -132,7 +132,12 @@ impl PinnedSteered {
 
     fn open(bpffs: &std::path::Path) -> anyhow::Result<Self> {
         use std::os::{fd::FromRawFd as _, unix::ffi::OsStrExt as _};
-        let path = std::ffi::CString::new(bpffs.join("STEERED_V1").as_os_str().as_bytes())?;
+        let path = std::ffi::CString::new(
+            bpffs
+                .join(agent_common::steered::MAP_NAME)
+                .as_os_str()
+                .as_bytes(),
+        )?;
         let attr = ObjGetAttr {
             pathname: path.as_ptr() as u64,
             bpf_fd: 0,

@@ -7,6 +7,7 @@
 use std::collections::BTreeMap;
 
 use agent::capture::run_stats::{self, ProgramRunStats};
+use agent_common::programs;
 use serde::Serialize;
 
 /// One program's share per connection.
@@ -56,7 +57,8 @@ impl HookCostMeter {
         let connections: u64 = self
             .totals
             .iter()
-            .filter(|(n, _)| n.starts_with("shunt_connect"))
+            // Kernel names are cut at 15 bytes; the connect programs' names are shorter.
+            .filter(|(n, _)| [programs::CONNECT4, programs::CONNECT6].contains(&n.as_str()))
             .map(|(_, (runs, _))| runs)
             .sum();
         if connections == 0 {

@@ -118,28 +118,24 @@ pub fn entry_url() -> String {
 }
 
 /// Says what this machine lacks for the demo, in one line with the fix, or Ok.
-pub fn preflight() -> Result<(), String> {
+pub fn preflight() -> anyhow::Result<()> {
     // SAFETY: geteuid has no preconditions.
     if unsafe { libc::geteuid() } != 0 {
-        return Err("not running as root: the demo creates network namespaces, a cgroup and \
-                    loads eBPF programs; run it as root (`sudo -E env PATH=\"$PATH\" cargo xtask demo`)"
-            .into());
+        bail!(
+            "not running as root: the demo creates network namespaces, a cgroup and loads eBPF \
+             programs; run it as root (`sudo -E env PATH=\"$PATH\" cargo xtask demo`)"
+        );
     }
-    if let Err(e) = agent::capture::cgroup2_mount() {
-        return Err(e.to_string());
-    }
+    agent::capture::cgroup2_mount()?;
     if !Path::new("/sys/kernel/btf/vmlinux").exists() {
-        return Err(
+        bail!(
             "no kernel BTF (/sys/kernel/btf/vmlinux): boot a kernel built with \
-                    CONFIG_DEBUG_INFO_BTF=y (Debian's stock kernels are)"
-                .into(),
+             CONFIG_DEBUG_INFO_BTF=y (Debian's stock kernels are)"
         );
     }
     for (tool, pkg) in [("ip", "iproute2"), ("nsenter", "util-linux")] {
         if kernel::which(tool).is_none() {
-            return Err(format!(
-                "`{tool}` not found in PATH: install it (`apt-get install {pkg}`)"
-            ));
+            bail!("`{tool}` not found in PATH: install it (`apt-get install {pkg}`)");
         }
     }
     Ok(())

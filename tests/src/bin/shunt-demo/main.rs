@@ -50,7 +50,7 @@ fn main() -> ExitCode {
         }
     };
     if let Err(why) = cluster::preflight() {
-        eprintln!("shunt-demo: cannot run here: {why}");
+        eprintln!("shunt-demo: cannot run here: {why:#}");
         return ExitCode::from(2);
     }
     // Before any thread exists, so every thread inherits the blocked signals.

@@ -1,208 +1,22 @@
-//! The routes file: a YAML [`ClusterState`] for running without a cluster. The watcher that
-//! hot-reloads it is the routes-file source in `crate::sync::file_source`.
-//!
-//! ```yaml
-//! services:
-//!   - name: reviews
-//!     namespace: shop            # default: "default"
-//!     addresses: [10.96.0.7]     # ClusterIPs
-//!     ports: [{ name: http, port: 9080, targetPort: http }]   # targetPort: number or name
-//!     endpoints: [{ ip: 198.18.2.2, ports: { http: 9080 } }] # ready: true by default
-//!     alwaysSteer: false         # true: steer the addresses even without forks (no kube-proxy)
-//! pods:
-//!   - { name: reviews-v2, namespace: shop, ips: [198.18.3.2], ports: { http: 9080 },
-//!       labels: { app: reviews-v2, shunt.dev/sandbox: pr-42 } }
-//! routes:
-//!   - name: pr-42
-//!     namespace: shop
-//!     spec: { routingKey: pr-42, fallback: Baseline,
-//!             forks: [ { service: reviews, to: { selector: { app: reviews-v2, shunt.dev/sandbox: pr-42 } } } ] }
-//! ```
-//!
-//! The file is validated as a whole and errors point at a line: a file is edited by hand, and a
-//! typo should be reported where it is rather than show up later as a route that does nothing.
-//! So this is stricter than the route computation: unknown fields, spec errors that the
-//! computation would turn into a status (bad key, bad selector, cross-namespace target), and
-//! ambiguities (duplicate names, two routes with one key) reject the file. Problems that depend
-//! on the cluster (a missing Service, no ready pod) are left to the route statuses.
+//! From the raw document to a [`ClusterState`], checking what serde cannot: names, ports,
+//! duplicates, and every route spec (pointing at the offending line).
 use std::{
     collections::{BTreeMap, HashMap},
     fmt,
     net::IpAddr,
-    path::{Path, PathBuf},
 };
 
 use jiff::Timestamp;
-use serde::Deserialize;
-use serde_saphyr::{Location, Spanned};
+use serde_saphyr::Location;
 
 use super::{
-    ClusterState, EndpointAddr, Fallback, ForkSpec, ForkTarget, Pod, PortRef, SandboxRouteObj,
-    SandboxRouteSpec, Service, ServicePort, SpecField, TargetPort,
+    DEFAULT_NAMESPACE, Diagnostic,
+    raw::{RawEndpoint, RawFile, RawServicePort, RawSpec, S},
 };
-
-/// Namespace of objects that do not name one.
-pub const DEFAULT_NAMESPACE: &str = "default";
-
-/// One problem in a routes file, at a line and column (1-based; 0 when unknown).
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Diagnostic {
-    pub line: u64,
-    pub column: u64,
-    /// Where in the document, e.g. `routes[0].spec.routingKey` (empty for syntax errors).
-    pub path: String,
-    pub message: String,
-}
-
-/// Why a routes file was not loaded.
-#[derive(Debug, thiserror::Error)]
-pub enum RoutesFileError {
-    #[error("{}: {source}", path.display())]
-    Read {
-        path: PathBuf,
-        #[source]
-        source: std::io::Error,
-    },
-    /// Every problem found, each rendered as `file:line:column: path: message`.
-    #[error("{}", render(file, diagnostics))]
-    Invalid {
-        file: String,
-        diagnostics: Vec<Diagnostic>,
-    },
-}
-
-fn render(file: &str, diagnostics: &[Diagnostic]) -> String {
-    let mut out = String::new();
-    for (i, d) in diagnostics.iter().enumerate() {
-        if i > 0 {
-            out.push('\n');
-        }
-        out.push_str(file);
-        if d.line > 0 {
-            out.push_str(&format!(":{}:{}", d.line, d.column));
-        }
-        out.push_str(": ");
-        if !d.path.is_empty() {
-            out.push_str(&d.path);
-            out.push_str(": ");
-        }
-        out.push_str(&d.message);
-    }
-    out
-}
-
-type S<T> = Spanned<T>;
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct RawFile {
-    #[serde(default)]
-    services: Vec<RawService>,
-    #[serde(default)]
-    pods: Vec<RawPod>,
-    #[serde(default)]
-    routes: Vec<RawRoute>,
-}
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct RawService {
-    name: S<String>,
-    #[serde(default)]
-    namespace: Option<S<String>>,
-    #[serde(default)]
-    addresses: Vec<S<IpAddr>>,
-    #[serde(default)]
-    ports: Vec<S<RawServicePort>>,
-    #[serde(default)]
-    endpoints: Vec<S<RawEndpoint>>,
-    /// See [`Service::always_steer`].
-    #[serde(default, rename = "alwaysSteer")]
-    always_steer: Option<S<bool>>,
-}
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields, rename_all = "camelCase")]
-struct RawServicePort {
-    #[serde(default)]
-    name: Option<S<String>>,
-    port: S<u16>,
-    /// Defaults to `port`, as in Kubernetes.
-    #[serde(default)]
-    target_port: Option<S<TargetPort>>,
-}
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct RawEndpoint {
-    ip: S<IpAddr>,
-    #[serde(default = "yes")]
-    ready: bool,
-    /// Service port name → port on this endpoint.
-    #[serde(default)]
-    ports: BTreeMap<String, S<u16>>,
-}
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct RawPod {
-    name: S<String>,
-    #[serde(default)]
-    namespace: Option<S<String>>,
-    #[serde(default)]
-    ips: Vec<S<IpAddr>>,
-    #[serde(default)]
-    labels: BTreeMap<String, String>,
-    #[serde(default = "yes")]
-    ready: bool,
-    /// Container port name → number.
-    #[serde(default)]
-    ports: BTreeMap<String, S<u16>>,
-}
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct RawRoute {
-    name: S<String>,
-    #[serde(default)]
-    namespace: Option<S<String>>,
-    spec: S<RawSpec>,
-}
-
-/// [`SandboxRouteSpec`] with spans; same field names, so the file and the CRD read alike.
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields, rename_all = "camelCase")]
-struct RawSpec {
-    routing_key: S<String>,
-    #[serde(default)]
-    forks: Vec<S<RawFork>>,
-    #[serde(default)]
-    fallback: Fallback,
-    #[serde(default)]
-    expires_at: Option<Timestamp>,
-}
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct RawFork {
-    service: S<String>,
-    to: S<RawTarget>,
-    #[serde(default)]
-    ports: Option<Vec<PortRef>>,
-}
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct RawTarget {
-    #[serde(default)]
-    selector: Option<S<BTreeMap<String, String>>>,
-    #[serde(default)]
-    service: Option<S<String>>,
-}
-
-fn yes() -> bool {
-    true
-}
+use crate::routes::{
+    ClusterState, EndpointAddr, ForkSpec, ForkTarget, Pod, SandboxRouteObj, SandboxRouteSpec,
+    Service, ServicePort, SpecField, TargetPort,
+};
 
 /// Collects diagnostics while converting the raw document.
 struct Check {
@@ -247,53 +61,13 @@ impl Check {
     }
 }
 
-/// Parses and validates a routes file. `file_name` prefixes diagnostics.
-pub fn parse_routes(text: &str, file_name: &str) -> Result<ClusterState, RoutesFileError> {
-    let invalid = |diagnostics| RoutesFileError::Invalid {
-        file: file_name.to_owned(),
-        diagnostics,
-    };
-    // An empty file (or one holding only comments) is an empty cluster, not an error.
-    let raw: Option<RawFile> = serde_saphyr::from_str(text).map_err(|e| {
-        let e = e.without_snippet();
-        let loc = e.location().unwrap_or(Location::UNKNOWN);
-        let mut message = e.to_string();
-        // The crate appends the location in prose; we print it as `file:line:col` instead.
-        let suffix = format!(" at line {}, column {}", loc.line(), loc.column());
-        if let Some(m) = message.strip_suffix(&suffix) {
-            message = m.to_owned();
-        }
-        invalid(vec![Diagnostic {
-            line: loc.line(),
-            column: loc.column(),
-            path: String::new(),
-            message,
-        }])
-    })?;
-    let raw = raw.unwrap_or(RawFile {
-        services: Vec::new(),
-        pods: Vec::new(),
-        routes: Vec::new(),
-    });
+/// The state the document describes, and every problem found in it (unsorted).
+pub(super) fn to_cluster_state(raw: &RawFile) -> (ClusterState, Vec<Diagnostic>) {
     let mut c = Check {
         diagnostics: Vec::new(),
     };
-    let state = convert(&raw, &mut c);
-    if c.diagnostics.is_empty() {
-        Ok(state)
-    } else {
-        c.diagnostics.sort_by_key(|d| (d.line, d.column));
-        Err(invalid(c.diagnostics))
-    }
-}
-
-/// Reads, parses and validates a routes file.
-pub fn load_routes(path: &Path) -> Result<ClusterState, RoutesFileError> {
-    let text = std::fs::read_to_string(path).map_err(|source| RoutesFileError::Read {
-        path: path.to_owned(),
-        source,
-    })?;
-    parse_routes(&text, &path.display().to_string())
+    let state = convert(raw, &mut c);
+    (state, c.diagnostics)
 }
 
 fn convert(raw: &RawFile, c: &mut Check) -> ClusterState {
@@ -545,7 +319,3 @@ fn span_of(spec: &RawSpec, whole: &S<RawSpec>, field: SpecField) -> (Location, S
     };
     (loc.unwrap_or(whole.referenced), field.to_string())
 }
-
-#[cfg(test)]
-#[path = "file_tests.rs"]
-mod tests;

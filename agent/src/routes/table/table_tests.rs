@@ -6,9 +6,9 @@ use std::{
 
 use jiff::Timestamp;
 
-use super::*;
+use super::{ids::assign_ids, *};
 use crate::routes::{
-    ClusterState, EndpointAddr, Fallback, ForkSpec, ForkTarget, Pod, PortRef, Reason,
+    ClusterState, EndpointAddr, Fallback, ForkSpec, ForkTarget, Pod, PortRef, RouteReason,
     SANDBOX_LABEL, SandboxRouteObj, SandboxRouteSpec, Service, ServicePort, TargetPort,
 };
 
@@ -138,7 +138,7 @@ fn reviews_id() -> u32 {
 #[test]
 fn selector_fork_routes_key_to_ready_sandbox_pods() {
     let (t, st) = RouteTable::compute(&state(), now());
-    assert_eq!(st[0].reason, Reason::EndpointsReady, "{st:?}");
+    assert_eq!(st[0].reason, RouteReason::EndpointsReady, "{st:?}");
     assert!(st[0].ready && st[0].applied);
     assert_eq!(st[0].forks[0].ready_endpoints, 1);
     let fork = t.fork(reviews_id(), &key("pr-42")).expect("fork");
@@ -273,7 +273,7 @@ fn unready_sandbox_pods_are_not_endpoints() {
     let mut s = state();
     s.pods[0].ready = false;
     let (t, st) = RouteTable::compute(&s, now());
-    assert_eq!(st[0].reason, Reason::NoReadyEndpoints);
+    assert_eq!(st[0].reason, RouteReason::NoReadyEndpoints);
     assert!(!st[0].ready);
     // Still installed: the fallback decides, and Reject must keep rejecting.
     let fork = t.fork(reviews_id(), &key("pr-42")).expect("fork");
@@ -288,7 +288,7 @@ fn reject_fallback_is_carried_to_the_fork() {
     s.routes[0].spec.fallback = Fallback::Reject;
     s.pods.clear();
     let (t, st) = RouteTable::compute(&s, now());
-    assert_eq!(st[0].reason, Reason::NoReadyEndpoints);
+    assert_eq!(st[0].reason, RouteReason::NoReadyEndpoints);
     let fork = t.fork(reviews_id(), &key("pr-42")).expect("fork");
     assert_eq!(fork.fallback(), Fallback::Reject);
 }
@@ -335,10 +335,10 @@ fn older_route_wins_duplicate_key() {
     // Listed first, named first, but younger: loses.
     s.routes.insert(0, newer);
     let (t, st) = RouteTable::compute(&s, now());
-    assert_eq!(st[0].reason, Reason::DuplicateKey);
+    assert_eq!(st[0].reason, RouteReason::DuplicateKey);
     assert!(st[0].message.contains("shop/pr-42"), "{}", st[0].message);
     assert!(!st[0].applied);
-    assert_eq!(st[1].reason, Reason::EndpointsReady);
+    assert_eq!(st[1].reason, RouteReason::EndpointsReady);
     assert!(t.fork(reviews_id(), &key("pr-42")).is_some());
     assert!(
         t.fork(service_id("shop", "ratings"), &key("pr-42"))
@@ -355,8 +355,8 @@ fn same_age_duplicate_key_goes_to_name_order() {
         vec![selector_fork("ratings", "pr-42")],
     ));
     let (_, st) = RouteTable::compute(&s, now());
-    assert_eq!(st[0].reason, Reason::DuplicateKey); // "pr-42" sorts after "a-first"
-    assert_eq!(st[1].reason, Reason::EndpointsReady);
+    assert_eq!(st[0].reason, RouteReason::DuplicateKey); // "pr-42" sorts after "a-first"
+    assert_eq!(st[1].reason, RouteReason::EndpointsReady);
 }
 
 #[test]
@@ -366,8 +366,8 @@ fn same_key_in_other_namespace_is_independent() {
     other.namespace = "books".into();
     s.routes.push(other);
     let (_, st) = RouteTable::compute(&s, now());
-    assert_eq!(st[0].reason, Reason::EndpointsReady);
-    assert_eq!(st[1].reason, Reason::EndpointsReady);
+    assert_eq!(st[0].reason, RouteReason::EndpointsReady);
+    assert_eq!(st[1].reason, RouteReason::EndpointsReady);
 }
 
 #[test]
@@ -378,9 +378,9 @@ fn invalid_route_does_not_block_a_valid_one_with_the_same_key() {
     bad.spec.forks[0].to.selector = Some(labels(&[("app", "reviews")]));
     s.routes.push(bad);
     let (t, st) = RouteTable::compute(&s, now());
-    assert_eq!(st[1].reason, Reason::InvalidSelector);
+    assert_eq!(st[1].reason, RouteReason::InvalidSelector);
     assert!(st[1].message.starts_with("forks[0].to.selector: "));
-    assert_eq!(st[0].reason, Reason::EndpointsReady);
+    assert_eq!(st[0].reason, RouteReason::EndpointsReady);
     assert!(t.fork(reviews_id(), &key("pr-42")).is_some());
 }
 
@@ -389,7 +389,7 @@ fn selector_without_sandbox_label_is_invalid() {
     let mut s = state();
     s.routes[0].spec.forks[0].to.selector = Some(labels(&[("app", "reviews-sbx")]));
     let (t, st) = RouteTable::compute(&s, now());
-    assert_eq!(st[0].reason, Reason::InvalidSelector);
+    assert_eq!(st[0].reason, RouteReason::InvalidSelector);
     assert!(!st[0].applied && !st[0].ready);
     assert!(t.steered().is_empty());
 }
@@ -403,8 +403,8 @@ fn invalid_key_route_affects_nothing_else() {
         vec![selector_fork("ratings", "x")],
     ));
     let (t, st) = RouteTable::compute(&s, now());
-    assert_eq!(st[1].reason, Reason::InvalidKey);
-    assert_eq!(st[0].reason, Reason::EndpointsReady);
+    assert_eq!(st[1].reason, RouteReason::InvalidKey);
+    assert_eq!(st[0].reason, RouteReason::EndpointsReady);
     assert_eq!(t.steered().len(), 3);
     assert!(
         t.steered()
@@ -418,7 +418,7 @@ fn expired_route_is_not_applied() {
     let mut s = state();
     s.routes[0].spec.expires_at = Some(now());
     let (t, st) = RouteTable::compute(&s, now());
-    assert_eq!(st[0].reason, Reason::Expired);
+    assert_eq!(st[0].reason, RouteReason::Expired);
     assert!(t.fork(reviews_id(), &key("pr-42")).is_none());
     assert!(t.steered().is_empty());
     assert_eq!(t.next_expiry(), None);
@@ -430,7 +430,7 @@ fn future_expiry_is_applied_and_reported_as_next_expiry() {
     let at = ts("2030-01-02T00:00:00Z");
     s.routes[0].spec.expires_at = Some(at);
     let (t, st) = RouteTable::compute(&s, now());
-    assert_eq!(st[0].reason, Reason::EndpointsReady);
+    assert_eq!(st[0].reason, RouteReason::EndpointsReady);
     assert_eq!(t.next_expiry(), Some(at));
 }
 
@@ -442,8 +442,8 @@ fn expired_older_route_lets_the_newer_one_claim_the_key() {
     old.spec.expires_at = Some(ts("2029-12-31T00:00:00Z"));
     s.routes.push(old);
     let (_, st) = RouteTable::compute(&s, now());
-    assert_eq!(st[1].reason, Reason::Expired);
-    assert_eq!(st[0].reason, Reason::EndpointsReady);
+    assert_eq!(st[1].reason, RouteReason::Expired);
+    assert_eq!(st[0].reason, RouteReason::EndpointsReady);
 }
 
 #[test]
@@ -454,10 +454,10 @@ fn missing_service_is_service_not_found_and_other_forks_apply() {
         .forks
         .push(selector_fork("details", "pr-42"));
     let (t, st) = RouteTable::compute(&s, now());
-    assert_eq!(st[0].reason, Reason::ServiceNotFound);
+    assert_eq!(st[0].reason, RouteReason::ServiceNotFound);
     assert!(st[0].applied);
-    assert_eq!(st[0].forks[1].reason, Reason::ServiceNotFound);
-    assert_eq!(st[0].forks[0].reason, Reason::EndpointsReady);
+    assert_eq!(st[0].forks[1].reason, RouteReason::ServiceNotFound);
+    assert_eq!(st[0].forks[0].reason, RouteReason::EndpointsReady);
     assert!(t.fork(reviews_id(), &key("pr-42")).is_some());
 }
 
@@ -469,7 +469,7 @@ fn cross_namespace_target_is_rejected() {
         service: Some("books/reviews-pr-42".into()),
     };
     let (t, st) = RouteTable::compute(&s, now());
-    assert_eq!(st[0].reason, Reason::CrossNamespace);
+    assert_eq!(st[0].reason, RouteReason::CrossNamespace);
     assert!(!st[0].applied);
     assert!(t.steered().is_empty());
 }
@@ -479,7 +479,7 @@ fn selector_matching_only_other_namespace_is_cross_namespace() {
     let mut s = state();
     s.pods[0].namespace = "books".into();
     let (t, st) = RouteTable::compute(&s, now());
-    assert_eq!(st[0].reason, Reason::CrossNamespace);
+    assert_eq!(st[0].reason, RouteReason::CrossNamespace);
     assert!(st[0].message.contains("books"), "{}", st[0].message);
     // Installed with no endpoints: the other namespace's pods are never used.
     let fork = t.fork(reviews_id(), &key("pr-42")).expect("fork");
@@ -505,7 +505,7 @@ fn service_target_uses_sandbox_service_endpoints() {
         service: Some("reviews-pr-42".into()),
     };
     let (t, st) = RouteTable::compute(&s, now());
-    assert_eq!(st[0].reason, Reason::EndpointsReady, "{st:?}");
+    assert_eq!(st[0].reason, RouteReason::EndpointsReady, "{st:?}");
     let fork = t.fork(reviews_id(), &key("pr-42")).expect("fork");
     assert_eq!(fork.endpoints(9080), [sa("10.3.0.1:18080")]);
     // The sandbox Service itself is not forked, so not steered.
@@ -520,7 +520,7 @@ fn missing_target_service_is_service_not_found() {
         service: Some("reviews-pr-42".into()),
     };
     let (t, st) = RouteTable::compute(&s, now());
-    assert_eq!(st[0].reason, Reason::ServiceNotFound);
+    assert_eq!(st[0].reason, RouteReason::ServiceNotFound);
     let fork = t.fork(reviews_id(), &key("pr-42")).expect("fork");
     assert_eq!(fork.pick_sandbox(9080), None);
 }
@@ -536,7 +536,7 @@ fn fork_ports_limit_forked_and_steered_ports() {
     s.services[0].endpoints[0].ports.insert("grpc".into(), 9090);
     s.routes[0].spec.forks[0].ports = Some(vec![PortRef::Name("http".into())]);
     let (t, st) = RouteTable::compute(&s, now());
-    assert_eq!(st[0].reason, Reason::EndpointsReady);
+    assert_eq!(st[0].reason, RouteReason::EndpointsReady);
     let fork = t.fork(reviews_id(), &key("pr-42")).expect("fork");
     assert!(fork.covers(9080));
     assert!(!fork.covers(9090));
@@ -555,7 +555,7 @@ fn unknown_fork_port_is_port_not_found() {
     let mut s = state();
     s.routes[0].spec.forks[0].ports = Some(vec![PortRef::Number(1234)]);
     let (t, st) = RouteTable::compute(&s, now());
-    assert_eq!(st[0].reason, Reason::PortNotFound);
+    assert_eq!(st[0].reason, RouteReason::PortNotFound);
     assert!(!st[0].applied);
     assert!(t.fork(reviews_id(), &key("pr-42")).is_none());
 }
@@ -658,7 +658,7 @@ fn statuses_follow_input_order_with_observed_generation() {
         (st[1].name.as_str(), st[1].observed_generation),
         ("pr-42", 3)
     );
-    assert_eq!(st[0].reason, Reason::NoReadyEndpoints);
+    assert_eq!(st[0].reason, RouteReason::NoReadyEndpoints);
     assert_eq!(st[1].condition_status(), "True");
 }
 
@@ -702,7 +702,7 @@ fn two_forks_of_one_service_split_its_ports() {
     grpc.to.selector = Some(labels(&[("app", "grpc-sbx"), (SANDBOX_LABEL, "pr-42")]));
     s.routes[0].spec.forks = vec![http, grpc];
     let (t, st) = RouteTable::compute(&s, now());
-    assert_eq!(st[0].reason, Reason::EndpointsReady, "{st:?}");
+    assert_eq!(st[0].reason, RouteReason::EndpointsReady, "{st:?}");
     let fork = t.fork(reviews_id(), &key("pr-42")).expect("fork");
     assert_eq!(fork.endpoints(9080), [sa("10.2.0.1:8080")]);
     assert_eq!(fork.endpoints(9090), [sa("10.2.0.9:9090")]);

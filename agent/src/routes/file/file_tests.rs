@@ -1,6 +1,12 @@
-//! Tests of the routes file: parsing, validation messages, and reloading.
+//! Tests of the routes file: parsing and validation messages (the watcher is tested in
+//! `crate::sync::file_source`).
 use super::*;
-use crate::routes::{Reason, RouteTable, RoutingKey, SANDBOX_LABEL, service_id};
+use jiff::Timestamp;
+
+use crate::routes::{
+    Fallback, RouteReason, RouteTable, RoutingKey, SANDBOX_LABEL, SandboxRouteSpec, TargetPort,
+    service_id,
+};
 
 const EXAMPLE: &str = r#"
 services:
@@ -52,7 +58,7 @@ fn documented_example_parses() {
 #[test]
 fn documented_example_routes_keyed_requests() {
     let (t, st) = RouteTable::compute(&ok(EXAMPLE), Timestamp::UNIX_EPOCH);
-    assert_eq!(st[0].reason, Reason::EndpointsReady, "{st:?}");
+    assert_eq!(st[0].reason, RouteReason::EndpointsReady, "{st:?}");
     let fork = t
         .fork(
             service_id("shop", "reviews"),
@@ -280,5 +286,18 @@ routes:
     assert!(!s.pods[0].ready);
     assert_eq!(s.routes[0].spec.fallback, Fallback::Reject);
     let (_, st) = RouteTable::compute(&s, Timestamp::UNIX_EPOCH);
-    assert_eq!(st[0].reason, Reason::NoReadyEndpoints);
+    assert_eq!(st[0].reason, RouteReason::NoReadyEndpoints);
+}
+
+#[test]
+fn a_read_error_names_the_file_once_and_keeps_its_cause_as_the_source() {
+    let path = std::env::temp_dir().join("shunt-no-such-routes-file.yaml");
+    let e = load_routes(&path).expect_err("missing file");
+    assert!(matches!(e, RoutesFileError::Read { .. }));
+    assert_eq!(e.to_string(), path.display().to_string());
+    let chain = format!("{:#}", anyhow::Error::from(e));
+    let shown = path.display().to_string();
+    assert!(chain.starts_with(&format!("{shown}: ")), "{chain}");
+    assert!(chain.contains("os error 2"), "{chain}");
+    assert_eq!(chain.matches(shown.as_str()).count(), 1, "{chain}");
 }

@@ -1,0 +1,447 @@
+//! The route table: [`ClusterState`] in, fast lookups for the proxy and the steered set for BPF out.
+//!
+//! [`RouteTable::compute`] is here with the lookups the proxy makes per request. The steps it
+//! takes live beside it: [`ids`] names Services with stable ids, [`resolve`] resolves each fork
+//! against the cluster (ports, sandbox endpoints, the problems found), [`steered`] indexes
+//! addresses and picks the steered set, and [`views`] is the `/routes` view of each route.
+mod ids;
+mod resolve;
+mod steered;
+mod views;
+
+use std::{
+    collections::{BTreeMap, BTreeSet, HashMap},
+    net::{IpAddr, SocketAddr},
+    sync::{
+        Arc,
+        atomic::{AtomicUsize, Ordering},
+    },
+};
+
+use jiff::Timestamp;
+use serde::Serialize;
+
+use super::{
+    ClusterState, Fallback, RouteReason, RouteStatus, RoutingKey, SandboxRouteObj, addr::canonical,
+};
+use resolve::{Index, ResolvedFork, baseline_addrs, severity};
+use views::view_of;
+
+pub use ids::service_id;
+pub use views::{ForkPortView, ForkView, RouteView};
+
+/// A Service as the proxy sees it.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize)]
+pub struct ServiceRef {
+    /// Stable id (see [`service_id`]); this is what `STEERED` stores.
+    pub id: u32,
+    pub namespace: String,
+    pub name: String,
+    /// `namespace/name`, made once per table: every routing decision names its service, and a
+    /// shared string costs a reference count instead of an allocation per request.
+    #[serde(skip)]
+    pub label: Arc<str>,
+}
+
+/// One port of a Service.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize)]
+pub struct ServicePortRef {
+    pub name: Option<String>,
+    /// The Service port (not the target port).
+    pub port: u16,
+}
+
+/// The sandbox side of one (service, key) pair.
+#[derive(Debug)]
+pub struct ForkRoute {
+    /// `namespace/name` of the SandboxRoute (shared with every decision that names it).
+    route: Arc<str>,
+    key: RoutingKey,
+    fallback: Fallback,
+    ports: Vec<ForkPort>,
+}
+
+#[derive(Debug)]
+struct ForkPort {
+    /// Service port number.
+    port: u16,
+    /// Ready sandbox endpoints, sorted, target port resolved per pod.
+    endpoints: Vec<SocketAddr>,
+    next: AtomicUsize,
+}
+
+impl ForkRoute {
+    /// The SandboxRoute this fork comes from, `namespace/name`.
+    pub fn route(&self) -> &Arc<str> {
+        &self.route
+    }
+
+    pub fn key(&self) -> &RoutingKey {
+        &self.key
+    }
+
+    pub fn fallback(&self) -> Fallback {
+        self.fallback
+    }
+
+    /// Whether the fork applies to this Service port. A port it does not cover goes to the
+    /// baseline whatever the fallback says (the route never claimed it).
+    pub fn covers(&self, port: u16) -> bool {
+        self.port(port).is_some()
+    }
+
+    /// Ready sandbox endpoints for a Service port (empty when none or not covered).
+    pub fn endpoints(&self, port: u16) -> &[SocketAddr] {
+        self.port(port).map_or(&[], |p| &p.endpoints)
+    }
+
+    /// Round-robin over the ready sandbox endpoints of a Service port. `None` on a covered port
+    /// means the fallback applies.
+    pub fn pick_sandbox(&self, port: u16) -> Option<SocketAddr> {
+        self.port(port)
+            .and_then(|p| round_robin(&p.endpoints, &p.next))
+    }
+
+    fn port(&self, port: u16) -> Option<&ForkPort> {
+        // A Service has a handful of ports: a scan beats hashing.
+        self.ports.iter().find(|p| p.port == port)
+    }
+}
+
+#[derive(Debug)]
+struct ServiceEntry {
+    svc: ServiceRef,
+    ports: Vec<PortEntry>,
+}
+
+#[derive(Debug)]
+struct PortEntry {
+    port: ServicePortRef,
+    /// Ready baseline endpoints, sorted.
+    ready: Vec<SocketAddr>,
+    /// Every baseline endpoint (ready or not): still reachable by connections opened earlier or
+    /// addressed directly, so they are recognised and steered too.
+    all: Vec<SocketAddr>,
+    next: AtomicUsize,
+}
+
+/// The computed routes. Immutable once built (the round-robin counters aside): a new cluster
+/// state gives a new table, which the proxy swaps in whole.
+#[derive(Debug, Default)]
+pub struct RouteTable {
+    services: HashMap<u32, ServiceEntry>,
+    /// ClusterIP:port and endpoint ip:targetPort → (service id, index into its ports).
+    by_addr: HashMap<SocketAddr, (u32, usize)>,
+    forks: HashMap<u32, HashMap<RoutingKey, ForkRoute>>,
+    steered: BTreeMap<SocketAddr, u32>,
+    routes: Vec<RouteView>,
+    next_expiry: Option<Timestamp>,
+    /// Who an IP address is, for the service graph: a sandbox pod (`ns/pod`) or else the Service
+    /// whose endpoint it is (`ns/service`).
+    owners: HashMap<IpAddr, String>,
+}
+
+fn round_robin(list: &[SocketAddr], next: &AtomicUsize) -> Option<SocketAddr> {
+    if list.is_empty() {
+        return None;
+    }
+    // Relaxed: fairness across threads only needs the counter to move, not ordering.
+    let i = next.fetch_add(1, Ordering::Relaxed) % list.len();
+    list.get(i).copied()
+}
+
+impl RouteTable {
+    /// Computes the table and the status of every route (in `state.routes` order).
+    ///
+    /// Each route is judged on its own: a bad route gets a not-ready status and changes nothing
+    /// else, except that the older of two routes claiming a key in a namespace wins (ties broken
+    /// by name). Routes with spec errors or past `expiresAt` claim nothing.
+    pub fn compute(state: &ClusterState, now: Timestamp) -> (RouteTable, Vec<RouteStatus>) {
+        let ix = Index::new(state);
+        let mut statuses: Vec<Option<RouteStatus>> = vec![None; state.routes.len()];
+        let status = |r: &SandboxRouteObj, reason: RouteReason, message: String| RouteStatus {
+            namespace: r.namespace.clone(),
+            name: r.name.clone(),
+            observed_generation: r.generation,
+            ready: reason == RouteReason::EndpointsReady,
+            reason,
+            message,
+            applied: false,
+            forks: Vec::new(),
+        };
+
+        // 1. Static checks and expiry; survivors compete for their key, oldest first.
+        let mut order: Vec<usize> = (0..state.routes.len()).collect();
+        order.sort_by(|&a, &b| {
+            let (a, b) = (&state.routes[a], &state.routes[b]);
+            (a.creation_timestamp, &a.namespace, &a.name).cmp(&(
+                b.creation_timestamp,
+                &b.namespace,
+                &b.name,
+            ))
+        });
+        let mut claims: HashMap<(&str, &str), usize> = HashMap::new();
+        let mut next_expiry: Option<Timestamp> = None;
+        for &i in &order {
+            let r = &state.routes[i];
+            if let Some(at) = r.spec.expires_at {
+                if at <= now {
+                    statuses[i] = Some(status(r, RouteReason::Expired, format!("expired at {at}")));
+                    continue;
+                }
+                next_expiry = Some(next_expiry.map_or(at, |n| n.min(at)));
+            }
+            let problems = r.spec.problems(&r.namespace);
+            if let Some(p) = problems.iter().min_by_key(|p| severity(p.reason)) {
+                statuses[i] = Some(status(r, p.reason, format!("{}: {}", p.field, p.message)));
+                continue;
+            }
+            let claim = (r.namespace.as_str(), r.spec.routing_key.as_str());
+            if let Some(&winner) = claims.get(&claim) {
+                statuses[i] = Some(status(
+                    r,
+                    RouteReason::DuplicateKey,
+                    format!(
+                        "routing key {:?} is already used by the older route {}",
+                        r.spec.routing_key,
+                        state.routes[winner].id()
+                    ),
+                ));
+                continue;
+            }
+            claims.insert(claim, i);
+        }
+
+        // 2. Resolve the winners' forks against the cluster.
+        let mut owners = HashMap::new();
+        for svc in &state.services {
+            for ep in &svc.endpoints {
+                owners
+                    .entry(ep.ip.to_canonical())
+                    .or_insert_with(|| format!("{}/{}", svc.namespace, svc.name));
+            }
+        }
+        // Pods are more specific than the Service they back: they win.
+        for pod in &state.pods {
+            for ip in &pod.ips {
+                owners.insert(ip.to_canonical(), format!("{}/{}", pod.namespace, pod.name));
+            }
+        }
+        let mut table = RouteTable {
+            next_expiry,
+            owners,
+            ..RouteTable::default()
+        };
+        let mut views: Vec<RouteView> = Vec::new();
+        let mut covered_ports: BTreeMap<u32, BTreeSet<usize>> = BTreeMap::new();
+        let mut winners: Vec<usize> = claims.into_values().collect();
+        winners.sort_unstable();
+        let mut viewed = vec![false; state.routes.len()];
+        for i in winners {
+            viewed[i] = true;
+            let r = &state.routes[i];
+            // `problems()` was empty, so the key parses.
+            let Ok(key) = RoutingKey::parse(&r.spec.routing_key) else {
+                continue;
+            };
+            let resolved: Vec<ResolvedFork> = r
+                .spec
+                .forks
+                .iter()
+                .map(|f| ix.resolve_fork(&r.namespace, f))
+                .collect();
+
+            // Merge forks of the same Service (e.g. one per port); the first to claim a port
+            // keeps it.
+            let mut merged: BTreeMap<u32, Vec<ForkPort>> = BTreeMap::new();
+            for f in &resolved {
+                let Some(id) = f.service_id else { continue };
+                let Some(svc) = ix.by_id.get(&id) else {
+                    continue;
+                };
+                let ports = merged.entry(id).or_default();
+                for (pi, eps) in &f.ports {
+                    let port = svc.ports[*pi].port;
+                    if ports.iter().all(|p| p.port != port) {
+                        ports.push(ForkPort {
+                            port,
+                            endpoints: eps.clone(),
+                            next: AtomicUsize::new(0),
+                        });
+                        covered_ports.entry(id).or_default().insert(*pi);
+                    }
+                }
+            }
+            let mut applied = false;
+            for (id, ports) in merged {
+                if ports.is_empty() {
+                    continue;
+                }
+                applied = true;
+                table.forks.entry(id).or_default().insert(
+                    key.clone(),
+                    ForkRoute {
+                        route: r.id().into(),
+                        key: key.clone(),
+                        fallback: r.spec.fallback,
+                        ports,
+                    },
+                );
+            }
+
+            let worst = resolved
+                .iter()
+                .map(|f| &f.status)
+                .enumerate()
+                .min_by_key(|(_, s)| severity(s.reason));
+            let (reason, message) = match worst {
+                Some((i, s)) if s.reason != RouteReason::EndpointsReady => (
+                    s.reason,
+                    format!("forks[{i}] ({}): {}", s.service, s.message),
+                ),
+                Some(_) => (
+                    RouteReason::EndpointsReady,
+                    format!("{} fork(s) have ready sandbox endpoints", resolved.len()),
+                ),
+                None => (RouteReason::EndpointsReady, "route has no forks".into()),
+            };
+            let mut st = status(r, reason, message);
+            st.applied = applied;
+            st.forks = resolved.iter().map(|f| f.status.clone()).collect();
+            views.push(view_of(r, &st, &resolved, &ix));
+            statuses[i] = Some(st);
+        }
+
+        // 3. Services, address index and the steered set.
+        for ((ns, name), (id, svc)) in &ix.services {
+            let mut ports: Vec<PortEntry> = Vec::new();
+            for sp in &svc.ports {
+                // A duplicate port number would make lookups ambiguous; the first one wins.
+                if ports.iter().any(|p| p.port.port == sp.port) {
+                    continue;
+                }
+                ports.push(PortEntry {
+                    port: ServicePortRef {
+                        name: sp.name.clone(),
+                        port: sp.port,
+                    },
+                    ready: baseline_addrs(svc, sp, true),
+                    all: baseline_addrs(svc, sp, false),
+                    next: AtomicUsize::new(0),
+                });
+            }
+            table.services.insert(
+                *id,
+                ServiceEntry {
+                    svc: ServiceRef {
+                        id: *id,
+                        namespace: (*ns).to_owned(),
+                        name: (*name).to_owned(),
+                        label: format!("{ns}/{name}").into(),
+                    },
+                    ports,
+                },
+            );
+        }
+        table.index_addresses(&ix, &covered_ports);
+
+        // Routes that lost or never competed for their key are shown too, with their reason.
+        for ((status, r), viewed) in statuses.iter().zip(&state.routes).zip(&viewed) {
+            if let (Some(s), false) = (status, viewed) {
+                views.push(view_of(r, s, &[], &ix));
+            }
+        }
+        views.sort_by(|a, b| (&a.namespace, &a.name).cmp(&(&b.namespace, &b.name)));
+        table.routes = views;
+
+        let statuses = statuses
+            .into_iter()
+            .zip(&state.routes)
+            .map(|(s, r)| {
+                s.unwrap_or_else(|| {
+                    // Unreachable: every route got a status above. Stay total regardless.
+                    status(r, RouteReason::InvalidTarget, "not evaluated".into())
+                })
+            })
+            .collect();
+        (table, statuses)
+    }
+
+    /// The Service and port a connection's original destination belongs to: a ClusterIP:port,
+    /// or a baseline endpoint ip:targetPort (when another hook translated the ClusterIP first).
+    pub fn service_for(&self, dst: SocketAddr) -> Option<(&ServiceRef, &ServicePortRef)> {
+        let (id, pi) = self.by_addr.get(&canonical(dst))?;
+        let entry = self.services.get(id)?;
+        Some((&entry.svc, &entry.ports.get(*pi)?.port))
+    }
+
+    /// The port of Service `id` that `dst` addresses, with capture's word (`id`) for which
+    /// Service was meant: the port `dst` is indexed under when that is this Service; the port
+    /// `dst` is a baseline endpoint of when the endpoint is shared with another Service; the
+    /// Service port numbered like `dst` when this table does not know the address at all.
+    /// `None` otherwise (the current table gives the address to another Service).
+    pub fn service_port(&self, id: u32, dst: SocketAddr) -> Option<(&ServiceRef, &ServicePortRef)> {
+        let dst = canonical(dst);
+        let entry = self.services.get(&id)?;
+        let pi = match self.by_addr.get(&dst) {
+            Some(&(owner, pi)) if owner == id => pi,
+            Some(_) => entry.ports.iter().position(|p| p.all.contains(&dst))?,
+            None => entry.ports.iter().position(|p| p.port.port == dst.port())?,
+        };
+        Some((&entry.svc, &entry.ports.get(pi)?.port))
+    }
+
+    /// A Service by id.
+    pub fn service(&self, id: u32) -> Option<&ServiceRef> {
+        self.services.get(&id).map(|e| &e.svc)
+    }
+
+    /// The fork of a Service for a key, if some route installed one.
+    pub fn fork(&self, service_id: u32, key: &RoutingKey) -> Option<&ForkRoute> {
+        self.forks.get(&service_id)?.get(key.as_str())
+    }
+
+    /// Ready baseline endpoints of a Service port (target port resolved).
+    pub fn baseline(&self, service_id: u32, port: u16) -> &[SocketAddr] {
+        self.port_entry(service_id, port).map_or(&[], |p| &p.ready)
+    }
+
+    /// Round-robin over [`RouteTable::baseline`].
+    pub fn pick_baseline(&self, service_id: u32, port: u16) -> Option<SocketAddr> {
+        self.port_entry(service_id, port)
+            .and_then(|p| round_robin(&p.ready, &p.next))
+    }
+
+    fn port_entry(&self, service_id: u32, port: u16) -> Option<&PortEntry> {
+        self.services
+            .get(&service_id)?
+            .ports
+            .iter()
+            .find(|p| p.port.port == port)
+    }
+
+    /// Destinations to capture: for every Service with at least one installed fork, each
+    /// ClusterIP:port and baseline endpoint ip:targetPort of its forked ports → service id.
+    pub fn steered(&self) -> &BTreeMap<SocketAddr, u32> {
+        &self.steered
+    }
+
+    /// Every route with its status and installed endpoints, sorted by namespace/name.
+    pub fn routes(&self) -> &[RouteView] {
+        &self.routes
+    }
+
+    /// Who owns an IP address: a known pod, else the Service it is an endpoint of.
+    pub fn owner_of(&self, ip: IpAddr) -> Option<&str> {
+        self.owners.get(&ip.to_canonical()).map(String::as_str)
+    }
+
+    /// The earliest future `expiresAt`: recompute then, since expiry needs no cluster change.
+    pub fn next_expiry(&self) -> Option<Timestamp> {
+        self.next_expiry
+    }
+}
+
+#[cfg(test)]
+#[path = "table_tests.rs"]
+mod tests;
