@@ -1,10 +1,10 @@
 //! The `shunt` command line: parses flags and hands each subcommand plain values (`run` gets a
 //! [`RunConfig`]); `mcp` and `sandbox` own their flags and are only dispatched to from here.
-use std::{net::SocketAddr, path::PathBuf, process::ExitCode, time::Duration};
+use std::{net::SocketAddr, process::ExitCode};
 
 use clap::{Args, Parser, Subcommand};
 
-use crate::{config::RunConfig, duration::parse_duration};
+use crate::config::RunConfig;
 
 #[derive(Debug, Parser)]
 #[command(
@@ -22,7 +22,7 @@ pub struct Cli {
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Run the node agent: capture, node proxy and admin API (the DaemonSet entry point).
-    Run(Box<RunArgs>),
+    Run(Box<RunConfig>),
     /// Print the agent's current route table (from its admin API).
     Routes(AdminArgs),
     /// Print the service graph observed from real traffic (from the agent's admin API).
@@ -55,264 +55,12 @@ pub struct TopologyArgs {
     pub json: bool,
 }
 
-/// Flags of `shunt run`. Each also reads an environment variable (`SHUNT_` and the flag's name,
-/// `NODE_NAME` for --node-name, as the DaemonSet sets it); the command line wins.
-#[derive(Debug, Clone, Args)]
-pub struct RunArgs {
-    /// cgroup v2 directory whose processes are captured (the cgroup v2 root on a node).
-    #[arg(long, env = "SHUNT_CGROUP", value_name = "PATH")]
-    pub cgroup: PathBuf,
-
-    /// IPv4 address and port the node proxy listens on; steered IPv4 connects go here.
-    #[arg(long, env = "SHUNT_PROXY_ADDR", value_name = "IP:PORT")]
-    pub proxy_addr: SocketAddr,
-
-    /// IPv6 address and port for steered IPv6 connects (none: IPv6 destinations stay direct).
-    #[arg(long, env = "SHUNT_PROXY_ADDR6", value_name = "[IP]:PORT")]
-    pub proxy_addr6: Option<SocketAddr>,
-
-    /// bpffs directory where maps are pinned. Mounted there if missing, unless --kube.
-    #[arg(
-        long,
-        env = "SHUNT_BPFFS_DIR",
-        value_name = "DIR",
-        default_value = "/sys/fs/bpf/shunt"
-    )]
-    pub bpffs_dir: PathBuf,
-
-    /// Admin API (health, readiness, metrics).
-    #[arg(
-        long,
-        env = "SHUNT_ADMIN_ADDR",
-        value_name = "ADDR",
-        default_value = "127.0.0.1:9464"
-    )]
-    pub admin_addr: SocketAddr,
-
-    /// Routes file (YAML: services, sandbox pods and SandboxRoutes), hot-reloaded on change.
-    #[arg(long, env = "SHUNT_ROUTES", value_name = "FILE")]
-    pub routes: Option<PathBuf>,
-
-    /// Take routes from the Kubernetes API (SandboxRoutes, Services, EndpointSlices, sandbox
-    /// Pods). bpffs is then never mounted: the node's must be mounted in.
-    #[arg(long, env = "SHUNT_KUBE", conflicts_with = "routes")]
-    pub kube: bool,
-
-    /// Kubeconfig for --kube (default: in-cluster config, else KUBECONFIG or ~/.kube/config).
-    #[arg(long, env = "SHUNT_KUBECONFIG", value_name = "PATH", requires = "kube")]
-    pub kubeconfig: Option<PathBuf>,
-
-    /// This node's name: the agent's identity in the status Lease (default: the host name).
-    #[arg(long, value_name = "NAME", env = "NODE_NAME")]
-    pub node_name: Option<String>,
-
-    /// Namespace of the Lease that elects the one agent writing SandboxRoute status.
-    #[arg(
-        long,
-        env = "SHUNT_LEASE_NAMESPACE",
-        value_name = "NS",
-        default_value = "shunt-system"
-    )]
-    pub lease_namespace: String,
-
-    /// How long the status Lease holds without renewal before another agent takes over.
-    #[arg(long, env = "SHUNT_LEASE_DURATION", value_name = "DURATION", default_value = "15s", value_parser = parse_duration)]
-    pub lease_duration: Duration,
-
-    /// Quiet time after a Kubernetes change before the route table is recomputed.
-    #[arg(long, env = "SHUNT_KUBE_DEBOUNCE", value_name = "DURATION", default_value = "50ms", value_parser = parse_duration)]
-    pub kube_debounce: Duration,
-
-    /// How often the routes file is checked for changes.
-    #[arg(long, env = "SHUNT_ROUTES_POLL_INTERVAL", value_name = "DURATION", default_value = "500ms", value_parser = parse_duration)]
-    pub routes_poll_interval: Duration,
-
-    /// Steer this destination to the proxy (repeatable; comma-separated in the variable). Route
-    /// sources add their own.
-    #[arg(
-        long,
-        env = "SHUNT_STEER",
-        value_name = "IP:PORT",
-        value_delimiter = ','
-    )]
-    pub steer: Vec<SocketAddr>,
-
-    /// Also exempt sockets carrying this SO_MARK from capture. Off by default: mark bits collide
-    /// with kube-proxy (0x4000/0x8000) and CNI marks. The agent's cgroup is always exempt.
-    #[arg(long, env = "SHUNT_AGENT_MARK", value_name = "MARK")]
-    pub agent_mark: Option<u32>,
-
-    /// Capacity of the steered-destinations map.
-    #[arg(long, env = "SHUNT_STEERED_MAX_ENTRIES", value_name = "N", default_value_t = agent_common::steered::DEFAULT_MAX_ENTRIES)]
-    pub steered_max_entries: u32,
-
-    /// Capacity of each original-destination LRU map.
-    #[arg(long, env = "SHUNT_ORIG_MAX_ENTRIES", value_name = "N", default_value_t = agent_common::orig::DEFAULT_MAX_ENTRIES)]
-    pub orig_max_entries: u32,
-
-    /// Capacity of the per-CPU flow counters behind `/topology` (least recently used age out).
-    #[arg(long, env = "SHUNT_FLOWS_MAX_ENTRIES", value_name = "N", default_value_t = agent_common::flows::DEFAULT_MAX_ENTRIES)]
-    pub flows_max_entries: u32,
-
-    /// Proxy worker threads (0: one per CPU; 1: a single-threaded runtime, the agent then uses
-    /// one core for everything).
-    #[arg(
-        long,
-        env = "SHUNT_WORKER_THREADS",
-        value_name = "N",
-        default_value_t = 0
-    )]
-    pub worker_threads: usize,
-
-    /// Upstream connect timeout.
-    #[arg(long, env = "SHUNT_CONNECT_TIMEOUT", value_name = "DURATION", default_value = "5s", value_parser = parse_duration)]
-    pub connect_timeout: Duration,
-
-    /// Time a client has to send a request's headers (HTTP/1.1); slower clients get a 408.
-    #[arg(long, env = "SHUNT_HEADER_READ_TIMEOUT", value_name = "DURATION", default_value = "10s", value_parser = parse_duration)]
-    pub header_read_timeout: Duration,
-
-    /// Idle timeout of pooled upstream connections and of HTTP/2 keep-alive.
-    #[arg(long, env = "SHUNT_IDLE_TIMEOUT", value_name = "DURATION", default_value = "60s", value_parser = parse_duration)]
-    pub idle_timeout: Duration,
-
-    /// How long to wait for a client's first bytes before treating the connection as opaque
-    /// (server-speaks-first protocols send nothing).
-    #[arg(long, env = "SHUNT_DETECT_TIMEOUT", value_name = "DURATION", default_value = "500ms", value_parser = parse_duration)]
-    pub detect_timeout: Duration,
-
-    /// Largest request header block accepted (bigger gets 431).
-    #[arg(
-        long,
-        env = "SHUNT_MAX_HEADER_BYTES",
-        value_name = "BYTES",
-        default_value_t = 65_536
-    )]
-    pub max_header_bytes: usize,
-
-    /// Most request headers accepted (more gets 431).
-    #[arg(
-        long,
-        env = "SHUNT_MAX_HEADERS",
-        value_name = "N",
-        default_value_t = 128
-    )]
-    pub max_headers: usize,
-
-    /// Extra header carrying the routing key (repeatable; comma-separated in the variable), read
-    /// after the standard ones (baggage, tracestate, uberctx-sd-routing-key,
-    /// ot-baggage-sd-routing-key).
-    #[arg(
-        long,
-        env = "SHUNT_KEY_HEADER",
-        value_name = "NAME",
-        value_delimiter = ','
-    )]
-    pub key_header: Vec<String>,
-
-    /// Routing decisions kept for `/decisions`.
-    #[arg(
-        long,
-        env = "SHUNT_DECISION_LOG_SIZE",
-        value_name = "N",
-        default_value_t = 4096
-    )]
-    pub decision_log_size: usize,
-
-    /// How often the watchdog checks that the proxy accepts; a wedged proxy fails open.
-    #[arg(long, env = "SHUNT_WATCHDOG_INTERVAL", value_name = "DURATION", default_value = "1s", value_parser = parse_duration)]
-    pub watchdog_interval: Duration,
-
-    /// Maximum concurrent proxied connections; further clients wait in the accept queue.
-    #[arg(
-        long,
-        env = "SHUNT_MAX_CONNECTIONS",
-        value_name = "N",
-        default_value_t = 16_384
-    )]
-    pub max_connections: usize,
-
-    /// How long in-flight connections may finish after SIGTERM.
-    #[arg(long, env = "SHUNT_SHUTDOWN_GRACE", value_name = "DURATION", default_value = "10s", value_parser = parse_duration)]
-    pub shutdown_grace: Duration,
-}
-
-impl From<RunArgs> for RunConfig {
-    fn from(a: RunArgs) -> Self {
-        // Destructured, so a flag added to one and not the other fails to compile.
-        let RunArgs {
-            cgroup,
-            proxy_addr,
-            proxy_addr6,
-            bpffs_dir,
-            admin_addr,
-            routes,
-            kube,
-            kubeconfig,
-            node_name,
-            lease_namespace,
-            lease_duration,
-            kube_debounce,
-            routes_poll_interval,
-            steer,
-            agent_mark,
-            steered_max_entries,
-            orig_max_entries,
-            flows_max_entries,
-            worker_threads,
-            connect_timeout,
-            header_read_timeout,
-            idle_timeout,
-            detect_timeout,
-            max_header_bytes,
-            max_headers,
-            key_header,
-            decision_log_size,
-            watchdog_interval,
-            max_connections,
-            shutdown_grace,
-        } = a;
-        RunConfig {
-            cgroup,
-            proxy_addr,
-            proxy_addr6,
-            bpffs_dir,
-            admin_addr,
-            routes,
-            kube,
-            kubeconfig,
-            node_name,
-            lease_namespace,
-            lease_duration,
-            kube_debounce,
-            routes_poll_interval,
-            steer,
-            agent_mark,
-            steered_max_entries,
-            orig_max_entries,
-            flows_max_entries,
-            worker_threads,
-            connect_timeout,
-            header_read_timeout,
-            idle_timeout,
-            detect_timeout,
-            max_header_bytes,
-            max_headers,
-            key_header,
-            decision_log_size,
-            watchdog_interval,
-            max_connections,
-            shutdown_grace,
-        }
-    }
-}
-
 /// Entry point of the `shunt` binary.
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
     init_tracing();
     let result = match cli.command {
-        Command::Run(args) => crate::run::run(RunConfig::from(*args)),
+        Command::Run(cfg) => crate::run::run(*cfg),
         Command::Routes(a) => admin_cli(a.admin_addr, "/routes").map(|t| print!("{t}")),
         Command::Topology(t) => admin_cli(t.admin.admin_addr, "/topology").and_then(|text| {
             if t.json {

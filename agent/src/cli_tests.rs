@@ -1,5 +1,7 @@
 //! The command line parses as documented: `run` (and its environment variables), `mcp`,
 //! `sandbox`.
+use std::{path::PathBuf, time::Duration};
+
 use super::*;
 
 #[test]
@@ -122,7 +124,7 @@ fn run_flags_read_the_environment() {
 }
 
 #[test]
-fn run_args_become_the_run_config() {
+fn run_flags_parse_into_the_run_config() {
     let cli = Cli::try_parse_from([
         "shunt",
         "run",
@@ -139,7 +141,7 @@ fn run_args_become_the_run_config() {
     let Command::Run(args) = cli.command else {
         panic!("expected run");
     };
-    let cfg = RunConfig::from(*args);
+    let cfg: RunConfig = *args;
     assert_eq!(cfg.cgroup, PathBuf::from("/c"));
     assert_eq!(cfg.key_header, ["x-k"]);
     assert_eq!(cfg.shutdown_grace, Duration::from_secs(3));

@@ -1,55 +1,192 @@
-//! What `shunt run` runs with: [`RunConfig`], plain values the CLI (or a test, or an embedding
-//! program) builds. `run` takes this, never the CLI's types, so the CLI can change its flags
-//! without touching the agent.
+//! What `shunt run` runs with: [`RunConfig`]. `run` takes this value, never the CLI's types;
+//! the CLI parses it (clap's derive lives here, with the flags' defaults and help), and a test
+//! or an embedding program can build it directly.
 use std::{net::SocketAddr, path::PathBuf, time::Duration};
 
-/// The node agent's configuration. Field by field what `shunt run --help` documents; the
-/// defaults live with the flags.
-#[derive(Clone, Debug)]
+use clap::Args;
+
+use crate::duration::parse_duration;
+
+/// The node agent's configuration: the flags of `shunt run`, parsed by the CLI and handed to
+/// `run` whole (one definition, so a flag and the value `run` reads cannot drift apart). Each
+/// also reads an environment variable (`SHUNT_` and the flag's name, `NODE_NAME` for
+/// --node-name, as the DaemonSet sets it); the command line wins.
+#[derive(Debug, Clone, Args)]
 pub struct RunConfig {
-    /// cgroup v2 directory whose processes are captured.
+    /// cgroup v2 directory whose processes are captured (the cgroup v2 root on a node).
+    #[arg(long, env = "SHUNT_CGROUP", value_name = "PATH")]
     pub cgroup: PathBuf,
-    /// Where steered IPv4 connects go (the node proxy's listener).
+
+    /// IPv4 address and port the node proxy listens on; steered IPv4 connects go here.
+    #[arg(long, env = "SHUNT_PROXY_ADDR", value_name = "IP:PORT")]
     pub proxy_addr: SocketAddr,
-    /// Where steered IPv6 connects go; none: IPv6 destinations stay direct.
+
+    /// IPv6 address and port for steered IPv6 connects (none: IPv6 destinations stay direct).
+    #[arg(long, env = "SHUNT_PROXY_ADDR6", value_name = "[IP]:PORT")]
     pub proxy_addr6: Option<SocketAddr>,
-    /// bpffs directory where maps are pinned.
+
+    /// bpffs directory where maps are pinned. Mounted there if missing, unless --kube.
+    #[arg(
+        long,
+        env = "SHUNT_BPFFS_DIR",
+        value_name = "DIR",
+        default_value = "/sys/fs/bpf/shunt"
+    )]
     pub bpffs_dir: PathBuf,
+
     /// Admin API (health, readiness, metrics).
+    #[arg(
+        long,
+        env = "SHUNT_ADMIN_ADDR",
+        value_name = "ADDR",
+        default_value = "127.0.0.1:9464"
+    )]
     pub admin_addr: SocketAddr,
-    /// Routes file, hot-reloaded.
+
+    /// Routes file (YAML: services, sandbox pods and SandboxRoutes), hot-reloaded on change.
+    #[arg(long, env = "SHUNT_ROUTES", value_name = "FILE")]
     pub routes: Option<PathBuf>,
-    /// Routes from the Kubernetes API instead.
+
+    /// Take routes from the Kubernetes API (SandboxRoutes, Services, EndpointSlices, sandbox
+    /// Pods). bpffs is then never mounted: the node's must be mounted in.
+    #[arg(long, env = "SHUNT_KUBE", conflicts_with = "routes")]
     pub kube: bool,
-    /// Kubeconfig for `kube` (none: in-cluster, else KUBECONFIG or ~/.kube/config).
+
+    /// Kubeconfig for --kube (default: in-cluster config, else KUBECONFIG or ~/.kube/config).
+    #[arg(long, env = "SHUNT_KUBECONFIG", value_name = "PATH", requires = "kube")]
     pub kubeconfig: Option<PathBuf>,
-    /// This node's name, the agent's identity in the status Lease (none: the host name).
+
+    /// This node's name: the agent's identity in the status Lease (default: the host name).
+    #[arg(long, value_name = "NAME", env = "NODE_NAME")]
     pub node_name: Option<String>,
-    /// Namespace of the status Lease.
+
+    /// Namespace of the Lease that elects the one agent writing SandboxRoute status.
+    #[arg(
+        long,
+        env = "SHUNT_LEASE_NAMESPACE",
+        value_name = "NS",
+        default_value = "shunt-system"
+    )]
     pub lease_namespace: String,
+
+    /// How long the status Lease holds without renewal before another agent takes over.
+    #[arg(long, env = "SHUNT_LEASE_DURATION", value_name = "DURATION", default_value = "15s", value_parser = parse_duration)]
     pub lease_duration: Duration,
+
     /// Quiet time after a Kubernetes change before the route table is recomputed.
+    #[arg(long, env = "SHUNT_KUBE_DEBOUNCE", value_name = "DURATION", default_value = "50ms", value_parser = parse_duration)]
     pub kube_debounce: Duration,
+
+    /// How often the routes file is checked for changes.
+    #[arg(long, env = "SHUNT_ROUTES_POLL_INTERVAL", value_name = "DURATION", default_value = "500ms", value_parser = parse_duration)]
     pub routes_poll_interval: Duration,
-    /// Destinations steered whatever the route source says.
+
+    /// Steer this destination to the proxy (repeatable; comma-separated in the variable). Route
+    /// sources add their own.
+    #[arg(
+        long,
+        env = "SHUNT_STEER",
+        value_name = "IP:PORT",
+        value_delimiter = ','
+    )]
     pub steer: Vec<SocketAddr>,
-    /// SO_MARK exempt from capture, besides the agent's own cgroup.
+
+    /// Also exempt sockets carrying this SO_MARK from capture. Off by default: mark bits collide
+    /// with kube-proxy (0x4000/0x8000) and CNI marks. The agent's cgroup is always exempt.
+    #[arg(long, env = "SHUNT_AGENT_MARK", value_name = "MARK")]
     pub agent_mark: Option<u32>,
+
+    /// Capacity of the steered-destinations map.
+    #[arg(long, env = "SHUNT_STEERED_MAX_ENTRIES", value_name = "N", default_value_t = agent_common::steered::DEFAULT_MAX_ENTRIES)]
     pub steered_max_entries: u32,
+
+    /// Capacity of each original-destination LRU map.
+    #[arg(long, env = "SHUNT_ORIG_MAX_ENTRIES", value_name = "N", default_value_t = agent_common::orig::DEFAULT_MAX_ENTRIES)]
     pub orig_max_entries: u32,
+
+    /// Capacity of the per-CPU flow counters behind `/topology` (least recently used age out).
+    #[arg(long, env = "SHUNT_FLOWS_MAX_ENTRIES", value_name = "N", default_value_t = agent_common::flows::DEFAULT_MAX_ENTRIES)]
     pub flows_max_entries: u32,
-    /// Proxy worker threads (0: one per CPU; 1: a current-thread runtime).
+
+    /// Proxy worker threads (0: one per CPU; 1: a single-threaded runtime, the agent then uses
+    /// one core for everything).
+    #[arg(
+        long,
+        env = "SHUNT_WORKER_THREADS",
+        value_name = "N",
+        default_value_t = 0
+    )]
     pub worker_threads: usize,
+
+    /// Upstream connect timeout.
+    #[arg(long, env = "SHUNT_CONNECT_TIMEOUT", value_name = "DURATION", default_value = "5s", value_parser = parse_duration)]
     pub connect_timeout: Duration,
+
+    /// Time a client has to send a request's headers (HTTP/1.1); slower clients get a 408.
+    #[arg(long, env = "SHUNT_HEADER_READ_TIMEOUT", value_name = "DURATION", default_value = "10s", value_parser = parse_duration)]
     pub header_read_timeout: Duration,
+
+    /// Idle timeout of pooled upstream connections and of HTTP/2 keep-alive.
+    #[arg(long, env = "SHUNT_IDLE_TIMEOUT", value_name = "DURATION", default_value = "60s", value_parser = parse_duration)]
     pub idle_timeout: Duration,
+
+    /// How long to wait for a client's first bytes before treating the connection as opaque
+    /// (server-speaks-first protocols send nothing).
+    #[arg(long, env = "SHUNT_DETECT_TIMEOUT", value_name = "DURATION", default_value = "500ms", value_parser = parse_duration)]
     pub detect_timeout: Duration,
+
+    /// Largest request header block accepted (bigger gets 431).
+    #[arg(
+        long,
+        env = "SHUNT_MAX_HEADER_BYTES",
+        value_name = "BYTES",
+        default_value_t = 65_536
+    )]
     pub max_header_bytes: usize,
+
+    /// Most request headers accepted (more gets 431).
+    #[arg(
+        long,
+        env = "SHUNT_MAX_HEADERS",
+        value_name = "N",
+        default_value_t = 128
+    )]
     pub max_headers: usize,
-    /// Extra routing-key header names, checked by `run` (so a bad one is a startup error there).
+
+    /// Extra header carrying the routing key (repeatable; comma-separated in the variable), read
+    /// after the standard ones (baggage, tracestate, uberctx-sd-routing-key,
+    /// ot-baggage-sd-routing-key).
+    #[arg(
+        long,
+        env = "SHUNT_KEY_HEADER",
+        value_name = "NAME",
+        value_delimiter = ','
+    )]
     pub key_header: Vec<String>,
+
+    /// Routing decisions kept for `/decisions`.
+    #[arg(
+        long,
+        env = "SHUNT_DECISION_LOG_SIZE",
+        value_name = "N",
+        default_value_t = 4096
+    )]
     pub decision_log_size: usize,
+
+    /// How often the watchdog checks that the proxy accepts; a wedged proxy fails open.
+    #[arg(long, env = "SHUNT_WATCHDOG_INTERVAL", value_name = "DURATION", default_value = "1s", value_parser = parse_duration)]
     pub watchdog_interval: Duration,
+
+    /// Maximum concurrent proxied connections; further clients wait in the accept queue.
+    #[arg(
+        long,
+        env = "SHUNT_MAX_CONNECTIONS",
+        value_name = "N",
+        default_value_t = 16_384
+    )]
     pub max_connections: usize,
+
+    /// How long in-flight connections may finish after SIGTERM.
+    #[arg(long, env = "SHUNT_SHUTDOWN_GRACE", value_name = "DURATION", default_value = "10s", value_parser = parse_duration)]
     pub shutdown_grace: Duration,
 }

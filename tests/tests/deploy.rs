@@ -26,7 +26,8 @@ use std::{
 };
 
 use agent::{
-    cli::{Cli, Command as AgentCommand, RunArgs},
+    cli::{Cli, Command as AgentCommand},
+    config::RunConfig,
     kube::rbac::AGENT_ACCESS,
 };
 use clap::Parser as _;
@@ -219,12 +220,12 @@ fn sample_values() -> BTreeMap<&'static str, String> {
 }
 
 /// Parses `shunt <args>` with the agent's own clap parser.
-fn parse_run(args: &[String]) -> RunArgs {
+fn parse_run(args: &[String]) -> RunConfig {
     let argv = std::iter::once("shunt".to_string()).chain(args.iter().cloned());
     match Cli::try_parse_from(argv) {
         Ok(Cli {
             command: AgentCommand::Run(run),
-        }) => RunArgs::clone(&run),
+        }) => RunConfig::clone(&run),
         Ok(other) => panic!("{args:?} is not `shunt run`: {other:?}"),
         Err(e) => panic!("the agent's CLI rejects {args:?}:\n{e}"),
     }

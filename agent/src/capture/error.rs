@@ -1,13 +1,14 @@
 use std::path::PathBuf;
 
 /// Everything that can go wrong while capturing, each naming the step that failed and, where
-/// there is one, the fix.
+/// there is one, the fix. The cause is the error's source, printed once by an error-chain
+/// renderer (`{:#}` at the command line), never repeated in the message.
 #[derive(Debug, thiserror::Error)]
 pub enum CaptureError {
     #[error("{0}")]
     Environment(String),
 
-    #[error("opening cgroup {path}: {source} (is it a directory under the cgroup v2 mount?)")]
+    #[error("opening cgroup {path} (is it a directory under the cgroup v2 mount?)")]
     OpenCgroup {
         path: PathBuf,
         #[source]
@@ -17,7 +18,7 @@ pub enum CaptureError {
     #[error("preparing the bpffs pin directory {path}: {message}")]
     Bpffs { path: PathBuf, message: String },
 
-    #[error("loading the eBPF object: {0}")]
+    #[error("loading the eBPF object")]
     Load(#[source] aya::EbpfError),
 
     #[error(
@@ -28,14 +29,14 @@ pub enum CaptureError {
     #[error("eBPF map {0} is missing from the object (stale build?)")]
     MissingMap(&'static str),
 
-    #[error("loading program {program} into the kernel: {source}")]
+    #[error("loading program {program} into the kernel")]
     LoadProgram {
         program: &'static str,
         #[source]
         source: aya::programs::ProgramError,
     },
 
-    #[error("attaching program {program} to cgroup {cgroup}: {source}")]
+    #[error("attaching program {program} to cgroup {}", cgroup.display())]
     Attach {
         program: &'static str,
         cgroup: PathBuf,
@@ -43,7 +44,7 @@ pub enum CaptureError {
         source: aya::programs::ProgramError,
     },
 
-    #[error("map {map}: {source}")]
+    #[error("map {map}")]
     Map {
         map: &'static str,
         #[source]
