@@ -4,11 +4,18 @@ use std::{path::PathBuf, time::Duration};
 
 use super::*;
 
+/// `shunt run ARGS...`, parsed.
+fn run_config(args: &[&str]) -> RunConfig {
+    let cli = Cli::try_parse_from(["shunt", "run"].iter().chain(args).copied()).expect("parses");
+    let Command::Run(cfg) = cli.command else {
+        panic!("expected run");
+    };
+    *cfg
+}
+
 #[test]
 fn run_flags_parse() {
-    let cli = Cli::try_parse_from([
-        "shunt",
-        "run",
+    let args = run_config(&[
         "--cgroup",
         "/sys/fs/cgroup",
         "--proxy-addr",
@@ -19,11 +26,7 @@ fn run_flags_parse() {
         "10.96.0.7:9080",
         "--steer",
         "[fd00::7]:80",
-    ])
-    .expect("parses");
-    let Command::Run(args) = cli.command else {
-        panic!("expected run");
-    };
+    ]);
     assert_eq!(args.steer.len(), 2);
     assert_eq!(args.bpffs_dir, PathBuf::from("/sys/fs/bpf/shunt"));
     assert!(!args.kube);
@@ -76,18 +79,7 @@ fn kube_flags_parse_and_conflict_with_routes() {
 #[test]
 #[ignore = "run by run_flags_read_the_environment in a child process"]
 fn run_flags_from_the_environment_child() {
-    let cli = Cli::try_parse_from([
-        "shunt",
-        "run",
-        "--cgroup",
-        "/sys/fs/cgroup",
-        "--max-headers",
-        "7",
-    ])
-    .expect("parses");
-    let Command::Run(args) = cli.command else {
-        panic!("expected run");
-    };
+    let args = run_config(&["--cgroup", "/sys/fs/cgroup", "--max-headers", "7"]);
     // From the environment.
     assert_eq!(args.proxy_addr, "10.0.0.9:15001".parse().unwrap());
     assert_eq!(args.node_name.as_deref(), Some("node-from-env"));
@@ -125,9 +117,7 @@ fn run_flags_read_the_environment() {
 
 #[test]
 fn run_flags_parse_into_the_run_config() {
-    let cli = Cli::try_parse_from([
-        "shunt",
-        "run",
+    let args = run_config(&[
         "--cgroup",
         "/c",
         "--proxy-addr",
@@ -136,12 +126,8 @@ fn run_flags_parse_into_the_run_config() {
         "x-k",
         "--shutdown-grace",
         "3s",
-    ])
-    .expect("parses");
-    let Command::Run(args) = cli.command else {
-        panic!("expected run");
-    };
-    let cfg: RunConfig = *args;
+    ]);
+    let cfg = args;
     assert_eq!(cfg.cgroup, PathBuf::from("/c"));
     assert_eq!(cfg.key_header, ["x-k"]);
     assert_eq!(cfg.shutdown_grace, Duration::from_secs(3));

@@ -29,6 +29,21 @@ pub struct Bins {
     pub netpeer: PathBuf,
 }
 
+impl Bins {
+    /// The binaries built beside the running one (for the bench binaries, which cargo does not
+    /// hand `CARGO_BIN_EXE_*`).
+    pub fn beside_current_exe() -> std::io::Result<Self> {
+        let dir = std::env::current_exe()?
+            .parent()
+            .map(PathBuf::from)
+            .unwrap_or_default();
+        Ok(Self {
+            agent: dir.join("shunt-under-test"),
+            netpeer: dir.join("netpeer"),
+        })
+    }
+}
+
 /// `Bins` for the calling integration test.
 #[macro_export]
 macro_rules! bins {

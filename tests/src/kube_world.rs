@@ -15,9 +15,7 @@
 //! through EndpointSlice port names (baseline) and container port names (sandbox pods).
 use std::{
     collections::BTreeSet,
-    ffi::CString,
     net::{Ipv4Addr, SocketAddr},
-    os::unix::ffi::OsStrExt as _,
     path::PathBuf,
     time::{Duration, Instant},
 };
@@ -468,23 +466,5 @@ pub fn wait_for(what: &str, timeout: Duration, mut f: impl FnMut() -> bool) -> D
 /// Mounts a bpffs at `dir` (the run dir unmounts it on drop).
 pub fn mount_bpffs(dir: &std::path::Path) -> anyhow::Result<()> {
     std::fs::create_dir_all(dir)?;
-    let c = CString::new(dir.as_os_str().as_bytes())?;
-    // SAFETY: valid NUL-terminated strings; data may be null.
-    let rc = unsafe {
-        libc::mount(
-            c"bpffs".as_ptr(),
-            c.as_ptr(),
-            c"bpf".as_ptr(),
-            0,
-            std::ptr::null(),
-        )
-    };
-    if rc != 0 {
-        anyhow::bail!(
-            "mounting bpffs at {}: {}",
-            dir.display(),
-            std::io::Error::last_os_error()
-        );
-    }
-    Ok(())
+    agent::capture::mount_bpffs(dir).with_context(|| format!("mounting bpffs at {}", dir.display()))
 }

@@ -1059,20 +1059,7 @@ fn status_caps(pid: i32) -> BTreeMap<String, u64> {
 
 /// Mounts a bpffs at `dir`, as the node has one at /sys/fs/bpf (the agent must not mount it).
 fn mount_bpffs(dir: &Path) {
-    fs::create_dir_all(dir).unwrap();
-    let c =
-        std::ffi::CString::new(std::os::unix::ffi::OsStrExt::as_bytes(dir.as_os_str())).unwrap();
-    // SAFETY: valid NUL-terminated strings; null data.
-    let rc = unsafe {
-        libc::mount(
-            c"bpffs".as_ptr(),
-            c.as_ptr(),
-            c"bpf".as_ptr(),
-            0,
-            std::ptr::null(),
-        )
-    };
-    assert_eq!(rc, 0, "mounting bpffs: {}", std::io::Error::last_os_error());
+    tests::kube_world::mount_bpffs(dir).expect("mounting bpffs");
 }
 
 /// How the agent is started to reproduce its DaemonSet pod in a test world.

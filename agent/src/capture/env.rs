@@ -175,8 +175,19 @@ pub fn ensure_bpffs(dir: &Path, may_mount: bool) -> Result<(), CaptureError> {
             "not on a bpf filesystem; mount the node's /sys/fs/bpf into the pod (hostPath)".into(),
         ));
     }
+    mount_bpffs(dir).map_err(|e| {
+        bpffs_err(format!(
+            "mounting bpffs failed: {e}; run as root (CAP_SYS_ADMIN) or mount it yourself: \
+             `mount -t bpf bpffs {}`",
+            dir.display()
+        ))
+    })
+}
+
+/// Mounts a new bpffs at `dir` (which must exist).
+pub fn mount_bpffs(dir: &Path) -> std::io::Result<()> {
     let target = CString::new(dir.as_os_str().as_bytes())
-        .map_err(|_| bpffs_err("path contains NUL".into()))?;
+        .map_err(|_| std::io::Error::new(std::io::ErrorKind::InvalidInput, "path contains NUL"))?;
     // SAFETY: all pointers are valid NUL-terminated strings; data may be null.
     let rc = unsafe {
         libc::mount(
@@ -188,12 +199,7 @@ pub fn ensure_bpffs(dir: &Path, may_mount: bool) -> Result<(), CaptureError> {
         )
     };
     if rc != 0 {
-        let e = std::io::Error::last_os_error();
-        return Err(bpffs_err(format!(
-            "mounting bpffs failed: {e}; run as root (CAP_SYS_ADMIN) or mount it yourself: \
-             `mount -t bpf bpffs {}`",
-            dir.display()
-        )));
+        return Err(std::io::Error::last_os_error());
     }
     Ok(())
 }

@@ -25,7 +25,7 @@ pub mod run_stats;
 
 /// Why a map write failed (what [`SteeredMap`] returns).
 pub use aya::maps::MapError;
-pub use env::{cgroup_id, cgroup2_mount, own_cgroup_dir};
+pub use env::{cgroup_id, cgroup2_mount, mount_bpffs, own_cgroup_dir};
 pub use error::CaptureError;
 pub use maps::{CaptureStats, Flow, FlowsMap, OrigDstMap, SteeredMap};
 

@@ -1,7 +1,8 @@
 //! Tests of [`RouteTable::decide`]: the reasons, and which Service a destination resolves to.
-use std::net::{IpAddr, SocketAddr};
 
 use jiff::Timestamp;
+
+use crate::routes::test_support::{ip, key, sa};
 
 use super::*;
 use crate::routes::{
@@ -9,20 +10,8 @@ use crate::routes::{
     SandboxRouteObj, SandboxRouteSpec, Service, ServicePort, TargetPort, service_id,
 };
 
-fn sa(s: &str) -> SocketAddr {
-    s.parse().expect("socket address")
-}
-
-fn ip(s: &str) -> IpAddr {
-    s.parse().expect("ip")
-}
-
 fn dst(s: &str) -> OrigDstAddr {
     OrigDstAddr(sa(s))
-}
-
-fn key(s: &str) -> RoutingKey {
-    RoutingKey::parse(s).expect("key")
 }
 
 fn service(name: &str, vip: &str, port: u16, endpoints: &[&str]) -> Service {

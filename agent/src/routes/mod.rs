@@ -34,3 +34,6 @@ pub use table::{
     ForkPortView, ForkRoute, ForkView, RouteTable, RouteView, ServicePortRef, ServiceRef,
     service_id,
 };
+
+#[cfg(test)]
+mod test_support;

@@ -76,6 +76,11 @@ fn steering(capacity: usize, preloaded: &[(SocketAddr, u32)]) -> (Steering, Coun
     (Steering::new(map), counters)
 }
 
+/// What the (stand-in) kernel map holds, as a set.
+fn kernel(s: &Steering) -> BTreeMap<SocketAddr, u32> {
+    s.entries().into_iter().collect()
+}
+
 fn metrics() -> Arc<Metrics> {
     Metrics::unregistered()
 }
@@ -111,8 +116,7 @@ fn apply_touches_only_the_changed_steered_entries() {
     s.apply(desired.clone(), ApplyMode::Incremental, &m)
         .expect("applied");
     assert_eq!(c.take(), (0, 0, 0));
-    let kernel: BTreeMap<_, _> = s.entries().into_iter().collect();
-    assert_eq!(kernel, desired);
+    assert_eq!(kernel(&s), desired);
 }
 
 #[test]
@@ -126,8 +130,7 @@ fn reconcile_collects_entries_left_by_an_earlier_agent() {
     // addr(2) keeps its id (2 % 97 = 2), addr(3) too; addr(4) is new; addr(1) was stale.
     assert_eq!((r.added, r.removed, r.unchanged), (1, 1, 2));
     assert_eq!(c.take(), (1, 1, 1));
-    let kernel: BTreeMap<_, _> = s.entries().into_iter().collect();
-    assert_eq!(kernel, set(2..5));
+    assert_eq!(kernel(&s), set(2..5));
 }
 
 #[test]
@@ -144,8 +147,7 @@ fn suspend_empties_the_map_and_resume_restores_it() {
     c.take();
     s.resume(&m);
     assert!(!s.is_suspended());
-    let kernel: BTreeMap<_, _> = s.entries().into_iter().collect();
-    assert_eq!(kernel, set(0..12));
+    assert_eq!(kernel(&s), set(0..12));
 }
 
 #[test]
@@ -161,6 +163,5 @@ fn refused_inserts_are_reported_and_retried_on_the_next_apply() {
         .apply(set(3..8), ApplyMode::Incremental, &m)
         .expect("applied");
     assert_eq!((r.added, r.removed, r.failed.len()), (3, 3, 0));
-    let kernel: BTreeMap<_, _> = s.entries().into_iter().collect();
-    assert_eq!(kernel, set(3..8));
+    assert_eq!(kernel(&s), set(3..8));
 }

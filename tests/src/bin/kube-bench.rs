@@ -14,7 +14,6 @@
 //! (`KUBE_BENCH_LOG=info,agent::kube=debug` also prints the agent's own recompute timings.)
 use std::{
     net::{Ipv4Addr, SocketAddr},
-    path::PathBuf,
     process::{Command, Stdio},
     time::{Duration, Instant},
 };
@@ -212,14 +211,7 @@ fn main() -> anyhow::Result<()> {
     let changes = num("--changes", 200);
     let total = num("--total", 10_000);
     let debounce = arg("--debounce").unwrap_or_else(|| "50ms".into());
-    let dir = std::env::current_exe()?
-        .parent()
-        .map(PathBuf::from)
-        .unwrap_or_default();
-    let bins = Bins {
-        agent: dir.join("shunt-under-test"),
-        netpeer: dir.join("netpeer"),
-    };
+    let bins = Bins::beside_current_exe()?;
     let c = FakeCluster::start(true)?;
     let n =
         KubeNode::new("kube-bench", &c, bins.clone()).context("needs root, cgroup v2 and BTF")?;

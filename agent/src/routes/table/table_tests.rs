@@ -1,24 +1,18 @@
 //! Tests of [`RouteTable::compute`] and its lookups.
 use std::{
     collections::{BTreeMap, HashMap},
-    net::{IpAddr, SocketAddr},
+    net::SocketAddr,
 };
 
 use jiff::Timestamp;
+
+use crate::routes::test_support::{ip, key, sa};
 
 use super::{ids::assign_ids, *};
 use crate::routes::{
     ClusterState, EndpointAddr, Fallback, ForkSpec, ForkTarget, Pod, PortRef, RouteReason,
     SANDBOX_LABEL, SandboxRouteObj, SandboxRouteSpec, Service, ServicePort, TargetPort,
 };
-
-fn sa(s: &str) -> SocketAddr {
-    s.parse().expect("socket address")
-}
-
-fn ip(s: &str) -> IpAddr {
-    s.parse().expect("ip")
-}
 
 fn ts(s: &str) -> Timestamp {
     s.parse().expect("timestamp")
@@ -112,10 +106,6 @@ fn route(name: &str, key: &str, forks: Vec<ForkSpec>) -> SandboxRouteObj {
             expires_at: None,
         },
     }
-}
-
-fn key(s: &str) -> RoutingKey {
-    RoutingKey::parse(s).expect("key")
 }
 
 /// The standard state: reviews and ratings, one sandbox pod for pr-42 forking reviews.

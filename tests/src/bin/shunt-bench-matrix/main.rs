@@ -569,18 +569,7 @@ fn sweep(b: &mut Bench, o: &Opts) -> anyhow::Result<BTreeMap<Scenario, Knee>> {
         .collect();
     let mut first_p99: BTreeMap<Scenario, f64> = BTreeMap::new();
     for &rate in &o.rates {
-        let point = Point {
-            group: Group::Sweep,
-            shape: Shape {
-                tool: Tool::Oha,
-                proto: Proto::H1,
-                conns: 16,
-                rate: Some(rate),
-                bytes: KIB,
-                keepalive: true,
-                secs: o.secs,
-            },
-        };
+        let point = h1_keepalive_point(Group::Sweep, rate, o.secs);
         for rep in 0..o.sweep_reps {
             b.run_point(&point, rep, o.sweep_reps, &active)?;
         }
@@ -645,9 +634,10 @@ pub struct Profile {
     pub error: Option<String>,
 }
 
-fn profile(b: &mut Bench, o: &Opts, s: Scenario, rate: u32) -> Profile {
-    let point = Point {
-        group: Group::Fixed,
+/// HTTP/1.1, 16 keep-alive connections, 1 KiB, at `rate` requests/s for `secs`.
+fn h1_keepalive_point(group: Group, rate: u32, secs: f64) -> Point {
+    Point {
+        group,
         shape: Shape {
             tool: Tool::Oha,
             proto: Proto::H1,
@@ -655,9 +645,14 @@ fn profile(b: &mut Bench, o: &Opts, s: Scenario, rate: u32) -> Profile {
             rate: Some(rate),
             bytes: KIB,
             keepalive: true,
-            secs: if o.quick { 2.0 } else { o.secs.max(5.0) },
+            secs,
         },
-    };
+    }
+}
+
+fn profile(b: &mut Bench, o: &Opts, s: Scenario, rate: u32) -> Profile {
+    let secs = if o.quick { 2.0 } else { o.secs.max(5.0) };
+    let point = h1_keepalive_point(Group::Fixed, rate, secs);
     let proxy = if s == Scenario::E { "haproxy" } else { "shunt" };
     let who = format!("{proxy}-{rate}");
     let mut p = Profile {
@@ -901,23 +896,16 @@ fn run(o: &Opts) -> anyhow::Result<()> {
             let _ = std::fs::remove_file(e.path());
         }
     }
-    let dir = std::env::current_exe()?
-        .parent()
-        .map(PathBuf::from)
-        .unwrap_or_default();
-    let bins = Bins {
-        agent: dir.join("shunt-under-test"),
-        netpeer: dir.join("netpeer"),
-    };
+    let bins = Bins::beside_current_exe()?;
     let started = Instant::now();
-    let env = Env::new("shunt-bench-matrix", 3, bins)
+    let env = Env::new("shunt-bench-matrix", 3, bins.clone())
         .context("kernel tests cannot run here (root, cgroup v2 and BTF are needed)")?;
     for ns in [&env.topo.pods[0].netns, env.node()] {
         // New-connection runs open tens of thousands of connections per second.
         ns.sysctl("net.ipv4.ip_local_port_range", "1024 65000")?;
         ns.sysctl("net.ipv4.tcp_tw_reuse", "1")?;
     }
-    let backend_bin = dir.join("bench-backend");
+    let backend_bin = bins.netpeer.with_file_name("bench-backend");
     let backends = vec![
         start_backend(
             &env,
