@@ -73,7 +73,8 @@ pub struct RunConfig {
     #[arg(long, env = "SHUNT_LEASE_DURATION", value_name = "DURATION", default_value = "15s", value_parser = parse_duration)]
     pub lease_duration: Duration,
 
-    /// Quiet time after a Kubernetes change before the route table is recomputed.
+    /// Quiet time after a route source changes (Kubernetes or the routes file) before the route
+    /// table is recomputed; under constant churn it is applied after ten of these at most.
     #[arg(long, env = "SHUNT_KUBE_DEBOUNCE", value_name = "DURATION", default_value = "50ms", value_parser = parse_duration)]
     pub kube_debounce: Duration,
 
