@@ -8,24 +8,9 @@ use kube::ResourceExt as _;
 use super::crd::{self, SandboxRoute};
 use crate::routes::{ForkStatus, RouteReason, RouteStatus};
 
-/// Every [`RouteReason`] (a new variant stops `every_reason_round_trips` from compiling until it is
-/// added here and there).
-const REASONS: [RouteReason; 10] = [
-    RouteReason::EndpointsReady,
-    RouteReason::ServiceNotFound,
-    RouteReason::PortNotFound,
-    RouteReason::NoReadyEndpoints,
-    RouteReason::DuplicateKey,
-    RouteReason::Expired,
-    RouteReason::CrossNamespace,
-    RouteReason::InvalidKey,
-    RouteReason::InvalidSelector,
-    RouteReason::InvalidTarget,
-];
-
 /// The reason the status writer spelled `s`, if this version knows it.
 pub fn parse_reason(s: &str) -> Option<RouteReason> {
-    REASONS.into_iter().find(|r| r.as_str() == s)
+    RouteReason::parse(s)
 }
 
 /// A reason as read from a status: one this version does not know (a newer agent wrote it) can
@@ -66,8 +51,8 @@ mod tests {
 
     #[test]
     fn every_reason_round_trips() {
-        for r in REASONS {
-            // Exhaustive on purpose: a new variant must be added here and to REASONS.
+        for r in RouteReason::ALL {
+            // Exhaustive on purpose: a new variant must be added here and to RouteReason::ALL.
             match r {
                 RouteReason::EndpointsReady
                 | RouteReason::ServiceNotFound

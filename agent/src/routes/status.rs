@@ -29,6 +29,25 @@ pub enum RouteReason {
 }
 
 impl RouteReason {
+    /// Every reason (a new variant must be added here: `every_reason_round_trips` checks it).
+    pub const ALL: [RouteReason; 10] = [
+        RouteReason::EndpointsReady,
+        RouteReason::ServiceNotFound,
+        RouteReason::PortNotFound,
+        RouteReason::NoReadyEndpoints,
+        RouteReason::DuplicateKey,
+        RouteReason::Expired,
+        RouteReason::CrossNamespace,
+        RouteReason::InvalidKey,
+        RouteReason::InvalidSelector,
+        RouteReason::InvalidTarget,
+    ];
+
+    /// The reason spelled `s` by [`Self::as_str`], if this version knows it.
+    pub fn parse(s: &str) -> Option<RouteReason> {
+        Self::ALL.into_iter().find(|r| r.as_str() == s)
+    }
+
     pub fn as_str(self) -> &'static str {
         match self {
             RouteReason::EndpointsReady => "EndpointsReady",
