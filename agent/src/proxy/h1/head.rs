@@ -333,6 +333,9 @@ pub struct ResponseHead {
     pub framing: Framing,
     /// The upstream will close the connection after this response.
     pub close: bool,
+    /// The upstream said so with `Connection: close`, which passes to the client as it is (the
+    /// proxy closes the client connection too).
+    has_close_line: bool,
     /// The head as it goes to the client, without its final empty line (see
     /// [`ResponseHead::finish`]).
     pub out: Pieces,
@@ -346,7 +349,7 @@ impl ResponseHead {
 
     /// Ends the head; `close` tells the client the proxy closes the connection after it.
     pub fn finish(&mut self, close: bool) {
-        if close {
+        if close && !self.has_close_line {
             self.out.push(Piece::Static(b"connection: close\r\n"));
         }
         self.out.push(Piece::Buf(self.len - 2..self.len));
@@ -428,7 +431,8 @@ pub fn parse_response(
     out.push(Piece::Buf(0..line_ends[0]));
     let keep_all = req.upgrade && (status == 101 || req.connect);
     for (i, h) in headers.iter().enumerate() {
-        if keep_all || !conn.is_hop_by_hop(h.name) {
+        let close_line = conn.close && h.name.eq_ignore_ascii_case("connection");
+        if keep_all || close_line || !conn.is_hop_by_hop(h.name) {
             out.push(Piece::Buf(line_ends[i]..line_ends[i + 1]));
         }
     }
@@ -437,6 +441,7 @@ pub fn parse_response(
         status,
         framing,
         close,
+        has_close_line: conn.close,
         out,
     }))
 }

@@ -309,9 +309,11 @@ impl Conn<'_> {
         let mut response: ResponseHead = response;
         let body_sent = body.is_done();
         let upstream_closes = response.close || !body_sent;
+        // A keyed upstream's close reaches the client as its `Connection: close`; a pinned
+        // one's closes the client connection whatever it said.
         let close = head.close
             || !body_sent
-            || response.framing == Framing::UntilClose
+            || response.close
             || (slot == Slot::Pinned && upstream_closes)
             || self.shared.shutdown.is_cancelled();
         response.finish(close);
