@@ -1,36 +1,30 @@
-//! Per-request routing for HTTP/1.1, HTTP/2 and gRPC, with hyper on both sides.
+//! Per-stream routing for HTTP/2 (h2c) and gRPC, with hyper on both sides. HTTP/1.1 has its own
+//! path ([`super::h1`]).
 //!
-//! Every request (every h2 stream) is routed on its own key, so a client connection pooled across
-//! requests with different keys routes each correctly.
+//! Every h2 stream is routed on its own key, so a client connection multiplexing requests with
+//! different keys routes each correctly.
 use std::{
     convert::Infallible,
-    io::Write as _,
-    pin::Pin,
     sync::{
         Arc,
         atomic::{AtomicBool, Ordering},
     },
-    task::{Context, Poll},
     time::Instant,
 };
 
 use bytes::Bytes;
 use http_body_util::{BodyExt as _, Full};
 use hyper::{
-    Method, Request, Response, StatusCode,
+    Request, Response, StatusCode,
     body::{Body as _, Incoming},
     header::{self, HeaderMap, HeaderName, HeaderValue},
     service::service_fn,
 };
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
-use tokio::{
-    io::{AsyncRead, AsyncWrite, ReadBuf},
-    net::TcpStream,
-};
+use tokio::net::TcpStream;
 
 use super::{
     ConnInfo, Exit, ProxyShared,
-    detect::Protocol,
     upstream::{ProxyBody, UpstreamError, error_chain},
 };
 use crate::routes::{Decision, DecisionKind, DecisionReason};
@@ -54,38 +48,9 @@ fn local_response(status: StatusCode, text: String) -> Response<ProxyBody> {
     r
 }
 
-/// Drives a hyper server connection; on shutdown it finishes in-flight requests, then closes.
-/// A macro because hyper's h1 upgradeable and h2 connections share no graceful-shutdown trait.
-macro_rules! until_shutdown {
-    ($conn:expr, $shutdown:expr) => {{
-        let conn = $conn;
-        tokio::pin!(conn);
-        tokio::select! {
-            r = conn.as_mut() => r,
-            _ = $shutdown.cancelled() => {
-                conn.as_mut().graceful_shutdown();
-                conn.await
-            }
-        }
-    }};
-}
-
-/// Serves one HTTP connection until it closes.
+/// Serves one h2c connection until it closes; on shutdown it finishes in-flight streams, then
+/// closes.
 pub async fn serve(shared: Arc<ProxyShared>, stream: TcpStream, info: ConnInfo) {
-    // Keep a duplicate of the socket: when our header-read timer fires, hyper drops the
-    // connection silently, and we still owe the client a 408.
-    let (stream, dup) = match dup_socket(stream) {
-        Ok(pair) => pair,
-        Err(e) => {
-            tracing::debug!(error = %e, "dup of the client socket failed");
-            return;
-        }
-    };
-    let pending = Arc::new(AtomicBool::new(false));
-    let io = TokioIo::new(TrackRequestBytes {
-        inner: stream,
-        pending: pending.clone(),
-    });
     let invalid_logged = Arc::new(AtomicBool::new(false));
     let svc = {
         let shared = shared.clone();
@@ -96,53 +61,23 @@ pub async fn serve(shared: Arc<ProxyShared>, stream: TcpStream, info: ConnInfo) 
         })
     };
     let limits = &shared.limits;
-    let result = match info.protocol {
-        Protocol::H2c => {
-            let mut b = hyper::server::conn::http2::Builder::new(TokioExecutor::new());
-            b.timer(TokioTimer::new())
-                .max_header_list_size(limits.max_header_bytes as u32)
-                .keep_alive_interval(Some(limits.idle_timeout / 2))
-                .keep_alive_timeout(limits.idle_timeout / 2);
-            until_shutdown!(b.serve_connection(io, svc), shared.shutdown)
-        }
-        _ => {
-            let mut b = hyper::server::conn::http1::Builder::new();
-            b.timer(TokioTimer::new())
-                .header_read_timeout(Some(limits.header_read_timeout))
-                .max_header_size(limits.max_header_bytes)
-                .max_headers(limits.max_headers);
-            until_shutdown!(b.serve_connection(io, svc).with_upgrades(), shared.shutdown)
+    let mut b = hyper::server::conn::http2::Builder::new(TokioExecutor::new());
+    b.timer(TokioTimer::new())
+        .max_header_list_size(limits.max_header_bytes as u32)
+        .keep_alive_interval(Some(limits.idle_timeout / 2))
+        .keep_alive_timeout(limits.idle_timeout / 2);
+    let conn = b.serve_connection(TokioIo::new(stream), svc);
+    tokio::pin!(conn);
+    let result = tokio::select! {
+        r = conn.as_mut() => r,
+        _ = shared.shutdown.cancelled() => {
+            conn.as_mut().graceful_shutdown();
+            conn.await
         }
     };
     if let Err(e) = result {
-        let timed_out = e.is_timeout();
-        tracing::debug!(client = %info.client, error = %e, timed_out, "HTTP connection ended with an error");
-        if timed_out && pending.load(Ordering::Relaxed) {
-            // Part of a request arrived but its headers did not finish in time (slowloris).
-            let _ = (&dup).write_all(
-                b"HTTP/1.1 408 Request Timeout\r\nconnection: close\r\ncontent-length: 0\r\n\r\n",
-            );
-            let service = shared
-                .table()
-                .resolve(info.original_dst, info.service)
-                .map(|(svc, _)| svc.label.clone());
-            shared.record(
-                &info,
-                Decision::reject(DecisionReason::HeaderReadTimeout, service),
-                Exit {
-                    status: Some(408),
-                    ..Exit::default()
-                },
-            );
-        }
-        let _ = dup.shutdown(std::net::Shutdown::Both);
+        tracing::debug!(client = %info.client, error = %e, "h2c connection ended with an error");
     }
-}
-
-fn dup_socket(stream: TcpStream) -> std::io::Result<(TcpStream, std::net::TcpStream)> {
-    let std = stream.into_std()?;
-    let dup = std.try_clone()?;
-    Ok((TcpStream::from_std(std)?, dup))
 }
 
 async fn handle(
@@ -172,8 +107,6 @@ async fn handle(
 
     let response = if decision.kind == DecisionKind::Reject {
         reject(&decision)
-    } else if is_upgrade(&req) {
-        forward_upgrade(shared, &mut decision, req).await
     } else {
         forward(shared, &mut decision, req).await
     };
@@ -276,81 +209,7 @@ async fn forward(
     }
 }
 
-fn is_upgrade(req: &Request<Incoming>) -> bool {
-    req.method() == Method::CONNECT
-        || req.headers().get(header::CONNECTION).is_some_and(|v| {
-            v.to_str()
-                .map(|s| {
-                    s.split(',')
-                        .any(|t| t.trim().eq_ignore_ascii_case("upgrade"))
-                })
-                .unwrap_or(false)
-        })
-}
-
-/// A websocket or CONNECT upgrade: routed by its key like any request, then the bytes of the
-/// upgraded connection are copied both ways. Upgrades use their own (unpooled) connection.
-async fn forward_upgrade(
-    shared: &ProxyShared,
-    decision: &mut Decision,
-    mut req: Request<Incoming>,
-) -> Response<ProxyBody> {
-    let Some(upstream) = decision.upstream else {
-        return reject(decision);
-    };
-    let client_upgrade = hyper::upgrade::on(&mut req);
-    let stream = match super::relay::connect(upstream, shared.limits.connect_timeout).await {
-        Ok(s) => s,
-        Err(e) => {
-            return local_response(
-                StatusCode::BAD_GATEWAY,
-                format!("shunt: connecting to {upstream}: {e}\n"),
-            );
-        }
-    };
-    let (mut sender, conn) = match hyper::client::conn::http1::handshake(TokioIo::new(stream)).await
-    {
-        Ok(pair) => pair,
-        Err(e) => {
-            return local_response(
-                StatusCode::BAD_GATEWAY,
-                format!("shunt: upstream handshake: {e}\n"),
-            );
-        }
-    };
-    tokio::spawn(async move {
-        let _ = conn.with_upgrades().await;
-    });
-    let is_connect = req.method() == Method::CONNECT;
-    let req = req.map(|b| b.boxed_unsync());
-    let mut resp = match sender.send_request(req).await {
-        Ok(r) => r,
-        Err(e) => {
-            return local_response(
-                StatusCode::BAD_GATEWAY,
-                format!("shunt: upstream {upstream}: {e}\n"),
-            );
-        }
-    };
-    let upgraded = resp.status() == StatusCode::SWITCHING_PROTOCOLS
-        || (is_connect && resp.status().is_success());
-    if upgraded {
-        let upstream_upgrade = hyper::upgrade::on(&mut resp);
-        tokio::spawn(async move {
-            match tokio::try_join!(client_upgrade, upstream_upgrade) {
-                Ok((c, u)) => {
-                    let (mut c, mut u) = (TokioIo::new(c), TokioIo::new(u));
-                    let _ = tokio::io::copy_bidirectional(&mut c, &mut u).await;
-                }
-                Err(e) => tracing::debug!(error = %e, "upgrade failed"),
-            }
-        });
-    }
-    resp.map(|b| b.boxed_unsync())
-}
-
-/// Headers that describe one hop, not the message (RFC 9110 §7.6.1). Upgrade requests keep
-/// theirs; they never come here.
+/// Headers that describe one hop, not the message (RFC 9110 §7.6.1).
 fn strip_hop_by_hop(headers: &mut HeaderMap) {
     let listed: Vec<HeaderName> = headers
         .get_all(header::CONNECTION)
@@ -370,55 +229,5 @@ fn strip_hop_by_hop(headers: &mut HeaderMap) {
         "upgrade",
     ] {
         headers.remove(name);
-    }
-}
-
-/// Tracks whether bytes of a request arrived since the last response was written, so a
-/// header-read timeout can tell slowloris (owed a 408) from an idle keep-alive (closed quietly).
-struct TrackRequestBytes {
-    inner: TcpStream,
-    pending: Arc<AtomicBool>,
-}
-
-impl AsyncRead for TrackRequestBytes {
-    fn poll_read(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &mut ReadBuf<'_>,
-    ) -> Poll<std::io::Result<()>> {
-        let before = buf.filled().len();
-        let r = Pin::new(&mut self.inner).poll_read(cx, buf);
-        if buf.filled().len() > before {
-            self.pending.store(true, Ordering::Relaxed);
-        }
-        r
-    }
-}
-
-impl AsyncWrite for TrackRequestBytes {
-    fn poll_write(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &[u8],
-    ) -> Poll<std::io::Result<usize>> {
-        self.pending.store(false, Ordering::Relaxed);
-        Pin::new(&mut self.inner).poll_write(cx, buf)
-    }
-    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
-        Pin::new(&mut self.inner).poll_flush(cx)
-    }
-    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
-        Pin::new(&mut self.inner).poll_shutdown(cx)
-    }
-    fn poll_write_vectored(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        bufs: &[std::io::IoSlice<'_>],
-    ) -> Poll<std::io::Result<usize>> {
-        self.pending.store(false, Ordering::Relaxed);
-        Pin::new(&mut self.inner).poll_write_vectored(cx, bufs)
-    }
-    fn is_write_vectored(&self) -> bool {
-        self.inner.is_write_vectored()
     }
 }

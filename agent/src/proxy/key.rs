@@ -25,9 +25,43 @@ use crate::routes::{
 };
 
 const BAGGAGE: HeaderName = HeaderName::from_static("baggage");
-const TRACESTATE: HeaderName = HeaderName::from_static("tracestate");
-const UBERCTX: HeaderName = HeaderName::from_static("uberctx-sd-routing-key");
-const OT_BAGGAGE: HeaderName = HeaderName::from_static("ot-baggage-sd-routing-key");
+const TRACESTATE: &str = "tracestate";
+const UBERCTX: &str = "uberctx-sd-routing-key";
+const OT_BAGGAGE: &str = "ot-baggage-sd-routing-key";
+
+/// Header values by (lowercase) name: a hyper `HeaderMap` (HTTP/2) or the raw parsed head of an
+/// HTTP/1.1 request, which the proxy reads in place.
+pub trait HeaderValues {
+    /// Every value of `name`, in the order received.
+    fn values<'a>(&'a self, name: &'a str) -> impl Iterator<Item = &'a [u8]> + 'a;
+}
+
+impl HeaderValues for HeaderMap {
+    fn values<'a>(&'a self, name: &'a str) -> impl Iterator<Item = &'a [u8]> + 'a {
+        self.get_all(name).iter().map(HeaderValue::as_bytes)
+    }
+}
+
+/// The headers of a request head parsed in place (names compared without case).
+pub struct RawHeaders<'h, 'b>(pub &'h [httparse::Header<'b>]);
+
+impl HeaderValues for RawHeaders<'_, '_> {
+    fn values<'a>(&'a self, name: &'a str) -> impl Iterator<Item = &'a [u8]> + 'a {
+        self.0
+            .iter()
+            .filter(move |h| h.name.len() == name.len() && h.name.eq_ignore_ascii_case(name))
+            .map(|h| h.value)
+    }
+}
+
+/// How an HTTP/1.1 request head changes when its key came from the query parameter.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct QueryKeyRewrite {
+    /// The request target without the key parameter.
+    pub target: String,
+    /// The `baggage` values to send instead of the request's own (the key appended).
+    pub baggage: Vec<HeaderValue>,
+}
 
 /// Longest raw value kept in an [`InvalidKey`] report, in characters.
 const RAW_MAX: usize = 80;
@@ -156,7 +190,7 @@ impl KeyExtractor {
     /// The first valid key in source order. A malformed key counts as absent, so a later
     /// source can still supply one: a key is useful wherever it is, and one mangled hop should
     /// not hide it.
-    pub fn extract(&self, headers: &HeaderMap, uri: &Uri) -> Extracted {
+    pub fn extract(&self, headers: &impl HeaderValues, uri: &Uri) -> Extracted {
         self.find(headers, |seen| {
             uri.query().and_then(|q| query_param(q, seen))
         })
@@ -183,10 +217,51 @@ impl KeyExtractor {
         found
     }
 
+    /// [`normalize`](Self::normalize) for an HTTP/1.1 head read in place: the key, and when it
+    /// came from the query parameter, the target and baggage to send instead. The target is
+    /// parsed as a URI only when its query may hold the parameter.
+    pub fn normalize_raw(
+        &self,
+        headers: &[httparse::Header<'_>],
+        target: &str,
+    ) -> (Extracted, Option<QueryKeyRewrite>) {
+        let raw = RawHeaders(headers);
+        let mut stripped = None;
+        let found = self.find(&raw, |seen| {
+            let (_, query) = target.split_once('?')?;
+            if !query.contains(MEMBER) && !query.contains('%') {
+                return None;
+            }
+            let uri: Uri = target.parse().ok()?;
+            let (rebuilt, key) = strip_key_params(&uri, seen);
+            if key.is_some() {
+                stripped = rebuilt;
+            }
+            key
+        });
+        let rewrite = match (&found.key, stripped) {
+            (Some(key), Some(uri)) if found.source == KeySource::Query => {
+                let mut baggage = HeaderMap::new();
+                for v in raw.values(BAGGAGE.as_str()) {
+                    if let Ok(v) = HeaderValue::from_bytes(v) {
+                        baggage.append(BAGGAGE, v);
+                    }
+                }
+                inject_baggage(&mut baggage, key);
+                Some(QueryKeyRewrite {
+                    target: uri.to_string(),
+                    baggage: baggage.get_all(BAGGAGE).iter().cloned().collect(),
+                })
+            }
+            _ => None,
+        };
+        (found, rewrite)
+    }
+
     /// The first valid key in source order; `query` reads the query parameter source.
     fn find(
         &self,
-        headers: &HeaderMap,
+        headers: &impl HeaderValues,
         mut query: impl FnMut(&mut Seen<'_>) -> Option<RoutingKey>,
     ) -> Extracted {
         let mut invalid = None;
@@ -198,16 +273,14 @@ impl KeyExtractor {
             let key = match source {
                 KeySource::None => None,
                 KeySource::Baggage => headers
-                    .get_all(BAGGAGE)
-                    .iter()
-                    .find_map(|v| baggage_member(v.as_bytes(), &mut seen)),
+                    .values(BAGGAGE.as_str())
+                    .find_map(|v| baggage_member(v, &mut seen)),
                 KeySource::TraceState => headers
-                    .get_all(TRACESTATE)
-                    .iter()
-                    .find_map(|v| tracestate_member(v.as_bytes(), &mut seen)),
-                KeySource::UberCtx => single_header(headers, &UBERCTX, true, &mut seen),
-                KeySource::OtBaggage => single_header(headers, &OT_BAGGAGE, true, &mut seen),
-                KeySource::Header(name) => single_header(headers, name, false, &mut seen),
+                    .values(TRACESTATE)
+                    .find_map(|v| tracestate_member(v, &mut seen)),
+                KeySource::UberCtx => single_header(headers, UBERCTX, true, &mut seen),
+                KeySource::OtBaggage => single_header(headers, OT_BAGGAGE, true, &mut seen),
+                KeySource::Header(name) => single_header(headers, name.as_str(), false, &mut seen),
                 KeySource::Query => query(&mut seen),
             };
             if let Some(key) = key {
@@ -293,13 +366,13 @@ fn tracestate_member(value: &[u8], seen: &mut Seen<'_>) -> Option<RoutingKey> {
 /// intermediary joined with commas (RFC 9110 §5.3), give several candidates: the first valid
 /// one wins.
 fn single_header(
-    headers: &HeaderMap,
-    name: &HeaderName,
+    headers: &impl HeaderValues,
+    name: &str,
     decode: bool,
     seen: &mut Seen<'_>,
 ) -> Option<RoutingKey> {
-    headers.get_all(name).iter().find_map(|v| {
-        let v = trim(v.as_bytes());
+    headers.values(name).find_map(|v| {
+        let v = trim(v);
         if v.is_empty() {
             // Present but empty: report it, there is nothing else to try in this value.
             return seen.consider(v, decode);

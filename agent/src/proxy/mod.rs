@@ -1,8 +1,10 @@
 //! The node proxy: accepts connections redirected by capture, resolves where each was going, and
-//! dispatches it: per request for HTTP/1.1, HTTP/2 and gRPC ([`http`]), opaquely for TLS and
-//! anything else ([`opaque`]). Both paths report through [`ProxyShared::record`].
+//! dispatches it: per request for HTTP/1.1 ([`h1`]), per stream for HTTP/2 and gRPC ([`http`]),
+//! opaquely for TLS and anything else ([`opaque`]). Every path reports through
+//! [`ProxyShared::record`].
 pub mod decision_log;
 pub mod detect;
+pub mod h1;
 pub mod http;
 pub mod key;
 pub mod opaque;
@@ -170,7 +172,8 @@ async fn handle(shared: &Arc<ProxyShared>, client: tokio::net::TcpStream, peer: 
         protocol,
     };
     match protocol {
-        Protocol::Http1 | Protocol::H2c => http::serve(shared.clone(), client, info).await,
+        Protocol::Http1 => h1::serve(shared.clone(), client, info).await,
+        Protocol::H2c => http::serve(shared.clone(), client, info).await,
         Protocol::Tls | Protocol::Opaque => opaque::serve(shared, client, info).await,
     }
 }

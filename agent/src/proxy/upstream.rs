@@ -1,10 +1,11 @@
-//! Upstream HTTP clients, pooled per destination. Their sockets come from the agent's own cgroup,
-//! which the capture programs exempt, so forwarding never loops back into the proxy.
-use std::{net::SocketAddr, time::Duration};
+//! Upstream connections, pooled per destination: hyper's HTTP/2 client for h2c, and the idle
+//! connections of the HTTP/1.1 path ([`super::h1::pool`]). Their sockets come from the agent's
+//! own cgroup, which the capture programs exempt, so forwarding never loops back into the proxy.
+use std::{net::SocketAddr, sync::Arc, time::Duration};
 
 use bytes::Bytes;
 use http_body_util::combinators::UnsyncBoxBody;
-use hyper::{Request, Response, Version, body::Incoming};
+use hyper::{Request, Response, body::Incoming};
 use hyper_util::{
     client::legacy::{Client, connect::HttpConnector},
     rt::{TokioExecutor, TokioTimer},
@@ -13,11 +14,11 @@ use hyper_util::{
 /// The body type the proxy forwards: a client's streaming body, or a buffered copy of it.
 pub type ProxyBody = UnsyncBoxBody<Bytes, hyper::Error>;
 
-/// HTTP/1.1 and HTTP/2 (prior knowledge) clients; the pool key is the upstream address.
+/// The HTTP/2 (prior knowledge) client and the HTTP/1.1 pool; both pool by upstream address.
 #[derive(Clone)]
 pub struct Upstreams {
-    http1: Client<HttpConnector, ProxyBody>,
     http2: Client<HttpConnector, ProxyBody>,
+    pub h1: Arc<super::h1::pool::Pool>,
 }
 
 /// Why forwarding failed. The message names the upstream; the cause is the source (see
@@ -53,21 +54,19 @@ impl Upstreams {
         connector.set_nodelay(true);
         connector.set_connect_timeout(Some(connect_timeout));
         connector.enforce_http(true);
-        let http1 = Client::builder(TokioExecutor::new())
-            .pool_idle_timeout(idle_timeout)
-            .pool_timer(TokioTimer::new())
-            .timer(TokioTimer::new())
-            .build(connector.clone());
         let http2 = Client::builder(TokioExecutor::new())
             .pool_idle_timeout(idle_timeout)
             .pool_timer(TokioTimer::new())
             .timer(TokioTimer::new())
             .http2_only(true)
             .build(connector);
-        Self { http1, http2 }
+        Self {
+            http2,
+            h1: Arc::new(super::h1::pool::Pool::new(connect_timeout, idle_timeout)),
+        }
     }
 
-    /// Sends `req` to `upstream`, over the same HTTP version the client used.
+    /// Sends an h2c request to `upstream` over HTTP/2.
     pub async fn send(
         &self,
         upstream: SocketAddr,
@@ -89,13 +88,7 @@ impl Upstreams {
             parts.path_and_query = Some(http::uri::PathAndQuery::from_static("/"));
         }
         *req.uri_mut() = http::Uri::from_parts(parts).map_err(|e| uri_error(e.into()))?;
-        let client = if req.version() == Version::HTTP_2 {
-            &self.http2
-        } else {
-            *req.version_mut() = Version::HTTP_11;
-            &self.http1
-        };
-        client.request(req).await.map_err(|source| {
+        self.http2.request(req).await.map_err(|source| {
             if source.is_connect() {
                 UpstreamError::Connect { upstream, source }
             } else {

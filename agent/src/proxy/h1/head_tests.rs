@@ -1,0 +1,210 @@
+use super::*;
+
+const LIMITS: HeadLimits = HeadLimits {
+    max_bytes: 1024,
+    max_headers: 8,
+};
+
+fn parse(raw: &str) -> Result<Option<RequestHead>, HeadError> {
+    parse_request(raw.as_bytes(), LIMITS, &KeyExtractor::default())
+}
+
+fn forwarded(raw: &str) -> String {
+    let head = parse(raw).unwrap().unwrap();
+    let slices = head.out.slices(raw.as_bytes(), b"");
+    String::from_utf8(slices.iter().flat_map(|s| s.to_vec()).collect()).unwrap()
+}
+
+#[test]
+fn a_head_without_hop_by_hop_headers_is_forwarded_as_one_piece() {
+    let raw = "GET /a?b=1 HTTP/1.1\r\nHost: Example\r\nX-Mixed-Case: v\r\nx-r: 1\r\nx-r: 2\r\n\r\n";
+    let head = parse(raw).unwrap().unwrap();
+    assert_eq!(head.out.0, vec![Piece::Buf(0..raw.len())]);
+    assert_eq!(head.len, raw.len());
+    assert_eq!(&*head.path, "/a");
+    assert_eq!(head.framing, Framing::Empty);
+    assert!(!head.close);
+}
+
+#[test]
+fn hop_by_hop_headers_and_the_ones_connection_lists_are_removed() {
+    let raw = "GET / HTTP/1.1\r\nHost: h\r\nConnection: close, X-Hop\r\nKeep-Alive: 5\r\nX-Hop: 1\r\nX-End: 2\r\n\r\n";
+    assert_eq!(
+        forwarded(raw),
+        "GET / HTTP/1.1\r\nHost: h\r\nX-End: 2\r\n\r\n"
+    );
+    assert!(parse(raw).unwrap().unwrap().close);
+}
+
+#[test]
+fn an_incomplete_head_asks_for_more() {
+    assert_eq!(
+        parse("GET / HTTP/1.1\r\nHost: h\r\n")
+            .unwrap()
+            .map(|h| h.len),
+        None
+    );
+}
+
+#[test]
+fn smuggling_shapes_are_refused_with_400() {
+    for raw in [
+        "POST / HTTP/1.1\r\nContent-Length: 3\r\nTransfer-Encoding: chunked\r\n\r\n",
+        "POST / HTTP/1.1\r\nContent-Length: 3\r\nContent-Length: 3\r\n\r\n",
+        "POST / HTTP/1.1\r\nContent-Length: 3\r\nContent-Length: 4\r\n\r\n",
+        "POST / HTTP/1.1\r\nContent-Length: 3, 3\r\n\r\n",
+        "POST / HTTP/1.1\r\nContent-Length: +3\r\n\r\n",
+        "GET / HTTP/1.1\r\nHost: h\r\nX-Folded: a\r\n b\r\n\r\n",
+        "GET / HTTP/1.1\nHost: h\r\n\r\n",
+        "GET / HTTP/1.1\r\nHost: h\n\r\n",
+        "POST / HTTP/1.1\r\nTransfer-Encoding: gzip\r\n\r\n",
+        "POST / HTTP/1.1\r\nTransfer-Encoding: chunked, chunked\r\n\r\n",
+        "POST / HTTP/1.0\r\nTransfer-Encoding: chunked\r\n\r\n",
+        "GET /\u{1} HTTP/1.1 extra\r\n\r\n",
+    ] {
+        let r = parse(raw).map(|h| h.map(|h| h.len));
+        assert!(
+            matches!(r, Err(HeadError::Malformed(_))),
+            "{raw:?} gave {r:?}"
+        );
+    }
+}
+
+#[test]
+fn limits_give_431() {
+    let many: String = (0..9).map(|i| format!("x-{i}: v\r\n")).collect();
+    let r = parse(&format!("GET / HTTP/1.1\r\n{many}\r\n"));
+    assert_eq!(r.map(|h| h.map(|h| h.len)), Err(HeadError::TooManyHeaders));
+    let big = format!("GET / HTTP/1.1\r\nx: {}\r\n", "a".repeat(2000));
+    assert_eq!(
+        parse(&big).map(|h| h.map(|h| h.len)),
+        Err(HeadError::TooLarge)
+    );
+    assert_eq!(HeadError::TooLarge.status(), 431);
+}
+
+#[test]
+fn framing_follows_the_headers() {
+    let h = parse("POST / HTTP/1.1\r\nContent-Length: 12\r\n\r\n")
+        .unwrap()
+        .unwrap();
+    assert_eq!(h.framing, Framing::Length(12));
+    let h = parse("POST / HTTP/1.1\r\nTransfer-Encoding: gzip, Chunked\r\n\r\n")
+        .unwrap()
+        .unwrap();
+    assert_eq!(h.framing, Framing::Chunked);
+    // Transfer-Encoding stays: the body goes on in its coding.
+    assert!(
+        forwarded("POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n")
+            .contains("Transfer-Encoding")
+    );
+}
+
+#[test]
+fn http10_clients_get_one_exchange() {
+    let h = parse("GET / HTTP/1.0\r\nConnection: keep-alive\r\n\r\n")
+        .unwrap()
+        .unwrap();
+    assert!(h.http10 && h.close);
+}
+
+#[test]
+fn upgrades_keep_their_connection_headers() {
+    let raw = "GET /ws HTTP/1.1\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\r\n";
+    let h = parse(raw).unwrap().unwrap();
+    assert!(h.upgrade);
+    assert_eq!(forwarded(raw), raw);
+    assert!(
+        parse("CONNECT h:443 HTTP/1.1\r\n\r\n")
+            .unwrap()
+            .unwrap()
+            .upgrade
+    );
+}
+
+#[test]
+fn a_query_key_moves_to_baggage() {
+    let raw = "GET /p?a=1&sd-routing-key=pr-1&b=2 HTTP/1.1\r\nbaggage: x=1\r\nHost: h\r\n\r\n";
+    let h = parse(raw).unwrap().unwrap();
+    assert_eq!(h.extracted.key.as_ref().map(|k| k.as_str()), Some("pr-1"));
+    assert_eq!(
+        forwarded(raw),
+        "GET /p?a=1&b=2 HTTP/1.1\r\nHost: h\r\nbaggage: x=1,sd-routing-key=pr-1\r\n\r\n"
+    );
+}
+
+#[test]
+fn keys_are_read_from_raw_headers_without_case() {
+    let h = parse("GET / HTTP/1.1\r\nBaggage: sd-routing-key=pr-9\r\n\r\n")
+        .unwrap()
+        .unwrap();
+    assert_eq!(h.extracted.key.as_ref().map(|k| k.as_str()), Some("pr-9"));
+}
+
+#[test]
+fn absolute_form_goes_upstream_in_origin_form() {
+    let raw = "GET http://svc:80/x?q HTTP/1.1\r\nHost: svc\r\n\r\n";
+    assert_eq!(forwarded(raw), "GET /x?q HTTP/1.1\r\nHost: svc\r\n\r\n");
+    assert_eq!(&*parse(raw).unwrap().unwrap().path, "/x");
+}
+
+fn response(raw: &str, req: RequestKind) -> ResponseHead {
+    parse_response(raw.as_bytes(), LIMITS, req)
+        .unwrap()
+        .unwrap()
+}
+
+const GET: RequestKind = RequestKind {
+    head: false,
+    connect: false,
+    upgrade: false,
+};
+
+#[test]
+fn responses_keep_their_bytes_but_hop_by_hop_headers() {
+    let raw = "HTTP/1.1 200 OK\r\nX-Case: A\r\nKeep-Alive: timeout=5\r\nContent-Length: 2\r\n\r\n";
+    let mut r = response(raw, GET);
+    assert_eq!(r.framing, Framing::Length(2));
+    assert!(!r.close);
+    r.finish(false);
+    let out: Vec<u8> = r
+        .out
+        .slices(raw.as_bytes(), b"")
+        .iter()
+        .flat_map(|s| s.to_vec())
+        .collect();
+    assert_eq!(
+        out,
+        b"HTTP/1.1 200 OK\r\nX-Case: A\r\nContent-Length: 2\r\n\r\n"
+    );
+}
+
+#[test]
+fn response_framing() {
+    let head_req = RequestKind { head: true, ..GET };
+    assert_eq!(
+        response("HTTP/1.1 200 OK\r\nContent-Length: 9\r\n\r\n", head_req).framing,
+        Framing::Empty
+    );
+    assert_eq!(
+        response("HTTP/1.1 204 No Content\r\n\r\n", GET).framing,
+        Framing::Empty
+    );
+    assert_eq!(
+        response("HTTP/1.1 304 Not Modified\r\n\r\n", GET).framing,
+        Framing::Empty
+    );
+    let r = response("HTTP/1.1 200 OK\r\n\r\n", GET);
+    assert_eq!(r.framing, Framing::UntilClose);
+    assert!(r.close);
+    assert_eq!(
+        response(
+            "HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nContent-Length: 3\r\n\r\n",
+            GET
+        )
+        .framing,
+        Framing::Chunked
+    );
+    assert!(response("HTTP/1.0 200 OK\r\nContent-Length: 0\r\n\r\n", GET).close);
+    assert!(response("HTTP/1.1 100 Continue\r\n\r\n", GET).is_interim());
+}
