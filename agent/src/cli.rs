@@ -23,9 +23,9 @@ pub struct Cli {
 pub enum Command {
     /// Run the node agent: capture, node proxy and admin API (the DaemonSet entry point).
     Run(Box<RunArgs>),
-    /// Print the agent's current route table (from its admin API).
-    Routes(AdminArgs),
-    /// Print the service graph observed from real traffic (from the agent's admin API).
+    /// Print the agent's current route table (from its debug API).
+    Routes(DebugArgs),
+    /// Print the service graph observed from real traffic (from the agent's debug API).
     Topology(TopologyArgs),
     /// Print the SandboxRoute CustomResourceDefinition (YAML), for `kubectl apply -f -`.
     Crd,
@@ -36,17 +36,17 @@ pub enum Command {
     Sandbox(crate::sandbox::SandboxArgs),
 }
 
-/// Where the agent's admin API is.
+/// Where the agent's debug API is (no cluster: `shunt run --debug-addr`).
 #[derive(Debug, Clone, Args)]
-pub struct AdminArgs {
-    #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:9464")]
-    pub admin_addr: SocketAddr,
+pub struct DebugArgs {
+    #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:9465")]
+    pub debug_addr: SocketAddr,
 }
 
 #[derive(Debug, Clone, Args)]
 pub struct TopologyArgs {
     #[command(flatten)]
-    pub admin: AdminArgs,
+    pub debug: DebugArgs,
     /// Print a Mermaid flowchart instead of a tree.
     #[arg(long)]
     pub mermaid: bool,
@@ -80,7 +80,7 @@ pub struct RunArgs {
     )]
     pub bpffs_dir: PathBuf,
 
-    /// Admin API (health, readiness, metrics).
+    /// Admin API: /healthz, /readyz and /metrics only (in a cluster, the node address).
     #[arg(
         long,
         env = "SHUNT_ADMIN_ADDR",
@@ -88,6 +88,34 @@ pub struct RunArgs {
         default_value = "127.0.0.1:9464"
     )]
     pub admin_addr: SocketAddr,
+
+    /// Debug API: /routes, /decisions and /topology (what the agent saw of everyone's
+    /// traffic). Loopback only, unless --debug-token-file is set.
+    #[arg(
+        long,
+        env = "SHUNT_DEBUG_ADDR",
+        value_name = "ADDR",
+        default_value = "127.0.0.1:9465"
+    )]
+    pub debug_addr: SocketAddr,
+
+    /// File holding the token every debug API request must carry as a bearer token (a Secret
+    /// only the agents and the traffic API mount). Required for a non-loopback --debug-addr.
+    #[arg(long, env = "SHUNT_DEBUG_TOKEN_FILE", value_name = "PATH")]
+    pub debug_token_file: Option<PathBuf>,
+
+    /// Connections each of the admin and debug listeners serves at once.
+    #[arg(
+        long,
+        env = "SHUNT_ADMIN_MAX_CONNECTIONS",
+        value_name = "N",
+        default_value_t = 64
+    )]
+    pub admin_max_connections: usize,
+
+    /// Time a client of the admin and debug listeners has to send its request headers.
+    #[arg(long, env = "SHUNT_ADMIN_HEADER_TIMEOUT", value_name = "DURATION", default_value = "5s", value_parser = parse_duration)]
+    pub admin_header_timeout: Duration,
 
     /// Routes file (YAML: services, sandbox pods and SandboxRoutes), hot-reloaded on change.
     #[arg(long, env = "SHUNT_ROUTES", value_name = "FILE")]
@@ -210,14 +238,15 @@ pub struct RunArgs {
     )]
     pub key_header: Vec<String>,
 
-    /// Routing decisions kept for `/decisions`.
+    /// Bytes of routing decisions kept for the debug API's `/decisions` (paths are stored cut
+    /// to 512 bytes; the oldest decisions go first).
     #[arg(
         long,
-        env = "SHUNT_DECISION_LOG_SIZE",
-        value_name = "N",
-        default_value_t = 4096
+        env = "SHUNT_DECISION_LOG_BYTES",
+        value_name = "BYTES",
+        default_value_t = crate::proxy::decision_log::DEFAULT_LOG_BYTES
     )]
-    pub decision_log_size: usize,
+    pub decision_log_bytes: usize,
 
     /// How often the watchdog checks that the proxy accepts; a wedged proxy fails open.
     #[arg(long, env = "SHUNT_WATCHDOG_INTERVAL", value_name = "DURATION", default_value = "1s", value_parser = parse_duration)]
@@ -246,6 +275,10 @@ impl From<RunArgs> for RunConfig {
             proxy_addr6,
             bpffs_dir,
             admin_addr,
+            debug_addr,
+            debug_token_file,
+            admin_max_connections,
+            admin_header_timeout,
             routes,
             kube,
             kubeconfig,
@@ -267,7 +300,7 @@ impl From<RunArgs> for RunConfig {
             max_header_bytes,
             max_headers,
             key_header,
-            decision_log_size,
+            decision_log_bytes,
             watchdog_interval,
             max_connections,
             shutdown_grace,
@@ -278,6 +311,10 @@ impl From<RunArgs> for RunConfig {
             proxy_addr6,
             bpffs_dir,
             admin_addr,
+            debug_addr,
+            debug_token_file,
+            admin_max_connections,
+            admin_header_timeout,
             routes,
             kube,
             kubeconfig,
@@ -299,7 +336,7 @@ impl From<RunArgs> for RunConfig {
             max_header_bytes,
             max_headers,
             key_header,
-            decision_log_size,
+            decision_log_bytes,
             watchdog_interval,
             max_connections,
             shutdown_grace,
@@ -313,8 +350,8 @@ pub fn main() -> ExitCode {
     init_tracing();
     let result = match cli.command {
         Command::Run(args) => crate::run::run(RunConfig::from(*args)),
-        Command::Routes(a) => admin_cli(a.admin_addr, "/routes").map(|t| print!("{t}")),
-        Command::Topology(t) => admin_cli(t.admin.admin_addr, "/topology").and_then(|text| {
+        Command::Routes(a) => debug_cli(a.debug_addr, "/routes").map(|t| print!("{t}")),
+        Command::Topology(t) => debug_cli(t.debug.debug_addr, "/topology").and_then(|text| {
             if t.json {
                 print!("{text}");
                 return Ok(());
@@ -346,7 +383,7 @@ pub fn main() -> ExitCode {
     }
 }
 
-fn admin_cli(addr: SocketAddr, path: &str) -> anyhow::Result<String> {
+fn debug_cli(addr: SocketAddr, path: &str) -> anyhow::Result<String> {
     tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?

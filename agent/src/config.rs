@@ -17,6 +17,14 @@ pub struct RunConfig {
     pub bpffs_dir: PathBuf,
     /// Admin API (health, readiness, metrics).
     pub admin_addr: SocketAddr,
+    /// Debug API (routes, decisions, topology).
+    pub debug_addr: SocketAddr,
+    /// The token the debug API requires; needed when `debug_addr` is not loopback.
+    pub debug_token_file: Option<PathBuf>,
+    /// Connections each admin listener serves at once.
+    pub admin_max_connections: usize,
+    /// Time an admin client has to send its request headers.
+    pub admin_header_timeout: Duration,
     /// Routes file, hot-reloaded.
     pub routes: Option<PathBuf>,
     /// Routes from the Kubernetes API instead.
@@ -48,7 +56,8 @@ pub struct RunConfig {
     pub max_headers: usize,
     /// Extra routing-key header names, checked by `run` (so a bad one is a startup error there).
     pub key_header: Vec<String>,
-    pub decision_log_size: usize,
+    /// Bound of the decision log, in bytes.
+    pub decision_log_bytes: usize,
     pub watchdog_interval: Duration,
     pub max_connections: usize,
     pub shutdown_grace: Duration,

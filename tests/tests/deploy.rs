@@ -45,6 +45,7 @@ use tests::{
     backends::Backend,
     bins,
     harness::{ADMIN_PORT, AgentProc, Env},
+    http_backend::HttpBackend,
     kernel,
     netns::PROXY4,
     process::spawn_in,
@@ -59,6 +60,10 @@ const OVERLAYS: [&str; 2] = ["default", "kind"];
 const NAMESPACE: &str = "shunt-system";
 /// What `$(NODE_IP)` stands for when the DaemonSet's args are parsed here.
 const SAMPLE_NODE_IP: &str = "10.1.2.3";
+/// The Secret holding the debug API's token (agents and the traffic API mount it).
+const DEBUG_TOKEN_SECRET: &str = "shunt-debug-token";
+/// The token the kernel tests give the agent in place of the Secret's.
+const DEBUG_TOKEN: &str = "test-debug-token-7f3a";
 
 fn repo() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
@@ -449,6 +454,37 @@ fn daemonset_args_parse_with_the_agents_cli() {
             run.bpffs_dir.display()
         );
         assert!(!ro, "{what}: the agent pins maps on the node's bpffs");
+        // The debug API is on the node's address (the traffic API fans out to it) and only
+        // with the token from the Secret, mounted read-only where --debug-token-file points.
+        assert_eq!(
+            run.debug_addr.ip(),
+            node_ip,
+            "{what}: debug on the node's address"
+        );
+        let token = run
+            .debug_token_file
+            .as_ref()
+            .unwrap_or_else(|| panic!("{what}: --debug-token-file is required off loopback"));
+        let spec = pod_spec(&ds);
+        let mount = c
+            .volume_mounts
+            .iter()
+            .flatten()
+            .find(|m| token.starts_with(&m.mount_path))
+            .unwrap_or_else(|| panic!("{what}: {} is not on a mounted volume", token.display()));
+        assert_eq!(
+            mount.read_only,
+            Some(true),
+            "{what}: the token is mounted read-only"
+        );
+        let secret = spec
+            .volumes
+            .iter()
+            .flatten()
+            .find(|v| v.name == mount.name)
+            .and_then(|v| v.secret.as_ref())
+            .and_then(|s| s.secret_name.clone());
+        assert_eq!(secret.as_deref(), Some(DEBUG_TOKEN_SECRET), "{what}");
         // Terminating waits for the agent's own drain.
         let grace = pod_spec(&ds)
             .termination_grace_period_seconds
@@ -1092,7 +1128,13 @@ struct PodLike {
 ///
 /// The args are the DaemonSet's with `--kube` replaced by `--steer dst` (no API server here), the
 /// node's paths mapped into this world, and the proxy on the node address of the harness.
-fn pod_like(env: &Env, ds: &DaemonSet, dst: SocketAddr, extra: &[&str]) -> PodLike {
+fn pod_like(
+    env: &Env,
+    ds: &DaemonSet,
+    dst: SocketAddr,
+    admin_on_loopback: bool,
+    extra: &[&str],
+) -> PodLike {
     let c = agent_container(ds);
     let caps = added_caps(ds);
     let cgroup2 = agent::capture::cgroup2_mount().expect("a cgroup2 mount");
@@ -1160,11 +1202,18 @@ fn pod_like(env: &Env, ds: &DaemonSet, dst: SocketAddr, extra: &[&str]) -> PodLi
                 let rel = v.strip_prefix(&bpffs_mount).unwrap();
                 args.extend([a, env.run.bpffs().join(rel).display().to_string()]);
             }
-            "--admin-addr" => {
+            "--admin-addr" if admin_on_loopback => {
                 // The harness reads the admin API on loopback.
                 let v: SocketAddr = it.next().unwrap().parse().unwrap();
                 assert_eq!(v.port(), ADMIN_PORT);
                 args.extend([a, format!("127.0.0.1:{}", v.port())]);
+            }
+            "--debug-token-file" => {
+                // The Secret's file, with this world's token.
+                let _ = it.next().unwrap();
+                let token = env.run.path.join("debug-token");
+                fs::write(&token, format!("{DEBUG_TOKEN}\n")).unwrap();
+                args.extend([a, token.display().to_string()]);
             }
             _ => args.push(a),
         }
@@ -1216,7 +1265,7 @@ fn agent_runs_with_only_the_daemonsets_privileges_and_steers() {
     let dst = backend.addr4(PORT);
     let _b = Backend::tcp(&backend.netns, "b", dst).unwrap();
     mount_bpffs(&env.run.bpffs());
-    let pod = pod_like(&env, &ds, dst, &[]);
+    let pod = pod_like(&env, &ds, dst, true, &[]);
     // The agent's pod sits under the captured root, like every pod on the node.
     let pod_cgroup = env.cgroup.child("agent-pod").unwrap();
     let agent = env.start_agent_wrapped(&pod.wrapper, &pod.args, Some(&pod_cgroup));
@@ -1289,6 +1338,181 @@ fn agent_runs_with_only_the_daemonsets_privileges_and_steers() {
     );
 }
 
+/// Ports listening on `ip` (or on every address) in the calling thread's network namespace.
+fn listening_ports(ip: IpAddr) -> BTreeSet<u16> {
+    let mut ports = BTreeSet::new();
+    for file in ["tcp", "tcp6"] {
+        let text = fs::read_to_string(format!("/proc/thread-self/net/{file}")).unwrap_or_default();
+        for line in text.lines().skip(1) {
+            let f: Vec<&str> = line.split_whitespace().collect();
+            if f.len() < 4 || f[3] != "0A" {
+                continue;
+            }
+            let Some((addr, port)) = f[1].split_once(':') else {
+                continue;
+            };
+            let port = u16::from_str_radix(port, 16).unwrap();
+            let bytes: Vec<u8> = (0..addr.len() / 2)
+                .map(|i| u8::from_str_radix(&addr[2 * i..2 * i + 2], 16).unwrap())
+                .collect();
+            // /proc/net/tcp holds addresses as host-order 32-bit words.
+            let words: Vec<u8> = bytes
+                .chunks(4)
+                .flat_map(|w| w.iter().rev().copied())
+                .collect();
+            let local: IpAddr = match words.len() {
+                4 => IpAddr::from(<[u8; 4]>::try_from(&words[..]).unwrap()),
+                _ => IpAddr::from(<[u8; 16]>::try_from(&words[..]).unwrap()),
+            };
+            let local = match local {
+                IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(local, IpAddr::V4),
+                v4 => v4,
+            };
+            if local == ip || local.is_unspecified() {
+                ports.insert(port);
+            }
+        }
+    }
+    ports
+}
+
+/// One GET with optional extra header lines; the status and body, or the error as text.
+fn get_with(addr: SocketAddr, path: &str, headers: &str) -> Result<(u16, String), String> {
+    use std::io::{Read as _, Write as _};
+    let mut s = std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(2))
+        .map_err(|e| e.to_string())?;
+    s.set_read_timeout(Some(Duration::from_secs(3))).unwrap();
+    write!(
+        s,
+        "GET {path} HTTP/1.1\r\nHost: {addr}\r\n{headers}Connection: close\r\n\r\n"
+    )
+    .map_err(|e| e.to_string())?;
+    let mut buf = Vec::new();
+    let _ = s.read_to_end(&mut buf);
+    let text = String::from_utf8_lossy(&buf).into_owned();
+    let status = text
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .ok_or_else(|| format!("no HTTP answer: {text:?}"))?;
+    let body = text.split_once("\r\n\r\n").map(|(_, b)| b.to_string());
+    Ok((status, body.unwrap_or_default()))
+}
+
+#[test]
+fn pod_network_reads_health_but_not_decisions_routes_or_topology() {
+    let Some(env) = Env::new(
+        "pod_network_reads_health_but_not_decisions_routes_or_topology",
+        2,
+        bins!(),
+    ) else {
+        return;
+    };
+    let ds = base_daemonset();
+    let backend = &env.topo.pods[1];
+    let dst = backend.addr4(PORT);
+    let _b = HttpBackend::start(&backend.netns, "b", dst).unwrap();
+    mount_bpffs(&env.run.bpffs());
+    // Exactly the DaemonSet's admin and debug flags: both on the node's address.
+    let pod = pod_like(&env, &ds, dst, false, &[]);
+    let run = parse_run(&pod.args);
+    let node_ip = IpAddr::V4(PROXY4);
+    assert_eq!(run.admin_addr.ip(), node_ip);
+    assert_eq!(run.debug_addr.ip(), node_ip);
+    let pod_cgroup = env.cgroup.child("agent-pod").unwrap();
+    let log = env.run.path.join("agent.log");
+    let (program, rest) = pod.wrapper.split_first().unwrap();
+    let mut cmd = Command::new(program);
+    cmd.args(rest)
+        .arg(&env.bins.agent)
+        .args(&pod.args)
+        .env("SHUNT_LOG", "debug")
+        .stdout(Stdio::null())
+        .stderr(fs::File::create(&log).unwrap());
+    let _agent = spawn_in("agent", cmd, Some(env.node()), Some(&pod_cgroup)).unwrap();
+    let admin = run.admin_addr;
+    let agent_log = || fs::read_to_string(&log).unwrap_or_default();
+    let start = Instant::now();
+    while !matches!(
+        env.node()
+            .run(move || get_with(admin, "/readyz", ""))
+            .unwrap(),
+        Ok((200, _))
+    ) {
+        assert!(
+            start.elapsed() < Duration::from_secs(15),
+            "agent not ready:\n{}",
+            agent_log()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+
+    // A keyed request with a telling path, from a pod: the agent logs its decision.
+    let (key, path) = ("tenant-secret-key", "/orders/4111111111111111");
+    let req = serde_json::json!([{ "path": path, "headers": { "baggage": format!("sd-routing-key={key}") } }]);
+    let lines = env.peer(0, &["http", &dst.to_string(), &req.to_string()]);
+    assert_eq!(lines[0]["status"], 200, "{lines:?}\n{}", agent_log());
+    let client_ip = env.topo.pods[0].ip4.to_string();
+
+    // The token's holder reads it on the debug port (so the checks below are not vacuous).
+    let debug = run.debug_addr;
+    let auth = format!("Authorization: Bearer {DEBUG_TOKEN}\r\n");
+    let (status, body) = env
+        .node()
+        .run(move || get_with(debug, "/decisions", &auth))
+        .unwrap()
+        .unwrap();
+    assert_eq!(status, 200, "{body}");
+    assert!(body.contains(key) && body.contains(path), "{body}");
+
+    // From the pod's network: health answers on the admin port...
+    let pod_ns = &env.topo.pods[0].netns;
+    let (status, _) = pod_ns
+        .run(move || get_with(admin, "/healthz", ""))
+        .unwrap()
+        .unwrap();
+    assert_eq!(status, 200, "/healthz from a pod");
+    // ... and the metrics name no key, path or client.
+    let (status, metrics) = pod_ns
+        .run(move || get_with(admin, "/metrics", ""))
+        .unwrap()
+        .unwrap();
+    assert_eq!(status, 200);
+    assert!(metrics.contains("shunt_requests_total"), "{metrics}");
+    for secret in [key, path, client_ip.as_str()] {
+        assert!(
+            !metrics.contains(secret),
+            "/metrics shows {secret}:\n{metrics}"
+        );
+    }
+    // No port of the node's address serves decisions, routes or topology without the token, nor
+    // with a wrong one.
+    let ports = env.node().run(move || listening_ports(node_ip)).unwrap();
+    assert!(
+        ports.contains(&admin.port()) && ports.contains(&debug.port()),
+        "{ports:?}"
+    );
+    for port in ports {
+        let addr = SocketAddr::new(node_ip, port);
+        for p in [
+            "/decisions",
+            "/decisions?key=tenant-secret-key",
+            "/routes",
+            "/topology",
+        ] {
+            for headers in ["", "Authorization: Bearer not-the-token\r\n"] {
+                let got = pod_ns.run(move || get_with(addr, p, headers)).unwrap();
+                if let Ok((status, body)) = &got {
+                    assert!(
+                        *status != 200 && !body.contains(key) && !body.contains(path),
+                        "{addr}{p} ({headers:?}) answered {status}: {body}"
+                    );
+                }
+            }
+        }
+    }
+}
+
 /// One restart, timed.
 struct Gap {
     /// SIGTERM to the old agent's exit (watchdog stop, clearing STEERED, draining).
@@ -1322,7 +1546,7 @@ fn restart_gap_is_measured_and_bounded() {
     mount_bpffs(&env.run.bpffs());
     // A short drain so the held connection below ends quickly; 10 s in the DaemonSet.
     let grace = Duration::from_secs(2);
-    let pod = pod_like(&env, &ds, dst, &["--shutdown-grace", "2s"]);
+    let pod = pod_like(&env, &ds, dst, true, &["--shutdown-grace", "2s"]);
     let start = |i: usize| -> AgentProc {
         let cg = env.cgroup.child(&format!("agent-pod-{i}")).unwrap();
         env.start_agent_wrapped(&pod.wrapper, &pod.args, Some(&cg))

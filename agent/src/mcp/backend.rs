@@ -2,7 +2,7 @@
 //!
 //! - no cluster ([`Local`]): services, sandbox pods and routes from the routes file (route
 //!   status computed with the agent's own [`RouteTable::compute`]); topology and decisions
-//!   from the agent's admin API; routes created and deleted by editing the file, which the
+//!   from the agent's debug API (`--debug-addr`, loopback); routes created and deleted by editing the file, which the
 //!   agent hot-reloads.
 //! - cluster ([`super::cluster::Cluster`]): the Kubernetes API with the user's kubeconfig;
 //!   the agents' admin APIs through the API server's pod proxy.
@@ -154,7 +154,7 @@ impl Backend {
 /// No-cluster mode.
 pub struct Local {
     pub routes_file: PathBuf,
-    pub admin_addr: SocketAddr,
+    pub debug_addr: SocketAddr,
     /// Serializes edits of the routes file.
     pub edit_lock: Mutex<()>,
 }
@@ -186,14 +186,14 @@ impl Local {
     }
 
     pub async fn admin_get(&self, path: &str) -> ToolResult<String> {
-        crate::admin::client::get(self.admin_addr, path)
+        crate::admin::client::get(self.debug_addr, path)
             .await
             .map_err(|e| {
                 ToolError::new(
                     ToolErrorKind::AgentUnreachable,
                     format!("{e:#}"),
                     "start the agent (`shunt run --routes FILE`), or give `shunt mcp` its \
-                     --admin-addr (and --admin-netns when it listens in another network \
+                     --debug-addr (and --debug-netns when it listens in another network \
                      namespace)",
                 )
             })
@@ -234,7 +234,7 @@ impl Local {
                 vec![format!(
                     "the agent at {} had not reloaded the routes file after {RELOAD_WAIT:?}; \
                      is it running with --routes {}?",
-                    self.admin_addr,
+                    self.debug_addr,
                     self.routes_file.display()
                 )],
             ),
