@@ -28,7 +28,7 @@ use serde_json::{Value, json};
 use tests::{
     bins,
     fake_apiserver::FakeApiServer,
-    harness::{ADMIN_PORT, Env},
+    harness::{ADMIN_PORT, DEBUG_PORT, Env},
     netns::Topology,
     process::{ChildGuard, spawn_in},
 };
@@ -321,9 +321,9 @@ fn mcp_client_drives_a_sandbox_through_the_mini_cluster() {
         "mcp".into(),
         "--routes".into(),
         routes.display().to_string(),
-        "--admin-addr".into(),
-        format!("127.0.0.1:{ADMIN_PORT}"),
-        "--admin-netns".into(),
+        "--debug-addr".into(),
+        format!("127.0.0.1:{DEBUG_PORT}"),
+        "--debug-netns".into(),
         env.node().path(),
         "--client-netns".into(),
         env.topo.pods[0].netns.path(),
@@ -413,8 +413,8 @@ fn mcp_client_drives_a_sandbox_through_the_mini_cluster() {
     let mut cmd = Command::new(&env.bins.agent);
     cmd.args([
         "topology",
-        "--admin-addr",
-        &format!("127.0.0.1:{ADMIN_PORT}"),
+        "--debug-addr",
+        &format!("127.0.0.1:{DEBUG_PORT}"),
     ])
     .stdout(Stdio::piped())
     .stderr(Stdio::piped());
