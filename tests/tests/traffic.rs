@@ -3,6 +3,9 @@
 //! - `decision_log_memory_stays_bounded_under_long_paths`: a pod floods the decision log with
 //!   long paths and the log is read concurrently; the agent's memory stays bounded and a proxied
 //!   request is not stalled meanwhile. Real agent, real capture, between network namespaces.
+//! - `tenant_reads_decisions_of_its_own_namespace_only`: the traffic API behind the fake API
+//!   server's aggregation, with RBAC: a tenant reads its namespace's hops, and a 403 naming the
+//!   permission elsewhere.
 use std::{
     net::SocketAddr,
     process::{Command, Stdio},
@@ -13,10 +16,16 @@ use std::{
     time::Duration,
 };
 
+use serde_json::json;
 use tests::{
     bins,
     harness::{DEBUG_PORT, Env, http_get},
     http_backend::HttpBackend,
+    kube_world::{
+        AGENT_DEBUG_PORT, AGENT_POD, FakeCluster, KubeNode, POD_PORT, ROUTES_API, SERVICE_PORT,
+        TrafficApi, selector_spec, tenant, wait_for,
+    },
+    netns::PROXY4,
     process::spawn_in,
 };
 
@@ -168,5 +177,168 @@ fn decision_log_memory_stays_bounded_under_long_paths() {
     assert!(
         ms < 200.0,
         "a proxied request took {ms} ms during the reads"
+    );
+}
+
+/// Reads `resource` of `namespace` through the traffic API as the kubeconfig's user.
+fn read_traffic(
+    cluster: &FakeCluster,
+    kubeconfig: &std::path::Path,
+    namespace: &str,
+    resource: &str,
+) -> Result<agent::traffic::client::AgentAnswers, String> {
+    cluster.rt.block_on(async {
+        let (client, _) = agent::kube::client::load(Some(kubeconfig))
+            .await
+            .map_err(|e| e.to_string())?;
+        agent::traffic::client::get(&client, namespace, resource, "")
+            .await
+            .map_err(|e| format!("{:#}", anyhow::Error::from(e)))
+    })
+}
+
+/// Every decision in the agents' answers.
+fn decisions(answers: &agent::traffic::client::AgentAnswers) -> Vec<serde_json::Value> {
+    answers
+        .items
+        .iter()
+        .flat_map(|i| i.body.as_array().cloned().unwrap_or_default())
+        .collect()
+}
+
+#[test]
+fn tenant_reads_decisions_of_its_own_namespace_only() {
+    let test = "tenant_reads_decisions_of_its_own_namespace_only";
+    let cluster = FakeCluster::start(true).expect("fake API server");
+    let Some(node) = KubeNode::new(test, &cluster, bins!()) else {
+        return;
+    };
+    node.standard_objects(&cluster);
+    // `bank`: a Service `ledger` whose endpoint is pod 5's backend.
+    cluster.namespace("bank").unwrap();
+    let ledger_ep = node.env.topo.pods[5].addr4(POD_PORT);
+    cluster.create(json!({
+        "apiVersion": "v1", "kind": "Service",
+        "metadata": { "name": "ledger", "namespace": "bank" },
+        "spec": { "clusterIP": "10.96.100.9", "selector": { "app": "ledger" },
+                  "ports": [{ "name": "http", "port": SERVICE_PORT, "targetPort": "http" }] },
+    }));
+    cluster.create(json!({
+        "apiVersion": "discovery.k8s.io/v1", "kind": "EndpointSlice",
+        "metadata": { "name": "ledger-abcde", "namespace": "bank",
+                      "labels": { "kubernetes.io/service-name": "ledger" } },
+        "addressType": "IPv4",
+        "ports": [{ "name": "http", "port": POD_PORT, "protocol": "TCP" }],
+        "endpoints": [{ "addresses": [node.ip(5).to_string()], "conditions": { "ready": true } }],
+    }));
+    // Both namespaces get a route, so both Services are steered and their requests logged.
+    cluster.sandbox_route("pr-42", selector_spec("pr-42", "reviews", "pr-42"));
+    cluster.sandbox_pod("bank", "ledger-v2", node.ip(3), "bank-audit");
+    cluster.create(json!({
+        "apiVersion": ROUTES_API, "kind": "SandboxRoute",
+        "metadata": { "name": "audit", "namespace": "bank" },
+        "spec": selector_spec("bank-audit", "ledger", "bank-audit"),
+    }));
+    let traffic = TrafficApi::start(&cluster, &node);
+    let mut extra: Vec<String> = vec!["--kube-debounce".into(), "10ms".into()];
+    extra.extend(traffic.agent_args());
+    let extra: Vec<&str> = extra.iter().map(String::as_str).collect();
+    let mut agent = node.start_agent("node-a", &extra);
+    agent.wait_ready(Duration::from_secs(20));
+    wait_for("both services steered", Duration::from_secs(10), || {
+        node.is_steered(node.reviews_endpoint()) && node.is_steered(ledger_ep)
+    });
+    let ctx = || {
+        format!(
+            "agent log:\n{}\ntraffic-api log:\n{}",
+            agent.log_text(),
+            traffic.log_text()
+        )
+    };
+    assert_eq!(
+        node.served_by(node.reviews_endpoint(), Some("pr-42")),
+        "reviews-v2",
+        "{}",
+        ctx()
+    );
+    assert!(
+        !node
+            .served_by(ledger_ep, Some("bank-secret-key"))
+            .starts_with("error")
+    );
+
+    let dir = node.env.run.path.clone();
+    let alice = tenant(&cluster, &dir, "alice", &["shop"]);
+    let bob = tenant(&cluster, &dir, "bob", &[]);
+
+    // alice (the reader Role in shop) sees shop's hops, and nothing of bank's.
+    let shop = read_traffic(&cluster, &alice, "shop", "decisions")
+        .unwrap_or_else(|e| panic!("{e}\n{}", ctx()));
+    assert_eq!(shop.items.len(), 1, "{shop:?}");
+    assert_eq!(shop.items[0].agent, AGENT_POD);
+    let ds = decisions(&shop);
+    assert!(
+        ds.iter().any(|d| d["service"] == "shop/reviews"
+            && d["key"] == "pr-42"
+            && d["decision"] == "sandbox"),
+        "{ds:#?}"
+    );
+    let text = serde_json::to_string(&shop).unwrap();
+    assert!(
+        ds.iter().all(|d| d["service"]
+            .as_str()
+            .is_some_and(|s| s.starts_with("shop/"))),
+        "{ds:#?}"
+    );
+    for secret in ["bank", "ledger", &node.ip(5).to_string()] {
+        assert!(
+            !text.contains(secret),
+            "shop's answer shows {secret}: {text}"
+        );
+    }
+    let topo = read_traffic(&cluster, &alice, "shop", "topology").expect("shop's topology");
+    let topo_text = serde_json::to_string(&topo).unwrap();
+    assert!(topo_text.contains("shop/reviews"), "{topo_text}");
+    assert!(!topo_text.contains("bank/"), "{topo_text}");
+    let routes = read_traffic(&cluster, &alice, "shop", "routes").expect("shop's routes");
+    let routes_text = serde_json::to_string(&routes).unwrap();
+    assert!(
+        routes_text.contains("pr-42") && !routes_text.contains("bank-audit"),
+        "{routes_text}"
+    );
+
+    // Not in bank, and bob (no Role) nowhere: a 403 that names the permission.
+    for (who, kubeconfig, ns) in [("alice", &alice, "bank"), ("bob", &bob, "shop")] {
+        let e = read_traffic(&cluster, kubeconfig, ns, "decisions")
+            .map(|a| format!("{a:?}"))
+            .expect_err("forbidden");
+        assert!(
+            e.contains(&format!(
+                "User \"{who}\" cannot list resource \"decisions\" in API group \
+                 \"traffic.shunt.dev\" in the namespace \"{ns}\""
+            )),
+            "{e}"
+        );
+    }
+    // The agents' debug data is reachable only with the token: not by a tenant on the node
+    // address, nor by a request to the traffic API that does not come from the API server.
+    let debug = SocketAddr::from((PROXY4, AGENT_DEBUG_PORT));
+    let (status, _) = node
+        .env
+        .node()
+        .run(move || http_get(debug, "/decisions"))
+        .unwrap()
+        .unwrap();
+    assert_eq!(status, 401);
+    // The traffic API made only calls its RBAC allows (or it would have failed above), and
+    // the SubjectAccessReviews went out.
+    assert!(
+        cluster
+            .api
+            .requests()
+            .iter()
+            .any(|r| r.starts_with("POST /apis/authorization.k8s.io/v1/subjectaccessreviews")),
+        "{}",
+        ctx()
     );
 }

@@ -78,6 +78,26 @@ pub fn build(flows: &[Flow], table: &RouteTable) -> Topology {
 }
 
 impl Topology {
+    /// One graph from several agents' edges: edges between the same names and port add up.
+    pub fn merged(edges: Vec<Edge>) -> Self {
+        let mut by: BTreeMap<(String, String, u16), Edge> = BTreeMap::new();
+        for e in edges {
+            match by.entry((e.from.clone(), e.to.clone(), e.port)) {
+                std::collections::btree_map::Entry::Occupied(mut o) => {
+                    let m = o.get_mut();
+                    m.connections += e.connections;
+                    m.last_seen_unix_ms = m.last_seen_unix_ms.max(e.last_seen_unix_ms);
+                }
+                std::collections::btree_map::Entry::Vacant(v) => {
+                    v.insert(e);
+                }
+            }
+        }
+        Self {
+            edges: by.into_values().collect(),
+        }
+    }
+
     /// Keeps the edges with an end in namespace `ns` (named `ns/...`): a namespace's callers
     /// and callees, and nothing between other namespaces or host processes.
     pub fn keep_namespace(&mut self, ns: &str) {

@@ -74,8 +74,8 @@ pub struct McpArgs {
     #[arg(long, value_name = "PATH")]
     pub client_cgroup: Option<PathBuf>,
 
-    /// Cluster mode: SandboxRoutes through the Kubernetes API, the agents' admin APIs through
-    /// the API server's pod proxy, with your kubeconfig's credentials.
+    /// Cluster mode: SandboxRoutes through the Kubernetes API, the agents' decisions and
+    /// topology through the traffic API (traffic.shunt.dev), with your kubeconfig's credentials.
     #[arg(long)]
     pub kube: bool,
 
@@ -87,7 +87,7 @@ pub struct McpArgs {
     #[arg(long, value_name = "NS", requires = "kube")]
     pub namespace: Option<String>,
 
-    /// Namespace of the agent pods (--kube).
+    /// Namespace of the agent pods (--kube; send_test_request takes their image).
     #[arg(long, value_name = "NS", default_value = "shunt-system")]
     pub agent_namespace: String,
 
@@ -98,10 +98,6 @@ pub struct McpArgs {
         default_value = "app.kubernetes.io/name=shunt,app.kubernetes.io/component=agent"
     )]
     pub agent_selector: String,
-
-    /// The agents' admin port (--kube).
-    #[arg(long, value_name = "PORT", default_value_t = 9464)]
-    pub agent_port: u16,
 
     /// send_test_request in cluster mode runs its client as a short-lived Pod with this image
     /// (its entrypoint must be the shunt binary). Default: the image of a running agent pod.
@@ -333,7 +329,6 @@ pub fn run(args: McpArgs) -> anyhow::Result<()> {
                     namespace: args.namespace.clone().unwrap_or(namespace),
                     agent_namespace: args.agent_namespace.clone(),
                     agent_selector: args.agent_selector.clone(),
-                    agent_port: args.agent_port,
                     request_image: args.request_image.clone(),
                     request_namespace: args.request_namespace.clone(),
                     request_pod_timeout: args.request_pod_timeout,
