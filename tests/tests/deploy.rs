@@ -303,13 +303,16 @@ fn base_daemonset() -> DaemonSet {
 #[test]
 fn overlays_render_into_valid_kubernetes_objects() {
     let expected_kinds = BTreeSet::from([
+        "APIService",
         "ClusterRole",
         "ClusterRoleBinding",
         "CustomResourceDefinition",
         "DaemonSet",
+        "Deployment",
         "Namespace",
         "Role",
         "RoleBinding",
+        "Service",
         "ServiceAccount",
     ]);
     for (what, objs) in manifests() {
@@ -326,14 +329,27 @@ fn overlays_render_into_valid_kubernetes_objects() {
                 "Role" => _ = typed::<Role>(obj),
                 "RoleBinding" => _ = typed::<RoleBinding>(obj),
                 "DaemonSet" => _ = typed::<DaemonSet>(obj),
+                "Deployment" => _ = typed::<Deployment>(obj),
+                "Service" => _ = typed::<Service>(obj),
+                // No k8s-openapi type (kube-aggregator's): its fields are checked in
+                // traffic_api_is_served_where_its_apiservice_points.
+                "APIService" => assert_eq!(obj["apiVersion"], "apiregistration.k8s.io/v1"),
                 other => panic!("{what}: unexpected {other}"),
             }
             let cluster_scoped = matches!(
                 kind_of(obj),
-                "Namespace" | "CustomResourceDefinition" | "ClusterRole" | "ClusterRoleBinding"
+                "Namespace"
+                    | "CustomResourceDefinition"
+                    | "ClusterRole"
+                    | "ClusterRoleBinding"
+                    | "APIService"
             );
             let ns = obj["metadata"]["namespace"].as_str();
-            if cluster_scoped {
+            if name_of(obj) == "shunt-traffic-api-auth-reader" {
+                // The one object elsewhere: the traffic API reads the front-proxy CA there.
+                assert_eq!(ns, Some("kube-system"), "{what}");
+                assert_eq!(kind_of(obj), "RoleBinding", "{what}");
+            } else if cluster_scoped {
                 assert_eq!(ns, None, "{what}: {} is cluster-scoped", kind_of(obj));
             } else {
                 assert_eq!(
@@ -374,6 +390,19 @@ fn overlays_pick_their_images() {
         let c = agent_container(&ds);
         assert_eq!(c.image.as_deref(), Some(image), "overlay {overlay}");
         assert_eq!(c.image_pull_policy.as_deref(), pull, "overlay {overlay}");
+        // The traffic API runs the same binary.
+        let d: Deployment = the(&objs, "Deployment", overlay);
+        let tc = &d.spec.unwrap().template.spec.unwrap().containers[0];
+        assert_eq!(
+            tc.image.as_deref(),
+            Some(image),
+            "overlay {overlay}: traffic API"
+        );
+        assert_eq!(
+            tc.image_pull_policy.as_deref(),
+            pull,
+            "overlay {overlay}: traffic API"
+        );
         if overlay == "kind" {
             // e2e.sh builds and loads exactly the image the kind overlay runs.
             assert!(
@@ -657,10 +686,22 @@ fn triples(rules: &[PolicyRule], what: &str) -> BTreeSet<(String, String, String
     out
 }
 
+/// The traffic API's objects (labelled `app.kubernetes.io/component: traffic-api`), or the rest.
+fn traffic_api_objects(objs: &[Value], theirs: bool) -> Vec<Value> {
+    objs.iter()
+        .filter(|o| {
+            (o["metadata"]["labels"]["app.kubernetes.io/component"] == "traffic-api") == theirs
+        })
+        .cloned()
+        .collect()
+}
+
 #[test]
 fn rbac_grants_exactly_the_agents_api_access() {
     let wanted = tests::kube_world::granted(AGENT_ACCESS);
     for (what, objs) in manifests() {
+        // The agent's objects; the traffic API's are checked in traffic_api_rbac_is_the_codes.
+        let objs = traffic_api_objects(&objs, false);
         let ds: DaemonSet = the(&objs, "DaemonSet", &what);
         let sa_name = pod_spec(&ds)
             .service_account_name
@@ -732,6 +773,172 @@ fn rbac_grants_exactly_the_agents_api_access() {
             missing.is_empty() && extra.is_empty(),
             "{what}: RBAC differs from agent::kube::rbac::AGENT_ACCESS\n  missing: {missing:?}\n  \
              extra: {extra:?}"
+        );
+    }
+}
+
+/// The rules of the role named `name` of `kind` among `objs`, as triples.
+fn role_triples(
+    objs: &[Value],
+    kind: &str,
+    name: &str,
+    what: &str,
+) -> BTreeSet<(String, String, String)> {
+    let role = objs
+        .iter()
+        .find(|o| kind_of(o) == kind && name_of(o) == name)
+        .unwrap_or_else(|| panic!("{what}: {kind} {name} missing"));
+    let rules: Vec<PolicyRule> = serde_json::from_value(role["rules"].clone()).unwrap();
+    triples(&rules, what)
+}
+
+#[test]
+fn traffic_api_rbac_is_the_codes() {
+    use agent::kube::rbac;
+    let granted = tests::kube_world::granted;
+    for (what, objs) in manifests() {
+        let objs = traffic_api_objects(&objs, true);
+        assert_eq!(
+            role_triples(&objs, "ClusterRole", "shunt-traffic-api", &what),
+            granted(rbac::TRAFFIC_API_ACCESS),
+            "{what}: ClusterRole shunt-traffic-api"
+        );
+        assert_eq!(
+            role_triples(&objs, "Role", "shunt-traffic-api", &what),
+            granted(rbac::TRAFFIC_API_AGENT_NAMESPACE_ACCESS),
+            "{what}: Role shunt-traffic-api"
+        );
+        // The tenant's Role: what the README tells admins to bind per namespace.
+        assert_eq!(
+            role_triples(&objs, "ClusterRole", "shunt-traffic-reader", &what),
+            granted(rbac::TRAFFIC_READER_ACCESS),
+            "{what}: ClusterRole shunt-traffic-reader"
+        );
+        // Nothing node-level for anyone here.
+        for o in objs.iter().filter(|o| kind_of(o).ends_with("Role")) {
+            let rules: Vec<PolicyRule> = serde_json::from_value(o["rules"].clone()).unwrap();
+            for (_, res, _) in triples(&rules, &what) {
+                assert!(
+                    !res.ends_with("/proxy") && !res.ends_with("/portforward"),
+                    "{what}: {} grants {res}",
+                    name_of(o)
+                );
+            }
+        }
+        // Every binding is to the traffic API's ServiceAccount, of the roles above, or of the
+        // built-in Role that reads the front-proxy CA (TRAFFIC_API_KUBE_SYSTEM_ACCESS).
+        for b in objs.iter().filter(|o| kind_of(o).ends_with("Binding")) {
+            let name = name_of(b);
+            assert_eq!(
+                b["subjects"],
+                serde_json::json!([{ "kind": "ServiceAccount", "name": "shunt-traffic-api",
+                                     "namespace": NAMESPACE }]),
+                "{what}: {name}"
+            );
+            if b["metadata"]["namespace"] == "kube-system" {
+                assert_eq!(
+                    b["roleRef"]["name"], "extension-apiserver-authentication-reader",
+                    "{what}"
+                );
+                assert_eq!(
+                    granted(rbac::TRAFFIC_API_KUBE_SYSTEM_ACCESS),
+                    BTreeSet::from([("".into(), "configmaps".into(), "get".into())]),
+                    "the built-in Role grants get configmaps (extension-apiserver-authentication)"
+                );
+            } else {
+                assert_eq!(b["roleRef"]["name"], "shunt-traffic-api", "{what}: {name}");
+            }
+        }
+    }
+}
+
+#[test]
+fn traffic_api_is_served_where_its_apiservice_points() {
+    for (what, objs) in manifests() {
+        let d: Deployment = the(&objs, "Deployment", &what);
+        let spec = d.spec.as_ref().unwrap().template.spec.as_ref().unwrap();
+        let c = &spec.containers[0];
+        let args: Vec<String> = c.args.clone().unwrap_or_default();
+        let parsed = Cli::try_parse_from(std::iter::once("shunt".to_string()).chain(args.clone()))
+            .unwrap_or_else(|e| panic!("{what}: {args:?}: {e}"));
+        let AgentCommand::TrafficApi(t) = parsed.command else {
+            panic!("{what}: the Deployment runs {args:?}, not traffic-api");
+        };
+        // The APIService names the code's group and version, and the Service in front of the
+        // Deployment's port.
+        let api = objs
+            .iter()
+            .find(|o| kind_of(o) == "APIService")
+            .expect("the APIService");
+        assert_eq!(name_of(api), agent::traffic::API_SERVICE, "{what}");
+        assert_eq!(api["spec"]["group"], agent::traffic::GROUP, "{what}");
+        assert_eq!(api["spec"]["version"], agent::traffic::VERSION, "{what}");
+        let svc: Service = the(&objs, "Service", &what);
+        assert_eq!(
+            api["spec"]["service"]["name"],
+            svc.metadata.name.clone().unwrap().as_str()
+        );
+        assert_eq!(api["spec"]["service"]["namespace"], NAMESPACE);
+        let port = svc.spec.as_ref().unwrap().ports.as_ref().unwrap()[0].clone();
+        assert_eq!(api["spec"]["service"]["port"], port.port, "{what}");
+        assert_eq!(
+            port.target_port,
+            Some(IntOrString::String("https".into())),
+            "{what}"
+        );
+        assert_eq!(container_port(c, "https"), t.listen_addr.port(), "{what}");
+        // Its ServiceAccount is the one its RBAC binds; it never runs as root.
+        assert_eq!(
+            spec.service_account_name.as_deref(),
+            Some("shunt-traffic-api")
+        );
+        assert_eq!(
+            spec.security_context
+                .as_ref()
+                .and_then(|s| s.run_as_non_root),
+            Some(true),
+            "{what}"
+        );
+        // The debug token comes from the very Secret the agents mount; the serving certificate
+        // from its own.
+        let secret_of = |pod: &PodSpec, c: &Container, file: &Path| -> String {
+            let mount = c
+                .volume_mounts
+                .iter()
+                .flatten()
+                .find(|m| file.starts_with(&m.mount_path))
+                .unwrap_or_else(|| panic!("{what}: {} is not mounted", file.display()));
+            assert_eq!(mount.read_only, Some(true), "{what}: {}", file.display());
+            pod.volumes
+                .iter()
+                .flatten()
+                .find(|v| v.name == mount.name)
+                .and_then(|v| v.secret.as_ref())
+                .and_then(|s| s.secret_name.clone())
+                .unwrap_or_else(|| panic!("{what}: {} is not on a Secret", file.display()))
+        };
+        assert_eq!(secret_of(spec, c, &t.debug_token_file), DEBUG_TOKEN_SECRET);
+        assert_eq!(
+            secret_of(spec, c, &t.tls_cert_file),
+            "shunt-traffic-api-tls"
+        );
+        assert_eq!(
+            secret_of(spec, c, &t.tls_private_key_file),
+            "shunt-traffic-api-tls"
+        );
+        let ds: DaemonSet = the(&objs, "DaemonSet", &what);
+        let run = parse_run(&expanded_args(agent_container(&ds), &sample_values()));
+        let agent_token = run.debug_token_file.expect("the agents' token file");
+        assert_eq!(
+            secret_of(pod_spec(&ds), agent_container(&ds), &agent_token),
+            DEBUG_TOKEN_SECRET
+        );
+        // It fans out to the agents' debug port.
+        assert_eq!(t.agent_debug_port, run.debug_addr.port(), "{what}");
+        assert_eq!(
+            container_port(agent_container(&ds), "debug"),
+            run.debug_addr.port(),
+            "{what}"
         );
     }
 }
