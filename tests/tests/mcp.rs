@@ -908,7 +908,7 @@ struct KubeRequestRun {
     cluster: tests::kube_world::FakeCluster,
     node: tests::kube_world::KubeNode,
     agent: tests::harness::AgentProc,
-    traffic: tests::kube_world::TrafficApi,
+    traffic: tests::traffic_world::TrafficApi,
 }
 
 impl KubeRequestRun {
@@ -931,7 +931,7 @@ fn kube_request_run(test: &str, user: Option<&str>) -> Option<KubeRequestRun> {
     node.standard_objects(&cluster);
     // The traffic API, and the agent's pod as the DaemonSet would make it; the agent's debug
     // listener is on the node address, with the token only it and the traffic API hold.
-    let traffic = tests::kube_world::TrafficApi::start(&cluster, &node);
+    let traffic = tests::traffic_world::TrafficApi::start(&cluster, &node);
     let mut extra: Vec<String> = vec!["--kube-debounce".into(), "10ms".into()];
     extra.extend(traffic.agent_args());
     let extra: Vec<&str> = extra.iter().map(String::as_str).collect();
@@ -950,12 +950,12 @@ fn kube_request_run(test: &str, user: Option<&str>) -> Option<KubeRequestRun> {
         Some(name) => {
             let token = format!("{name}-token");
             cluster.api.add_token(&token, name, &[]);
-            tests::kube_world::grant(
+            tests::traffic_world::grant(
                 &cluster,
                 Some("shop"),
                 "shunt-mcp-user",
                 agent::kube::rbac::MCP_ACCESS,
-                tests::kube_world::user(name),
+                tests::traffic_world::user(name),
             );
             cluster
                 .api

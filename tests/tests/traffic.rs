@@ -22,11 +22,11 @@ use tests::{
     harness::{DEBUG_PORT, Env, http_get},
     http_backend::HttpBackend,
     kube_world::{
-        AGENT_DEBUG_PORT, AGENT_POD, FakeCluster, KubeNode, POD_PORT, ROUTES_API, SERVICE_PORT,
-        TrafficApi, selector_spec, tenant, wait_for,
+        FakeCluster, KubeNode, POD_PORT, ROUTES_API, SERVICE_PORT, selector_spec, wait_for,
     },
     netns::PROXY4,
     process::spawn_in,
+    traffic_world::{AGENT_DEBUG_PORT, AGENT_POD, TrafficApi, tenant},
 };
 
 const PORT: u16 = 8080;

@@ -11,9 +11,12 @@ use std::collections::HashMap;
 use hyper::Response;
 use serde_json::{Value, json};
 
+use hyper::Request;
+use hyper::body::Incoming;
+
 use super::cluster::Cluster;
 use super::error::{ApiError, ApiResult};
-use super::http::{Body, json_response};
+use super::http::{Body, Query, Route, json_response};
 
 /// An authenticated user.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -244,4 +247,82 @@ pub(crate) fn subject_access_review(cluster: &Cluster, body: &[u8]) -> ApiResult
     review["apiVersion"] = json!("authorization.k8s.io/v1");
     review["kind"] = json!("SubjectAccessReview");
     Ok(json_response(201, &review, "application/json"))
+}
+
+/// What `route` does in RBAC's terms (`None`: a non-resource URL, open to everyone).
+pub(crate) fn attributes(
+    route: &Route,
+    req: &Request<Incoming>,
+    query: &Query,
+) -> Option<Attributes> {
+    let method = req.method();
+    let watch = matches!(query.get("watch"), Some("1" | "true"));
+    match route {
+        Route::Resource(r) => {
+            let resource = match &r.subresource {
+                Some(sub) => format!("{}/{sub}", r.rt.plural),
+                None => r.rt.plural.clone(),
+            };
+            let ns = if r.rt.namespaced {
+                r.ns.as_deref()
+            } else {
+                // A namespace's own subresources name it.
+                None
+            };
+            Some(Attributes::of(
+                method,
+                watch || r.legacy_watch,
+                &r.rt.group,
+                &resource,
+                ns,
+                r.name.as_deref(),
+            ))
+        }
+        Route::PodLog { ns, name } => Some(Attributes::of(
+            method,
+            false,
+            "",
+            "pods/log",
+            Some(ns),
+            Some(name),
+        )),
+        Route::PodProxy { ns, name_port, .. } => Some(Attributes::of(
+            method,
+            false,
+            "",
+            "pods/proxy",
+            Some(ns),
+            name_port.split(':').next(),
+        )),
+        Route::SubjectAccessReview => Some(Attributes::of(
+            method,
+            false,
+            "authorization.k8s.io",
+            "subjectaccessreviews",
+            None,
+            None,
+        )),
+        Route::Aggregated { group, rest, .. } => {
+            let (ns, tail) = match rest.as_slice() {
+                [n, ns, tail @ ..] if n == "namespaces" && !tail.is_empty() => {
+                    (Some(ns.as_str()), tail)
+                }
+                tail => (None, tail),
+            };
+            let resource = match tail {
+                [] => return None,
+                [res] | [res, _] => res.clone(),
+                [res, _, sub, ..] => format!("{res}/{sub}"),
+            };
+            Some(Attributes::of(
+                method,
+                watch,
+                group,
+                &resource,
+                ns,
+                tail.get(1).map(String::as_str),
+            ))
+        }
+        _ => None,
+    }
 }

@@ -19,7 +19,7 @@ use tokio::net::{TcpListener, TcpSocket};
 use tokio::task::{JoinHandle, JoinSet};
 
 use super::aggregator;
-use super::auth::{self, Attributes, User};
+use super::auth::{self, User};
 use super::discovery;
 use super::error::{ApiError, ApiResult};
 use super::kubelet;
@@ -179,7 +179,7 @@ pub(crate) struct ResourceRequest {
     pub(crate) legacy_watch: bool,
 }
 
-enum Route {
+pub(crate) enum Route {
     Version,
     Health,
     Api,
@@ -383,80 +383,6 @@ fn authenticate(shared: &Shared, req: &Request<Incoming>) -> ApiResult<Option<Us
         .ok_or_else(|| ApiError::new(401, "Unauthorized", "Unauthorized"))
 }
 
-/// What `route` does in RBAC's terms (`None`: a non-resource URL, open to everyone).
-fn attributes(route: &Route, req: &Request<Incoming>, query: &Query) -> Option<Attributes> {
-    let method = req.method();
-    let watch = matches!(query.get("watch"), Some("1" | "true"));
-    match route {
-        Route::Resource(r) => {
-            let resource = match &r.subresource {
-                Some(sub) => format!("{}/{sub}", r.rt.plural),
-                None => r.rt.plural.clone(),
-            };
-            let ns = if r.rt.namespaced {
-                r.ns.as_deref()
-            } else {
-                // A namespace's own subresources name it.
-                None
-            };
-            Some(Attributes::of(
-                method,
-                watch || r.legacy_watch,
-                &r.rt.group,
-                &resource,
-                ns,
-                r.name.as_deref(),
-            ))
-        }
-        Route::PodLog { ns, name } => Some(Attributes::of(
-            method,
-            false,
-            "",
-            "pods/log",
-            Some(ns),
-            Some(name),
-        )),
-        Route::PodProxy { ns, name_port, .. } => Some(Attributes::of(
-            method,
-            false,
-            "",
-            "pods/proxy",
-            Some(ns),
-            name_port.split(':').next(),
-        )),
-        Route::SubjectAccessReview => Some(Attributes::of(
-            method,
-            false,
-            "authorization.k8s.io",
-            "subjectaccessreviews",
-            None,
-            None,
-        )),
-        Route::Aggregated { group, rest, .. } => {
-            let (ns, tail) = match rest.as_slice() {
-                [n, ns, tail @ ..] if n == "namespaces" && !tail.is_empty() => {
-                    (Some(ns.as_str()), tail)
-                }
-                tail => (None, tail),
-            };
-            let resource = match tail {
-                [] => return None,
-                [res] | [res, _] => res.clone(),
-                [res, _, sub, ..] => format!("{res}/{sub}"),
-            };
-            Some(Attributes::of(
-                method,
-                watch,
-                group,
-                &resource,
-                ns,
-                tail.get(1).map(String::as_str),
-            ))
-        }
-        _ => None,
-    }
-}
-
 fn header<'a>(req: &'a Request<Incoming>, name: &str) -> Option<&'a str> {
     req.headers().get(name).and_then(|v| v.to_str().ok())
 }
@@ -469,7 +395,7 @@ async fn dispatch(
     let route = route(&shared, req.uri().path())?;
     let query = Query::parse(req.uri().query());
     if let Some(u) = &user
-        && let Some(a) = attributes(&route, &req, &query)
+        && let Some(a) = auth::attributes(&route, &req, &query)
         && !auth::allowed(&shared.lock(), u, &a)
     {
         return Err(auth::forbidden(u, &a));
