@@ -1,9 +1,10 @@
 //! Authentication and RBAC, as far as tests need them. Requests with `Authorization: Bearer T`
 //! for a token registered with [`super::FakeApiServer::add_token`] act as that user and are
 //! authorized against the RBAC objects in the store (Roles, ClusterRoles and their bindings,
-//! evaluated as kube-apiserver's RBAC authorizer does: union of rules, no deny); an unknown
-//! token is a 401. Requests without credentials act as the cluster admin (`system:masters`),
-//! as every test did before authentication existed.
+//! evaluated as kube-apiserver's RBAC authorizer does: union of rules, no deny); once a token is
+//! registered, an unknown one is a 401. Requests without credentials (and any request while no
+//! token is registered) act as the cluster admin (`system:masters`), as every test did before
+//! authentication existed.
 //!
 //! `POST /apis/authorization.k8s.io/v1/subjectaccessreviews` answers from the same RBAC.
 use std::collections::HashMap;
