@@ -1,6 +1,6 @@
 //! The `shunt` command line: parses flags and hands each subcommand plain values (`run` gets a
 //! [`RunConfig`]); `mcp` and `sandbox` own their flags and are only dispatched to from here.
-use std::{net::SocketAddr, process::ExitCode};
+use std::{net::SocketAddr, path::PathBuf, process::ExitCode};
 
 use clap::{Args, Parser, Subcommand};
 
@@ -23,9 +23,10 @@ pub struct Cli {
 pub enum Command {
     /// Run the node agent: capture, node proxy and admin API (the DaemonSet entry point).
     Run(Box<RunConfig>),
-    /// Print the agent's current route table (from its admin API).
-    Routes(AdminArgs),
-    /// Print the service graph observed from real traffic (from the agent's admin API).
+    /// Print the agent's current route table (from its debug API, or with --kube through the
+    /// traffic API for one namespace).
+    Routes(DebugArgs),
+    /// Print the service graph observed from real traffic (from the agent's debug API).
     Topology(TopologyArgs),
     /// Print the SandboxRoute CustomResourceDefinition (YAML), for `kubectl apply -f -`.
     Crd,
@@ -34,19 +35,33 @@ pub enum Command {
     Mcp(crate::mcp::McpArgs),
     /// Fork a Deployment into a sandbox with its SandboxRoute (create, list, delete).
     Sandbox(crate::sandbox::SandboxArgs),
+    /// The traffic API (an aggregated Kubernetes API): serves the agents' decisions, topology
+    /// and routes per namespace to users whose RBAC grants it (the Deployment's entry point).
+    TrafficApi(crate::traffic::TrafficApiArgs),
 }
 
-/// Where the agent's admin API is.
+/// Where the agents' debug data is read.
 #[derive(Debug, Clone, Args)]
-pub struct AdminArgs {
-    #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:9464")]
-    pub admin_addr: SocketAddr,
+pub struct DebugArgs {
+    /// No cluster: the agent's debug API (`shunt run --debug-addr`).
+    #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:9465")]
+    pub debug_addr: SocketAddr,
+    /// Cluster: read every agent's answer for one namespace through the traffic API
+    /// (traffic.shunt.dev), with your kubeconfig and RBAC.
+    #[arg(long)]
+    pub kube: bool,
+    /// Kubeconfig for --kube (default: KUBECONFIG or ~/.kube/config, else in-cluster).
+    #[arg(long, value_name = "PATH", requires = "kube")]
+    pub kubeconfig: Option<PathBuf>,
+    /// Namespace for --kube (default: the kubeconfig context's).
+    #[arg(long, short = 'n', value_name = "NS", requires = "kube")]
+    pub namespace: Option<String>,
 }
 
 #[derive(Debug, Clone, Args)]
 pub struct TopologyArgs {
     #[command(flatten)]
-    pub admin: AdminArgs,
+    pub debug: DebugArgs,
     /// Print a Mermaid flowchart instead of a tree.
     #[arg(long)]
     pub mermaid: bool,
@@ -61,8 +76,8 @@ pub fn main() -> ExitCode {
     init_tracing();
     let result = match cli.command {
         Command::Run(cfg) => crate::run::run(*cfg),
-        Command::Routes(a) => admin_cli(a.admin_addr, "/routes").map(|t| print!("{t}")),
-        Command::Topology(t) => admin_cli(t.admin.admin_addr, "/topology").and_then(|text| {
+        Command::Routes(a) => debug_cli(&a, "routes").map(|t| print!("{t}")),
+        Command::Topology(t) => debug_cli(&t.debug, "topology").and_then(|text| {
             if t.json {
                 print!("{text}");
                 return Ok(());
@@ -83,6 +98,7 @@ pub fn main() -> ExitCode {
         }
         Command::Mcp(args) => crate::mcp::run(args),
         Command::Sandbox(args) => crate::sandbox::run(args),
+        Command::TrafficApi(args) => crate::traffic::run(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -94,11 +110,45 @@ pub fn main() -> ExitCode {
     }
 }
 
-fn admin_cli(addr: SocketAddr, path: &str) -> anyhow::Result<String> {
-    tokio::runtime::Builder::new_current_thread()
+/// The agents' `resource` (`routes`, `topology`) as JSON text: from the local debug API, or
+/// through the traffic API (every agent's answer for the namespace, merged).
+fn debug_cli(a: &DebugArgs, resource: &str) -> anyhow::Result<String> {
+    let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
-        .build()?
-        .block_on(crate::admin::client::get(addr, path))
+        .build()?;
+    if !a.kube {
+        return rt.block_on(crate::admin::client::get(
+            a.debug_addr,
+            &format!("/{resource}"),
+        ));
+    }
+    rt.block_on(async {
+        let (client, default_ns) = crate::kube::client::load(a.kubeconfig.as_deref()).await?;
+        let ns = a.namespace.clone().unwrap_or(default_ns);
+        let answers = crate::traffic::client::get(&client, &ns, resource, "").await?;
+        for w in &answers.warnings {
+            eprintln!("shunt: warning: {w}");
+        }
+        let merged = if resource == "topology" {
+            let mut edges = Vec::new();
+            for item in answers.items {
+                let t: crate::admin::topology::Topology = serde_json::from_value(item.body)?;
+                edges.extend(t.edges);
+            }
+            serde_json::to_value(crate::admin::topology::Topology::merged(edges))?
+        } else {
+            // Every agent holds the same table: the first answer is the table.
+            answers
+                .items
+                .into_iter()
+                .next()
+                .map(|i| i.body)
+                .unwrap_or_else(|| serde_json::json!([]))
+        };
+        let mut text = serde_json::to_string_pretty(&merged)?;
+        text.push('\n');
+        anyhow::Ok(text)
+    })
 }
 
 fn init_tracing() {

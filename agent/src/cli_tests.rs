@@ -144,7 +144,7 @@ fn mcp_flags_parse() {
         "mcp",
         "--routes",
         "/r.yaml",
-        "--admin-netns",
+        "--debug-netns",
         "/run/netns/n",
         "--client-netns",
         "/run/netns/p0",
@@ -153,7 +153,7 @@ fn mcp_flags_parse() {
     ]) else {
         panic!("expected mcp");
     };
-    assert_eq!(a.admin_addr.to_string(), "127.0.0.1:9464");
+    assert_eq!(a.debug_addr.to_string(), "127.0.0.1:9465");
     assert!(!a.kube && !a.internal_request);
     assert_eq!(a.agent_namespace, "shunt-system");
     assert!(parse(&["mcp", "--routes", "/r", "--kube"]).is_err());

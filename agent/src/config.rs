@@ -43,6 +43,34 @@ pub struct RunConfig {
     )]
     pub admin_addr: SocketAddr,
 
+    /// Debug API: /routes, /decisions and /topology (what the agent saw of everyone's
+    /// traffic). Loopback only, unless --debug-token-file is set.
+    #[arg(
+        long,
+        env = "SHUNT_DEBUG_ADDR",
+        value_name = "ADDR",
+        default_value = "127.0.0.1:9465"
+    )]
+    pub debug_addr: SocketAddr,
+
+    /// File holding the token every debug API request must carry as a bearer token (a Secret
+    /// only the agents and the traffic API mount). Required for a non-loopback --debug-addr.
+    #[arg(long, env = "SHUNT_DEBUG_TOKEN_FILE", value_name = "PATH")]
+    pub debug_token_file: Option<PathBuf>,
+
+    /// Connections each of the admin and debug listeners serves at once.
+    #[arg(
+        long,
+        env = "SHUNT_ADMIN_MAX_CONNECTIONS",
+        value_name = "N",
+        default_value_t = 64
+    )]
+    pub admin_max_connections: usize,
+
+    /// Time a client of the admin and debug listeners has to send its request headers.
+    #[arg(long, env = "SHUNT_ADMIN_HEADER_TIMEOUT", value_name = "DURATION", default_value = "5s", value_parser = parse_duration)]
+    pub admin_header_timeout: Duration,
+
     /// Routes file (YAML: services, sandbox pods and SandboxRoutes), hot-reloaded on change.
     #[arg(long, env = "SHUNT_ROUTES", value_name = "FILE")]
     pub routes: Option<PathBuf>,
@@ -165,14 +193,15 @@ pub struct RunConfig {
     )]
     pub key_header: Vec<String>,
 
-    /// Routing decisions kept for `/decisions`.
+    /// Bytes of routing decisions kept for the debug API's `/decisions` (paths are stored cut
+    /// to 512 bytes; the oldest decisions go first).
     #[arg(
         long,
-        env = "SHUNT_DECISION_LOG_SIZE",
-        value_name = "N",
-        default_value_t = 4096
+        env = "SHUNT_DECISION_LOG_BYTES",
+        value_name = "BYTES",
+        default_value_t = crate::proxy::decision_log::DEFAULT_LOG_BYTES
     )]
-    pub decision_log_size: usize,
+    pub decision_log_bytes: usize,
 
     /// How often the watchdog checks that the proxy accepts; a wedged proxy fails open.
     #[arg(long, env = "SHUNT_WATCHDOG_INTERVAL", value_name = "DURATION", default_value = "1s", value_parser = parse_duration)]

@@ -12,7 +12,9 @@
 //!   table snapshot and an original-destination lookup, never `kube`.
 //! - [`kube`]: watches and status writes against the API server; never `proxy`. Shared
 //!   Kubernetes helpers for [`mcp`] and [`sandbox`] live here.
-//! - [`admin`]: health, metrics and the debug endpoints; [`watchdog`]: fails open when the proxy
+//! - [`admin`]: the health listener (node address) and the debug listener (routes, decisions,
+//!   topology); [`traffic`]: the aggregated API through which users read the debug data of
+//!   their namespaces with their own RBAC; [`watchdog`]: fails open when the proxy
 //!   stops accepting (an OS thread on purpose: a wedged runtime could not run it).
 //! - [`run`] wires the parts for `shunt run` from a config value; [`cli`] parses the command
 //!   line and is imported by no one.
@@ -30,4 +32,5 @@ pub mod routes;
 pub mod run;
 pub mod sandbox;
 pub mod sync;
+pub mod traffic;
 pub mod watchdog;

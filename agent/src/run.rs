@@ -14,7 +14,7 @@ use tokio::{net::TcpListener, signal::unix::SignalKind};
 use tokio_util::sync::CancellationToken;
 
 use crate::{
-    admin::{self, AdminState},
+    admin::{self, DebugState, DebugToken, HealthState, listener::ListenerLimits},
     capture::{self, Capture, CaptureConfig},
     config::RunConfig,
     kube::{KubeOptions, KubeSource},
@@ -55,6 +55,20 @@ async fn bind(addr: std::net::SocketAddr, flag: &str) -> anyhow::Result<TcpListe
     TcpListener::bind(addr)
         .await
         .with_context(|| format!("binding {flag} {addr}"))
+}
+
+/// The debug API's token. Without one the debug API may listen on loopback only: off it, every
+/// pod of the node could read everyone's decisions.
+fn debug_token(args: &RunConfig) -> anyhow::Result<Option<DebugToken>> {
+    match &args.debug_token_file {
+        Some(path) => Ok(Some(DebugToken::from_file(path)?)),
+        None if args.debug_addr.ip().is_loopback() => Ok(None),
+        None => anyhow::bail!(
+            "--debug-addr {} is not a loopback address: set --debug-token-file, so only the \
+             holders of the token (the traffic API) can read decisions and topology",
+            args.debug_addr
+        ),
+    }
 }
 
 async fn run_async(args: RunConfig) -> anyhow::Result<()> {
@@ -102,6 +116,8 @@ async fn run_async(args: RunConfig) -> anyhow::Result<()> {
         None => None,
     };
     let admin_listener = bind(args.admin_addr, "--admin-addr").await?;
+    let debug_token = debug_token(&args)?;
+    let debug_listener = bind(args.debug_addr, "--debug-addr").await?;
 
     let cfg = CaptureConfig {
         cgroup: args.cgroup.clone(),
@@ -127,8 +143,14 @@ async fn run_async(args: RunConfig) -> anyhow::Result<()> {
 
     crate::metrics::register_capture(&mut registry, Arc::new(stats));
     let table = Arc::new(ArcSwap::from_pointee(RouteTable::default()));
-    let log = Arc::new(DecisionLog::new(args.decision_log_size));
-    let admin_state = AdminState::new(registry, table.clone(), log.clone(), Some(flows));
+    let log = Arc::new(DecisionLog::new(args.decision_log_bytes));
+    let health = HealthState::new(registry);
+    let debug_state = Arc::new(DebugState {
+        table: table.clone(),
+        log: log.clone(),
+        flows: Some(flows),
+        token: debug_token,
+    });
     let steering = Arc::new(Steering::new(steered));
     let (route_sync, sync_out) = RouteSync::new(RouteSyncConfig {
         table: table.clone(),
@@ -229,12 +251,24 @@ async fn run_async(args: RunConfig) -> anyhow::Result<()> {
         tasks.spawn(proxy::serve(l, shared.clone(), args.shutdown_grace));
     }
     let admin_shutdown = CancellationToken::new();
-    let admin_task = tokio::spawn(admin::serve(
+    let limits = ListenerLimits {
+        max_connections: args.admin_max_connections,
+        header_timeout: args.admin_header_timeout,
+        ..ListenerLimits::default()
+    };
+    let admin_task = tokio::spawn(admin::health::serve(
         admin_listener,
-        admin_state.clone(),
+        limits,
+        health.clone(),
         admin_shutdown.clone(),
     ));
-    admin_state.ready.store(true, Ordering::Relaxed);
+    let debug_task = tokio::spawn(admin::debug::serve(
+        debug_listener,
+        limits,
+        debug_state,
+        admin_shutdown.clone(),
+    ));
+    health.ready.store(true, Ordering::Relaxed);
     tracing::info!(cgroup = %args.cgroup.display(), proxy = %args.proxy_addr, "shunt running");
 
     let mut term =
@@ -246,7 +280,7 @@ async fn run_async(args: RunConfig) -> anyhow::Result<()> {
     }
     // Fail open first: new connections go direct while in-flight ones drain. The watchdog stops
     // first so it cannot restore steering behind our back.
-    admin_state.ready.store(false, Ordering::Relaxed);
+    health.ready.store(false, Ordering::Relaxed);
     drop(watchdog_stop);
     let _ = tokio::task::spawn_blocking(move || watchdog.join()).await;
     sync_stop.cancel();
@@ -262,6 +296,7 @@ async fn run_async(args: RunConfig) -> anyhow::Result<()> {
     drop(attach_guard);
     admin_shutdown.cancel();
     let _ = admin_task.await;
+    let _ = debug_task.await;
     tracing::info!("stopped");
     Ok(())
 }

@@ -65,8 +65,21 @@ kind load docker-image --name "$CLUSTER" "$AGENT_IMAGE" "$APP_IMAGE"
 
 step "install Shunt (deploy/overlays/kind)"
 kc apply -k deploy/overlays/kind
+# The two Secrets an installer creates (deploy/README.md): the debug token the agents and the
+# traffic API share, and the traffic API's serving certificate. Pods wait for them.
+kc -n shunt-system create secret generic shunt-debug-token \
+  --from-literal=token="$(openssl rand -hex 32)"
+tls_dir=$(mktemp -d)
+openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -days 30 \
+  -subj /CN=shunt-traffic-api.shunt-system.svc \
+  -addext subjectAltName=DNS:shunt-traffic-api.shunt-system.svc \
+  -keyout "$tls_dir/tls.key" -out "$tls_dir/tls.crt" 2>/dev/null
+kc -n shunt-system create secret tls shunt-traffic-api-tls \
+  --cert "$tls_dir/tls.crt" --key "$tls_dir/tls.key"
+rm -rf "$tls_dir"
 kc wait --for condition=Established crd/sandboxroutes.shunt.dev --timeout=60s
 kc -n shunt-system rollout status daemonset/shunt --timeout=180s
+kc -n shunt-system rollout status deployment/shunt-traffic-api --timeout=120s
 nodes=$(kc get nodes --no-headers | wc -l)
 ready=$(kc -n shunt-system get daemonset shunt -o jsonpath='{.status.numberReady}')
 [[ "$ready" == "$nodes" ]] || fail "agent ready on $ready of $nodes nodes"

@@ -57,6 +57,8 @@ macro_rules! bins {
 
 pub const PROXY_PORT: u16 = 15001;
 pub const ADMIN_PORT: u16 = 9464;
+/// The agent's default `--debug-addr` port (loopback of the node namespace).
+pub const DEBUG_PORT: u16 = 9465;
 
 /// A directory for this test's files, with a bpffs the agent mounts at `bpf/`.
 pub struct RunDir {
@@ -281,6 +283,16 @@ impl AgentProc {
         let path = path.to_string();
         let ns = self.node_ns();
         let r = ns.run(move || http_get(SocketAddr::from(([127, 0, 0, 1], ADMIN_PORT)), &path));
+        std::mem::forget(ns); // not ours to delete
+        r?
+    }
+
+    /// GET a path on the debug API (`/routes`, `/decisions`, `/topology`; loopback of the node
+    /// namespace, where the agent's default `--debug-addr` listens).
+    pub fn debug_get(&self, path: &str) -> anyhow::Result<(u16, String)> {
+        let path = path.to_string();
+        let ns = self.node_ns();
+        let r = ns.run(move || http_get(SocketAddr::from(([127, 0, 0, 1], DEBUG_PORT)), &path));
         std::mem::forget(ns); // not ours to delete
         r?
     }

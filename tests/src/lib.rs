@@ -10,3 +10,4 @@ pub mod kube_world;
 pub mod netns;
 pub mod process;
 pub mod routes_fixture;
+pub mod traffic_world;

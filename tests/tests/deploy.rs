@@ -46,6 +46,7 @@ use tests::{
     backends::Backend,
     bins,
     harness::{ADMIN_PORT, AgentProc, Env},
+    http_backend::HttpBackend,
     kernel,
     netns::PROXY4,
     process::spawn_in,
@@ -60,6 +61,10 @@ const OVERLAYS: [&str; 2] = ["default", "kind"];
 const NAMESPACE: &str = "shunt-system";
 /// What `$(NODE_IP)` stands for when the DaemonSet's args are parsed here.
 const SAMPLE_NODE_IP: &str = "10.1.2.3";
+/// The Secret holding the debug API's token (agents and the traffic API mount it).
+const DEBUG_TOKEN_SECRET: &str = "shunt-debug-token";
+/// The token the kernel tests give the agent in place of the Secret's.
+const DEBUG_TOKEN: &str = "test-debug-token-7f3a";
 
 fn repo() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
@@ -299,13 +304,16 @@ fn base_daemonset() -> DaemonSet {
 #[test]
 fn overlays_render_into_valid_kubernetes_objects() {
     let expected_kinds = BTreeSet::from([
+        "APIService",
         "ClusterRole",
         "ClusterRoleBinding",
         "CustomResourceDefinition",
         "DaemonSet",
+        "Deployment",
         "Namespace",
         "Role",
         "RoleBinding",
+        "Service",
         "ServiceAccount",
     ]);
     for (what, objs) in manifests() {
@@ -322,14 +330,27 @@ fn overlays_render_into_valid_kubernetes_objects() {
                 "Role" => _ = typed::<Role>(obj),
                 "RoleBinding" => _ = typed::<RoleBinding>(obj),
                 "DaemonSet" => _ = typed::<DaemonSet>(obj),
+                "Deployment" => _ = typed::<Deployment>(obj),
+                "Service" => _ = typed::<Service>(obj),
+                // No k8s-openapi type (kube-aggregator's): its fields are checked in
+                // traffic_api_is_served_where_its_apiservice_points.
+                "APIService" => assert_eq!(obj["apiVersion"], "apiregistration.k8s.io/v1"),
                 other => panic!("{what}: unexpected {other}"),
             }
             let cluster_scoped = matches!(
                 kind_of(obj),
-                "Namespace" | "CustomResourceDefinition" | "ClusterRole" | "ClusterRoleBinding"
+                "Namespace"
+                    | "CustomResourceDefinition"
+                    | "ClusterRole"
+                    | "ClusterRoleBinding"
+                    | "APIService"
             );
             let ns = obj["metadata"]["namespace"].as_str();
-            if cluster_scoped {
+            if name_of(obj) == "shunt-traffic-api-auth-reader" {
+                // The one object elsewhere: the traffic API reads the front-proxy CA there.
+                assert_eq!(ns, Some("kube-system"), "{what}");
+                assert_eq!(kind_of(obj), "RoleBinding", "{what}");
+            } else if cluster_scoped {
                 assert_eq!(ns, None, "{what}: {} is cluster-scoped", kind_of(obj));
             } else {
                 assert_eq!(
@@ -370,6 +391,19 @@ fn overlays_pick_their_images() {
         let c = agent_container(&ds);
         assert_eq!(c.image.as_deref(), Some(image), "overlay {overlay}");
         assert_eq!(c.image_pull_policy.as_deref(), pull, "overlay {overlay}");
+        // The traffic API runs the same binary.
+        let d: Deployment = the(&objs, "Deployment", overlay);
+        let tc = &d.spec.unwrap().template.spec.unwrap().containers[0];
+        assert_eq!(
+            tc.image.as_deref(),
+            Some(image),
+            "overlay {overlay}: traffic API"
+        );
+        assert_eq!(
+            tc.image_pull_policy.as_deref(),
+            pull,
+            "overlay {overlay}: traffic API"
+        );
         if overlay == "kind" {
             // e2e.sh builds and loads exactly the image the kind overlay runs.
             assert!(
@@ -450,6 +484,37 @@ fn daemonset_args_parse_with_the_agents_cli() {
             run.bpffs_dir.display()
         );
         assert!(!ro, "{what}: the agent pins maps on the node's bpffs");
+        // The debug API is on the node's address (the traffic API fans out to it) and only
+        // with the token from the Secret, mounted read-only where --debug-token-file points.
+        assert_eq!(
+            run.debug_addr.ip(),
+            node_ip,
+            "{what}: debug on the node's address"
+        );
+        let token = run
+            .debug_token_file
+            .as_ref()
+            .unwrap_or_else(|| panic!("{what}: --debug-token-file is required off loopback"));
+        let spec = pod_spec(&ds);
+        let mount = c
+            .volume_mounts
+            .iter()
+            .flatten()
+            .find(|m| token.starts_with(&m.mount_path))
+            .unwrap_or_else(|| panic!("{what}: {} is not on a mounted volume", token.display()));
+        assert_eq!(
+            mount.read_only,
+            Some(true),
+            "{what}: the token is mounted read-only"
+        );
+        let secret = spec
+            .volumes
+            .iter()
+            .flatten()
+            .find(|v| v.name == mount.name)
+            .and_then(|v| v.secret.as_ref())
+            .and_then(|s| s.secret_name.clone());
+        assert_eq!(secret.as_deref(), Some(DEBUG_TOKEN_SECRET), "{what}");
         // Terminating waits for the agent's own drain.
         let grace = pod_spec(&ds)
             .termination_grace_period_seconds
@@ -622,10 +687,22 @@ fn triples(rules: &[PolicyRule], what: &str) -> BTreeSet<(String, String, String
     out
 }
 
+/// The traffic API's objects (labelled `app.kubernetes.io/component: traffic-api`), or the rest.
+fn traffic_api_objects(objs: &[Value], theirs: bool) -> Vec<Value> {
+    objs.iter()
+        .filter(|o| {
+            (o["metadata"]["labels"]["app.kubernetes.io/component"] == "traffic-api") == theirs
+        })
+        .cloned()
+        .collect()
+}
+
 #[test]
 fn rbac_grants_exactly_the_agents_api_access() {
     let wanted = tests::kube_world::granted(AGENT_ACCESS);
     for (what, objs) in manifests() {
+        // The agent's objects; the traffic API's are checked in traffic_api_rbac_is_the_codes.
+        let objs = traffic_api_objects(&objs, false);
         let ds: DaemonSet = the(&objs, "DaemonSet", &what);
         let sa_name = pod_spec(&ds)
             .service_account_name
@@ -697,6 +774,172 @@ fn rbac_grants_exactly_the_agents_api_access() {
             missing.is_empty() && extra.is_empty(),
             "{what}: RBAC differs from agent::kube::rbac::AGENT_ACCESS\n  missing: {missing:?}\n  \
              extra: {extra:?}"
+        );
+    }
+}
+
+/// The rules of the role named `name` of `kind` among `objs`, as triples.
+fn role_triples(
+    objs: &[Value],
+    kind: &str,
+    name: &str,
+    what: &str,
+) -> BTreeSet<(String, String, String)> {
+    let role = objs
+        .iter()
+        .find(|o| kind_of(o) == kind && name_of(o) == name)
+        .unwrap_or_else(|| panic!("{what}: {kind} {name} missing"));
+    let rules: Vec<PolicyRule> = serde_json::from_value(role["rules"].clone()).unwrap();
+    triples(&rules, what)
+}
+
+#[test]
+fn traffic_api_rbac_is_the_codes() {
+    use agent::kube::rbac;
+    let granted = tests::kube_world::granted;
+    for (what, objs) in manifests() {
+        let objs = traffic_api_objects(&objs, true);
+        assert_eq!(
+            role_triples(&objs, "ClusterRole", "shunt-traffic-api", &what),
+            granted(rbac::TRAFFIC_API_ACCESS),
+            "{what}: ClusterRole shunt-traffic-api"
+        );
+        assert_eq!(
+            role_triples(&objs, "Role", "shunt-traffic-api", &what),
+            granted(rbac::TRAFFIC_API_AGENT_NAMESPACE_ACCESS),
+            "{what}: Role shunt-traffic-api"
+        );
+        // The tenant's Role: what the README tells admins to bind per namespace.
+        assert_eq!(
+            role_triples(&objs, "ClusterRole", "shunt-traffic-reader", &what),
+            granted(rbac::TRAFFIC_READER_ACCESS),
+            "{what}: ClusterRole shunt-traffic-reader"
+        );
+        // Nothing node-level for anyone here.
+        for o in objs.iter().filter(|o| kind_of(o).ends_with("Role")) {
+            let rules: Vec<PolicyRule> = serde_json::from_value(o["rules"].clone()).unwrap();
+            for (_, res, _) in triples(&rules, &what) {
+                assert!(
+                    !res.ends_with("/proxy") && !res.ends_with("/portforward"),
+                    "{what}: {} grants {res}",
+                    name_of(o)
+                );
+            }
+        }
+        // Every binding is to the traffic API's ServiceAccount, of the roles above, or of the
+        // built-in Role that reads the front-proxy CA (TRAFFIC_API_KUBE_SYSTEM_ACCESS).
+        for b in objs.iter().filter(|o| kind_of(o).ends_with("Binding")) {
+            let name = name_of(b);
+            assert_eq!(
+                b["subjects"],
+                serde_json::json!([{ "kind": "ServiceAccount", "name": "shunt-traffic-api",
+                                     "namespace": NAMESPACE }]),
+                "{what}: {name}"
+            );
+            if b["metadata"]["namespace"] == "kube-system" {
+                assert_eq!(
+                    b["roleRef"]["name"], "extension-apiserver-authentication-reader",
+                    "{what}"
+                );
+                assert_eq!(
+                    granted(rbac::TRAFFIC_API_KUBE_SYSTEM_ACCESS),
+                    BTreeSet::from([("".into(), "configmaps".into(), "get".into())]),
+                    "the built-in Role grants get configmaps (extension-apiserver-authentication)"
+                );
+            } else {
+                assert_eq!(b["roleRef"]["name"], "shunt-traffic-api", "{what}: {name}");
+            }
+        }
+    }
+}
+
+#[test]
+fn traffic_api_is_served_where_its_apiservice_points() {
+    for (what, objs) in manifests() {
+        let d: Deployment = the(&objs, "Deployment", &what);
+        let spec = d.spec.as_ref().unwrap().template.spec.as_ref().unwrap();
+        let c = &spec.containers[0];
+        let args: Vec<String> = c.args.clone().unwrap_or_default();
+        let parsed = Cli::try_parse_from(std::iter::once("shunt".to_string()).chain(args.clone()))
+            .unwrap_or_else(|e| panic!("{what}: {args:?}: {e}"));
+        let AgentCommand::TrafficApi(t) = parsed.command else {
+            panic!("{what}: the Deployment runs {args:?}, not traffic-api");
+        };
+        // The APIService names the code's group and version, and the Service in front of the
+        // Deployment's port.
+        let api = objs
+            .iter()
+            .find(|o| kind_of(o) == "APIService")
+            .expect("the APIService");
+        assert_eq!(name_of(api), agent::traffic::API_SERVICE, "{what}");
+        assert_eq!(api["spec"]["group"], agent::traffic::GROUP, "{what}");
+        assert_eq!(api["spec"]["version"], agent::traffic::VERSION, "{what}");
+        let svc: Service = the(&objs, "Service", &what);
+        assert_eq!(
+            api["spec"]["service"]["name"],
+            svc.metadata.name.clone().unwrap().as_str()
+        );
+        assert_eq!(api["spec"]["service"]["namespace"], NAMESPACE);
+        let port = svc.spec.as_ref().unwrap().ports.as_ref().unwrap()[0].clone();
+        assert_eq!(api["spec"]["service"]["port"], port.port, "{what}");
+        assert_eq!(
+            port.target_port,
+            Some(IntOrString::String("https".into())),
+            "{what}"
+        );
+        assert_eq!(container_port(c, "https"), t.listen_addr.port(), "{what}");
+        // Its ServiceAccount is the one its RBAC binds; it never runs as root.
+        assert_eq!(
+            spec.service_account_name.as_deref(),
+            Some("shunt-traffic-api")
+        );
+        assert_eq!(
+            spec.security_context
+                .as_ref()
+                .and_then(|s| s.run_as_non_root),
+            Some(true),
+            "{what}"
+        );
+        // The debug token comes from the very Secret the agents mount; the serving certificate
+        // from its own.
+        let secret_of = |pod: &PodSpec, c: &Container, file: &Path| -> String {
+            let mount = c
+                .volume_mounts
+                .iter()
+                .flatten()
+                .find(|m| file.starts_with(&m.mount_path))
+                .unwrap_or_else(|| panic!("{what}: {} is not mounted", file.display()));
+            assert_eq!(mount.read_only, Some(true), "{what}: {}", file.display());
+            pod.volumes
+                .iter()
+                .flatten()
+                .find(|v| v.name == mount.name)
+                .and_then(|v| v.secret.as_ref())
+                .and_then(|s| s.secret_name.clone())
+                .unwrap_or_else(|| panic!("{what}: {} is not on a Secret", file.display()))
+        };
+        assert_eq!(secret_of(spec, c, &t.debug_token_file), DEBUG_TOKEN_SECRET);
+        assert_eq!(
+            secret_of(spec, c, &t.tls_cert_file),
+            "shunt-traffic-api-tls"
+        );
+        assert_eq!(
+            secret_of(spec, c, &t.tls_private_key_file),
+            "shunt-traffic-api-tls"
+        );
+        let ds: DaemonSet = the(&objs, "DaemonSet", &what);
+        let run = parse_run(&expanded_args(agent_container(&ds), &sample_values()));
+        let agent_token = run.debug_token_file.expect("the agents' token file");
+        assert_eq!(
+            secret_of(pod_spec(&ds), agent_container(&ds), &agent_token),
+            DEBUG_TOKEN_SECRET
+        );
+        // It fans out to the agents' debug port.
+        assert_eq!(t.agent_debug_port, run.debug_addr.port(), "{what}");
+        assert_eq!(
+            container_port(agent_container(&ds), "debug"),
+            run.debug_addr.port(),
+            "{what}"
         );
     }
 }
@@ -1080,7 +1323,13 @@ struct PodLike {
 ///
 /// The args are the DaemonSet's with `--kube` replaced by `--steer dst` (no API server here), the
 /// node's paths mapped into this world, and the proxy on the node address of the harness.
-fn pod_like(env: &Env, ds: &DaemonSet, dst: SocketAddr, extra: &[&str]) -> PodLike {
+fn pod_like(
+    env: &Env,
+    ds: &DaemonSet,
+    dst: SocketAddr,
+    admin_on_loopback: bool,
+    extra: &[&str],
+) -> PodLike {
     let c = agent_container(ds);
     let caps = added_caps(ds);
     let cgroup2 = agent::capture::cgroup2_mount().expect("a cgroup2 mount");
@@ -1148,11 +1397,18 @@ fn pod_like(env: &Env, ds: &DaemonSet, dst: SocketAddr, extra: &[&str]) -> PodLi
                 let rel = v.strip_prefix(&bpffs_mount).unwrap();
                 args.extend([a, env.run.bpffs().join(rel).display().to_string()]);
             }
-            "--admin-addr" => {
+            "--admin-addr" if admin_on_loopback => {
                 // The harness reads the admin API on loopback.
                 let v: SocketAddr = it.next().unwrap().parse().unwrap();
                 assert_eq!(v.port(), ADMIN_PORT);
                 args.extend([a, format!("127.0.0.1:{}", v.port())]);
+            }
+            "--debug-token-file" => {
+                // The Secret's file, with this world's token.
+                let _ = it.next().unwrap();
+                let token = env.run.path.join("debug-token");
+                fs::write(&token, format!("{DEBUG_TOKEN}\n")).unwrap();
+                args.extend([a, token.display().to_string()]);
             }
             _ => args.push(a),
         }
@@ -1204,7 +1460,7 @@ fn agent_runs_with_only_the_daemonsets_privileges_and_steers() {
     let dst = backend.addr4(PORT);
     let _b = Backend::tcp(&backend.netns, "b", dst).unwrap();
     mount_bpffs(&env.run.bpffs());
-    let pod = pod_like(&env, &ds, dst, &[]);
+    let pod = pod_like(&env, &ds, dst, true, &[]);
     // The agent's pod sits under the captured root, like every pod on the node.
     let pod_cgroup = env.cgroup.child("agent-pod").unwrap();
     let agent = env.start_agent_wrapped(&pod.wrapper, &pod.args, Some(&pod_cgroup));
@@ -1277,6 +1533,181 @@ fn agent_runs_with_only_the_daemonsets_privileges_and_steers() {
     );
 }
 
+/// Ports listening on `ip` (or on every address) in the calling thread's network namespace.
+fn listening_ports(ip: IpAddr) -> BTreeSet<u16> {
+    let mut ports = BTreeSet::new();
+    for file in ["tcp", "tcp6"] {
+        let text = fs::read_to_string(format!("/proc/thread-self/net/{file}")).unwrap_or_default();
+        for line in text.lines().skip(1) {
+            let f: Vec<&str> = line.split_whitespace().collect();
+            if f.len() < 4 || f[3] != "0A" {
+                continue;
+            }
+            let Some((addr, port)) = f[1].split_once(':') else {
+                continue;
+            };
+            let port = u16::from_str_radix(port, 16).unwrap();
+            let bytes: Vec<u8> = (0..addr.len() / 2)
+                .map(|i| u8::from_str_radix(&addr[2 * i..2 * i + 2], 16).unwrap())
+                .collect();
+            // /proc/net/tcp holds addresses as host-order 32-bit words.
+            let words: Vec<u8> = bytes
+                .chunks(4)
+                .flat_map(|w| w.iter().rev().copied())
+                .collect();
+            let local: IpAddr = match words.len() {
+                4 => IpAddr::from(<[u8; 4]>::try_from(&words[..]).unwrap()),
+                _ => IpAddr::from(<[u8; 16]>::try_from(&words[..]).unwrap()),
+            };
+            let local = match local {
+                IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(local, IpAddr::V4),
+                v4 => v4,
+            };
+            if local == ip || local.is_unspecified() {
+                ports.insert(port);
+            }
+        }
+    }
+    ports
+}
+
+/// One GET with optional extra header lines; the status and body, or the error as text.
+fn get_with(addr: SocketAddr, path: &str, headers: &str) -> Result<(u16, String), String> {
+    use std::io::{Read as _, Write as _};
+    let mut s = std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(2))
+        .map_err(|e| e.to_string())?;
+    s.set_read_timeout(Some(Duration::from_secs(3))).unwrap();
+    write!(
+        s,
+        "GET {path} HTTP/1.1\r\nHost: {addr}\r\n{headers}Connection: close\r\n\r\n"
+    )
+    .map_err(|e| e.to_string())?;
+    let mut buf = Vec::new();
+    let _ = s.read_to_end(&mut buf);
+    let text = String::from_utf8_lossy(&buf).into_owned();
+    let status = text
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .ok_or_else(|| format!("no HTTP answer: {text:?}"))?;
+    let body = text.split_once("\r\n\r\n").map(|(_, b)| b.to_string());
+    Ok((status, body.unwrap_or_default()))
+}
+
+#[test]
+fn pod_network_reads_health_but_not_decisions_routes_or_topology() {
+    let Some(env) = Env::new(
+        "pod_network_reads_health_but_not_decisions_routes_or_topology",
+        2,
+        bins!(),
+    ) else {
+        return;
+    };
+    let ds = base_daemonset();
+    let backend = &env.topo.pods[1];
+    let dst = backend.addr4(PORT);
+    let _b = HttpBackend::start(&backend.netns, "b", dst).unwrap();
+    mount_bpffs(&env.run.bpffs());
+    // Exactly the DaemonSet's admin and debug flags: both on the node's address.
+    let pod = pod_like(&env, &ds, dst, false, &[]);
+    let run = parse_run(&pod.args);
+    let node_ip = IpAddr::V4(PROXY4);
+    assert_eq!(run.admin_addr.ip(), node_ip);
+    assert_eq!(run.debug_addr.ip(), node_ip);
+    let pod_cgroup = env.cgroup.child("agent-pod").unwrap();
+    let log = env.run.path.join("agent.log");
+    let (program, rest) = pod.wrapper.split_first().unwrap();
+    let mut cmd = Command::new(program);
+    cmd.args(rest)
+        .arg(&env.bins.agent)
+        .args(&pod.args)
+        .env("SHUNT_LOG", "debug")
+        .stdout(Stdio::null())
+        .stderr(fs::File::create(&log).unwrap());
+    let _agent = spawn_in("agent", cmd, Some(env.node()), Some(&pod_cgroup)).unwrap();
+    let admin = run.admin_addr;
+    let agent_log = || fs::read_to_string(&log).unwrap_or_default();
+    let start = Instant::now();
+    while !matches!(
+        env.node()
+            .run(move || get_with(admin, "/readyz", ""))
+            .unwrap(),
+        Ok((200, _))
+    ) {
+        assert!(
+            start.elapsed() < Duration::from_secs(15),
+            "agent not ready:\n{}",
+            agent_log()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+
+    // A keyed request with a telling path, from a pod: the agent logs its decision.
+    let (key, path) = ("tenant-secret-key", "/orders/4111111111111111");
+    let req = serde_json::json!([{ "path": path, "headers": { "baggage": format!("sd-routing-key={key}") } }]);
+    let lines = env.peer(0, &["http", &dst.to_string(), &req.to_string()]);
+    assert_eq!(lines[0]["status"], 200, "{lines:?}\n{}", agent_log());
+    let client_ip = env.topo.pods[0].ip4.to_string();
+
+    // The token's holder reads it on the debug port (so the checks below are not vacuous).
+    let debug = run.debug_addr;
+    let auth = format!("Authorization: Bearer {DEBUG_TOKEN}\r\n");
+    let (status, body) = env
+        .node()
+        .run(move || get_with(debug, "/decisions", &auth))
+        .unwrap()
+        .unwrap();
+    assert_eq!(status, 200, "{body}");
+    assert!(body.contains(key) && body.contains(path), "{body}");
+
+    // From the pod's network: health answers on the admin port...
+    let pod_ns = &env.topo.pods[0].netns;
+    let (status, _) = pod_ns
+        .run(move || get_with(admin, "/healthz", ""))
+        .unwrap()
+        .unwrap();
+    assert_eq!(status, 200, "/healthz from a pod");
+    // ... and the metrics name no key, path or client.
+    let (status, metrics) = pod_ns
+        .run(move || get_with(admin, "/metrics", ""))
+        .unwrap()
+        .unwrap();
+    assert_eq!(status, 200);
+    assert!(metrics.contains("shunt_requests_total"), "{metrics}");
+    for secret in [key, path, client_ip.as_str()] {
+        assert!(
+            !metrics.contains(secret),
+            "/metrics shows {secret}:\n{metrics}"
+        );
+    }
+    // No port of the node's address serves decisions, routes or topology without the token, nor
+    // with a wrong one.
+    let ports = env.node().run(move || listening_ports(node_ip)).unwrap();
+    assert!(
+        ports.contains(&admin.port()) && ports.contains(&debug.port()),
+        "{ports:?}"
+    );
+    for port in ports {
+        let addr = SocketAddr::new(node_ip, port);
+        for p in [
+            "/decisions",
+            "/decisions?key=tenant-secret-key",
+            "/routes",
+            "/topology",
+        ] {
+            for headers in ["", "Authorization: Bearer not-the-token\r\n"] {
+                let got = pod_ns.run(move || get_with(addr, p, headers)).unwrap();
+                if let Ok((status, body)) = &got {
+                    assert!(
+                        *status != 200 && !body.contains(key) && !body.contains(path),
+                        "{addr}{p} ({headers:?}) answered {status}: {body}"
+                    );
+                }
+            }
+        }
+    }
+}
+
 /// One restart, timed.
 struct Gap {
     /// SIGTERM to the old agent's exit (watchdog stop, clearing STEERED, draining).
@@ -1310,7 +1741,7 @@ fn restart_gap_is_measured_and_bounded() {
     mount_bpffs(&env.run.bpffs());
     // A short drain so the held connection below ends quickly; 10 s in the DaemonSet.
     let grace = Duration::from_secs(2);
-    let pod = pod_like(&env, &ds, dst, &["--shutdown-grace", "2s"]);
+    let pod = pod_like(&env, &ds, dst, true, &["--shutdown-grace", "2s"]);
     let start = |i: usize| -> AgentProc {
         let cg = env.cgroup.child(&format!("agent-pod-{i}")).unwrap();
         env.start_agent_wrapped(&pod.wrapper, &pod.args, Some(&cg))

@@ -2174,3 +2174,111 @@ fn ensure_io(cond: bool) -> std::io::Result<()> {
         Err(std::io::Error::other("unexpected pod target"))
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bearer_tokens_get_rbac_and_subject_access_reviews_agree() -> Result<()> {
+    let api = FakeApiServer::start().await?;
+    let client = api.client();
+    api.add_token("t-alice", "alice", &["devs"]);
+    // A Role in `default` letting group `devs` list pods; nothing elsewhere.
+    api.create(json!({
+        "apiVersion": "rbac.authorization.k8s.io/v1", "kind": "Role",
+        "metadata": { "name": "pod-reader", "namespace": "default" },
+        "rules": [{ "apiGroups": [""], "resources": ["pods"], "verbs": ["list"] }],
+    }))?;
+    api.create(json!({
+        "apiVersion": "rbac.authorization.k8s.io/v1", "kind": "RoleBinding",
+        "metadata": { "name": "devs-read-pods", "namespace": "default" },
+        "roleRef": { "apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": "pod-reader" },
+        "subjects": [{ "kind": "Group", "name": "devs", "apiGroup": "rbac.authorization.k8s.io" }],
+    }))?;
+    let alice = [("authorization", "Bearer t-alice")];
+    let (code, body) = raw(
+        &client,
+        "GET",
+        "/api/v1/namespaces/default/pods",
+        &alice,
+        b"",
+    )
+    .await?;
+    ensure!(code == 200, "{code} {body}");
+    let (code, body) = raw(
+        &client,
+        "GET",
+        "/api/v1/namespaces/kube-system/pods",
+        &alice,
+        b"",
+    )
+    .await?;
+    ensure!(code == 403, "{code} {body}");
+    ensure!(
+        body["message"]
+            == "pods is forbidden: User \"alice\" cannot list resource \"pods\" in API group \"\" \
+                in the namespace \"kube-system\"",
+        "{body}"
+    );
+    let (code, body) = raw(
+        &client,
+        "GET",
+        "/api/v1/namespaces/default/pods/x",
+        &alice,
+        b"",
+    )
+    .await?;
+    ensure!(code == 403, "get is not list: {code} {body}");
+    let (code, _) = raw(
+        &client,
+        "GET",
+        "/api/v1/namespaces/default/pods",
+        &[("authorization", "Bearer nobody")],
+        b"",
+    )
+    .await?;
+    ensure!(code == 401, "an unknown token: {code}");
+    // Without credentials: the unrestricted admin, as before.
+    let (code, _) = raw(
+        &client,
+        "GET",
+        "/api/v1/namespaces/kube-system/pods",
+        &[],
+        b"",
+    )
+    .await?;
+    ensure!(code == 200);
+
+    // A SubjectAccessReview answers from the same RBAC.
+    let review = |ns: &str| {
+        json!({
+            "apiVersion": "authorization.k8s.io/v1", "kind": "SubjectAccessReview",
+            "spec": { "user": "alice", "groups": ["devs"],
+                      "resourceAttributes": { "verb": "list", "resource": "pods", "namespace": ns } },
+        })
+        .to_string()
+    };
+    for (ns, allowed) in [("default", true), ("kube-system", false)] {
+        let (code, body) = raw(
+            &client,
+            "POST",
+            "/apis/authorization.k8s.io/v1/subjectaccessreviews",
+            &[("content-type", "application/json")],
+            review(ns).as_bytes(),
+        )
+        .await?;
+        ensure!(code == 201, "{code} {body}");
+        ensure!(body["status"]["allowed"] == allowed, "{ns}: {body}");
+    }
+    // alice may not create reviews herself.
+    let (code, _) = raw(
+        &client,
+        "POST",
+        "/apis/authorization.k8s.io/v1/subjectaccessreviews",
+        &[
+            ("authorization", "Bearer t-alice"),
+            ("content-type", "application/json"),
+        ],
+        review("default").as_bytes(),
+    )
+    .await?;
+    ensure!(code == 403, "{code}");
+    Ok(())
+}

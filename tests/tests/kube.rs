@@ -524,6 +524,6 @@ fn bad_routes_get_their_condition_and_affect_nothing_else() {
         "reviews-v1"
     );
     assert_eq!(n.served_by(n.reviews_endpoint(), None), "reviews-v1");
-    let (_, routes) = agent.admin_get("/routes").expect("/routes");
+    let (_, routes) = agent.debug_get("/routes").expect("/routes");
     assert!(routes.contains("DuplicateKey"), "{routes}");
 }

@@ -7,7 +7,9 @@
 //!   `demo-app` process in a captured pod that propagates the baggage header;
 //! - cluster mode against the fake API server (SandboxRoute tools);
 //! - cluster mode end to end: the real agent with `--kube` on a netns node, send_test_request's
-//!   pods run by a fake kubelet in a captured pod, the agent's admin API through `pods/proxy`.
+//!   pods run by a fake kubelet in a captured pod, the agents' decisions and topology through
+//!   the traffic API (aggregated behind the fake API server), as the admin and as a tenant with
+//!   only a Role in `shop`.
 //!
 //! Without PyPI (no venv can be made) the tests skip with a message, unless
 //! `SHUNT_REQUIRE_KERNEL_TESTS=1`, where that is a failure.
@@ -17,10 +19,7 @@ use std::{
     os::fd::AsRawFd as _,
     path::{Path, PathBuf},
     process::{Command, Stdio},
-    sync::{
-        Arc,
-        atomic::{AtomicBool, Ordering},
-    },
+    sync::atomic::{AtomicBool, Ordering},
     time::{Duration, Instant},
 };
 
@@ -28,7 +27,7 @@ use serde_json::{Value, json};
 use tests::{
     bins,
     fake_apiserver::FakeApiServer,
-    harness::{ADMIN_PORT, Env},
+    harness::{DEBUG_PORT, Env},
     netns::Topology,
     process::{ChildGuard, spawn_in},
 };
@@ -321,9 +320,9 @@ fn mcp_client_drives_a_sandbox_through_the_mini_cluster() {
         "mcp".into(),
         "--routes".into(),
         routes.display().to_string(),
-        "--admin-addr".into(),
-        format!("127.0.0.1:{ADMIN_PORT}"),
-        "--admin-netns".into(),
+        "--debug-addr".into(),
+        format!("127.0.0.1:{DEBUG_PORT}"),
+        "--debug-netns".into(),
         env.node().path(),
         "--client-netns".into(),
         env.topo.pods[0].netns.path(),
@@ -413,8 +412,8 @@ fn mcp_client_drives_a_sandbox_through_the_mini_cluster() {
     let mut cmd = Command::new(&env.bins.agent);
     cmd.args([
         "topology",
-        "--admin-addr",
-        &format!("127.0.0.1:{ADMIN_PORT}"),
+        "--debug-addr",
+        &format!("127.0.0.1:{DEBUG_PORT}"),
     ])
     .stdout(Stdio::piped())
     .stderr(Stdio::piped());
@@ -827,23 +826,9 @@ fn mcp_cluster_mode_request_pod_with_an_unpullable_image_is_an_error_naming_the_
 
 // ---------------------------------------------------------------------------------------------
 // Cluster mode end to end: the real agent (`--kube`, eBPF capture) on a netns node, the fake API
-// server, request pods run by a fake kubelet, the agents' admin APIs through `pods/proxy`.
+// server, request pods run by a fake kubelet, the agents' data through the traffic API.
 
 const AGENT_IMAGE: &str = "registry.example/shunt:test";
-
-/// Connects from inside the network namespace `ns` (a kubelet dials pods from its node).
-fn dial_in(ns: &fs::File, addr: SocketAddr) -> std::io::Result<TcpStream> {
-    let fd = ns.try_clone()?;
-    std::thread::spawn(move || {
-        // SAFETY: a valid namespace fd; setns affects only this thread.
-        if unsafe { libc::setns(fd.as_raw_fd(), libc::CLONE_NEWNET) } != 0 {
-            return Err(std::io::Error::last_os_error());
-        }
-        TcpStream::connect_timeout(&addr, Duration::from_secs(5))
-    })
-    .join()
-    .unwrap_or_else(|_| Err(std::io::Error::other("dial thread panicked")))
-}
 
 /// Plays the kubelet of pod 0 for send_test_request's pods: marks each Running with pod 0's
 /// address, runs its container (this build's shunt binary with the pod's args and env) in pod
@@ -914,92 +899,100 @@ fn fake_kubelet(api: &FakeApiServer, env: &Env, stop: &AtomicBool) -> Vec<Value>
     seen
 }
 
-#[test]
-fn mcp_cluster_mode_sends_a_keyed_request_from_a_pod_and_reads_its_hops() {
-    let test = "mcp_cluster_mode_sends_a_keyed_request_from_a_pod_and_reads_its_hops";
+/// One run of the `kube_request` scenario: the real agent (`--kube`) on a netns node, the
+/// traffic API behind the fake API server's aggregation, request pods run by a fake kubelet,
+/// and the MCP server with `kubeconfig`'s user (`server_args` added).
+struct KubeRequestRun {
+    o: Value,
+    request_pods: Vec<Value>,
+    cluster: tests::kube_world::FakeCluster,
+    node: tests::kube_world::KubeNode,
+    agent: tests::harness::AgentProc,
+    traffic: tests::traffic_world::TrafficApi,
+}
+
+impl KubeRequestRun {
+    fn ctx(&self) -> String {
+        format!(
+            "{:#}\nagent log:\n{}\ntraffic-api log:\n{}",
+            self.o,
+            self.agent.log_text(),
+            self.traffic.log_text()
+        )
+    }
+}
+
+/// `None` when the test cannot run here. `user`: None for the unrestricted admin, or a tenant
+/// name whose only grant is a Role in `shop` with exactly MCP_ACCESS.
+fn kube_request_run(test: &str, user: Option<&str>) -> Option<KubeRequestRun> {
     let cluster = tests::kube_world::FakeCluster::start(true).expect("fake API server");
-    let Some(node) = tests::kube_world::KubeNode::new(test, &cluster, bins!()) else {
-        return;
-    };
-    let Some(python) = python_with_mcp(test) else {
-        return;
-    };
+    let node = tests::kube_world::KubeNode::new(test, &cluster, bins!())?;
+    let python = python_with_mcp(test)?;
     node.standard_objects(&cluster);
-    let mut agent = node.start_agent("node-a", &["--kube-debounce", "10ms"]);
+    // The traffic API, and the agent's pod as the DaemonSet would make it; the agent's debug
+    // listener is on the node address, with the token only it and the traffic API hold.
+    let traffic = tests::traffic_world::TrafficApi::start(&cluster, &node);
+    let mut extra: Vec<String> = vec!["--kube-debounce".into(), "10ms".into()];
+    extra.extend(traffic.agent_args());
+    let extra: Vec<&str> = extra.iter().map(String::as_str).collect();
+    let mut agent = node.start_agent("node-a", &extra);
     agent.wait_ready(Duration::from_secs(20));
-    // The agent's pod, as the DaemonSet would make it; `pods/proxy` reaches its admin API in
-    // the node's namespace.
-    cluster.create(json!({
-        "apiVersion": "v1", "kind": "Pod",
-        "metadata": { "name": "shunt-node-a", "namespace": "shunt-system",
-                      "labels": { "app.kubernetes.io/name": "shunt",
-                                  "app.kubernetes.io/component": "agent" } },
-        "spec": { "nodeName": "node-a",
-                  "containers": [{ "name": "shunt", "image": AGENT_IMAGE,
-                                   "ports": [{ "name": "admin", "containerPort": ADMIN_PORT }] }] },
-    }));
-    let mut pod = cluster
-        .api
-        .get("v1", "Pod", Some("shunt-system"), "shunt-node-a")
-        .expect("agent pod");
-    pod["status"] = json!({ "phase": "Running", "podIP": tests::netns::PROXY4.to_string() });
-    cluster.api.replace_status(pod).expect("agent pod status");
-    let node_ns = Arc::new(node.env.node().open().expect("node netns"));
-    cluster
-        .api
-        .set_pod_dialer(Arc::new(move |t: &tests::fake_apiserver::PodTarget| {
-            if t.namespace != "shunt-system" {
-                return Err(std::io::Error::other(
-                    "only the agent pod is reachable here",
-                ));
-            }
-            dial_in(&node_ns, SocketAddr::from(([127, 0, 0, 1], t.port)))
-        }));
 
     let kubeconfig = node.env.run.path.join("kubeconfig-mcp");
-    cluster
-        .api
-        .write_kubeconfig(&kubeconfig)
-        .expect("kubeconfig");
+    let server = match user {
+        None => {
+            cluster
+                .api
+                .write_kubeconfig(&kubeconfig)
+                .expect("kubeconfig");
+            kube_server(&kubeconfig)
+        }
+        Some(name) => {
+            let token = format!("{name}-token");
+            cluster.api.add_token(&token, name, &[]);
+            tests::traffic_world::grant(
+                &cluster,
+                Some("shop"),
+                "shunt-mcp-user",
+                agent::kube::rbac::MCP_ACCESS,
+                tests::traffic_world::user(name),
+            );
+            cluster
+                .api
+                .write_kubeconfig_with_token(&kubeconfig, &token)
+                .expect("kubeconfig");
+            // No access to shunt-system: the request image is given.
+            let mut s = kube_server(&kubeconfig);
+            s.extend(["--request-image".into(), AGENT_IMAGE.into()]);
+            s
+        }
+    };
     let (o, request_pods) = with_peer(
         &cluster.api,
         |api, stop| fake_kubelet(api, &node.env, stop),
-        || mcp_client(&python, "kube_request", &kube_server(&kubeconfig)),
+        || mcp_client(&python, "kube_request", &server),
     );
-    let ctx = || format!("{o:#}\nagent log:\n{}", agent.log_text());
+    Some(KubeRequestRun {
+        o,
+        request_pods,
+        cluster,
+        node,
+        agent,
+        traffic,
+    })
+}
 
+/// The keyed and unkeyed requests went where they should, and their hops say so.
+fn check_hops(run: &KubeRequestRun) {
+    let (o, node) = (&run.o, &run.node);
+    let ctx = || run.ctx();
     // The route is created through the API and the real agent (the leader) reports it Ready.
-    let c = ok(&o, "create");
+    let c = ok(o, "create");
     assert_eq!(c["applied"], true, "{}", ctx());
     assert_eq!(c["route"]["ready"], true, "{}", ctx());
-
-    // Each request ran as its own pod in the service's namespace, with the agents' image, no
-    // token and no privileges, and was deleted afterwards.
-    assert_eq!(request_pods.len(), 2, "{}", ctx());
-    for p in &request_pods {
-        let spec = &p["spec"];
-        assert_eq!(p["metadata"]["namespace"], "shop");
-        assert_eq!(spec["containers"][0]["image"], AGENT_IMAGE);
-        assert_eq!(
-            spec["containers"][0]["args"],
-            json!(["mcp", "--internal-request"])
-        );
-        assert_eq!(spec["automountServiceAccountToken"], false);
-        assert_eq!(spec["restartPolicy"], "Never");
-        let sc = &spec["containers"][0]["securityContext"];
-        assert_eq!(sc["capabilities"]["drop"], json!(["ALL"]));
-        assert_eq!(sc["runAsNonRoot"], true);
-        let name = p["metadata"]["name"].as_str().expect("name");
-        tests::kube_world::wait_for(
-            "the request pod's deletion",
-            Duration::from_secs(10),
-            || cluster.api.get("v1", "Pod", Some("shop"), name).is_none(),
-        );
-    }
-
-    // Keyed: the sandbox, and the hop says so (read from the agent through pods/proxy).
+    // Keyed: the sandbox, and the hop says so (read from the agent through the traffic API).
     let client_ip = node.ip(0).to_string();
-    let keyed = ok(&o, "keyed");
+    let keyed = ok(o, "keyed");
     assert_eq!(keyed["response"]["status"], 200, "{}", ctx());
     assert_eq!(keyed["response"]["headers"]["x-served-by"], "reviews-v2");
     assert!(
@@ -1017,7 +1010,7 @@ fn mcp_cluster_mode_sends_a_keyed_request_from_a_pod_and_reads_its_hops() {
     assert_eq!(keyed["hops"][0]["reason"], "key_matched");
     assert_eq!(keyed["hops"][0]["route"], "shop/pr-42");
     // Unkeyed: the baseline.
-    let unkeyed = ok(&o, "unkeyed");
+    let unkeyed = ok(o, "unkeyed");
     assert_eq!(unkeyed["response"]["headers"]["x-served-by"], "reviews-v1");
     assert_eq!(
         hops(unkeyed),
@@ -1026,16 +1019,15 @@ fn mcp_cluster_mode_sends_a_keyed_request_from_a_pod_and_reads_its_hops() {
         ctx()
     );
     assert_eq!(unkeyed["hops"][0]["reason"], "no_key");
-
-    // Topology and decisions through the API server's pod proxy: the two connections the pods
-    // made, and the keyed decision with its reason.
-    let dep = ok(&o, "dependencies");
+    // Topology and decisions through the traffic API: the two connections the pods made, and
+    // the keyed decision with its reason.
+    let dep = ok(o, "dependencies");
     let callers = dep["callers"].as_array().expect("callers");
     assert_eq!(callers.len(), 1, "{dep:#}");
     assert_eq!(callers[0]["from"], client_ip.as_str());
     assert_eq!(callers[0]["to"], "shop/reviews");
     assert_eq!(callers[0]["connections"], 2, "{dep:#}");
-    let d = ok(&o, "decisions");
+    let d = ok(o, "decisions");
     assert_eq!(d["summary"]["sandbox"], 1, "{d:#}");
     assert!(
         d["decisions"]
@@ -1045,45 +1037,147 @@ fn mcp_cluster_mode_sends_a_keyed_request_from_a_pod_and_reads_its_hops() {
             .all(|x| x["key"] == "pr-42" && x["agent"] == "shunt-node-a"),
         "{d:#}"
     );
-    assert_eq!(ok(&o, "delete")["deleted"], "shop/pr-42");
-    assert!(cluster.route("pr-42").is_none());
-    // What the MCP server called beyond the agent's own calls is in MCP_ACCESS, and the
-    // request pods' verbs are among them.
-    let calls = tests::kube_world::api_calls(&cluster.api);
-    let agent_calls = tests::kube_world::granted(agent::kube::rbac::AGENT_ACCESS);
+    assert_eq!(ok(o, "delete")["deleted"], "shop/pr-42");
+    assert!(run.cluster.route("pr-42").is_none());
+}
+
+/// The MCP server's calls: every request but the agent's and the traffic API's own.
+fn mcp_calls(run: &KubeRequestRun) -> std::collections::BTreeSet<(String, String, String)> {
+    use agent::kube::rbac;
+    let mut others = tests::kube_world::granted(rbac::AGENT_ACCESS);
+    for a in [
+        rbac::TRAFFIC_API_ACCESS,
+        rbac::TRAFFIC_API_AGENT_NAMESPACE_ACCESS,
+        rbac::TRAFFIC_API_KUBE_SYSTEM_ACCESS,
+    ] {
+        others.extend(tests::kube_world::granted(a));
+    }
+    tests::kube_world::api_calls(&run.cluster.api)
+        .difference(&others)
+        .cloned()
+        .collect()
+}
+
+#[test]
+fn mcp_cluster_mode_sends_a_keyed_request_from_a_pod_and_reads_its_hops() {
+    let test = "mcp_cluster_mode_sends_a_keyed_request_from_a_pod_and_reads_its_hops";
+    let Some(run) = kube_request_run(test, None) else {
+        return;
+    };
+    let ctx = || run.ctx();
+    check_hops(&run);
+
+    // Each request ran as its own pod in the service's namespace, with the agents' image, no
+    // token and no privileges, and was deleted afterwards.
+    assert_eq!(run.request_pods.len(), 2, "{}", ctx());
+    for p in &run.request_pods {
+        let spec = &p["spec"];
+        assert_eq!(p["metadata"]["namespace"], "shop");
+        assert_eq!(spec["containers"][0]["image"], AGENT_IMAGE);
+        assert_eq!(
+            spec["containers"][0]["args"],
+            json!(["mcp", "--internal-request"])
+        );
+        assert_eq!(spec["automountServiceAccountToken"], false);
+        assert_eq!(spec["restartPolicy"], "Never");
+        let sc = &spec["containers"][0]["securityContext"];
+        assert_eq!(sc["capabilities"]["drop"], json!(["ALL"]));
+        assert_eq!(sc["runAsNonRoot"], true);
+        let name = p["metadata"]["name"].as_str().expect("name");
+        tests::kube_world::wait_for(
+            "the request pod's deletion",
+            Duration::from_secs(10),
+            || {
+                run.cluster
+                    .api
+                    .get("v1", "Pod", Some("shop"), name)
+                    .is_none()
+            },
+        );
+    }
+
+    // What the MCP server called is in MCP_ACCESS, and the request pods' verbs and the traffic
+    // reads are among them.
+    let calls = mcp_calls(&run);
     let allowed = tests::kube_world::granted(agent::kube::rbac::MCP_ACCESS);
-    let missing: Vec<_> = calls
-        .difference(&agent_calls)
-        .filter(|c| !allowed.contains(*c))
-        .collect();
+    let missing: Vec<_> = calls.iter().filter(|c| !allowed.contains(*c)).collect();
     assert!(
         missing.is_empty(),
         "calls missing from MCP_ACCESS: {missing:?}"
     );
-    for (res, verb) in [
-        ("pods", "create"),
-        ("pods", "get"),
-        ("pods", "delete"),
-        ("pods/log", "get"),
-        ("pods/proxy", "get"),
+    for (group, res, verb) in [
+        ("", "pods", "create"),
+        ("", "pods", "get"),
+        ("", "pods", "delete"),
+        ("", "pods/log", "get"),
+        ("traffic.shunt.dev", "decisions", "list"),
+        ("traffic.shunt.dev", "topology", "list"),
     ] {
         assert!(
-            calls.contains(&(String::new(), res.to_string(), verb.to_string())),
+            calls.contains(&(group.to_string(), res.to_string(), verb.to_string())),
             "{verb} {res} not called: {calls:?}"
         );
     }
-    // Every pods/proxy call went to the agent pod's admin port.
-    let proxied: Vec<String> = cluster
+    // Every traffic read was for the namespace of the services, through the aggregated API.
+    let traffic: Vec<String> = run
+        .cluster
         .api
         .requests()
         .into_iter()
-        .filter(|r| r.contains("/proxy"))
+        .filter(|r| r.contains("traffic.shunt.dev"))
         .collect();
     assert!(
-        !proxied.is_empty()
-            && proxied.iter().all(|r| r.starts_with(&format!(
-                "GET /api/v1/namespaces/shunt-system/pods/shunt-node-a:{ADMIN_PORT}/proxy/"
-            ))),
-        "{proxied:?}"
+        !traffic.is_empty()
+            && traffic
+                .iter()
+                .all(|r| r.starts_with("GET /apis/traffic.shunt.dev/v1alpha1/namespaces/shop/")),
+        "{traffic:?}"
     );
+}
+
+#[test]
+fn mcp_send_test_request_returns_hops_for_a_tenant_without_node_permissions() {
+    let test = "mcp_send_test_request_returns_hops_for_a_tenant_without_node_permissions";
+    let Some(run) = kube_request_run(test, Some("carol")) else {
+        return;
+    };
+    // carol's only grant: a Role in shop with MCP_ACCESS, which has nothing node-level.
+    let node_level = [
+        "pods/proxy",
+        "pods/portforward",
+        "nodes/proxy",
+        "services/proxy",
+    ];
+    for a in agent::kube::rbac::MCP_ACCESS {
+        assert!(
+            !node_level.contains(&a.resource),
+            "MCP_ACCESS grants {}",
+            a.resource
+        );
+    }
+    check_hops(&run);
+    // Nothing reached an agent or a node through the API server's proxies.
+    let proxied: Vec<String> = run
+        .cluster
+        .api
+        .requests()
+        .into_iter()
+        .filter(|r| r.contains("/proxy") || r.contains("/portforward"))
+        .collect();
+    assert!(proxied.is_empty(), "{proxied:?}");
+    // Every call the MCP server made is in MCP_ACCESS (carol's Role), and it read the
+    // traffic API.
+    let calls = mcp_calls(&run);
+    let allowed = tests::kube_world::granted(agent::kube::rbac::MCP_ACCESS);
+    let missing: Vec<_> = calls.iter().filter(|c| !allowed.contains(*c)).collect();
+    assert!(
+        missing.is_empty(),
+        "calls missing from MCP_ACCESS: {missing:?}\n{}",
+        run.ctx()
+    );
+    assert!(calls.contains(&(
+        "traffic.shunt.dev".to_string(),
+        "decisions".to_string(),
+        "list".to_string()
+    )));
 }

@@ -96,7 +96,7 @@ fn keyed_request_reaches_sandbox() {
         lines[0]["served"]["headers"]["baggage"],
         "sd-routing-key=pr-42"
     );
-    let (_, decisions) = agent.admin_get("/decisions?key=pr-42").unwrap();
+    let (_, decisions) = agent.debug_get("/decisions?key=pr-42").unwrap();
     let decisions: Vec<Value> = serde_json::from_str(&decisions).unwrap();
     assert_eq!(decisions.last().unwrap()["decision"], "sandbox");
     assert_eq!(decisions.last().unwrap()["reason"], "key_matched");
@@ -131,7 +131,7 @@ fn key_for_other_service_stays_on_baseline() {
         json!([keyed("pr-42")]),
     );
     assert_eq!(served_by(&lines[0]), "ratings-v1", "{}", lines[0]);
-    let (_, d) = agent.admin_get("/decisions?key=pr-42").unwrap();
+    let (_, d) = agent.debug_get("/decisions?key=pr-42").unwrap();
     assert!(d.contains("key_not_forked"), "{d}");
 }
 
@@ -303,7 +303,7 @@ fn sandbox_down_falls_back_to_baseline() {
         lines[1]["served"]["body_len"], 3,
         "the replayed body arrived whole"
     );
-    let (_, d) = agent.admin_get("/decisions?key=pr-42").unwrap();
+    let (_, d) = agent.debug_get("/decisions?key=pr-42").unwrap();
     assert!(d.contains("sandbox_unreachable"), "{d}");
 }
 
@@ -628,7 +628,7 @@ fn topology_counts_steered_and_unsteered_connections() {
         "other"
     );
 
-    let (_, body) = agent.admin_get("/topology").unwrap();
+    let (_, body) = agent.debug_get("/topology").unwrap();
     let topo: Value = serde_json::from_str(&body).unwrap();
     let edges = topo["edges"].as_array().unwrap();
     let client = w.env.topo.pods[0].ip4.to_string();
@@ -649,7 +649,7 @@ fn topology_counts_steered_and_unsteered_connections() {
 
     // `shunt topology` renders the same graph.
     let mut cmd = std::process::Command::new(&w.env.bins.agent);
-    cmd.args(["topology", "--admin-addr", "127.0.0.1:9464"])
+    cmd.args(["topology", "--debug-addr", "127.0.0.1:9465"])
         .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::piped());
     let child = tests::process::spawn_in("topology", cmd, Some(w.env.node()), None).unwrap();

@@ -1,4 +1,5 @@
-//! A client for the admin API, used by `shunt routes` and `shunt topology`.
+//! A client for the agent's debug API on loopback (no cluster), used by `shunt routes`,
+//! `shunt topology` and `shunt mcp --routes`.
 use std::net::SocketAddr;
 
 use anyhow::Context as _;
@@ -6,17 +7,17 @@ use bytes::Bytes;
 use http_body_util::{BodyExt as _, Empty};
 use hyper_util::rt::TokioIo;
 
-/// GETs `path` from the admin API at `addr`; errors name the address and the status.
+/// GETs `path` from the debug API at `addr`; errors name the address and the status.
 pub async fn get(addr: SocketAddr, path: &str) -> anyhow::Result<String> {
     let stream = tokio::time::timeout(
         std::time::Duration::from_secs(5),
         tokio::net::TcpStream::connect(addr),
     )
     .await
-    .with_context(|| format!("connecting to the agent's admin API at {addr}: timed out"))?
+    .with_context(|| format!("connecting to the agent's debug API at {addr}: timed out"))?
     .with_context(|| {
         format!(
-            "connecting to the agent's admin API at {addr} (is `shunt run` up? see --admin-addr)"
+            "connecting to the agent's debug API at {addr} (is `shunt run` up? see --debug-addr)"
         )
     })?;
     let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream)).await?;

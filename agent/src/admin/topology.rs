@@ -78,6 +78,34 @@ pub fn build(flows: &[Flow], table: &RouteTable) -> Topology {
 }
 
 impl Topology {
+    /// One graph from several agents' edges: edges between the same names and port add up.
+    pub fn merged(edges: Vec<Edge>) -> Self {
+        let mut by: BTreeMap<(String, String, u16), Edge> = BTreeMap::new();
+        for e in edges {
+            match by.entry((e.from.clone(), e.to.clone(), e.port)) {
+                std::collections::btree_map::Entry::Occupied(mut o) => {
+                    let m = o.get_mut();
+                    m.connections += e.connections;
+                    m.last_seen_unix_ms = m.last_seen_unix_ms.max(e.last_seen_unix_ms);
+                }
+                std::collections::btree_map::Entry::Vacant(v) => {
+                    v.insert(e);
+                }
+            }
+        }
+        Self {
+            edges: by.into_values().collect(),
+        }
+    }
+
+    /// Keeps the edges with an end in namespace `ns` (named `ns/...`): a namespace's callers
+    /// and callees, and nothing between other namespaces or host processes.
+    pub fn keep_namespace(&mut self, ns: &str) {
+        let prefix = format!("{ns}/");
+        self.edges
+            .retain(|e| e.from.starts_with(&prefix) || e.to.starts_with(&prefix));
+    }
+
     /// A tree: each source, then what it called.
     pub fn render_tree(&self) -> String {
         let mut by_from: BTreeMap<&str, Vec<&Edge>> = BTreeMap::new();
@@ -175,6 +203,28 @@ mod tests {
                 "shop_frontend[\"shop/frontend\"] -->|\"3 × :9080\"| shop_reviews[\"shop/reviews\"]"
             ),
             "{m}"
+        );
+    }
+
+    #[test]
+    fn keep_namespace_keeps_edges_touching_it() {
+        let mut t = Topology {
+            edges: vec![
+                edge("10.0.0.1", "shop/reviews", 1),
+                edge("bank/teller", "bank/ledger", 1),
+                edge("shop/frontend", "10.0.0.9", 1),
+                edge("shopping/x", "bank/ledger", 1),
+            ],
+        };
+        t.keep_namespace("shop");
+        let kept: Vec<_> = t
+            .edges
+            .iter()
+            .map(|e| (e.from.as_str(), e.to.as_str()))
+            .collect();
+        assert_eq!(
+            kept,
+            [("10.0.0.1", "shop/reviews"), ("shop/frontend", "10.0.0.9")]
         );
     }
 

@@ -56,7 +56,8 @@ pub const AGENT_ACCESS: &[ApiAccess] = &[
 ];
 
 /// What a user (a person, or a coding agent) of `shunt mcp --kube` needs, with their own
-/// credentials; the agent daemon needs none of it. `tests/tests/mcp.rs` checks the MCP server's
+/// credentials; the agent daemon needs none of it. Nothing node-level: traffic data comes
+/// through the traffic API, per namespace. `tests/tests/mcp.rs` checks the MCP server's
 /// requests against it. Keep sorted by group, then resource.
 pub const MCP_ACCESS: &[ApiAccess] = &[
     ApiAccess {
@@ -71,12 +72,6 @@ pub const MCP_ACCESS: &[ApiAccess] = &[
         resource: "pods/log",
         verbs: &["get"],
         why: "send_test_request reads the response from its request pod's log",
-    },
-    ApiAccess {
-        group: "",
-        resource: "pods/proxy",
-        verbs: &["get"],
-        why: "the agents' /topology and /decisions, in the agents' namespace only",
     },
     ApiAccess {
         group: "",
@@ -96,4 +91,69 @@ pub const MCP_ACCESS: &[ApiAccess] = &[
         verbs: &["list", "get", "create", "delete"],
         why: "the sandbox route tools",
     },
+    ApiAccess {
+        group: "traffic.shunt.dev",
+        resource: "decisions",
+        verbs: &["list"],
+        why: "get_decisions and send_test_request's hops, through the traffic API, per namespace",
+    },
+    ApiAccess {
+        group: "traffic.shunt.dev",
+        resource: "topology",
+        verbs: &["list"],
+        why: "get_dependencies, through the traffic API, per namespace",
+    },
 ];
+
+/// What a user needs to read traffic data of a namespace (`shunt mcp --kube`'s hops, decisions
+/// and dependencies, `shunt routes --kube`, `shunt topology --kube`): the ClusterRole
+/// `shunt-traffic-reader`, bound with a RoleBinding in each namespace the user may read.
+/// The API server checks it on the URL, and the traffic API checks it again
+/// (SubjectAccessReview). Keep sorted by resource.
+pub const TRAFFIC_READER_ACCESS: &[ApiAccess] = &[
+    ApiAccess {
+        group: "traffic.shunt.dev",
+        resource: "decisions",
+        verbs: &["list"],
+        why: "routing decisions for the namespace's services: hops and their reasons",
+    },
+    ApiAccess {
+        group: "traffic.shunt.dev",
+        resource: "routes",
+        verbs: &["list"],
+        why: "the agents' route table, the namespace's routes only",
+    },
+    ApiAccess {
+        group: "traffic.shunt.dev",
+        resource: "topology",
+        verbs: &["list"],
+        why: "observed connections with an end in the namespace",
+    },
+];
+
+/// The traffic API's cluster-wide permissions (`shunt traffic-api`, ClusterRole
+/// `shunt-traffic-api`). `tests/tests/traffic.rs` runs it with exactly these (and the two
+/// lists below) against the fake API server's RBAC.
+pub const TRAFFIC_API_ACCESS: &[ApiAccess] = &[ApiAccess {
+    group: "authorization.k8s.io",
+    resource: "subjectaccessreviews",
+    verbs: &["create"],
+    why: "asking the API server whether the requesting user may read the namespace",
+}];
+
+/// The traffic API's permissions in the agents' namespace (Role `shunt-traffic-api`).
+pub const TRAFFIC_API_AGENT_NAMESPACE_ACCESS: &[ApiAccess] = &[ApiAccess {
+    group: "",
+    resource: "pods",
+    verbs: &["list"],
+    why: "the agent pods: whom to fan out to, at their (node) addresses",
+}];
+
+/// The traffic API's permission in kube-system, granted by the built-in Role
+/// `extension-apiserver-authentication-reader` (as for every aggregated API server).
+pub const TRAFFIC_API_KUBE_SYSTEM_ACCESS: &[ApiAccess] = &[ApiAccess {
+    group: "",
+    resource: "configmaps",
+    verbs: &["get"],
+    why: "the front-proxy CA in extension-apiserver-authentication: whose X-Remote-User to trust",
+}];

@@ -2,10 +2,11 @@
 //!
 //! - no cluster ([`Local`]): services, sandbox pods and routes from the routes file (route
 //!   status computed with the agent's own [`RouteTable::compute`]); topology and decisions
-//!   from the agent's admin API; routes created and deleted by editing the file, which the
+//!   from the agent's debug API (`--debug-addr`, loopback); routes created and deleted by editing the file, which the
 //!   agent hot-reloads.
 //! - cluster ([`super::cluster::Cluster`]): the Kubernetes API with the user's kubeconfig;
-//!   the agents' admin APIs through the API server's pod proxy.
+//!   the agents' debug data through the traffic API ([`crate::traffic`]), for the namespaces the
+//!   user's RBAC grants.
 use std::{
     collections::HashMap,
     net::{IpAddr, SocketAddr},
@@ -25,6 +26,8 @@ use crate::routes::{ClusterState, Fallback, RouteStatus, RouteTable, SandboxRout
 
 /// What a mode knows about the cluster at one moment.
 pub struct Snapshot {
+    /// The namespace it is of (cluster mode); traffic data is read for it.
+    pub namespace: Option<String>,
     pub state: ClusterState,
     /// One per `state.routes` entry, same order.
     pub statuses: Vec<Option<RouteStatus>>,
@@ -91,7 +94,7 @@ pub fn route_info(r: &SandboxRouteObj, st: Option<&RouteStatus>) -> RouteInfo {
     }
 }
 
-/// One agent's answer on its admin API.
+/// One agent's answer on its debug API.
 pub struct AgentReply {
     /// The agent pod (cluster mode).
     pub agent: Option<String>,
@@ -111,10 +114,15 @@ impl Backend {
         }
     }
 
-    /// GETs `path` from every agent. Fails only when no agent answered.
-    pub async fn admin_get(&self, path: &str) -> ToolResult<(Vec<AgentReply>, Vec<String>)> {
+    /// GETs `path` (`/decisions?...`, `/topology`, `/routes`) from every agent, for `namespace`
+    /// in cluster mode (default: the default namespace). Fails only when no agent answered.
+    pub async fn debug_get(
+        &self,
+        path: &str,
+        namespace: Option<&str>,
+    ) -> ToolResult<(Vec<AgentReply>, Vec<String>)> {
         match self {
-            Backend::Local(l) => l.admin_get(path).await.map(|b| {
+            Backend::Local(l) => l.debug_get(path).await.map(|b| {
                 (
                     vec![AgentReply {
                         agent: None,
@@ -123,7 +131,7 @@ impl Backend {
                     Vec::new(),
                 )
             }),
-            Backend::Cluster(c) => c.admin_get(path).await,
+            Backend::Cluster(c) => c.debug_get(path, namespace).await,
         }
     }
 
@@ -154,7 +162,7 @@ impl Backend {
 /// No-cluster mode.
 pub struct Local {
     pub routes_file: PathBuf,
-    pub admin_addr: SocketAddr,
+    pub debug_addr: SocketAddr,
     /// Serializes edits of the routes file.
     pub edit_lock: Mutex<()>,
 }
@@ -177,6 +185,7 @@ impl Local {
             .map_err(|e| self.file_error(format!("{:#}", anyhow::Error::from(e))))?;
         let (_, statuses) = RouteTable::compute(&state, jiff::Timestamp::now());
         Ok(Snapshot {
+            namespace: None,
             statuses: statuses.into_iter().map(Some).collect(),
             state,
             pod_names: HashMap::new(),
@@ -185,15 +194,15 @@ impl Local {
         })
     }
 
-    pub async fn admin_get(&self, path: &str) -> ToolResult<String> {
-        crate::admin::client::get(self.admin_addr, path)
+    pub async fn debug_get(&self, path: &str) -> ToolResult<String> {
+        crate::admin::client::get(self.debug_addr, path)
             .await
             .map_err(|e| {
                 ToolError::new(
                     ToolErrorKind::AgentUnreachable,
                     format!("{e:#}"),
                     "start the agent (`shunt run --routes FILE`), or give `shunt mcp` its \
-                     --admin-addr (and --admin-netns when it listens in another network \
+                     --debug-addr (and --debug-netns when it listens in another network \
                      namespace)",
                 )
             })
@@ -203,7 +212,7 @@ impl Local {
     async fn wait_agent(&self, pred: impl Fn(&[Value]) -> bool) -> ToolResult<bool> {
         let deadline = Instant::now() + RELOAD_WAIT;
         loop {
-            let body = self.admin_get("/routes").await?;
+            let body = self.debug_get("/routes").await?;
             let routes: Vec<Value> = serde_json::from_str(&body).unwrap_or_default();
             if pred(&routes) {
                 return Ok(true);
@@ -234,7 +243,7 @@ impl Local {
                 vec![format!(
                     "the agent at {} had not reloaded the routes file after {RELOAD_WAIT:?}; \
                      is it running with --routes {}?",
-                    self.admin_addr,
+                    self.debug_addr,
                     self.routes_file.display()
                 )],
             ),

@@ -1,14 +1,14 @@
 //! Cluster mode: the Kubernetes API with the user's own kubeconfig. SandboxRoutes are created and
-//! deleted through the API (the agents watch them); the agents' admin APIs (`/topology`,
-//! `/decisions`) are reached through the API server's pod proxy, and send_test_request runs as a
-//! Pod (`request_pod`), so nothing but the API server needs to be reachable from where `shunt
-//! mcp` runs.
+//! deleted through the API (the agents watch them); the agents' topology and decisions are read
+//! through the traffic API (`/apis/traffic.shunt.dev`, see [`crate::traffic`]) for one namespace
+//! with the user's own RBAC, and send_test_request runs as a Pod (`request_pod`), so nothing but
+//! the API server needs to be reachable from where `shunt mcp` runs, and no node-level
+//! permission is needed.
 use std::{
     collections::HashMap,
     time::{Duration, Instant},
 };
 
-use futures::FutureExt as _;
 use k8s_openapi::api::{
     core::v1::{Pod, Service},
     discovery::v1::EndpointSlice,
@@ -26,6 +26,7 @@ use super::{
 use crate::{
     kube::{convert, crd, route_status::route_status},
     routes::{SANDBOX_LABEL, SandboxRouteObj},
+    traffic::client::TrafficError,
 };
 
 /// How long create_sandbox_route waits for the agents' status.
@@ -37,7 +38,6 @@ pub struct Cluster {
     pub namespace: String,
     pub agent_namespace: String,
     pub agent_selector: String,
-    pub agent_port: u16,
     /// send_test_request's pod image (default: the agents').
     pub request_image: Option<String>,
     /// send_test_request's pod namespace (default: the called service's).
@@ -109,6 +109,7 @@ impl Cluster {
             }
         }
         Ok(Snapshot {
+            namespace: Some(ns.to_string()),
             state,
             statuses,
             pod_names,
@@ -117,81 +118,55 @@ impl Cluster {
         })
     }
 
-    /// The agent pods, by name.
-    async fn agents(&self) -> ToolResult<Vec<String>> {
-        let pods = Api::<Pod>::namespaced(self.client.clone(), &self.agent_namespace)
-            .list(&ListParams::default().labels(&self.agent_selector))
+    /// GETs `path` (`/decisions?...`, `/topology`) from every agent through the traffic API,
+    /// for `namespace` (default: the default namespace).
+    pub async fn debug_get(
+        &self,
+        path: &str,
+        namespace: Option<&str>,
+    ) -> ToolResult<(Vec<AgentReply>, Vec<String>)> {
+        let path = path.trim_start_matches('/');
+        let (resource, query) = path.split_once('?').unwrap_or((path, ""));
+        let ns = self.ns(namespace);
+        let answers = crate::traffic::client::get(&self.client, ns, resource, query)
             .await
-            .map_err(ToolError::api)?;
-        Ok(pods
+            .map_err(|e| match e {
+                TrafficError::Forbidden(message) => ToolError::new(
+                    ToolErrorKind::Forbidden,
+                    message,
+                    format!(
+                        "ask an admin for `{verb}` on {resources} in API group {group} in \
+                         namespace {ns} (ClusterRole shunt-traffic-reader, bound with a \
+                         RoleBinding in {ns}; see the README)",
+                        verb = crate::traffic::VERB,
+                        resources = crate::traffic::RESOURCES.join(", "),
+                        group = crate::traffic::GROUP,
+                    ),
+                ),
+                other => ToolError::new(
+                    ToolErrorKind::AgentUnreachable,
+                    format!("{:#}", anyhow::Error::from(other)),
+                    "install Shunt with its traffic API (kubectl apply -k \
+                     deploy/overlays/default), and check that its pod in shunt-system and the \
+                     agents are ready",
+                ),
+            })?;
+        if answers.items.is_empty() {
+            return Err(ToolError::new(
+                ToolErrorKind::AgentUnreachable,
+                format!("no agent answered: {}", answers.warnings.join("; ")),
+                "check that the agents in shunt-system are ready",
+            ));
+        }
+        let replies = answers
             .items
-            .iter()
-            .filter(|p| {
-                p.status.as_ref().and_then(|s| s.phase.as_deref()) == Some("Running")
-                    && p.metadata.deletion_timestamp.is_none()
+            .into_iter()
+            .map(|a| AgentReply {
+                agent: Some(a.agent),
+                body: a.body.to_string(),
             })
-            .map(|p| p.name_any())
-            .collect())
-    }
-
-    pub async fn admin_get(&self, path: &str) -> ToolResult<(Vec<AgentReply>, Vec<String>)> {
-        let agents = self.agents().await?;
-        if agents.is_empty() {
-            return Err(ToolError::new(
-                ToolErrorKind::AgentUnreachable,
-                format!(
-                    "no running agent pod in namespace {} with labels {}",
-                    self.agent_namespace, self.agent_selector
-                ),
-                "install the agent (deploy/), or point --agent-namespace/--agent-selector at it",
-            ));
-        }
-        // All agents at once: one slow node must not add up.
-        let answers = futures::future::join_all(agents.into_iter().map(|agent| {
-            let url = format!(
-                "/api/v1/namespaces/{}/pods/{agent}:{}/proxy{path}",
-                self.agent_namespace, self.agent_port
-            );
-            async move {
-                let req = http::Request::get(&url)
-                    .body(Vec::new())
-                    .map_err(|e| e.to_string())?;
-                let body =
-                    tokio::time::timeout(Duration::from_secs(10), self.client.request_text(req))
-                        .await
-                        .map_err(|_| "timed out after 10s".to_string())?
-                        .map_err(|e| e.to_string())?;
-                Ok::<_, String>(body)
-            }
-            .map(move |r| (agent, r))
-        }))
-        .await;
-        let mut replies = Vec::new();
-        let mut warnings = Vec::new();
-        for (agent, r) in answers {
-            match r {
-                Ok(body) => replies.push(AgentReply {
-                    agent: Some(agent),
-                    body,
-                }),
-                Err(e) => warnings.push(format!(
-                    "agent {agent}: {e} (your user needs `get` on pods/proxy in {})",
-                    self.agent_namespace
-                )),
-            }
-        }
-        if replies.is_empty() {
-            return Err(ToolError::new(
-                ToolErrorKind::AgentUnreachable,
-                format!("no agent answered: {}", warnings.join("; ")),
-                format!(
-                    "check that your user may `get pods/proxy` in {} and that the agents are \
-                     ready",
-                    self.agent_namespace
-                ),
-            ));
-        }
-        Ok((replies, warnings))
+            .collect();
+        Ok((replies, answers.warnings))
     }
 
     pub async fn create_route(

@@ -7,7 +7,7 @@
 //! `list_services`, `get_dependencies`, `resolve_port`, `list_sandbox_routes`,
 //! `create_sandbox_route`, `delete_sandbox_route`, `send_test_request`, `get_decisions`.
 //!
-//! Modes: no cluster (`--routes FILE --admin-addr ADDR`, see [`backend::Local`]) and cluster
+//! Modes: no cluster (`--routes FILE --debug-addr ADDR`, see [`backend::Local`]) and cluster
 //! (`--kube`, see [`cluster::Cluster`]).
 //!
 //! - [`types`]: parameters and results (their schemas are what agents read).
@@ -54,17 +54,18 @@ pub struct McpArgs {
     #[arg(long, value_name = "FILE", conflicts_with = "kube")]
     pub routes: Option<PathBuf>,
 
-    /// No-cluster mode: the agent's admin API (topology and routing decisions).
-    #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:9464")]
-    pub admin_addr: SocketAddr,
+    /// No-cluster mode: the agent's debug API (`shunt run --debug-addr`: routes, topology and
+    /// routing decisions).
+    #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:9465")]
+    pub debug_addr: SocketAddr,
 
-    /// Network namespace (e.g. /run/netns/NAME) where --admin-addr is reachable; the server
+    /// Network namespace (e.g. /run/netns/NAME) where --debug-addr is reachable; the server
     /// runs in it. Default: this process's.
     #[arg(long, value_name = "PATH")]
-    pub admin_netns: Option<PathBuf>,
+    pub debug_netns: Option<PathBuf>,
 
     /// send_test_request: the client pod's network namespace (e.g. /run/netns/NAME). Default:
-    /// the server's (see --admin-netns).
+    /// the server's (see --debug-netns).
     #[arg(long, value_name = "PATH")]
     pub client_netns: Option<PathBuf>,
 
@@ -73,8 +74,8 @@ pub struct McpArgs {
     #[arg(long, value_name = "PATH")]
     pub client_cgroup: Option<PathBuf>,
 
-    /// Cluster mode: SandboxRoutes through the Kubernetes API, the agents' admin APIs through
-    /// the API server's pod proxy, with your kubeconfig's credentials.
+    /// Cluster mode: SandboxRoutes through the Kubernetes API, the agents' decisions and
+    /// topology through the traffic API (traffic.shunt.dev), with your kubeconfig's credentials.
     #[arg(long)]
     pub kube: bool,
 
@@ -86,7 +87,7 @@ pub struct McpArgs {
     #[arg(long, value_name = "NS", requires = "kube")]
     pub namespace: Option<String>,
 
-    /// Namespace of the agent pods (--kube).
+    /// Namespace of the agent pods (--kube; send_test_request takes their image).
     #[arg(long, value_name = "NS", default_value = "shunt-system")]
     pub agent_namespace: String,
 
@@ -97,10 +98,6 @@ pub struct McpArgs {
         default_value = "app.kubernetes.io/name=shunt,app.kubernetes.io/component=agent"
     )]
     pub agent_selector: String,
-
-    /// The agents' admin port (--kube).
-    #[arg(long, value_name = "PORT", default_value_t = 9464)]
-    pub agent_port: u16,
 
     /// send_test_request in cluster mode runs its client as a short-lived Pod with this image
     /// (its entrypoint must be the shunt binary). Default: the image of a running agent pod.
@@ -302,11 +299,11 @@ pub fn run(args: McpArgs) -> anyhow::Result<()> {
     if args.routes.is_none() && !args.kube {
         anyhow::bail!(
             "say where routes come from: --routes FILE (no cluster, with the agent at \
-             --admin-addr) or --kube (Kubernetes API)"
+             --debug-addr) or --kube (Kubernetes API)"
         );
     }
     // Before any thread exists, so every thread of the runtime is in it.
-    if let Some(ns) = &args.admin_netns {
+    if let Some(ns) = &args.debug_netns {
         enter_netns(ns)?;
     }
     let rt = tokio::runtime::Builder::new_multi_thread()
@@ -320,7 +317,7 @@ pub fn run(args: McpArgs) -> anyhow::Result<()> {
                 crate::routes::file::load_routes(file)?;
                 Backend::Local(Local {
                     routes_file: file.clone(),
-                    admin_addr: args.admin_addr,
+                    debug_addr: args.debug_addr,
                     edit_lock: tokio::sync::Mutex::new(()),
                 })
             }
@@ -332,7 +329,6 @@ pub fn run(args: McpArgs) -> anyhow::Result<()> {
                     namespace: args.namespace.clone().unwrap_or(namespace),
                     agent_namespace: args.agent_namespace.clone(),
                     agent_selector: args.agent_selector.clone(),
-                    agent_port: args.agent_port,
                     request_image: args.request_image.clone(),
                     request_namespace: args.request_namespace.clone(),
                     request_pod_timeout: args.request_pod_timeout,
@@ -359,11 +355,11 @@ fn placement(args: &McpArgs) -> ClientPlacement {
 
 fn enter_netns(path: &Path) -> anyhow::Result<()> {
     let f = std::fs::File::open(path)
-        .with_context(|| format!("--admin-netns: opening {}", path.display()))?;
+        .with_context(|| format!("--debug-netns: opening {}", path.display()))?;
     // SAFETY: a valid namespace fd; affects only the calling (so far only) thread.
     if unsafe { libc::setns(f.as_raw_fd(), libc::CLONE_NEWNET) } != 0 {
         return Err(std::io::Error::last_os_error())
-            .with_context(|| format!("--admin-netns: entering {}", path.display()));
+            .with_context(|| format!("--debug-netns: entering {}", path.display()));
     }
     Ok(())
 }

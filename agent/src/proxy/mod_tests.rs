@@ -20,7 +20,7 @@ fn shared(registry: &mut Registry) -> ProxyShared {
         keys: key::KeyExtractor::default(),
         table: Arc::new(ArcSwap::from_pointee(RouteTable::default())),
         upstreams: upstream::Upstreams::new(Duration::from_secs(1), Duration::from_secs(1)),
-        log: Arc::new(DecisionLog::new(10)),
+        log: Arc::new(DecisionLog::new(64 * 1024)),
         metrics: Metrics::register(registry, None),
         lookup: Arc::new(HashMap::<ClientAddr, (OrigDstAddr, ServiceId)>::new()),
         shutdown: CancellationToken::new(),

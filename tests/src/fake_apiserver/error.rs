@@ -48,7 +48,7 @@ fn details(group: &str, plural: &str, name: &str) -> Value {
 }
 
 impl ApiError {
-    fn new(code: u16, reason: &str, message: impl Into<String>) -> Self {
+    pub(crate) fn new(code: u16, reason: &str, message: impl Into<String>) -> Self {
         Self {
             code,
             reason: reason.to_string(),

@@ -18,6 +18,8 @@ use serde_json::Value;
 use tokio::net::{TcpListener, TcpSocket};
 use tokio::task::{JoinHandle, JoinSet};
 
+use super::aggregator;
+use super::auth::{self, User};
 use super::discovery;
 use super::error::{ApiError, ApiResult};
 use super::kubelet;
@@ -177,7 +179,7 @@ pub(crate) struct ResourceRequest {
     pub(crate) legacy_watch: bool,
 }
 
-enum Route {
+pub(crate) enum Route {
     Version,
     Health,
     Api,
@@ -198,6 +200,15 @@ enum Route {
         ns: String,
         name_port: String,
         path: String,
+    },
+    /// `POST /apis/authorization.k8s.io/v1/subjectaccessreviews`.
+    SubjectAccessReview,
+    /// `/apis/GROUP/VERSION/...` served by an APIService's Service.
+    Aggregated {
+        api_service: Box<Value>,
+        group: String,
+        /// The path after `/apis/GROUP/VERSION`.
+        rest: Vec<String>,
     },
 }
 
@@ -255,6 +266,21 @@ fn route(shared: &Shared, path: &str) -> ApiResult<Route> {
                 name_port: name_port.to_string(),
                 path: format!("/{rest}"),
             });
+        }
+        _ => {}
+    }
+    match s.as_slice() {
+        ["apis", "authorization.k8s.io", "v1", "subjectaccessreviews"] => {
+            return Ok(Route::SubjectAccessReview);
+        }
+        ["apis", g, v, rest @ ..] => {
+            if let Some(svc) = aggregator::api_service(shared, g, v) {
+                return Ok(Route::Aggregated {
+                    api_service: Box::new(svc),
+                    group: g.to_string(),
+                    rest: rest.iter().map(|r| r.to_string()).collect(),
+                });
+            }
         }
         _ => {}
     }
@@ -330,19 +356,53 @@ async fn handle(shared: Arc<Shared>, req: Request<Incoming>) -> Result<Response<
         };
         return Ok(error_response(&err));
     }
-    Ok(match dispatch(shared, req).await {
+    let user = match authenticate(&shared, &req) {
+        Ok(u) => u,
+        Err(err) => return Ok(error_response(&err)),
+    };
+    Ok(match dispatch(shared, req, user).await {
         Ok(resp) => resp,
         Err(err) => error_response(&err),
     })
+}
+
+/// The user a bearer token stands for; `None` without credentials (the unrestricted admin).
+/// Until a test registers a token, credentials are not looked at at all (as before
+/// authentication existed).
+fn authenticate(shared: &Shared, req: &Request<Incoming>) -> ApiResult<Option<User>> {
+    let Some(auth) = header(req, "authorization") else {
+        return Ok(None);
+    };
+    let tokens = shared.tokens.lock().unwrap_or_else(|e| e.into_inner());
+    if tokens.0.is_empty() {
+        return Ok(None);
+    }
+    let token = auth.strip_prefix("Bearer ").unwrap_or_default().trim();
+    tokens
+        .0
+        .get(token)
+        .cloned()
+        .map(Some)
+        .ok_or_else(|| ApiError::new(401, "Unauthorized", "Unauthorized"))
 }
 
 fn header<'a>(req: &'a Request<Incoming>, name: &str) -> Option<&'a str> {
     req.headers().get(name).and_then(|v| v.to_str().ok())
 }
 
-async fn dispatch(shared: Arc<Shared>, req: Request<Incoming>) -> ApiResult<Response<Body>> {
+async fn dispatch(
+    shared: Arc<Shared>,
+    req: Request<Incoming>,
+    user: Option<User>,
+) -> ApiResult<Response<Body>> {
     let route = route(&shared, req.uri().path())?;
     let query = Query::parse(req.uri().query());
+    if let Some(u) = &user
+        && let Some(a) = auth::attributes(&route, &req, &query)
+        && !auth::allowed(&shared.lock(), u, &a)
+    {
+        return Err(auth::forbidden(u, &a));
+    }
     let accept = header(&req, "accept").map(str::to_string);
     let discovery_only = |req: &Request<Incoming>| -> ApiResult<()> {
         if req.method() == Method::GET || req.method() == Method::HEAD {
@@ -423,5 +483,16 @@ async fn dispatch(shared: Arc<Shared>, req: Request<Incoming>) -> ApiResult<Resp
             name_port,
             path,
         } => kubelet::proxy(shared, req, ns, name_port, path).await,
+        Route::SubjectAccessReview => {
+            if req.method() != Method::POST {
+                return Err(ApiError::method_not_allowed());
+            }
+            let body = read_body(req.into_body()).await?;
+            auth::subject_access_review(&shared.lock(), &body)
+        }
+        Route::Aggregated { api_service, .. } => {
+            let user = user.unwrap_or_else(User::admin);
+            aggregator::proxy(shared, req, *api_service, user).await
+        }
     }
 }

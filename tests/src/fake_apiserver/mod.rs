@@ -50,10 +50,13 @@
 //! field managers (apply always forces); no garbage collector (ownerReferences and
 //! propagationPolicy have no effect); no controllers (Deployments never get Pods or status,
 //! Pods stay Pending); no admission webhooks; no schema validation or defaulting of custom
-//! resources; no authn/authz; no `/exec`, `/attach`, `/eviction` (`pods/log` and `pods/proxy` are served:
+//! resources; authentication by bearer token and RBAC only for registered tokens (see `auth`;
+//! requests without credentials are unrestricted); no `/exec`, `/attach`, `/eviction` (`pods/log` and `pods/proxy` are served:
 //! see `kubelet`, the test sets logs and how pods are reached); core/v1 and events.k8s.io/v1
 //! Events are stored separately.
 
+mod aggregator;
+mod auth;
 mod cluster;
 mod defaults;
 mod discovery;
@@ -78,6 +81,8 @@ use std::sync::{Arc, Mutex};
 use anyhow::Context as _;
 use serde_json::{Value, json};
 
+pub use aggregator::{ServiceDialer, ServiceTarget, dial_cluster_ip};
+pub use auth::User;
 pub use error::ApiError;
 pub use faults::Faults;
 pub use kubelet::{PodDialer, PodTarget, dial_pod_ip};
@@ -123,6 +128,9 @@ impl FakeApiServer {
             requests: Mutex::new(Vec::new()),
             pod_logs: Mutex::new(kubelet::PodLogs::default()),
             pod_dialer: Mutex::new(Arc::new(dial_pod_ip)),
+            tokens: Mutex::new(auth::Tokens::default()),
+            front_proxy: Mutex::new(None),
+            service_dialer: Mutex::new(Arc::new(dial_cluster_ip)),
             listener: Mutex::new(None),
         });
         let handle = http::spawn_server(shared.clone(), listener);
@@ -175,6 +183,72 @@ impl FakeApiServer {
         );
         let path = path.as_ref();
         std::fs::write(path, text).with_context(|| format!("writing {}", path.display()))
+    }
+
+    /// Write a kubeconfig like [`Self::write_kubeconfig`] whose user authenticates with `token`
+    /// (see [`Self::add_token`]).
+    pub fn write_kubeconfig_with_token(
+        &self,
+        path: impl AsRef<Path>,
+        token: &str,
+    ) -> anyhow::Result<()> {
+        let text = format!(
+            "apiVersion: v1\n\
+             kind: Config\n\
+             clusters:\n\
+             - name: fake\n  cluster:\n    server: {url}\n\
+             users:\n\
+             - name: fake\n  user:\n    token: {token}\n\
+             contexts:\n\
+             - name: fake\n  context:\n    cluster: fake\n    user: fake\n    namespace: default\n\
+             current-context: fake\n",
+            url = self.url()
+        );
+        let path = path.as_ref();
+        std::fs::write(path, text).with_context(|| format!("writing {}", path.display()))
+    }
+
+    /// Registers a bearer token: requests carrying it act as `user` in `groups` (plus
+    /// `system:authenticated`) and are authorized with RBAC (Roles, ClusterRoles and their
+    /// bindings in the store). Requests without credentials stay unrestricted.
+    pub fn add_token(&self, token: &str, user: &str, groups: &[&str]) {
+        let mut groups: Vec<String> = groups.iter().map(|g| g.to_string()).collect();
+        groups.push("system:authenticated".into());
+        self.shared
+            .tokens
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .0
+            .insert(
+                token.to_string(),
+                User {
+                    name: user.to_string(),
+                    groups,
+                },
+            );
+    }
+
+    /// The aggregator's client certificate and key (PEM), presented to APIService backends
+    /// (kube-apiserver's `--proxy-client-cert-file`/`--proxy-client-key-file`).
+    pub fn set_front_proxy_client(&self, cert_pem: &[u8], key_pem: &[u8]) {
+        *self
+            .shared
+            .front_proxy
+            .lock()
+            .unwrap_or_else(|e| e.into_inner()) = Some(aggregator::FrontProxy {
+            cert_pem: cert_pem.to_vec(),
+            key_pem: key_pem.to_vec(),
+        });
+    }
+
+    /// Sets how aggregated requests reach an APIService's Service (default:
+    /// [`dial_cluster_ip`]).
+    pub fn set_service_dialer(&self, dialer: ServiceDialer) {
+        *self
+            .shared
+            .service_dialer
+            .lock()
+            .unwrap_or_else(|e| e.into_inner()) = dialer;
     }
 
     /// Register a custom resource (schemaless, with a status subresource) by creating its

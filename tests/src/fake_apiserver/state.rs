@@ -53,6 +53,12 @@ pub(crate) struct Shared {
     pub(crate) pod_logs: Mutex<super::kubelet::PodLogs>,
     /// How `pods/proxy` reaches a pod.
     pub(crate) pod_dialer: Mutex<super::kubelet::PodDialer>,
+    /// Bearer tokens and their users.
+    pub(crate) tokens: Mutex<super::auth::Tokens>,
+    /// The aggregator's client identity towards APIService backends.
+    pub(crate) front_proxy: Mutex<Option<super::aggregator::FrontProxy>>,
+    /// How aggregated requests reach an APIService's Service.
+    pub(crate) service_dialer: Mutex<super::aggregator::ServiceDialer>,
     /// The accept loop; it owns every connection task, so aborting it drops them all.
     pub(crate) listener: Mutex<Option<JoinHandle<()>>>,
 }

@@ -27,7 +27,9 @@ impl Backend {
             }
             q.finish()
         };
-        let (replies, warnings) = self.admin_get(&format!("/decisions?{query}")).await?;
+        let (replies, warnings) = self
+            .debug_get(&format!("/decisions?{query}"), snap.namespace.as_deref())
+            .await?;
         let table = snap.table();
         let owner = |addr: &str| -> Option<String> {
             let sa: SocketAddr = addr.parse().ok()?;

@@ -96,8 +96,8 @@ impl Backend {
         })
     }
 
-    async fn topology(&self) -> ToolResult<(Vec<EdgeInfo>, Vec<String>)> {
-        let (replies, warnings) = self.admin_get("/topology").await?;
+    async fn topology(&self, namespace: Option<&str>) -> ToolResult<(Vec<EdgeInfo>, Vec<String>)> {
+        let (replies, warnings) = self.debug_get("/topology", namespace).await?;
         let mut merged: BTreeMap<(String, String, u16), (u64, u64)> = BTreeMap::new();
         for r in replies {
             let topo: Topology = serde_json::from_str(&r.body).map_err(|e| {
@@ -128,7 +128,7 @@ impl Backend {
 
     pub async fn get_dependencies(&self, p: DependenciesParams) -> ToolResult<DependenciesResult> {
         let Some(service) = p.service.as_deref() else {
-            let (edges, warnings) = self.topology().await?;
+            let (edges, warnings) = self.topology(p.namespace.as_deref()).await?;
             let note = edges.is_empty().then(|| {
                 "no connections observed yet: send traffic first (send_test_request)".to_string()
             });
@@ -161,7 +161,7 @@ impl Backend {
             })
             .map(|pod| format!("{}/{}", pod.namespace, pod.name))
             .collect();
-        let (edges, warnings) = self.topology().await?;
+        let (edges, warnings) = self.topology(p.namespace.as_deref()).await?;
         let callers: Vec<EdgeInfo> = edges.iter().filter(|e| e.to == id).cloned().collect();
         let callees: Vec<EdgeInfo> = edges
             .iter()

@@ -29,6 +29,7 @@ pub const SERVICE_PORT: u16 = 9080;
 pub const POD_PORT: u16 = 8080;
 const PROXY_PORT: u16 = 15001;
 const ADMIN_PORT: u16 = 9464;
+const DEBUG_PORT: u16 = 9465;
 /// The routing key the sandbox is forked under.
 pub const SANDBOX_KEY: &str = "pr-42";
 
@@ -240,7 +241,11 @@ impl Cluster {
         let mut agent = spawn("agent", cmd, &topo.node, &agent_cg)?;
         let deadline = Instant::now() + Duration::from_secs(20);
         loop {
-            if matches!(admin_get(&topo.node, "/readyz"), Ok((200, _))) {
+            if matches!(
+                topo.node
+                    .run(|| http_get(SocketAddr::from(([127, 0, 0, 1], ADMIN_PORT)), "/readyz")),
+                Ok(Ok((200, _)))
+            ) {
                 break;
             }
             if let Some(status) = agent.try_wait()? {
@@ -328,7 +333,7 @@ impl Cluster {
 
     /// The agent's recent decisions for `key`.
     pub fn decisions(&self, key: &str) -> anyhow::Result<Vec<Value>> {
-        let (status, body) = admin_get(&self.topo.node, &format!("/decisions?key={key}"))?;
+        let (status, body) = debug_get(&self.topo.node, &format!("/decisions?key={key}"))?;
         if status != 200 {
             bail!("/decisions answered {status}: {body}");
         }
@@ -369,9 +374,9 @@ impl Cluster {
         println!("The agent's admin API, in the node namespace:");
         println!();
         println!(
-            "  nsenter --net={node_ns} -- {curl} 'http://127.0.0.1:{ADMIN_PORT}/decisions?key={SANDBOX_KEY}'"
+            "  nsenter --net={node_ns} -- {curl} 'http://127.0.0.1:{DEBUG_PORT}/decisions?key={SANDBOX_KEY}'"
         );
-        println!("  nsenter --net={node_ns} -- {curl} http://127.0.0.1:{ADMIN_PORT}/routes");
+        println!("  nsenter --net={node_ns} -- {curl} http://127.0.0.1:{DEBUG_PORT}/routes");
         println!();
         println!(
             "Routes file (edits are picked up live): {}/routes.yaml; logs: {}/*.log",
@@ -470,9 +475,9 @@ fn spawn(name: &str, cmd: Command, netns: &Netns, cgroup: &Path) -> anyhow::Resu
     guard.child.take().context("spawned child missing")
 }
 
-fn admin_get(node: &Netns, path: &str) -> anyhow::Result<(u16, String)> {
+fn debug_get(node: &Netns, path: &str) -> anyhow::Result<(u16, String)> {
     let path = path.to_string();
-    node.run(move || http_get(SocketAddr::from(([127, 0, 0, 1], ADMIN_PORT)), &path))?
+    node.run(move || http_get(SocketAddr::from(([127, 0, 0, 1], DEBUG_PORT)), &path))?
 }
 
 fn wait_until(timeout: Duration, what: &str, mut f: impl FnMut() -> bool) -> anyhow::Result<()> {
