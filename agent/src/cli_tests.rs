@@ -155,7 +155,7 @@ fn mcp_flags_parse() {
     };
     assert_eq!(a.debug_addr.to_string(), "127.0.0.1:9465");
     assert!(!a.kube && !a.internal_request);
-    assert_eq!(a.agent_namespace, "shunt-system");
+    assert_eq!(a.agents.agent_namespace, "shunt-system");
     assert!(parse(&["mcp", "--routes", "/r", "--kube"]).is_err());
     assert!(
         parse(&["mcp", "--kubeconfig", "/k"]).is_err(),

@@ -9,6 +9,7 @@
 //! - [`status`]: status writes and deletion of expired routes, by the leader.
 //! - [`rbac`]: every API permission the above uses.
 //!
+//! - [`agents`]: where the node agents run (flags of the clients that reach them).
 //! - [`client`]: the one kubeconfig loader (agent, `shunt sandbox`, `shunt mcp --kube`).
 //! - [`route_status`], [`pods`]: helpers the clients share (status read back from a
 //!   SandboxRoute, pod waiting states).
@@ -16,6 +17,7 @@
 //! [`KubeSource::spawn`] publishes on a watch channel, as the routes-file source does, and
 //! subscribes its status writer to the statuses that route sync (`crate::sync`) publishes: table
 //! swaps and `STEERED` updates happen in that one room whatever the source.
+pub mod agents;
 pub mod client;
 pub mod convert;
 pub mod crd;

@@ -87,17 +87,8 @@ pub struct McpArgs {
     #[arg(long, value_name = "NS", requires = "kube")]
     pub namespace: Option<String>,
 
-    /// Namespace of the agent pods (--kube; send_test_request takes their image).
-    #[arg(long, value_name = "NS", default_value = "shunt-system")]
-    pub agent_namespace: String,
-
-    /// Label selector of the agent pods (--kube).
-    #[arg(
-        long,
-        value_name = "SELECTOR",
-        default_value = "app.kubernetes.io/name=shunt,app.kubernetes.io/component=agent"
-    )]
-    pub agent_selector: String,
+    #[command(flatten)]
+    pub agents: crate::kube::agents::AgentPodsArgs,
 
     /// send_test_request in cluster mode runs its client as a short-lived Pod with this image
     /// (its entrypoint must be the shunt binary). Default: the image of a running agent pod.
@@ -327,8 +318,8 @@ pub fn run(args: McpArgs) -> anyhow::Result<()> {
                 Backend::Cluster(cluster::Cluster {
                     client,
                     namespace: args.namespace.clone().unwrap_or(namespace),
-                    agent_namespace: args.agent_namespace.clone(),
-                    agent_selector: args.agent_selector.clone(),
+                    agent_namespace: args.agents.agent_namespace.clone(),
+                    agent_selector: args.agents.agent_selector.clone(),
                     request_image: args.request_image.clone(),
                     request_namespace: args.request_namespace.clone(),
                     request_pod_timeout: args.request_pod_timeout,

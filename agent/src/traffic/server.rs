@@ -48,17 +48,8 @@ pub struct TrafficApiArgs {
     #[arg(long, value_name = "PATH")]
     pub debug_token_file: PathBuf,
 
-    /// Namespace of the agent pods.
-    #[arg(long, value_name = "NS", default_value = "shunt-system")]
-    pub agent_namespace: String,
-
-    /// Label selector of the agent pods.
-    #[arg(
-        long,
-        value_name = "SELECTOR",
-        default_value = "app.kubernetes.io/name=shunt,app.kubernetes.io/component=agent"
-    )]
-    pub agent_selector: String,
+    #[command(flatten)]
+    pub agents: crate::kube::agents::AgentPodsArgs,
 
     /// The agents' debug port (`shunt run --debug-addr`).
     #[arg(long, value_name = "PORT", default_value_t = 9465)]
@@ -145,8 +136,8 @@ async fn serve(args: TrafficApiArgs) -> anyhow::Result<()> {
     let state = Arc::new(State {
         client,
         agents: Agents {
-            namespace: args.agent_namespace.clone(),
-            selector: args.agent_selector.clone(),
+            namespace: args.agents.agent_namespace.clone(),
+            selector: args.agents.agent_selector.clone(),
             debug_port: args.agent_debug_port,
             token,
         },

@@ -12,17 +12,17 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use base64::Engine as _;
-use http_body_util::{BodyExt as _, Full, Limited};
+use http_body_util::Full;
 use hyper::body::Incoming;
-use hyper::{Request, Response, StatusCode};
-use hyper_util::rt::TokioIo;
+use hyper::{Request, Response};
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName, pem::PemObject as _};
 use serde_json::Value;
 
 use super::auth::User;
 use super::error::{ApiError, ApiResult};
-use super::http::{Body, full, read_body};
+use super::http::{Body, read_body};
 use super::state::Shared;
+use super::upstream::{self, Wording, unavailable};
 
 /// Where an aggregated request goes.
 #[derive(Clone, Debug)]
@@ -54,15 +54,6 @@ pub(crate) struct FrontProxy {
 
 const MAX_BODY: usize = 16 * 1024 * 1024;
 const TIMEOUT: Duration = Duration::from_secs(30);
-
-fn unavailable(message: String) -> ApiError {
-    ApiError {
-        code: 503,
-        reason: "ServiceUnavailable".into(),
-        message,
-        details: None,
-    }
-}
 
 /// The APIService serving `group`/`version` through a Service, if any.
 pub(crate) fn api_service(shared: &Shared, group: &str, version: &str) -> Option<Value> {
@@ -247,30 +238,13 @@ pub(crate) async fn proxy(
     let out = out
         .body(Full::new(body))
         .map_err(|e| ApiError::bad_request(format!("proxy request: {e}")))?;
-    let exchange = async {
-        let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tls))
-            .await
-            .map_err(|e| unavailable(format!("{name}: {e}")))?;
-        tokio::spawn(conn);
-        let resp = sender
-            .send_request(out)
-            .await
-            .map_err(|e| unavailable(format!("{name}: {e}")))?;
-        let (rparts, rbody) = resp.into_parts();
-        let bytes = Limited::new(rbody, MAX_BODY)
-            .collect()
-            .await
-            .map_err(|e| unavailable(format!("{name}: reading the response: {e}")))?
-            .to_bytes();
-        ApiResult::Ok((rparts, bytes))
+    let words = Wording {
+        reach: name.to_string(),
+        read: format!("{name}: reading the response"),
+        timeout: format!("{name} did not answer in {TIMEOUT:?}"),
     };
-    let (rparts, bytes) = tokio::time::timeout(TIMEOUT, exchange)
-        .await
-        .map_err(|_| unavailable(format!("{name} did not answer in {TIMEOUT:?}")))??;
-    let mut resp = Response::new(full(bytes));
-    *resp.status_mut() =
-        StatusCode::from_u16(rparts.status.as_u16()).unwrap_or(StatusCode::BAD_GATEWAY);
-    for (n, v) in rparts.headers.iter() {
+    let (mut resp, headers) = upstream::exchange(tls, out, MAX_BODY, TIMEOUT, &words).await?;
+    for (n, v) in headers.iter() {
         if !matches!(
             n.as_str(),
             "connection" | "transfer-encoding" | "content-length"

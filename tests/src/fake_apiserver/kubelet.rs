@@ -12,16 +12,16 @@ use std::net::{IpAddr, SocketAddr, TcpStream};
 use std::sync::Arc;
 use std::time::Duration;
 
-use http_body_util::{BodyExt as _, Full, Limited};
+use http_body_util::Full;
 use hyper::body::Incoming;
 use hyper::header::HeaderName;
-use hyper::{Request, Response, StatusCode};
-use hyper_util::rt::TokioIo;
+use hyper::{Request, Response};
 use serde_json::Value;
 
 use super::error::{ApiError, ApiResult};
-use super::http::{Body, Query, full, read_body, text_response};
+use super::http::{Body, Query, read_body, text_response};
 use super::state::Shared;
+use super::upstream::{self, Wording, unavailable};
 
 /// Largest proxied response body (the server buffers it).
 const MAX_PROXY_BODY: usize = 16 * 1024 * 1024;
@@ -157,15 +157,6 @@ fn target(pod: &Value, ns: &str, name_port: &str) -> ApiResult<PodTarget> {
     })
 }
 
-fn unavailable(message: String) -> ApiError {
-    ApiError {
-        code: 503,
-        reason: "ServiceUnavailable".into(),
-        message,
-        details: None,
-    }
-}
-
 /// Hop-by-hop headers (RFC 9110 §7.6.1) and credentials meant for the API server itself.
 fn forwardable(name: &HeaderName) -> bool {
     !matches!(
@@ -244,30 +235,14 @@ pub(crate) async fn proxy(
         .body(Full::new(body))
         .map_err(|e| ApiError::bad_request(format!("proxy request: {e}")))?;
 
-    let exchange = async {
-        let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
-            .await
-            .map_err(|e| unavailable(format!("error trying to reach pod {name}: {e}")))?;
-        tokio::spawn(conn);
-        let resp = sender
-            .send_request(out)
-            .await
-            .map_err(|e| unavailable(format!("error trying to reach pod {name}: {e}")))?;
-        let (rparts, rbody) = resp.into_parts();
-        let bytes = Limited::new(rbody, MAX_PROXY_BODY)
-            .collect()
-            .await
-            .map_err(|e| unavailable(format!("reading the response of pod {name}: {e}")))?
-            .to_bytes();
-        ApiResult::Ok((rparts, bytes))
+    let words = Wording {
+        reach: format!("error trying to reach pod {name}"),
+        read: format!("reading the response of pod {name}"),
+        timeout: format!("pod {name} did not answer in {PROXY_TIMEOUT:?}"),
     };
-    let (rparts, bytes) = tokio::time::timeout(PROXY_TIMEOUT, exchange)
-        .await
-        .map_err(|_| unavailable(format!("pod {name} did not answer in {PROXY_TIMEOUT:?}")))??;
-    let mut resp = Response::new(full(bytes));
-    *resp.status_mut() =
-        StatusCode::from_u16(rparts.status.as_u16()).unwrap_or(StatusCode::BAD_GATEWAY);
-    for (n, v) in rparts.headers.iter().filter(|(n, _)| forwardable(n)) {
+    let (mut resp, headers) =
+        upstream::exchange(stream, out, MAX_PROXY_BODY, PROXY_TIMEOUT, &words).await?;
+    for (n, v) in headers.iter().filter(|(n, _)| forwardable(n)) {
         resp.headers_mut().append(n.clone(), v.clone());
     }
     Ok(resp)

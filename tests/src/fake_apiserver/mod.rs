@@ -72,6 +72,7 @@ mod rest;
 mod selectors;
 mod state;
 mod store;
+mod upstream;
 mod watch;
 
 use std::net::SocketAddr;
@@ -169,19 +170,23 @@ impl FakeApiServer {
     /// Tip: also give kubectl its own `--cache-dir`, so discovery caches of earlier servers
     /// that used the same port are not reused.
     pub fn write_kubeconfig(&self, path: impl AsRef<Path>) -> anyhow::Result<()> {
+        self.write_kubeconfig_as(path.as_ref(), " {}")
+    }
+
+    /// A kubeconfig whose user entry is `user:` followed by `user` (YAML).
+    fn write_kubeconfig_as(&self, path: &Path, user: &str) -> anyhow::Result<()> {
         let text = format!(
             "apiVersion: v1\n\
              kind: Config\n\
              clusters:\n\
              - name: fake\n  cluster:\n    server: {url}\n\
              users:\n\
-             - name: fake\n  user: {{}}\n\
+             - name: fake\n  user:{user}\n\
              contexts:\n\
              - name: fake\n  context:\n    cluster: fake\n    user: fake\n    namespace: default\n\
              current-context: fake\n",
             url = self.url()
         );
-        let path = path.as_ref();
         std::fs::write(path, text).with_context(|| format!("writing {}", path.display()))
     }
 
@@ -192,20 +197,7 @@ impl FakeApiServer {
         path: impl AsRef<Path>,
         token: &str,
     ) -> anyhow::Result<()> {
-        let text = format!(
-            "apiVersion: v1\n\
-             kind: Config\n\
-             clusters:\n\
-             - name: fake\n  cluster:\n    server: {url}\n\
-             users:\n\
-             - name: fake\n  user:\n    token: {token}\n\
-             contexts:\n\
-             - name: fake\n  context:\n    cluster: fake\n    user: fake\n    namespace: default\n\
-             current-context: fake\n",
-            url = self.url()
-        );
-        let path = path.as_ref();
-        std::fs::write(path, text).with_context(|| format!("writing {}", path.display()))
+        self.write_kubeconfig_as(path.as_ref(), &format!("\n    token: {token}"))
     }
 
     /// Registers a bearer token: requests carrying it act as `user` in `groups` (plus
