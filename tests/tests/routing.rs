@@ -426,6 +426,15 @@ fn upstream_reset_gets_502() {
     assert_eq!(lines[0]["status"], 502, "{}", lines[0]);
 }
 
+/// Replaces a file the way editors and ConfigMap updates do (write a sibling, rename over), so
+/// the agent's poll never reads a half-written file: `fs::write` truncates first, and a poll in
+/// between would load an empty (valid) routes file.
+fn replace_file(path: &std::path::Path, content: &str) {
+    let tmp = path.with_extension("tmp");
+    std::fs::write(&tmp, content).unwrap();
+    std::fs::rename(&tmp, path).unwrap();
+}
+
 #[test]
 fn routes_file_reload_applies_diff_and_keeps_last_good_on_error() {
     let Some(w) = World::new("routes_file_reload_applies_diff", RoutesSpec::default()) else {
@@ -448,7 +457,7 @@ fn routes_file_reload_applies_diff_and_keeps_last_good_on_error() {
     let without: String = yaml.split("  - name: pr-42").next().unwrap().to_string()
         + "  - name: pr-99"
         + yaml.split("  - name: pr-99").nth(1).unwrap();
-    std::fs::write(&w.routes, &without).unwrap();
+    replace_file(&w.routes, &without);
     wait_until(Duration::from_secs(5), || {
         !steered(&agent).contains(&reviews())
     });
@@ -459,11 +468,10 @@ fn routes_file_reload_applies_diff_and_keeps_last_good_on_error() {
     );
 
     // A bad edit keeps the last good table and says why, with the line.
-    std::fs::write(
+    replace_file(
         &w.routes,
-        format!("{without}\n  - name: broken\n    spec: {{ routingKey: \"bad key\" }}\n"),
-    )
-    .unwrap();
+        &format!("{without}\n  - name: broken\n    spec: {{ routingKey: \"bad key\" }}\n"),
+    );
     wait_until(Duration::from_secs(5), || {
         agent.metric("shunt_route_table_reload_errors_total") >= 1.0
     });
@@ -474,7 +482,7 @@ fn routes_file_reload_applies_diff_and_keeps_last_good_on_error() {
     assert!(steered(&agent).contains(&SocketAddr::from((RATINGS_VIP, SERVICE_PORT))));
 
     // Restoring the route steers reviews again.
-    std::fs::write(&w.routes, &yaml).unwrap();
+    replace_file(&w.routes, &yaml);
     wait_until(Duration::from_secs(5), || {
         steered(&agent).contains(&reviews())
     });
