@@ -261,3 +261,29 @@ fn proxy_adds_no_response_header_and_keeps_header_case() {
         request
     );
 }
+
+#[test]
+fn http10_request_follows_its_key_and_ends_with_its_connection() {
+    let Some(w) = World::new("http10_request_follows_its_key") else {
+        return;
+    };
+    let _agent = w.agent();
+    // An HTTP/1.0 client gets one exchange per connection: the proxy closes it after the
+    // response (the raw peer reads until then, for 10 s at most).
+    for (key, expect) in [(Some("pr-42"), "reviews-v2"), (None, "reviews-v1")] {
+        let baggage = key
+            .map(|k| format!("baggage: sd-routing-key={k}\r\n"))
+            .unwrap_or_default();
+        let out = w.raw(
+            reviews(),
+            &format!("GET /x HTTP/1.0\r\nhost: reviews\r\n{baggage}\r\n"),
+        );
+        let response = out["response"].as_str().unwrap();
+        assert!(response.starts_with("HTTP/1."), "{response}");
+        assert_eq!(served_by(response), [expect], "{response}");
+        assert_eq!(
+            out["closed"], true,
+            "the proxy closed the connection: {out}"
+        );
+    }
+}
