@@ -117,7 +117,6 @@ impl Watches {
         let (touched_tx, routes_touched) = watch::channel(0u64);
         let (relists_tx, relists) = watch::channel(0u64);
         let mut tasks = Vec::new();
-        let mut spawn = |_what: &'static str, task: JoinHandle<()>| tasks.push(task);
         let (routes, t) = watch_into_store(
             WatchSpec::<SandboxRoute> {
                 what: "SandboxRoutes",
@@ -131,7 +130,7 @@ impl Watches {
             relists_tx.clone(),
             stop.clone(),
         );
-        spawn("SandboxRoutes", t);
+        tasks.push(t);
         let (services, t) = watch_into_store(
             WatchSpec::<Service> {
                 what: "Services",
@@ -149,7 +148,7 @@ impl Watches {
             relists_tx.clone(),
             stop.clone(),
         );
-        spawn("Services", t);
+        tasks.push(t);
         let (slices, t) = watch_into_store(
             WatchSpec::<EndpointSlice> {
                 what: "EndpointSlices",
@@ -171,7 +170,7 @@ impl Watches {
             relists_tx.clone(),
             stop.clone(),
         );
-        spawn("EndpointSlices", t);
+        tasks.push(t);
         let (pods, t) = watch_into_store(
             WatchSpec::<Pod> {
                 what: "sandbox Pods",
@@ -205,7 +204,7 @@ impl Watches {
             relists_tx,
             stop.clone(),
         );
-        spawn("sandbox Pods", t);
+        tasks.push(t);
         Self {
             stores: Stores {
                 routes,
