@@ -38,6 +38,11 @@ pub struct BenchArgs {
     /// use CPU 0. Default 1; 0 puts everything on one core (an experiment, not the matrix).
     #[arg(long, value_name = "LIST")]
     proxy_cpu: Option<String>,
+    /// Also run C and D with the agent built from this git revision (C′, D′), interleaved at
+    /// every fixed-rate and saturation point, and report after vs before against the spread of
+    /// the before runs. The revision is built (release) in `target/bench/before/`.
+    #[arg(long, value_name = "REV")]
+    before: Option<String>,
 }
 
 /// Commands the bench runs, and the Debian package providing each.
@@ -102,6 +107,57 @@ fn target_dir() -> PathBuf {
         .unwrap_or_else(|| PathBuf::from("target"))
 }
 
+/// Builds `shunt-under-test` (release) from git revision `rev`, in a checkout of its own under
+/// `dir` with its own target directory (two checkouts of one workspace must not share one).
+/// Returns the binary.
+fn build_before(env: &Env, rev: &str, dir: &Path) -> anyhow::Result<PathBuf> {
+    let resolved = Command::new("git")
+        .args(["rev-parse", "--verify", &format!("{rev}^{{commit}}")])
+        .output()?;
+    if !resolved.status.success() {
+        bail!("--before {rev}: not a git revision of this repository");
+    }
+    let commit = String::from_utf8_lossy(&resolved.stdout).trim().to_string();
+    let src = dir.join("src");
+    step(&format!(
+        "building the before agent from {rev} ({commit:.12})"
+    ));
+    if src.exists() {
+        std::fs::remove_dir_all(&src)?;
+    }
+    std::fs::create_dir_all(&src)?;
+    // `git archive` rather than a worktree: nothing to unregister if the bench is interrupted.
+    let archive = Command::new("git")
+        .args(["archive", "--format=tar", &commit])
+        .stdout(std::process::Stdio::piped())
+        .spawn()?;
+    exec(
+        Command::new("tar")
+            .arg("-x")
+            .arg("-C")
+            .arg(&src)
+            .stdin(archive.stdout.expect("piped stdout")),
+    )?;
+    let target = dir.join("target");
+    exec(
+        Command::new("cargo")
+            .args([
+                "build",
+                "--release",
+                "-p",
+                "tests",
+                "--bin",
+                "shunt-under-test",
+            ])
+            .current_dir(&src)
+            .env("CARGO_TARGET_DIR", &target)
+            .env("PATH", &env.path),
+    )?;
+    Ok(std::path::absolute(
+        target.join("release/shunt-under-test"),
+    )?)
+}
+
 pub fn run(env: &Env, args: BenchArgs) -> anyhow::Result<()> {
     let started = Instant::now();
     let uid = Command::new("id").arg("-u").output()?;
@@ -120,6 +176,10 @@ pub fn run(env: &Env, args: BenchArgs) -> anyhow::Result<()> {
     let target = target_dir();
     let out = target.join("bench");
     let bin = target.join("release/shunt-bench-matrix");
+    let before = match &args.before {
+        Some(rev) => Some(build_before(env, rev, &out.join("before"))?),
+        None => None,
+    };
     let mut command = String::from("cargo xtask bench");
     let mut cmd = Command::new(&bin);
     cmd.arg("--out").arg(&out).env("PATH", &env.path);
@@ -138,6 +198,10 @@ pub fn run(env: &Env, args: BenchArgs) -> anyhow::Result<()> {
     opt("--secs", args.secs.map(|v| v.to_string()));
     opt("--rates", args.rates);
     opt("--proxy-cpu", args.proxy_cpu);
+    if let (Some(rev), Some(before)) = (&args.before, &before) {
+        cmd.arg("--before").arg(before);
+        command.push_str(&format!(" --before {rev}"));
+    }
     if args.no_profile {
         cmd.arg("--no-profile");
         command.push_str(" --no-profile");

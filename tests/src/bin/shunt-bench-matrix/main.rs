@@ -19,6 +19,7 @@
 //! [--quick] [--reps N] [--secs S] [--out DIR] [--rates R,R,...] [--no-profile]
 //! [--proxy-cpu LIST]`
 //! (or `cargo xtask bench`, which installs oha, h2load and haproxy first).
+mod compare;
 mod haproxy;
 mod hookcost;
 mod load;
@@ -71,10 +72,18 @@ pub enum Scenario {
     C,
     D,
     E,
+    /// C with the `--before` build of the agent.
+    #[serde(rename = "C-before")]
+    CBefore,
+    /// D with the `--before` build of the agent.
+    #[serde(rename = "D-before")]
+    DBefore,
 }
 
 impl Scenario {
     pub const ALL: [Scenario; 5] = [Self::A, Self::B, Self::C, Self::D, Self::E];
+    /// The scenarios run with `--before`, beside C and D at the same points.
+    pub const BEFORE: [Scenario; 2] = [Self::CBefore, Self::DBefore];
 
     pub fn label(self) -> &'static str {
         match self {
@@ -83,11 +92,24 @@ impl Scenario {
             Self::C => "C Shunt, no key → baseline",
             Self::D => "D Shunt, key → sandbox",
             Self::E => "E HAProxy, key → sandbox",
+            Self::CBefore => "C′ before, no key → baseline",
+            Self::DBefore => "D′ before, key → sandbox",
         }
     }
 
     pub fn keyed(self) -> bool {
-        matches!(self, Self::D | Self::E)
+        matches!(self, Self::D | Self::E | Self::DBefore)
+    }
+
+    /// The same scenario run with the other build (C ↔ C′, D ↔ D′).
+    pub fn counterpart(self) -> Option<Scenario> {
+        match self {
+            Self::C => Some(Self::CBefore),
+            Self::D => Some(Self::DBefore),
+            Self::CBefore => Some(Self::C),
+            Self::DBefore => Some(Self::D),
+            _ => None,
+        }
     }
 
     fn uses_agent(self) -> bool {
@@ -182,6 +204,9 @@ pub struct Opts {
     pub command: String,
     /// `taskset -c` list for the proxy (default 1; the load generator and backends use 0).
     pub proxy_cpu: String,
+    /// A `shunt-under-test` built from an earlier revision: C′ and D′ run it beside C and D at
+    /// every fixed-rate and saturation point, alternating which build goes first.
+    pub before: Option<PathBuf>,
 }
 
 fn parse_opts() -> anyhow::Result<Opts> {
@@ -202,6 +227,7 @@ fn parse_opts() -> anyhow::Result<Opts> {
         "--no-profile",
         "--command",
         "--proxy-cpu",
+        "--before",
     ];
     let mut i = 0;
     while i < args.len() {
@@ -209,7 +235,7 @@ fn parse_opts() -> anyhow::Result<Opts> {
             bail!(
                 "unknown argument {:?}; usage: shunt-bench-matrix [--quick] [--reps N] \
                  [--sweep-reps N] [--secs S] [--out DIR] [--rates R,R,...] [--no-profile] \
-                 [--proxy-cpu LIST]",
+                 [--proxy-cpu LIST] [--before SHUNT_UNDER_TEST]",
                 args[i]
             );
         }
@@ -251,6 +277,7 @@ fn parse_opts() -> anyhow::Result<Opts> {
         profile: !args.iter().any(|a| a == "--no-profile"),
         rates,
         proxy_cpu: value("--proxy-cpu").unwrap_or("1").to_string(),
+        before: value("--before").map(PathBuf::from),
         command: value("--command").map(str::to_string).unwrap_or_else(|| {
             std::iter::once("shunt-bench-matrix".to_string())
                 .chain(args.iter().cloned())
@@ -329,13 +356,17 @@ pub struct Bench {
     pub agent_threads: Vec<String>,
     /// The capture hooks' kernel run time over B's new-connection runs.
     pub hook_cost: hookcost::HookCostMeter,
+    /// The earlier build for C′ and D′ (`--before`).
+    before: Option<PathBuf>,
 }
 
 impl Bench {
     fn addr(&self, s: Scenario) -> SocketAddr {
         match s {
             Scenario::A | Scenario::B => self.env.topo.pods[1].addr4(UNSTEERED_PORT),
-            Scenario::C | Scenario::D => SocketAddr::from((VIP, SERVICE_PORT)),
+            Scenario::C | Scenario::D | Scenario::CBefore | Scenario::DBefore => {
+                SocketAddr::from((VIP, SERVICE_PORT))
+            }
             Scenario::E => SocketAddr::from((PROXY4, HAPROXY_PORT)),
         }
     }
@@ -482,7 +513,9 @@ impl Bench {
     }
 
     /// Runs `scenarios` (in A B C D E order) at `point`: A with no agent, then the agent started
-    /// for B, C and D, stopped again, then E.
+    /// for B, C and D, stopped again, then E. With `--before`, the earlier build runs C′ and D′
+    /// beside C and D: before them in odd repetitions, after them in even ones, so neither build
+    /// always runs on a machine the other just warmed.
     fn run_point(
         &mut self,
         point: &Point,
@@ -493,6 +526,11 @@ impl Bench {
         eprintln!("[rep {}/{reps}] {}", rep + 1, point.key());
         if scenarios.contains(&Scenario::A) {
             self.run_one(Scenario::A, point, rep, None)?;
+        }
+        let with_before =
+            self.before.is_some() && scenarios.iter().any(|s| s.counterpart().is_some());
+        if with_before && rep % 2 == 1 {
+            self.run_before_build(point, rep, scenarios)?;
         }
         if scenarios.iter().any(|s| s.uses_agent()) {
             let others = agent::capture::run_stats::snapshot();
@@ -521,20 +559,53 @@ impl Bench {
                     }
                 }
             }
-            self.agent_hwm_kib = self
-                .agent_hwm_kib
-                .max(procstat::vm_hwm_kib(pid).unwrap_or(0));
-            let names = procstat::thread_names(pid);
-            if names.len() > self.agent_threads.len() {
-                self.agent_threads = names;
-            }
+            self.note_agent(pid);
             agent.terminate(Duration::from_secs(10));
+        }
+        if with_before && rep.is_multiple_of(2) {
+            self.run_before_build(point, rep, scenarios)?;
         }
         if scenarios.contains(&Scenario::E) {
             let pid = self.haproxy.pid();
             self.run_one(Scenario::E, point, rep, Some(pid))?;
         }
         Ok(())
+    }
+
+    /// C′ and D′: the `--before` build, started like the agent under test.
+    fn run_before_build(
+        &mut self,
+        point: &Point,
+        rep: usize,
+        scenarios: &[Scenario],
+    ) -> anyhow::Result<()> {
+        let Some(before) = self.before.clone() else {
+            return Ok(());
+        };
+        let current = std::mem::replace(&mut self.env.bins.agent, before);
+        let mut agent = self.start_agent();
+        self.env.bins.agent = current;
+        let pid = agent.child.pid();
+        self.sample_routing(self.addr(Scenario::CBefore), true)?;
+        for s in [Scenario::C, Scenario::D] {
+            if scenarios.contains(&s) {
+                let b = s.counterpart().expect("C and D have a before counterpart");
+                self.run_one(b, point, rep, Some(pid))?;
+            }
+        }
+        agent.terminate(Duration::from_secs(10));
+        Ok(())
+    }
+
+    /// The agent's peak memory and thread names (the run that had the most).
+    fn note_agent(&mut self, pid: i32) {
+        self.agent_hwm_kib = self
+            .agent_hwm_kib
+            .max(procstat::vm_hwm_kib(pid).unwrap_or(0));
+        let names = procstat::thread_names(pid);
+        if names.len() > self.agent_threads.len() {
+            self.agent_threads = names;
+        }
     }
 }
 
@@ -897,6 +968,11 @@ fn run(o: &Opts) -> anyhow::Result<()> {
         }
     }
     let bins = Bins::beside_current_exe()?;
+    if let Some(before) = &o.before
+        && !before.is_file()
+    {
+        bail!("--before {}: no such file", before.display());
+    }
     let started = Instant::now();
     let env = Env::new("shunt-bench-matrix", 3, bins.clone())
         .context("kernel tests cannot run here (root, cgroup v2 and BTF are needed)")?;
@@ -936,6 +1012,7 @@ fn run(o: &Opts) -> anyhow::Result<()> {
         agent_hwm_kib: 0,
         agent_threads: Vec::new(),
         hook_cost: hookcost::HookCostMeter::default(),
+        before: o.before.clone(),
     };
     b.sample_routing(b.addr(Scenario::E), true)?;
     b.sample_routing(b.addr(Scenario::A), false)?;

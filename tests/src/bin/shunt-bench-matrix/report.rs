@@ -426,6 +426,9 @@ pub fn write(
     }
     writeln!(w)?;
 
+    if let Some(section) = crate::compare::section(recs) {
+        w.push_str(&section);
+    }
     writeln!(w, "#### Saturation\n")?;
     writeln!(
         w,
