@@ -193,6 +193,24 @@ pub struct RunConfig {
     )]
     pub key_header: Vec<String>,
 
+    /// Also read the key from the `sd-routing-key` query parameter (then moved to baggage).
+    /// Off by default: a link carrying a key would reach sandbox code from anywhere it travels,
+    /// through an ingress included.
+    #[arg(long, env = "SHUNT_KEY_FROM_QUERY")]
+    pub key_from_query: bool,
+
+    /// Clients (CIDR, repeatable; comma-separated in the variable) whose requests lose every
+    /// routing key before they are decided and forwarded, for example an ingress controller's
+    /// pods: keys then come only from inside the cluster.
+    #[arg(
+        long,
+        env = "SHUNT_STRIP_KEYS_FROM",
+        value_name = "CIDR",
+        value_delimiter = ',',
+        value_parser = parse_cidr
+    )]
+    pub strip_keys_from: Vec<ipnet::IpNet>,
+
     /// Bytes of routing decisions kept for the debug API's `/decisions` (paths are stored cut
     /// to 512 bytes; the oldest decisions go first).
     #[arg(
@@ -219,4 +237,11 @@ pub struct RunConfig {
     /// How long in-flight connections may finish after SIGTERM.
     #[arg(long, env = "SHUNT_SHUTDOWN_GRACE", value_name = "DURATION", default_value = "10s", value_parser = parse_duration)]
     pub shutdown_grace: Duration,
+}
+
+/// A CIDR (`10.0.0.0/8`, `fd00::/8`) or a single address (`10.1.2.3`, a /32 or /128).
+fn parse_cidr(s: &str) -> Result<ipnet::IpNet, String> {
+    s.parse::<ipnet::IpNet>()
+        .or_else(|_| s.parse::<std::net::IpAddr>().map(ipnet::IpNet::from))
+        .map_err(|_| format!("{s:?} is neither a CIDR (10.0.0.0/8) nor an IP address"))
 }

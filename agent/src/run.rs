@@ -23,6 +23,7 @@ use crate::{
         self, OrigDstLookup, ProxyShared,
         decision_log::DecisionLog,
         key::{KeyExtractor, KeySources},
+        key_strip::StripKeysFrom,
         upstream::Upstreams,
     },
     routes::RouteTable,
@@ -219,7 +220,10 @@ async fn run_async(args: RunConfig) -> anyhow::Result<()> {
             max_header_bytes: args.max_header_bytes,
             max_headers: args.max_headers,
         },
-        keys: KeyExtractor::new(KeySources::with_headers(key_headers)),
+        keys: KeyExtractor::new(
+            KeySources::with_headers(key_headers).with_query(args.key_from_query),
+        )
+        .stripping_keys_from(StripKeysFrom::new(args.strip_keys_from.clone())),
         table: table.clone(),
         upstreams: Upstreams::new(args.connect_timeout, args.idle_timeout),
         log,

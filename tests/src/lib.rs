@@ -10,4 +10,5 @@ pub mod kube_world;
 pub mod netns;
 pub mod process;
 pub mod routes_fixture;
+pub mod routing_world;
 pub mod traffic_world;

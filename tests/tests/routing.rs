@@ -10,82 +10,18 @@ use serde_json::{Value, json};
 use tests::{
     backends::Backend,
     bins,
-    harness::{AgentProc, Env},
-    http_backend::HttpBackend,
-    routes_fixture::{POD_PORT, RATINGS_VIP, REVIEWS_VIP, RoutesSpec, SERVICE_PORT, routes_yaml},
+    harness::AgentProc,
+    routes_fixture::{POD_PORT, RATINGS_VIP, RoutesSpec, SERVICE_PORT},
+    routing_world::{World, keyed, reviews, served_by},
 };
 
-struct World {
-    env: Env,
-    _backends: Vec<HttpBackend>,
-    routes: std::path::PathBuf,
-}
-
-impl World {
-    /// Pods: 0 client, 1 reviews-v1, 2 reviews-v2 (sandbox), 3 ratings-v1, 4 nothing.
-    fn new(test: &str, spec: RoutesSpec) -> Option<Self> {
-        let env = Env::new(test, 5, bins!())?;
-        let backends = vec![
-            HttpBackend::start(
-                &env.topo.pods[1].netns,
-                "reviews-v1",
-                env.topo.pods[1].addr4(POD_PORT),
-            )
-            .unwrap(),
-            HttpBackend::start(
-                &env.topo.pods[2].netns,
-                "reviews-v2",
-                env.topo.pods[2].addr4(POD_PORT),
-            )
-            .unwrap(),
-            HttpBackend::start(
-                &env.topo.pods[3].netns,
-                "ratings-v1",
-                env.topo.pods[3].addr4(POD_PORT),
-            )
-            .unwrap(),
-        ];
-        let routes = env.run.path.join("routes.yaml");
-        std::fs::write(&routes, routes_yaml(&env.topo, &spec)).unwrap();
-        Some(Self {
-            env,
-            _backends: backends,
-            routes,
-        })
-    }
-
-    fn agent(&self, extra: &[&str]) -> AgentProc {
-        let mut args = vec!["--routes".to_string(), self.routes.display().to_string()];
-        args.extend(extra.iter().map(|s| s.to_string()));
-        self.env.start_agent(&args, None)
-    }
-
-    fn http(&self, dst: SocketAddr, flags: &[&str], reqs: Value) -> Vec<Value> {
-        let (dst, reqs) = (dst.to_string(), reqs.to_string());
-        let mut args = vec!["http", dst.as_str()];
-        args.extend_from_slice(flags);
-        args.push(&reqs);
-        self.env.peer(0, &args)
-    }
-}
-
-fn reviews() -> SocketAddr {
-    SocketAddr::from((REVIEWS_VIP, SERVICE_PORT))
-}
-
-fn keyed(key: &str) -> Value {
-    json!({ "path": "/", "headers": { "baggage": format!("sd-routing-key={key}") } })
-}
-
-fn served_by(line: &Value) -> &str {
-    line["served_by"]
-        .as_str()
-        .unwrap_or_else(|| panic!("no x-served-by in {line}"))
+fn world(test: &str, spec: RoutesSpec) -> Option<World> {
+    World::new(test, bins!(), spec)
 }
 
 #[test]
 fn keyed_request_reaches_sandbox() {
-    let Some(w) = World::new("keyed_request_reaches_sandbox", RoutesSpec::default()) else {
+    let Some(w) = world("keyed_request_reaches_sandbox", RoutesSpec::default()) else {
         return;
     };
     let agent = w.agent(&[]);
@@ -105,7 +41,7 @@ fn keyed_request_reaches_sandbox() {
 
 #[test]
 fn unkeyed_request_stays_on_baseline() {
-    let Some(w) = World::new("unkeyed_request_stays_on_baseline", RoutesSpec::default()) else {
+    let Some(w) = world("unkeyed_request_stays_on_baseline", RoutesSpec::default()) else {
         return;
     };
     let _agent = w.agent(&[]);
@@ -117,7 +53,7 @@ fn unkeyed_request_stays_on_baseline() {
 
 #[test]
 fn key_for_other_service_stays_on_baseline() {
-    let Some(w) = World::new(
+    let Some(w) = world(
         "key_for_other_service_stays_on_baseline",
         RoutesSpec::default(),
     ) else {
@@ -137,7 +73,7 @@ fn key_for_other_service_stays_on_baseline() {
 
 #[test]
 fn alternating_keys_on_one_keepalive_connection_route_each_request() {
-    let Some(w) = World::new(
+    let Some(w) = world(
         "alternating_keys_on_one_keepalive_connection",
         RoutesSpec::default(),
     ) else {
@@ -164,7 +100,7 @@ fn alternating_keys_on_one_keepalive_connection_route_each_request() {
 
 #[test]
 fn h2_streams_with_different_keys_multiplexed_on_one_connection() {
-    let Some(w) = World::new(
+    let Some(w) = world(
         "h2_streams_with_different_keys_multiplexed",
         RoutesSpec::default(),
     ) else {
@@ -197,7 +133,7 @@ fn h2_streams_with_different_keys_multiplexed_on_one_connection() {
 
 #[test]
 fn websocket_upgrade_follows_key() {
-    let Some(w) = World::new("websocket_upgrade_follows_key", RoutesSpec::default()) else {
+    let Some(w) = world("websocket_upgrade_follows_key", RoutesSpec::default()) else {
         return;
     };
     let _agent = w.agent(&[]);
@@ -217,7 +153,7 @@ fn websocket_upgrade_follows_key() {
 
 #[test]
 fn tls_and_opaque_tcp_pass_through_to_baseline() {
-    let Some(w) = World::new(
+    let Some(w) = world(
         "tls_and_opaque_tcp_pass_through_to_baseline",
         RoutesSpec::default(),
     ) else {
@@ -263,7 +199,7 @@ fn tls_and_opaque_tcp_pass_through_to_baseline() {
 
 #[test]
 fn server_speaks_first_protocol_is_not_stalled_forever() {
-    let Some(w) = World::new(
+    let Some(w) = world(
         "server_speaks_first_protocol_is_not_stalled",
         RoutesSpec::default(),
     ) else {
@@ -291,7 +227,7 @@ fn sandbox_down_falls_back_to_baseline() {
         sandbox_pod: 4,
         ..RoutesSpec::default()
     };
-    let Some(w) = World::new("sandbox_down_falls_back_to_baseline", spec) else {
+    let Some(w) = world("sandbox_down_falls_back_to_baseline", spec) else {
         return;
     };
     let agent = w.agent(&[]);
@@ -314,7 +250,7 @@ fn reject_policy_returns_503_naming_the_route() {
         sandbox_ready: false,
         ..RoutesSpec::default()
     };
-    let Some(w) = World::new("reject_policy_returns_503_naming_the_route", spec) else {
+    let Some(w) = world("reject_policy_returns_503_naming_the_route", spec) else {
         return;
     };
     let _agent = w.agent(&[]);
@@ -334,7 +270,7 @@ fn reject_policy_returns_503_naming_the_route() {
 
 #[test]
 fn bad_input_gets_a_clear_status_and_harms_no_one_else() {
-    let Some(w) = World::new("bad_input_gets_a_clear_status", RoutesSpec::default()) else {
+    let Some(w) = world("bad_input_gets_a_clear_status", RoutesSpec::default()) else {
         return;
     };
     let _agent = w.agent(&["--header-read-timeout", "1s"]);
@@ -403,7 +339,7 @@ fn bad_input_gets_a_clear_status_and_harms_no_one_else() {
 
 #[test]
 fn upstream_reset_gets_502() {
-    let Some(w) = World::new("upstream_reset_gets_502", RoutesSpec::default()) else {
+    let Some(w) = world("upstream_reset_gets_502", RoutesSpec::default()) else {
         return;
     };
     // reviews' baseline endpoint on another port accepts and closes at once without answering.
@@ -437,7 +373,7 @@ fn replace_file(path: &std::path::Path, content: &str) {
 
 #[test]
 fn routes_file_reload_applies_diff_and_keeps_last_good_on_error() {
-    let Some(w) = World::new("routes_file_reload_applies_diff", RoutesSpec::default()) else {
+    let Some(w) = world("routes_file_reload_applies_diff", RoutesSpec::default()) else {
         return;
     };
     let agent = w.agent(&["--routes-poll-interval", "100ms"]);
@@ -492,7 +428,7 @@ fn routes_file_reload_applies_diff_and_keeps_last_good_on_error() {
 
 #[test]
 fn sigterm_drains_and_fails_open() {
-    let Some(w) = World::new("sigterm_drains_and_fails_open", RoutesSpec::default()) else {
+    let Some(w) = world("sigterm_drains_and_fails_open", RoutesSpec::default()) else {
         return;
     };
     let mut agent = w.agent(&["--shutdown-grace", "5s"]);
@@ -528,7 +464,7 @@ fn sigterm_drains_and_fails_open() {
 
 #[test]
 fn wedged_proxy_fails_open() {
-    let Some(w) = World::new("wedged_proxy_fails_open", RoutesSpec::default()) else {
+    let Some(w) = world("wedged_proxy_fails_open", RoutesSpec::default()) else {
         return;
     };
     let agent = w.agent(&["--max-connections", "1", "--watchdog-interval", "200ms"]);
@@ -577,7 +513,7 @@ fn wait_until(timeout: Duration, mut f: impl FnMut() -> bool) {
 #[test]
 fn grpc_unary_and_server_streaming_through_sandbox_with_trailers() {
     use tests::grpc_backend::{GrpcBackend, service_name};
-    let Some(w) = World::new(
+    let Some(w) = world(
         "grpc_unary_and_server_streaming_through_sandbox",
         RoutesSpec::default(),
     ) else {
@@ -616,7 +552,7 @@ fn grpc_unary_and_server_streaming_through_sandbox_with_trailers() {
 
 #[test]
 fn topology_counts_steered_and_unsteered_connections() {
-    let Some(w) = World::new(
+    let Some(w) = world(
         "topology_counts_steered_and_unsteered",
         RoutesSpec::default(),
     ) else {

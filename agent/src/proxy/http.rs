@@ -88,6 +88,9 @@ async fn handle(
 ) -> Response<ProxyBody> {
     let started = Instant::now();
     let (mut parts, body) = req.into_parts();
+    if shared.keys.strips(info.client.get().ip()) {
+        shared.keys.strip(&mut parts.headers, &mut parts.uri);
+    }
     let extracted = shared.keys.normalize(&mut parts.headers, &mut parts.uri);
     let req = Request::from_parts(parts, body);
     if let Some(invalid) = &extracted.invalid

@@ -15,6 +15,7 @@ use std::{borrow::Cow, fmt};
 use http::{HeaderMap, HeaderName, HeaderValue, Uri, uri::PathAndQuery};
 use percent_encoding::percent_decode;
 
+use super::key_strip::{HeaderFate, StripKeysFrom, header_fate, strip_keys};
 pub use crate::routes::key::MEMBER;
 use crate::routes::{
     KeyError, RoutingKey,
@@ -54,13 +55,16 @@ impl HeaderValues for RawHeaders<'_, '_> {
     }
 }
 
-/// How an HTTP/1.1 request head changes when its key came from the query parameter.
+/// How an HTTP/1.1 request head changes: when its key came from the query parameter (moved to
+/// baggage), or when its client's keys are stripped.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub struct QueryKeyRewrite {
-    /// The request target without the key parameter.
-    pub target: String,
-    /// The `baggage` values to send instead of the request's own (the key appended).
-    pub baggage: Vec<HeaderValue>,
+pub struct HeadRewrite {
+    /// The request target to send instead (without the key parameter).
+    pub target: Option<String>,
+    /// What becomes of each header, by index in the parsed head.
+    pub fates: Vec<HeaderFate>,
+    /// `baggage` values to append (the request's own, with the key appended).
+    pub append_baggage: Vec<HeaderValue>,
 }
 
 /// Longest raw value kept in an [`InvalidKey`] report, in characters.
@@ -112,7 +116,9 @@ pub struct KeySources {
 }
 
 impl Default for KeySources {
-    /// baggage, tracestate, `uberctx-sd-routing-key`, `ot-baggage-sd-routing-key`, query.
+    /// baggage, tracestate, `uberctx-sd-routing-key`, `ot-baggage-sd-routing-key`. The query
+    /// parameter is opt-in ([`KeySources::with_query`]): a key in a link reaches sandbox code
+    /// from anywhere the link travels, an ingress included.
     fn default() -> Self {
         Self {
             order: vec![
@@ -120,25 +126,25 @@ impl Default for KeySources {
                 KeySource::TraceState,
                 KeySource::UberCtx,
                 KeySource::OtBaggage,
-                KeySource::Query,
             ],
         }
     }
 }
 
 impl KeySources {
-    /// The defaults with extra header names, tried after the tracing headers and before the
-    /// query parameter.
+    /// The defaults with extra header names, tried after the tracing headers.
     pub fn with_headers(headers: impl IntoIterator<Item = HeaderName>) -> Self {
         let mut s = Self::default();
-        let at = s
-            .order
-            .iter()
-            .position(|src| *src == KeySource::Query)
-            .unwrap_or(s.order.len());
-        s.order
-            .splice(at..at, headers.into_iter().map(KeySource::Header));
+        s.order.extend(headers.into_iter().map(KeySource::Header));
         s
+    }
+
+    /// Also reads the `sd-routing-key` query parameter, last (`--key-from-query`).
+    pub fn with_query(mut self, enabled: bool) -> Self {
+        if enabled && !self.order.contains(&KeySource::Query) {
+            self.order.push(KeySource::Query);
+        }
+        self
     }
 }
 
@@ -163,10 +169,11 @@ pub struct Extracted {
     pub invalid: Option<InvalidKey>,
 }
 
-/// Reads routing keys from requests.
+/// Reads routing keys from requests, and strips them from the clients that may not carry one.
 #[derive(Clone, Debug)]
 pub struct KeyExtractor {
     sources: Vec<KeySource>,
+    strip_from: StripKeysFrom,
 }
 
 impl Default for KeyExtractor {
@@ -180,7 +187,25 @@ impl KeyExtractor {
     pub fn new(config: KeySources) -> Self {
         Self {
             sources: config.order,
+            strip_from: StripKeysFrom::default(),
         }
+    }
+
+    /// Requests from these clients lose every key form ([`key_strip`](super::key_strip)).
+    pub fn stripping_keys_from(mut self, clients: StripKeysFrom) -> Self {
+        self.strip_from = clients;
+        self
+    }
+
+    /// Whether `client`'s requests have their keys stripped.
+    pub fn strips(&self, client: std::net::IpAddr) -> bool {
+        !self.strip_from.is_empty() && self.strip_from.covers(client)
+    }
+
+    /// For a client whose keys are stripped: removes every key form from the request, which is
+    /// then decided as unkeyed. Returns whether anything was removed.
+    pub fn strip(&self, headers: &mut HeaderMap, uri: &mut Uri) -> bool {
+        strip_keys(&self.sources, headers, uri)
     }
 
     pub fn sources(&self) -> &[KeySource] {
@@ -217,19 +242,52 @@ impl KeyExtractor {
         found
     }
 
-    /// [`normalize`](Self::normalize) for an HTTP/1.1 head read in place: the key, and when it
-    /// came from the query parameter, the target and baggage to send instead. The target is
+    /// [`normalize`](Self::normalize) for an HTTP/1.1 head read in place: the key, and how the
+    /// head must change when the key came from the query parameter. With `strip` (the client's
+    /// keys are stripped), no key: the rewrite removes every key form instead. The target is
     /// parsed as a URI only when its query may hold the parameter.
     pub fn normalize_raw(
         &self,
         headers: &[httparse::Header<'_>],
         target: &str,
-    ) -> (Extracted, Option<QueryKeyRewrite>) {
+        strip: bool,
+    ) -> (Extracted, Option<HeadRewrite>) {
+        let query_may_hold_key = |target: &str| {
+            target
+                .split_once('?')
+                .is_some_and(|(_, q)| q.contains(MEMBER) || q.contains('%'))
+        };
+        if strip {
+            let fates: Vec<HeaderFate> = headers
+                .iter()
+                .map(|h| header_fate(&self.sources, h.name, h.value))
+                .collect();
+            let target = (self.sources.contains(&KeySource::Query) && query_may_hold_key(target))
+                .then(|| target.parse::<Uri>().ok())
+                .flatten()
+                .and_then(|uri| {
+                    let (stripped, _) = strip_query_key(&uri);
+                    (stripped != uri).then(|| stripped.to_string())
+                });
+            let changed = target.is_some() || fates.iter().any(|f| *f != HeaderFate::Keep);
+            let none = Extracted {
+                key: None,
+                source: KeySource::None,
+                invalid: None,
+            };
+            return (
+                none,
+                changed.then_some(HeadRewrite {
+                    target,
+                    fates,
+                    append_baggage: Vec::new(),
+                }),
+            );
+        }
         let raw = RawHeaders(headers);
         let mut stripped = None;
         let found = self.find(&raw, |seen| {
-            let (_, query) = target.split_once('?')?;
-            if !query.contains(MEMBER) && !query.contains('%') {
+            if !query_may_hold_key(target) {
                 return None;
             }
             let uri: Uri = target.parse().ok()?;
@@ -248,9 +306,20 @@ impl KeyExtractor {
                     }
                 }
                 inject_baggage(&mut baggage, key);
-                Some(QueryKeyRewrite {
-                    target: uri.to_string(),
-                    baggage: baggage.get_all(BAGGAGE).iter().cloned().collect(),
+                let fates = headers
+                    .iter()
+                    .map(|h| {
+                        if h.name.eq_ignore_ascii_case(BAGGAGE.as_str()) {
+                            HeaderFate::Drop
+                        } else {
+                            HeaderFate::Keep
+                        }
+                    })
+                    .collect();
+                Some(HeadRewrite {
+                    target: Some(uri.to_string()),
+                    fates,
+                    append_baggage: baggage.get_all(BAGGAGE).iter().cloned().collect(),
                 })
             }
             _ => None,

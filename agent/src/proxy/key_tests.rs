@@ -28,6 +28,11 @@ fn extractor() -> KeyExtractor {
     KeyExtractor::new(KeySources::default())
 }
 
+/// With `--key-from-query`.
+fn query_extractor() -> KeyExtractor {
+    KeyExtractor::new(KeySources::default().with_query(true))
+}
+
 #[test]
 fn baggage_member_is_found() {
     let e = extract(&[("baggage", "sd-routing-key=pr-42")]);
@@ -157,9 +162,9 @@ fn sources_are_tried_in_priority_order() {
         ("ot-baggage-sd-routing-key", "from-ot"),
         ("x-sandbox", "from-header"),
     ];
-    let ex = KeyExtractor::new(KeySources::with_headers([HeaderName::from_static(
-        "x-sandbox",
-    )]));
+    let ex = KeyExtractor::new(
+        KeySources::with_headers([HeaderName::from_static("x-sandbox")]).with_query(true),
+    );
     let u = uri("/p?sd-routing-key=from-query");
     let expected = [
         ("from-baggage", KeySource::Baggage),
@@ -193,7 +198,10 @@ fn configured_header_is_taken_literally_and_not_read_by_default() {
     );
     assert_eq!(extractor().extract(&h, &uri("/")).key, None);
     assert_eq!(
-        ex.sources().last(),
+        KeySources::with_headers([HeaderName::from_static("x-sandbox")])
+            .with_query(true)
+            .order
+            .last(),
         Some(&KeySource::Query),
         "query stays last"
     );
@@ -212,11 +220,26 @@ fn invalid_key_in_one_source_falls_through_to_the_next() {
 
 #[test]
 fn query_parameter_is_read_and_decoded() {
-    let e = extractor().extract(&HeaderMap::new(), &uri("/x?a=1&sd-routing-key=pr%2D6&b"));
+    let e = query_extractor().extract(&HeaderMap::new(), &uri("/x?a=1&sd-routing-key=pr%2D6&b"));
     assert_eq!(e.key.map(|k| k.to_string()), Some("pr-6".into()));
     assert_eq!(e.source, KeySource::Query);
-    let e = extractor().extract(&HeaderMap::new(), &uri("/x?sd-routing-key-x=1&key=2"));
+    let e = query_extractor().extract(&HeaderMap::new(), &uri("/x?sd-routing-key-x=1&key=2"));
     assert_eq!((e.key, e.invalid), (None, None));
+}
+
+#[test]
+fn query_parameter_is_ignored_unless_enabled() {
+    let mut h = HeaderMap::new();
+    let mut u = uri("/x?a=1&sd-routing-key=pr-6");
+    let e = extractor().normalize(&mut h, &mut u);
+    assert_eq!((e.key, e.source, e.invalid), (None, KeySource::None, None));
+    assert_eq!(
+        u,
+        uri("/x?a=1&sd-routing-key=pr-6"),
+        "the query is not a key: left alone"
+    );
+    assert!(h.is_empty());
+    assert!(!extractor().sources().contains(&KeySource::Query));
 }
 
 #[test]
@@ -328,7 +351,7 @@ fn injected_baggage_is_extracted_back() {
 fn normalize_moves_a_query_key_into_baggage() {
     let mut h = headers(&[("baggage", "x=1")]);
     let mut u = uri("/p?a=1&sd-routing-key=pr-9");
-    let e = extractor().normalize(&mut h, &mut u);
+    let e = query_extractor().normalize(&mut h, &mut u);
     assert_eq!(
         (e.key.map(|k| k.to_string()), e.source),
         (Some("pr-9".into()), KeySource::Query)
@@ -342,14 +365,14 @@ fn normalize_leaves_the_request_alone_unless_the_query_supplied_the_key() {
     // A header key wins: the query parameter is not the key's source, so it stays.
     let mut h = headers(&[("baggage", "sd-routing-key=pr-1")]);
     let mut u = uri("/p?sd-routing-key=pr-2");
-    let e = extractor().normalize(&mut h, &mut u);
+    let e = query_extractor().normalize(&mut h, &mut u);
     assert_eq!(e.source, KeySource::Baggage);
     assert_eq!(u, uri("/p?sd-routing-key=pr-2"));
     assert_eq!(h.get(BAGGAGE).expect("kept"), "sd-routing-key=pr-1");
     // Only a malformed query key: reported, nothing rewritten.
     let mut h = HeaderMap::new();
     let mut u = uri("/p?sd-routing-key=bad!");
-    let e = extractor().normalize(&mut h, &mut u);
+    let e = query_extractor().normalize(&mut h, &mut u);
     assert_eq!(e.key, None);
     assert_eq!(e.invalid.map(|i| i.source), Some(KeySource::Query));
     assert_eq!(u, uri("/p?sd-routing-key=bad!"));

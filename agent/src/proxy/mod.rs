@@ -7,6 +7,7 @@ pub mod detect;
 pub mod h1;
 pub mod http;
 pub mod key;
+pub mod key_strip;
 pub mod opaque;
 pub mod orig_dst;
 pub mod relay;

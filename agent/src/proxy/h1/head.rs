@@ -8,7 +8,10 @@
 use std::{io::IoSlice, mem::MaybeUninit, ops::Range};
 
 use super::body::Framing;
-use crate::proxy::key::{Extracted, KeyExtractor, QueryKeyRewrite};
+use crate::proxy::{
+    key::{Extracted, HeadRewrite, KeyExtractor},
+    key_strip::HeaderFate,
+};
 
 /// Headers parsed without a heap allocation; a higher `--max-headers` uses the heap.
 const STACK_HEADERS: usize = 128;
@@ -167,10 +170,12 @@ pub struct HeadLimits {
 }
 
 /// Parses the request head at the start of `buf`: `Ok(None)` while it is incomplete.
+/// `strip`: the client's routing keys are removed ([`KeyExtractor::strips`]).
 pub fn parse_request(
     buf: &[u8],
     limits: HeadLimits,
     keys: &KeyExtractor,
+    strip: bool,
 ) -> Result<Option<RequestHead>, HeadError> {
     let mut stack = [const { MaybeUninit::<httparse::Header<'_>>::uninit() }; STACK_HEADERS];
     let mut heap;
@@ -241,7 +246,7 @@ pub fn parse_request(
         (None, None) => Framing::Empty,
     };
     let upgrade = method == http::Method::CONNECT || conn.upgrade;
-    let (extracted, rewrite) = keys.normalize_raw(headers, target);
+    let (extracted, rewrite) = keys.normalize_raw(headers, target, strip);
 
     let offset = |s: &str| s.as_ptr() as usize - buf.as_ptr() as usize;
     let path = target_path(target).into();
@@ -254,7 +259,7 @@ pub fn parse_request(
     let request_line = 0..line_ends[0];
     let origin_target = rewrite
         .as_ref()
-        .map(|r| r.target.as_str())
+        .and_then(|r| r.target.as_deref())
         .or_else(|| absolute_form_path(target));
     match origin_target {
         Some(t) => out.push(Piece::Owned(
@@ -264,14 +269,24 @@ pub fn parse_request(
     }
     for (i, h) in headers.iter().enumerate() {
         let line = line_ends[i]..line_ends[i + 1];
-        let drop = (!upgrade && conn.is_hop_by_hop(h.name))
-            || (rewrite.is_some() && h.name.eq_ignore_ascii_case("baggage"));
-        if !drop {
-            out.push(Piece::Buf(line));
+        if !upgrade && conn.is_hop_by_hop(h.name) {
+            continue;
+        }
+        match rewrite.as_ref().and_then(|r| r.fates.get(i)) {
+            None | Some(HeaderFate::Keep) => out.push(Piece::Buf(line)),
+            Some(HeaderFate::Drop) => {}
+            Some(HeaderFate::Replace(value)) => {
+                // The name as the client spelled it, the value without the key member.
+                let mut l = h.name.as_bytes().to_vec();
+                l.extend_from_slice(b": ");
+                l.extend_from_slice(value);
+                l.extend_from_slice(b"\r\n");
+                out.push(Piece::Owned(l));
+            }
         }
     }
-    if let Some(QueryKeyRewrite { baggage, .. }) = &rewrite {
-        for v in baggage {
+    if let Some(HeadRewrite { append_baggage, .. }) = &rewrite {
+        for v in append_baggage {
             let mut line = b"baggage: ".to_vec();
             line.extend_from_slice(v.as_bytes());
             line.extend_from_slice(b"\r\n");

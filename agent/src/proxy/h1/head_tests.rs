@@ -1,4 +1,5 @@
 use super::*;
+use crate::proxy::key::KeySources;
 
 const LIMITS: HeadLimits = HeadLimits {
     max_bytes: 1024,
@@ -6,11 +7,18 @@ const LIMITS: HeadLimits = HeadLimits {
 };
 
 fn parse(raw: &str) -> Result<Option<RequestHead>, HeadError> {
-    parse_request(raw.as_bytes(), LIMITS, &KeyExtractor::default())
+    parse_request(raw.as_bytes(), LIMITS, &KeyExtractor::default(), false)
 }
 
 fn forwarded(raw: &str) -> String {
-    let head = parse(raw).unwrap().unwrap();
+    forwarded_with(raw, &KeyExtractor::default(), false)
+}
+
+/// The head as it goes upstream, parsed with `keys`, the client's keys stripped or not.
+fn forwarded_with(raw: &str, keys: &KeyExtractor, strip: bool) -> String {
+    let head = parse_request(raw.as_bytes(), LIMITS, keys, strip)
+        .unwrap()
+        .unwrap();
     let slices = head.out.slices(raw.as_bytes(), b"");
     String::from_utf8(slices.iter().flat_map(|s| s.to_vec()).collect()).unwrap()
 }
@@ -125,10 +133,13 @@ fn upgrades_keep_their_connection_headers() {
 #[test]
 fn a_query_key_moves_to_baggage() {
     let raw = "GET /p?a=1&sd-routing-key=pr-1&b=2 HTTP/1.1\r\nbaggage: x=1\r\nHost: h\r\n\r\n";
-    let h = parse(raw).unwrap().unwrap();
+    let keys = KeyExtractor::new(KeySources::default().with_query(true));
+    let h = parse_request(raw.as_bytes(), LIMITS, &keys, false)
+        .unwrap()
+        .unwrap();
     assert_eq!(h.extracted.key.as_ref().map(|k| k.as_str()), Some("pr-1"));
     assert_eq!(
-        forwarded(raw),
+        forwarded_with(raw, &keys, false),
         "GET /p?a=1&b=2 HTTP/1.1\r\nHost: h\r\nbaggage: x=1,sd-routing-key=pr-1\r\n\r\n"
     );
 }
@@ -207,4 +218,32 @@ fn response_framing() {
     );
     assert!(response("HTTP/1.0 200 OK\r\nContent-Length: 0\r\n\r\n", GET).close);
     assert!(response("HTTP/1.1 100 Continue\r\n\r\n", GET).is_interim());
+}
+
+#[test]
+fn a_stripped_client_head_loses_every_key_form_and_keeps_the_rest() {
+    let raw = "GET /p?sd-routing-key=pr-1&a=1 HTTP/1.1\r\nHost: h\r\nBaggage: x=1, sd-routing-key=pr-2\r\n\
+               X-Sandbox: pr-3\r\nuberctx-sd-routing-key: pr-4\r\nTraceState: sd-routing-key=pr-5\r\nX-Keep: 1\r\n\r\n";
+    let keys = KeyExtractor::new(
+        KeySources::with_headers([http::HeaderName::from_static("x-sandbox")]).with_query(true),
+    );
+    let h = parse_request(raw.as_bytes(), LIMITS, &keys, true)
+        .unwrap()
+        .unwrap();
+    assert_eq!(h.extracted.key, None);
+    assert_eq!(
+        forwarded_with(raw, &keys, true),
+        "GET /p?a=1 HTTP/1.1\r\nHost: h\r\nBaggage: x=1\r\nX-Keep: 1\r\n\r\n"
+    );
+    // Not stripped: the same head keeps its key and its bytes (the query is moved to baggage
+    // only when it supplied the key).
+    assert_eq!(
+        parse_request(raw.as_bytes(), LIMITS, &keys, false)
+            .unwrap()
+            .unwrap()
+            .extracted
+            .key
+            .map(|k| k.to_string()),
+        Some("pr-2".into())
+    );
 }

@@ -36,6 +36,7 @@ const LINGER: Duration = Duration::from_secs(1);
 pub async fn serve(shared: Arc<ProxyShared>, client: TcpStream, info: ConnInfo) {
     let mut conn = Conn {
         shared: &shared,
+        strip_keys: shared.keys.strips(info.client.get().ip()),
         info,
         client,
         cbuf: BytesMut::with_capacity(HEAD_CHUNK),
@@ -104,6 +105,8 @@ struct Conn<'a> {
     pinned: Option<UpstreamConn>,
     keyed: Option<UpstreamConn>,
     invalid_logged: bool,
+    /// The client is one whose routing keys are stripped (`--strip-keys-from`).
+    strip_keys: bool,
 }
 
 impl Conn<'_> {
@@ -135,7 +138,7 @@ impl Conn<'_> {
         let mut header_deadline = None;
         loop {
             if !self.cbuf.is_empty() {
-                match head::parse_request(&self.cbuf, limits, &self.shared.keys) {
+                match head::parse_request(&self.cbuf, limits, &self.shared.keys, self.strip_keys) {
                     Ok(Some(h)) => return ReadHead::Head(Box::new(h)),
                     Ok(None) => {}
                     Err(e) => {

@@ -1,0 +1,134 @@
+//! Stripping routing keys at the edge: requests from clients the operator does not trust to
+//! carry a key (`--strip-keys-from CIDR`, for example an ingress controller's pods) lose every
+//! key form before they are decided and forwarded, so a key typed in on the internet reaches
+//! neither sandbox code nor any service behind the proxy.
+//!
+//! Removed: the `sd-routing-key` member of `baggage` and of `tracestate` (the other members keep
+//! their bytes and order), the `uberctx-sd-routing-key` and `ot-baggage-sd-routing-key` headers,
+//! the configured key headers, and the query parameter when it is a key source.
+use std::net::IpAddr;
+
+use http::{HeaderMap, HeaderValue, Uri};
+use ipnet::IpNet;
+
+use super::key::{KeySource, MEMBER, strip_query_key};
+use crate::routes::key::{split_member, strip_key_members, trim_ows};
+
+/// What becomes of one request header when its keys are stripped.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum HeaderFate {
+    Keep,
+    Drop,
+    /// The value without its key member.
+    Replace(Vec<u8>),
+}
+
+/// The clients whose keys are stripped.
+#[derive(Clone, Debug, Default)]
+pub struct StripKeysFrom {
+    nets: Vec<IpNet>,
+}
+
+impl StripKeysFrom {
+    pub fn new(nets: Vec<IpNet>) -> Self {
+        Self { nets }
+    }
+
+    /// Whether `client`'s requests lose their keys. An IPv4-mapped IPv6 client (a dual-stack
+    /// listener) is matched by its IPv4 address.
+    pub fn covers(&self, client: IpAddr) -> bool {
+        let client = client.to_canonical();
+        self.nets.iter().any(|n| n.contains(&client))
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.nets.is_empty()
+    }
+}
+
+/// What stripping does to the header `name: value` (`name` compared without case), given the
+/// enabled key sources.
+pub fn header_fate(sources: &[KeySource], name: &str, value: &[u8]) -> HeaderFate {
+    let is = |n: &str| name.len() == n.len() && name.eq_ignore_ascii_case(n);
+    let whole_header = sources.iter().any(|s| match s {
+        KeySource::UberCtx => is("uberctx-sd-routing-key"),
+        KeySource::OtBaggage => is("ot-baggage-sd-routing-key"),
+        KeySource::Header(h) => is(h.as_str()),
+        _ => false,
+    });
+    if whole_header {
+        return HeaderFate::Drop;
+    }
+    let kept = if is("baggage") {
+        strip_key_members(value)
+    } else if is("tracestate") {
+        strip_tracestate_member(value)
+    } else {
+        None
+    };
+    match kept {
+        None => HeaderFate::Keep,
+        Some(v) if v.is_empty() => HeaderFate::Drop,
+        Some(v) => HeaderFate::Replace(v),
+    }
+}
+
+/// [`header_fate`] applied to every header of an HTTP/2 request, and the query parameter
+/// removed from `uri` when the query is a key source. Returns whether anything was removed.
+pub fn strip_keys(sources: &[KeySource], headers: &mut HeaderMap, uri: &mut Uri) -> bool {
+    let mut changed = false;
+    let names: Vec<_> = headers.keys().cloned().collect();
+    for name in names {
+        let values: Vec<HeaderValue> = headers.get_all(&name).iter().cloned().collect();
+        let fates: Vec<HeaderFate> = values
+            .iter()
+            .map(|v| header_fate(sources, name.as_str(), v.as_bytes()))
+            .collect();
+        if fates.iter().all(|f| *f == HeaderFate::Keep) {
+            continue;
+        }
+        changed = true;
+        headers.remove(&name);
+        for (v, fate) in values.into_iter().zip(fates) {
+            match fate {
+                HeaderFate::Keep => {
+                    headers.append(&name, v);
+                }
+                HeaderFate::Drop => {}
+                HeaderFate::Replace(kept) => {
+                    // Only whole members of a valid value were removed; keep nothing rather
+                    // than the key if it ever failed.
+                    if let Ok(kept) = HeaderValue::from_bytes(&kept) {
+                        headers.append(&name, kept);
+                    }
+                }
+            }
+        }
+    }
+    if sources.contains(&KeySource::Query) {
+        let (stripped, _) = strip_query_key(uri);
+        if stripped != *uri {
+            *uri = stripped;
+            changed = true;
+        }
+    }
+    changed
+}
+
+/// One `tracestate` value without its `sd-routing-key` members; `None` when it has none, empty
+/// when nothing else was in it.
+pub fn strip_tracestate_member(value: &[u8]) -> Option<Vec<u8>> {
+    let is_ours = |m: &&[u8]| split_member(m).is_some_and(|(k, _)| k == MEMBER.as_bytes());
+    if !value.split(|c| *c == b',').any(|m| is_ours(&m)) {
+        return None;
+    }
+    let kept: Vec<&[u8]> = value
+        .split(|c| *c == b',')
+        .filter(|m| !is_ours(m))
+        .collect();
+    Some(trim_ows(&kept.join(&b","[..])).to_vec())
+}
+
+#[cfg(test)]
+#[path = "key_strip_tests.rs"]
+mod tests;
