@@ -83,6 +83,17 @@ pub enum CloneError {
     },
     #[error("deployment/{deployment} has no containers")]
     NoContainers { deployment: String },
+    #[error(
+        "the sandbox of deployment/{deployment} would be selected by Service {services} in \
+         namespace {namespace} (its pods' labels: {labels}), so baseline traffic would reach it; \
+         refusing. fix: give that Service a selector on a label the Deployment's pods carry"
+    )]
+    SelectedByBaseline {
+        namespace: String,
+        deployment: String,
+        services: String,
+        labels: String,
+    },
 }
 
 /// Whether `v` is a valid label value (≤ 63, alphanumerics at both ends, `-_.` inside).
@@ -119,12 +130,40 @@ pub fn dns_name(s: &str, max: usize) -> String {
     out.trim_matches('-').to_string()
 }
 
-/// `value-key` as a label value (truncated, trimmed to end on an alphanumeric).
+/// Longest label value and object name this module produces.
+const MAX_NAME: usize = 63;
+
+/// `value-key` as a label value, trimmed to end on an alphanumeric. When that is longer than a
+/// label value may be, the value is cut and ends in a hash of the whole `value-key` instead:
+/// cutting alone would give back `value` itself for a value of 62 or 63 characters, and the
+/// clone's pods would then be selected by the baseline Service.
 fn suffixed(value: &str, key: &str) -> String {
-    let mut v = format!("{value}-{key}");
-    v.truncate(63);
-    v.trim_end_matches(|c: char| !c.is_ascii_alphanumeric())
-        .to_string()
+    let whole = format!("{value}-{key}");
+    if whole.len() <= MAX_NAME {
+        return whole
+            .trim_end_matches(|c: char| !c.is_ascii_alphanumeric())
+            .to_string();
+    }
+    hashed(value, &whole, |c| c.is_ascii_alphanumeric())
+}
+
+/// `prefix` cut so that `-` and 8 hex digits of `whole`'s SHA-256 fit in [`MAX_NAME`], without
+/// trailing characters that `keep_end` refuses.
+fn hashed(prefix: &str, whole: &str, keep_end: impl Fn(char) -> bool) -> String {
+    use sha2::Digest as _;
+    let digest = sha2::Sha256::digest(whole.as_bytes());
+    let hash: String = digest[..4].iter().map(|b| format!("{b:02x}")).collect();
+    let cut = prefix
+        .char_indices()
+        .take_while(|(i, c)| i + c.len_utf8() <= MAX_NAME - 1 - hash.len())
+        .map(|(_, c)| c)
+        .collect::<String>();
+    let cut = cut.trim_end_matches(|c: char| !keep_end(c));
+    if cut.is_empty() {
+        hash
+    } else {
+        format!("{cut}-{hash}")
+    }
 }
 
 /// Services (in the Deployment's namespace) whose selector matches the pod template labels.
@@ -147,7 +186,12 @@ pub fn selecting_services<'a>(
 
 /// The clone name for `deployment` and `key`.
 pub fn clone_name(deployment: &str, key: &str) -> String {
-    dns_name(&format!("{deployment}-{key}"), 63)
+    let whole = dns_name(&format!("{deployment}-{key}"), usize::MAX);
+    if whole.len() <= MAX_NAME {
+        return whole;
+    }
+    // Cut alone could give back the baseline Deployment's own name.
+    hashed(&whole, &whole, |c| c != '-')
 }
 
 pub fn plan(
@@ -199,6 +243,20 @@ pub fn plan(
     };
     let pod_labels = relabel(&template_labels);
     let new_match = relabel(&match_labels);
+    // The clone must never serve baseline traffic: no Service may select its pods.
+    let still_selected = selecting_services(services, &pod_labels);
+    if !still_selected.is_empty() {
+        return Err(CloneError::SelectedByBaseline {
+            namespace,
+            deployment: name,
+            services: still_selected
+                .iter()
+                .filter_map(|s| s.metadata.name.clone())
+                .collect::<Vec<_>>()
+                .join(", "),
+            labels: fmt_labels(&pod_labels),
+        });
+    }
 
     let mut d = baseline.clone();
     d.status = None;
@@ -434,14 +492,43 @@ mod tests {
     }
 
     #[test]
-    fn owner_reference_points_at_the_route() {
-        let mut d = deployment();
-        set_owner(&mut d, "pr-42", "uid-1");
-        let o = &d.metadata.owner_references.as_ref().unwrap()[0];
-        assert_eq!(o.api_version, "shunt.dev/v1alpha1");
-        assert_eq!(o.kind, "SandboxRoute");
-        assert_eq!((o.name.as_str(), o.uid.as_str()), ("pr-42", "uid-1"));
-        assert_eq!(o.controller, Some(true));
-        assert_eq!(o.block_owner_deletion, Some(false));
+    fn clone_of_a_63_character_label_is_not_selected_by_baseline() {
+        for len in [61, 62, 63] {
+            let value = format!("{}z", "r".repeat(len - 1));
+            let v = suffixed(&value, "pr-42");
+            assert!(is_label_value(&v), "{v}");
+            assert_ne!(v, value, "a {len}-character value");
+            assert_eq!(v, suffixed(&value, "pr-42"), "deterministic");
+            assert_ne!(v, suffixed(&value, "pr-43"), "distinct per key");
+            // Through plan(): the baseline Service does not select the clone.
+            let mut d = deployment();
+            let spec = d.spec.as_mut().unwrap();
+            spec.selector.match_labels = Some([("app".to_string(), value.clone())].into());
+            spec.template.metadata.as_mut().unwrap().labels =
+                Some([("app".to_string(), value.clone())].into());
+            let svcs = [service("reviews", json!({ "app": value }))];
+            let p = plan(&d, &svcs, &opts(&[])).expect("plan");
+            assert!(
+                selecting_services(&svcs, &p.pod_labels).is_empty(),
+                "{:?}",
+                p.pod_labels
+            );
+        }
+        let long = "d".repeat(63);
+        let n = clone_name(&long, "pr-42");
+        assert!(n.len() <= 63 && n != long, "{n}");
+    }
+
+    #[test]
+    fn plan_refuses_a_clone_that_a_service_still_selects() {
+        // A Service selecting on the sandbox label alone: no rewrite can keep it off the clone.
+        let svcs = [
+            service("reviews", json!({ "app": "reviews" })),
+            service("catch-all", json!({ SANDBOX_LABEL: "pr-42" })),
+        ];
+        let e = plan(&deployment(), &svcs, &opts(&[]))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("would be selected by Service catch-all"), "{e}");
     }
 }
