@@ -26,6 +26,7 @@ use std::{
 };
 
 use agent::{
+    capture::CgroupSelector,
     cli::{Cli, Command as AgentCommand},
     config::RunConfig,
     kube::rbac::AGENT_ACCESS,
@@ -470,7 +471,11 @@ fn daemonset_args_parse_with_the_agents_cli() {
         // --cgroup is the node's cgroup v2 root, mounted at a path of its own, never over the
         // container's /sys/fs/cgroup: there the agent finds its own cgroup (see deploy/README.md).
         let (cgroup_mount, ro) = host_mount(&ds, "/sys/fs/cgroup");
-        assert_eq!(run.cgroup, Path::new(&cgroup_mount), "{what}: --cgroup");
+        assert_eq!(
+            run.cgroup,
+            Some(CgroupSelector::Path(cgroup_mount.clone().into())),
+            "{what}: --cgroup"
+        );
         assert!(ro, "{what}: the node's cgroup tree is mounted read-only");
         assert!(
             !Path::new(&cgroup_mount).starts_with("/sys/fs/cgroup"),

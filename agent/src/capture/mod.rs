@@ -8,6 +8,7 @@ mod env;
 mod error;
 mod maps;
 mod pins;
+mod pods_cgroup;
 
 use std::{
     fs::File,
@@ -29,6 +30,7 @@ pub use aya::maps::MapError;
 pub use env::{cgroup_id, cgroup2_mount, mount_bpffs, own_cgroup_dir};
 pub use error::CaptureError;
 pub use maps::{CaptureStats, Flow, FlowsMap, OrigDstMap, SteeredMap};
+pub use pods_cgroup::{CgroupSelector, find_pods_cgroup, resolve as resolve_cgroup};
 
 /// The eBPF object built by `agent/build.rs`.
 static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/shunt-capture"));
