@@ -43,9 +43,10 @@ impl Resize {
     }
 }
 
-/// The pin a resized map is created at before it replaces the old one; never a versioned name.
+/// The pin a resized map is created at before it replaces the old one; never a versioned name
+/// (and no dot: bpffs refuses names with one).
 fn staging_path(dir: &Path, name: &str) -> PathBuf {
-    dir.join(format!("{name}.resizing"))
+    dir.join(format!("{name}_resizing"))
 }
 
 /// For each `(map, max_entries)` wanted, the pinned map under `dir` whose capacity differs.

@@ -13,7 +13,7 @@ fn versioned_names_split_into_base_and_version() {
         split_version("shunt_steered_v1"),
         Some(("shunt_steered", "v1"))
     );
-    assert_eq!(split_version("STEERED_V1.resizing"), None);
+    assert_eq!(split_version("STEERED_V1_resizing"), None);
     assert_eq!(split_version("STEERED_VX"), None);
     assert_eq!(split_version("STEERED"), None);
     assert_eq!(split_version("_V1"), None);
@@ -32,7 +32,7 @@ fn only_other_versions_of_current_maps_are_removed() {
         "ORIG_COOKIE_V0",
         "ORIG_V0",
         "OTHER_V0",
-        "STEERED_V1.resizing",
+        "STEERED_V1_resizing",
         "STEERED_VX",
     ] {
         fs::write(dir.join(f), "").unwrap();
@@ -56,7 +56,7 @@ fn only_other_versions_of_current_maps_are_removed() {
             "ORIG_V0",
             "OTHER_V0",
             "STEERED_V1",
-            "STEERED_V1.resizing",
+            "STEERED_V1_resizing",
             "STEERED_VX"
         ]
     );
