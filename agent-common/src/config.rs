@@ -1,5 +1,7 @@
 //! `PROXY_CFG`: one entry written by the agent at start: where to redirect, and whom to exempt.
 
+use crate::Endpoint;
+
 pub const MAP_NAME: &str = "PROXY_CFG_V1";
 
 /// `flags` bits.
@@ -25,8 +27,81 @@ pub struct ProxyMapConfig {
     pub proxy6_port_be: u16,
 }
 
+impl ProxyMapConfig {
+    /// Whether `remote` is the node proxy's address for its family (IPv4 and v4-mapped: the IPv4
+    /// proxy; native IPv6: the IPv6 proxy). A socket-cookie record describes a redirect only if
+    /// the socket really went to the proxy: a socket redirected once, whose connect failed, may
+    /// connect again directly, and its stale record must not be trusted.
+    #[inline(always)]
+    pub fn is_proxy(&self, remote: &Endpoint) -> bool {
+        if remote.addr.is_v4_mapped() {
+            self.flags & FLAG_PROXY4 != 0
+                && remote.addr.ip4_be() == self.proxy4
+                && remote.port_be == self.proxy4_port_be
+        } else {
+            self.flags & FLAG_PROXY6 != 0
+                && remote.addr.words[0] == self.proxy6[0]
+                && remote.addr.words[1] == self.proxy6[1]
+                && remote.addr.words[2] == self.proxy6[2]
+                && remote.addr.words[3] == self.proxy6[3]
+                && remote.port_be == self.proxy6_port_be
+        }
+    }
+}
+
 const _: () = assert!(core::mem::size_of::<ProxyMapConfig>() == 40);
 
 #[cfg(feature = "user")]
 // SAFETY: repr(C), integer fields only, laid out without implicit padding (size assert).
 unsafe impl aya::Pod for ProxyMapConfig {}
+
+#[cfg(test)]
+mod tests {
+    extern crate std;
+    use super::*;
+    use core::net::SocketAddr;
+
+    fn cfg() -> ProxyMapConfig {
+        let p6: core::net::Ipv6Addr = "fd00::1".parse().unwrap();
+        ProxyMapConfig {
+            proxy4: u32::from_ne_bytes([10, 0, 0, 1]),
+            proxy4_port_be: 15001u16.to_be(),
+            proxy6: crate::NetAddr::from_octets(p6.octets()).words,
+            proxy6_port_be: 15001u16.to_be(),
+            flags: FLAG_PROXY4 | FLAG_PROXY6,
+            ..Default::default()
+        }
+    }
+
+    fn ep(s: &str) -> Endpoint {
+        Endpoint::from_socket_addr(s.parse::<SocketAddr>().unwrap())
+    }
+
+    #[test]
+    fn only_the_proxy_endpoint_of_the_family_is_the_proxy() {
+        let c = cfg();
+        assert!(c.is_proxy(&ep("10.0.0.1:15001")));
+        assert!(
+            c.is_proxy(&ep("[::ffff:10.0.0.1]:15001")),
+            "v4-mapped is IPv4"
+        );
+        assert!(c.is_proxy(&ep("[fd00::1]:15001")));
+        assert!(!c.is_proxy(&ep("10.0.0.1:15002")), "another port");
+        assert!(!c.is_proxy(&ep("10.0.0.2:15001")), "another address");
+        assert!(!c.is_proxy(&ep("[fd00::2]:15001")));
+    }
+
+    #[test]
+    fn a_family_without_a_proxy_has_no_proxy_endpoint() {
+        let c = ProxyMapConfig {
+            flags: FLAG_PROXY4,
+            ..cfg()
+        };
+        assert!(!c.is_proxy(&ep("[fd00::1]:15001")));
+        let zero = ProxyMapConfig::default();
+        assert!(
+            !zero.is_proxy(&ep("0.0.0.0:0")),
+            "no flags: nothing is the proxy"
+        );
+    }
+}

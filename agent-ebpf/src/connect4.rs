@@ -4,7 +4,7 @@ use aya_ebpf::{macros::cgroup_sock_addr, programs::SockAddrContext};
 
 use crate::{
     maps::count,
-    steer::{ALLOW, Verdict, decide},
+    steer::{ALLOW, Verdict, decide, remember},
 };
 
 #[cgroup_sock_addr(connect4)]
@@ -18,12 +18,16 @@ fn try_connect4(ctx: &SockAddrContext) -> i32 {
     let dst = Endpoint::new(NetAddr::from_ip4_be(sa.user_ip4), sa.user_port as u16);
     match decide(ctx, dst) {
         Verdict::Direct => {}
-        Verdict::Redirect(cfg) if cfg.flags & FLAG_PROXY4 != 0 => {
-            sa.user_ip4 = cfg.proxy4;
-            sa.user_port = u32::from(cfg.proxy4_port_be);
-            count(stats::STEERED);
+        Verdict::Redirect { cfg, .. } if cfg.flags & FLAG_PROXY4 == 0 => {
+            count(stats::NO_PROXY_FOR_FAMILY)
         }
-        Verdict::Redirect(_) => count(stats::NO_PROXY_FOR_FAMILY),
+        Verdict::Redirect { cfg, service_id } => {
+            if remember(ctx, dst, service_id) {
+                sa.user_ip4 = cfg.proxy4;
+                sa.user_port = u32::from(cfg.proxy4_port_be);
+                count(stats::STEERED);
+            }
+        }
     }
     ALLOW
 }

@@ -10,7 +10,7 @@ use aya_ebpf::{macros::cgroup_sock_addr, programs::SockAddrContext};
 
 use crate::{
     maps::count,
-    steer::{ALLOW, Verdict, decide, set_user_ip6},
+    steer::{ALLOW, Verdict, decide, remember, set_user_ip6},
 };
 
 #[cgroup_sock_addr(connect6)]
@@ -23,19 +23,24 @@ fn try_connect6(ctx: &SockAddrContext) -> i32 {
     let sa = unsafe { &mut *ctx.sock_addr };
     let addr = NetAddr::from_ip6_words(sa.user_ip6);
     let dst = Endpoint::new(addr, sa.user_port as u16);
-    match decide(ctx, dst) {
-        Verdict::Direct => {}
-        Verdict::Redirect(cfg) if addr.is_v4_mapped() && cfg.flags & FLAG_PROXY4 != 0 => {
-            set_user_ip6(sa, NetAddr::from_ip4_be(cfg.proxy4).words);
-            sa.user_port = u32::from(cfg.proxy4_port_be);
-            count(stats::STEERED);
-        }
-        Verdict::Redirect(cfg) if !addr.is_v4_mapped() && cfg.flags & FLAG_PROXY6 != 0 => {
-            set_user_ip6(sa, cfg.proxy6);
-            sa.user_port = u32::from(cfg.proxy6_port_be);
-            count(stats::STEERED);
-        }
-        Verdict::Redirect(_) => count(stats::NO_PROXY_FOR_FAMILY),
+    let Verdict::Redirect { cfg, service_id } = decide(ctx, dst) else {
+        return ALLOW;
+    };
+    // The proxy for this destination's family, if there is one. Nothing is recorded without it:
+    // the connect goes direct, and a record would only fill the LRU maps with entries no proxy
+    // ever reads.
+    let (proxy_words, proxy_port_be) = if addr.is_v4_mapped() && cfg.flags & FLAG_PROXY4 != 0 {
+        (NetAddr::from_ip4_be(cfg.proxy4).words, cfg.proxy4_port_be)
+    } else if !addr.is_v4_mapped() && cfg.flags & FLAG_PROXY6 != 0 {
+        (cfg.proxy6, cfg.proxy6_port_be)
+    } else {
+        count(stats::NO_PROXY_FOR_FAMILY);
+        return ALLOW;
+    };
+    if remember(ctx, dst, service_id) {
+        set_user_ip6(sa, proxy_words);
+        sa.user_port = u32::from(proxy_port_be);
+        count(stats::STEERED);
     }
     ALLOW
 }

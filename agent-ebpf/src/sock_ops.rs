@@ -1,6 +1,7 @@
 //! sock_ops at `TCP_CONNECT_CB` (in the connecting task's context, with the local port bound):
 //! - a redirected socket's (client address, client port) becomes the key the proxy will see on
-//!   accept (`ORIG_DST`);
+//!   accept (`ORIG_DST`): only when the socket's cookie has a record and its remote end is the
+//!   proxy (the proxy deletes the entry once it has read it);
 //! - every connection opened in the captured cgroup is counted in `FLOWS`, by the destination
 //!   the application dialled, for the service graph. The agent's own connections are not.
 //!
@@ -46,9 +47,15 @@ fn try_sock_ops(ctx: &SockOpsContext) -> u32 {
         _ => return OK,
     };
     // remote_port holds the network-order port in its upper 16 bits on little-endian.
-    let mut dialled = Endpoint::new(remote, (ctx.remote_port() >> 16) as u16);
+    let remote = Endpoint::new(remote, (ctx.remote_port() >> 16) as u16);
+    let mut dialled = remote;
     let cookie = unsafe { bpf_get_socket_cookie(ctx.ops.cast()) };
-    if let Some(orig) = unsafe { ORIG_COOKIE.get(&cookie) } {
+    // A cookie record is trusted only for a connection that really goes to the proxy: a socket
+    // whose redirected connect failed may connect again directly, and its record is then stale.
+    if let Some(orig) = unsafe { ORIG_COOKIE.get(&cookie) }
+        && let Some(cfg) = PROXY_CFG.get(0)
+        && cfg.is_proxy(&remote)
+    {
         let orig = *orig;
         dialled = orig.dst;
         // local_port is in host order here (remote_port is not).

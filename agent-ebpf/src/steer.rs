@@ -1,5 +1,6 @@
-//! The decision shared by connect4 and connect6: is this destination steered, is the caller
-//! exempt, and if so remember the original destination by socket cookie.
+//! The decision shared by connect4 and connect6: is this destination steered and is the caller
+//! exempt; and, once the caller has a proxy for the family, remembering the original destination
+//! by socket cookie.
 use agent_common::{Endpoint, config::ProxyMapConfig, orig::OrigDst, stats};
 use aya_ebpf::{
     bindings::bpf_sock_addr,
@@ -19,12 +20,16 @@ const IPPROTO_TCP: u32 = 6;
 pub enum Verdict {
     /// Leave it alone.
     Direct,
-    /// Rewrite it to the proxy described by this config.
-    Redirect(ProxyMapConfig),
+    /// A steered destination from a caller that is not exempt: redirect it to the proxy described
+    /// by `cfg`, if there is one for the connect's family.
+    Redirect {
+        cfg: ProxyMapConfig,
+        service_id: u32,
+    },
 }
 
-/// Decide for a connect to `dst`. Records the original destination when redirecting, and returns
-/// `Direct` if that record cannot be written: a redirect without it could never be resolved.
+/// Decide for a connect to `dst`. Writes nothing: the original destination is recorded by
+/// [`remember`] only once the caller knows it has a proxy for the family and will redirect.
 #[inline(always)]
 pub fn decide(ctx: &SockAddrContext, dst: Endpoint) -> Verdict {
     let sa: &bpf_sock_addr = unsafe { &*ctx.sock_addr };
@@ -51,6 +56,14 @@ pub fn decide(ctx: &SockAddrContext, dst: Endpoint) -> Verdict {
             return Verdict::Direct;
         }
     }
+    Verdict::Redirect { cfg, service_id }
+}
+
+/// Records the original destination of a connect about to be redirected, by socket cookie.
+/// Returns false when the record cannot be written: the caller then leaves the connect direct,
+/// since a redirect without it could never be resolved.
+#[inline(always)]
+pub fn remember(ctx: &SockAddrContext, dst: Endpoint, service_id: u32) -> bool {
     let cookie = unsafe { bpf_get_socket_cookie(ctx.sock_addr.cast()) };
     let orig = OrigDst { dst, service_id };
     if let Err(errno) = ORIG_COOKIE.insert(&cookie, &orig, 0) {
@@ -60,9 +73,9 @@ pub fn decide(ctx: &SockAddrContext, dst: Endpoint) -> Verdict {
             "ORIG_COOKIE insert failed ({}): connection left direct",
             errno
         );
-        return Verdict::Direct;
+        return false;
     }
-    Verdict::Redirect(cfg)
+    true
 }
 
 /// Writes an IPv6 destination into the context word by word. A plain array assignment compiles to

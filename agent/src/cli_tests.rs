@@ -3,6 +3,7 @@
 use std::{path::PathBuf, time::Duration};
 
 use super::*;
+use crate::capture::CgroupSelector;
 
 /// `shunt run ARGS...`, parsed.
 fn run_config(args: &[&str]) -> RunConfig {
@@ -128,10 +129,31 @@ fn run_flags_parse_into_the_run_config() {
         "3s",
     ]);
     let cfg = args;
-    assert_eq!(cfg.cgroup, PathBuf::from("/c"));
+    assert_eq!(cfg.cgroup, Some(CgroupSelector::Path(PathBuf::from("/c"))));
     assert_eq!(cfg.key_header, ["x-k"]);
     assert_eq!(cfg.shutdown_grace, Duration::from_secs(3));
     assert_eq!(cfg.max_headers, 128);
+}
+
+#[test]
+fn cgroup_is_auto_with_kube_and_required_without() {
+    let kube = run_config(&["--kube", "--proxy-addr", "10.0.0.1:15001"]);
+    assert_eq!(kube.cgroup, None);
+    assert_eq!(kube.cgroup_selector(), CgroupSelector::Auto);
+    assert_eq!(kube.cgroup_root, PathBuf::from("/sys/fs/cgroup"));
+    let auto = run_config(&[
+        "--cgroup",
+        "auto",
+        "--cgroup-root",
+        "/host/cgroup",
+        "--proxy-addr",
+        "10.0.0.1:15001",
+    ]);
+    assert_eq!(auto.cgroup_selector(), CgroupSelector::Auto);
+    assert_eq!(auto.cgroup_root, PathBuf::from("/host/cgroup"));
+    let err = Cli::try_parse_from(["shunt", "run", "--proxy-addr", "10.0.0.1:15001"])
+        .expect_err("--cgroup is required without --kube");
+    assert!(err.to_string().contains("--cgroup"), "{err}");
 }
 
 fn parse(args: &[&str]) -> Result<Command, clap::Error> {

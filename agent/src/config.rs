@@ -5,7 +5,7 @@ use std::{net::SocketAddr, path::PathBuf, time::Duration};
 
 use clap::Args;
 
-use crate::duration::parse_duration;
+use crate::{capture::CgroupSelector, duration::parse_duration};
 
 /// The node agent's configuration: the flags of `shunt run`, parsed by the CLI and handed to
 /// `run` whole (one definition, so a flag and the value `run` reads cannot drift apart). Each
@@ -13,9 +13,26 @@ use crate::duration::parse_duration;
 /// --node-name, as the DaemonSet sets it); the command line wins.
 #[derive(Debug, Clone, Args)]
 pub struct RunConfig {
-    /// cgroup v2 directory whose processes are captured (the cgroup v2 root on a node).
-    #[arg(long, env = "SHUNT_CGROUP", value_name = "PATH")]
-    pub cgroup: PathBuf,
+    /// cgroup v2 directory whose processes are captured, or `auto`: the node's pods' cgroup
+    /// (`kubepods` or `kubepods.slice`) found under --cgroup-root, never the root itself (the
+    /// kubelet, the runtime and host processes stay uncaptured). Default with --kube: auto.
+    #[arg(
+        long,
+        env = "SHUNT_CGROUP",
+        value_name = "PATH|auto",
+        required_unless_present = "kube"
+    )]
+    pub cgroup: Option<CgroupSelector>,
+
+    /// The node's cgroup mount, where --cgroup auto looks for the pods' cgroup: a cgroup v2
+    /// mount, or a hybrid layout's tmpfs with the cgroup v2 hierarchy at `unified/`.
+    #[arg(
+        long,
+        env = "SHUNT_CGROUP_ROOT",
+        value_name = "DIR",
+        default_value = "/sys/fs/cgroup"
+    )]
+    pub cgroup_root: PathBuf,
 
     /// IPv4 address and port the node proxy listens on; steered IPv4 connects go here.
     #[arg(long, env = "SHUNT_PROXY_ADDR", value_name = "IP:PORT")]
@@ -237,6 +254,14 @@ pub struct RunConfig {
     /// How long in-flight connections may finish after SIGTERM.
     #[arg(long, env = "SHUNT_SHUTDOWN_GRACE", value_name = "DURATION", default_value = "10s", value_parser = parse_duration)]
     pub shutdown_grace: Duration,
+}
+
+impl RunConfig {
+    /// What --cgroup selects: as given, else `auto` (the default with --kube; without it the flag
+    /// is required).
+    pub fn cgroup_selector(&self) -> CgroupSelector {
+        self.cgroup.clone().unwrap_or(CgroupSelector::Auto)
+    }
 }
 
 /// A CIDR (`10.0.0.0/8`, `fd00::/8`) or a single address (`10.1.2.3`, a /32 or /128).

@@ -120,8 +120,10 @@ async fn run_async(args: RunConfig) -> anyhow::Result<()> {
     let debug_token = debug_token(&args)?;
     let debug_listener = bind(args.debug_addr, "--debug-addr").await?;
 
+    // On a node: the pods' cgroup, never the root (host processes keep their own traffic).
+    let captured_cgroup = capture::resolve_cgroup(&args.cgroup_selector(), &args.cgroup_root)?;
     let cfg = CaptureConfig {
-        cgroup: args.cgroup.clone(),
+        cgroup: captured_cgroup.clone(),
         bpffs_dir: args.bpffs_dir.clone(),
         // In a cluster the node's bpffs is mounted into the pod; never mount one of our own.
         mount_bpffs: !args.kube,
@@ -273,7 +275,7 @@ async fn run_async(args: RunConfig) -> anyhow::Result<()> {
         admin_shutdown.clone(),
     ));
     health.ready.store(true, Ordering::Relaxed);
-    tracing::info!(cgroup = %args.cgroup.display(), proxy = %args.proxy_addr, "shunt running");
+    tracing::info!(cgroup = %captured_cgroup.display(), proxy = %args.proxy_addr, "shunt running");
 
     let mut term =
         tokio::signal::unix::signal(SignalKind::terminate()).context("SIGTERM handler")?;

@@ -26,6 +26,14 @@ impl TestCgroup {
         Ok(p)
     }
 
+    /// A descendant at `rel` (several levels: `kubepods.slice/kubepods-pod1.slice`), created
+    /// with its parents (removed with this cgroup).
+    pub fn descendant(&self, rel: &str) -> anyhow::Result<PathBuf> {
+        let p = self.path.join(rel);
+        fs::create_dir_all(&p)?;
+        Ok(p)
+    }
+
     pub fn path(&self) -> &Path {
         &self.path
     }

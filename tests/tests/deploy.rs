@@ -26,6 +26,7 @@ use std::{
 };
 
 use agent::{
+    capture::CgroupSelector,
     cli::{Cli, Command as AgentCommand},
     config::RunConfig,
     kube::rbac::AGENT_ACCESS,
@@ -466,10 +467,20 @@ fn daemonset_args_parse_with_the_agents_cli() {
             "{what}"
         );
 
-        // --cgroup is the node's cgroup v2 root, mounted at a path of its own, never over the
-        // container's /sys/fs/cgroup: there the agent finds its own cgroup (see deploy/README.md).
+        // --cgroup auto searches the node's cgroup tree (--cgroup-root), mounted at a path of its
+        // own, never over the container's /sys/fs/cgroup: there the agent finds its own cgroup
+        // (see deploy/README.md).
         let (cgroup_mount, ro) = host_mount(&ds, "/sys/fs/cgroup");
-        assert_eq!(run.cgroup, Path::new(&cgroup_mount), "{what}: --cgroup");
+        assert_eq!(
+            run.cgroup_selector(),
+            CgroupSelector::Auto,
+            "{what}: --cgroup"
+        );
+        assert_eq!(
+            run.cgroup_root,
+            Path::new(&cgroup_mount),
+            "{what}: --cgroup-root"
+        );
         assert!(ro, "{what}: the node's cgroup tree is mounted read-only");
         assert!(
             !Path::new(&cgroup_mount).starts_with("/sys/fs/cgroup"),
@@ -523,6 +534,38 @@ fn daemonset_args_parse_with_the_agents_cli() {
             "{what}: terminationGracePeriodSeconds {grace} must exceed --shutdown-grace {:?}",
             run.shutdown_grace
         );
+    }
+}
+
+/// Issue 15: the DaemonSet captures the node's pods, never its whole cgroup tree (the kubelet,
+/// the runtime and host processes beside them keep their own traffic), and runs on Linux nodes
+/// only.
+#[test]
+fn daemonset_captures_only_pods_with_cgroup_auto_on_linux_nodes() {
+    for (what, objs) in manifests() {
+        let ds: DaemonSet = the(&objs, "DaemonSet", &what);
+        let args = expanded_args(agent_container(&ds), &sample_values());
+        let cgroup_flags: Vec<&[String]> = args.windows(2).filter(|w| w[0] == "--cgroup").collect();
+        assert_eq!(
+            cgroup_flags.len(),
+            1,
+            "{what}: exactly one --cgroup in {args:?}"
+        );
+        assert_eq!(cgroup_flags[0][1], "auto", "{what}: --cgroup auto");
+        let run = parse_run(&args);
+        assert_eq!(run.cgroup_selector(), CgroupSelector::Auto, "{what}");
+        let (cgroup_mount, _) = host_mount(&ds, "/sys/fs/cgroup");
+        assert_eq!(
+            run.cgroup_root,
+            Path::new(&cgroup_mount),
+            "{what}: auto searches the node's cgroup tree"
+        );
+        let os = pod_spec(&ds)
+            .node_selector
+            .as_ref()
+            .and_then(|s| s.get("kubernetes.io/os"))
+            .map(String::as_str);
+        assert_eq!(os, Some("linux"), "{what}: nodeSelector kubernetes.io/os");
     }
 }
 
@@ -1387,9 +1430,15 @@ fn pod_like(
             "--kube" => args.extend(["--steer".to_string(), dst.to_string()]),
             "--cgroup" => {
                 let v = it.next().unwrap();
-                assert_eq!(v, cgroup_mount);
-                // The test's captured cgroup stands for the node's root.
+                assert_eq!(v, "auto");
+                // The test's captured cgroup stands for the node's pods' cgroup, named outright:
+                // the search itself is capture_scope.rs's business.
                 args.extend([a, host_cgroup.join(test_cgroup).display().to_string()]);
+            }
+            "--cgroup-root" => {
+                let v = it.next().unwrap();
+                assert_eq!(v, cgroup_mount);
+                args.extend([a, host_cgroup.display().to_string()]);
             }
             "--bpffs-dir" => {
                 let v = PathBuf::from(it.next().unwrap());

@@ -54,6 +54,11 @@ pub fn cgroup2_mount() -> Result<PathBuf, CaptureError> {
         })
 }
 
+/// Whether `path` is a directory on a cgroup v2 filesystem.
+pub fn is_cgroup2_dir(path: &Path) -> bool {
+    matches!(statfs_type(path), Ok(CGROUP2_SUPER_MAGIC))
+}
+
 /// Checks that `path` is a directory on a cgroup v2 filesystem.
 pub fn check_cgroup2_dir(path: &Path) -> Result<(), CaptureError> {
     match statfs_type(path) {

@@ -18,6 +18,14 @@ pub enum CaptureError {
     #[error("preparing the bpffs pin directory {path}: {message}")]
     Bpffs { path: PathBuf, message: String },
 
+    #[error("{action}: {}", path.display())]
+    PinFile {
+        path: PathBuf,
+        action: &'static str,
+        #[source]
+        source: std::io::Error,
+    },
+
     #[error("loading the eBPF object")]
     Load(#[source] aya::EbpfError),
 

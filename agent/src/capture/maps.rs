@@ -1,5 +1,5 @@
 //! Typed handles on the pinned maps.
-use std::net::SocketAddr;
+use std::{net::SocketAddr, sync::Mutex};
 
 use agent_common::{
     Endpoint,
@@ -47,21 +47,50 @@ impl SteeredMap {
 
 /// `ORIG_DST`: the original destination of a redirected connection, by the client's endpoint.
 pub struct OrigDstMap {
-    map: HashMap<MapData, Endpoint, OrigDst>,
+    // Deleting needs `&mut`; the proxy takes one entry per accepted connection, two syscalls
+    // under the lock.
+    map: Mutex<HashMap<MapData, Endpoint, OrigDst>>,
 }
 
 impl OrigDstMap {
     pub(super) fn new(map: HashMap<MapData, Endpoint, OrigDst>) -> Self {
-        Self { map }
+        Self {
+            map: Mutex::new(map),
+        }
     }
 
-    /// The original destination and service id for a connection the proxy accepted from `client`
-    /// (an IPv4-mapped IPv6 peer from a dual-stack listener is the same key as plain IPv4).
-    pub fn get(&self, client: SocketAddr) -> Option<(SocketAddr, u32)> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<MapData, Endpoint, OrigDst>> {
+        // The map handle holds no invariant a panicking holder could break.
         self.map
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// The original destination and service id recorded for `client` (an IPv4-mapped IPv6 peer
+    /// from a dual-stack listener is the same key as plain IPv4), left in the map: for
+    /// inspecting the pins.
+    pub fn get(&self, client: SocketAddr) -> Option<(SocketAddr, u32)> {
+        self.lock()
             .get(&Endpoint::from_socket_addr(client), 0)
             .ok()
             .map(|o| (o.dst.to_socket_addr(), o.service_id))
+    }
+
+    /// As [`Self::get`], and deletes the entry: what the proxy does for each connection it
+    /// accepts. An entry is read once, so a later connection from the same (address, port) that
+    /// was not recorded anew (one that reached the proxy without being redirected) finds
+    /// nothing instead of an earlier connection's destination.
+    pub fn take(&self, client: SocketAddr) -> Option<(SocketAddr, u32)> {
+        let key = Endpoint::from_socket_addr(client);
+        let mut map = self.lock();
+        let orig = map.get(&key, 0).ok()?;
+        match map.remove(&key) {
+            Ok(()) | Err(MapError::KeyNotFound) => {}
+            // The destination is known; a leftover entry is overwritten by the next connection
+            // recorded from this endpoint, and the LRU ages it out otherwise.
+            Err(e) => tracing::debug!(error = %e, %client, "ORIG_DST delete failed"),
+        }
+        Some((orig.dst.to_socket_addr(), orig.service_id))
     }
 }
 

@@ -7,6 +7,8 @@
 mod env;
 mod error;
 mod maps;
+mod pins;
+mod pods_cgroup;
 
 use std::{
     fs::File,
@@ -28,6 +30,7 @@ pub use aya::maps::MapError;
 pub use env::{cgroup_id, cgroup2_mount, mount_bpffs, own_cgroup_dir};
 pub use error::CaptureError;
 pub use maps::{CaptureStats, Flow, FlowsMap, OrigDstMap, SteeredMap};
+pub use pods_cgroup::{CgroupSelector, find_pods_cgroup, resolve as resolve_cgroup};
 
 /// The eBPF object built by `agent/build.rs`.
 static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/shunt-capture"));
@@ -81,14 +84,26 @@ impl Capture {
         env::check_cgroup2_dir(&cfg.cgroup)?;
         env::ensure_bpffs(&cfg.bpffs_dir, cfg.mount_bpffs)?;
 
-        let mut ebpf = EbpfLoader::new()
-            .default_map_pin_directory(&cfg.bpffs_dir)
-            .map_max_entries(steered::MAP_NAME, cfg.steered_max_entries)
-            .map_max_entries(orig::COOKIE_MAP_NAME, cfg.orig_max_entries)
-            .map_max_entries(orig::DST_MAP_NAME, cfg.orig_max_entries)
-            .map_max_entries(flows::MAP_NAME, cfg.flows_max_entries)
-            .load(EBPF_OBJECT)
-            .map_err(CaptureError::Load)?;
+        let capacities = [
+            (steered::MAP_NAME, cfg.steered_max_entries),
+            (orig::COOKIE_MAP_NAME, cfg.orig_max_entries),
+            (orig::DST_MAP_NAME, cfg.orig_max_entries),
+            (flows::MAP_NAME, cfg.flows_max_entries),
+        ];
+        // Pinned maps of another size are recreated at a staging pin, filled, then swapped in.
+        let resizes = pins::plan_resizes(&cfg.bpffs_dir, &capacities)?;
+        let mut loader = EbpfLoader::new();
+        loader.default_map_pin_directory(&cfg.bpffs_dir);
+        for (name, max_entries) in capacities {
+            loader.map_max_entries(name, max_entries);
+        }
+        for r in &resizes {
+            let (name, staging) = r.staging_pin();
+            loader.map_pin_path(name, staging);
+        }
+        let mut ebpf = loader.load(EBPF_OBJECT).map_err(CaptureError::Load)?;
+        // Before any program is loaded: they are loaded against these maps, at the real pins.
+        pins::finish_resizes(&mut ebpf, resizes)?;
 
         // Failure paths in the programs log through aya-log; losing those lines is not fatal.
         let logger = match aya_log::EbpfLogger::init(&mut ebpf) {
@@ -140,6 +155,8 @@ impl Capture {
         sock_ops
             .attach(&cgroup, mode)
             .map_err(|source| attach_err(SOCK_OPS_PROGRAM, &cfg.cgroup, source))?;
+        // The current version's pins are in use: an older (or newer) agent's are dead weight.
+        pins::remove_other_versions(&cfg.bpffs_dir, &agent_common::MAP_NAMES);
 
         Ok(Self {
             _ebpf: ebpf,

@@ -31,14 +31,16 @@ impl fmt::Display for ClientAddr {
 }
 
 /// Resolves the original destination of an accepted connection, and the id of the Service
-/// capture found it under, from its peer address.
+/// capture found it under, from its peer address. Called once per accepted connection.
 pub trait OrigDstLookup: Send + Sync + 'static {
     fn lookup(&self, client: ClientAddr) -> Option<(OrigDstAddr, ServiceId)>;
 }
 
+/// Takes the entry out of `ORIG_DST`: once read, it can never answer for a later connection
+/// from the same (address, port) that capture did not record.
 impl OrigDstLookup for OrigDstMap {
     fn lookup(&self, client: ClientAddr) -> Option<(OrigDstAddr, ServiceId)> {
-        self.get(client.get())
+        self.take(client.get())
             .map(|(dst, id)| (OrigDstAddr(dst), ServiceId(id)))
     }
 }

@@ -17,7 +17,8 @@ const TIMEOUT: Duration = Duration::from_secs(5);
 
 fn main() -> anyhow::Result<()> {
     let args: Vec<String> = std::env::args().collect();
-    let usage = "usage: netpeer tcp ADDR[,ADDR...] [COUNT] [--parallel] | udp ADDR \
+    let usage = "usage: netpeer tcp ADDR[,ADDR...] [COUNT] [--parallel] [--from-port P] [--reset] \
+                 | udp ADDR \
                  | http ADDR [--h2] [--concurrent] REQUESTS_JSON | ws ADDR HEADERS_JSON MESSAGE \
                  | raw ADDR SEND [--stall-ms N]";
     let mode = args.get(1).ok_or_else(|| anyhow::anyhow!(usage))?;
@@ -31,11 +32,18 @@ fn main() -> anyhow::Result<()> {
     match mode.as_str() {
         "tcp" => {
             let count: usize = args.get(3).map(|c| c.parse()).transpose()?.unwrap_or(1);
+            let from_port: Option<u16> = args
+                .iter()
+                .position(|a| a == "--from-port")
+                .and_then(|i| args.get(i + 1))
+                .map(|v| v.parse())
+                .transpose()?;
+            let reset = args.iter().any(|a| a == "--reset");
             if args.iter().any(|a| a == "--parallel") {
                 parallel(&addrs, count)
             } else {
                 for i in 0..count {
-                    let line = match tcp_once(addr, i) {
+                    let line = match tcp_once(addr, i, from_port, reset) {
                         Ok(v) => v,
                         Err(e) => json!({ "error": e.to_string() }),
                     };
@@ -118,8 +126,33 @@ fn raw(addr: SocketAddr, args: &[String]) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn tcp_once(addr: SocketAddr, i: usize) -> anyhow::Result<serde_json::Value> {
-    let conn = TcpStream::connect_timeout(&addr, TIMEOUT)?;
+/// One exchange on a new connection, from local port `from_port` when given (SO_REUSEADDR), and
+/// closed with a reset when `reset` (no TIME_WAIT: the same endpoint pair can connect again at
+/// once).
+fn tcp_once(
+    addr: SocketAddr,
+    i: usize,
+    from_port: Option<u16>,
+    reset: bool,
+) -> anyhow::Result<serde_json::Value> {
+    let conn = match from_port {
+        None => TcpStream::connect_timeout(&addr, TIMEOUT)?,
+        Some(port) => {
+            use socket2::{Domain, Socket, Type};
+            let sock = Socket::new(Domain::for_address(addr), Type::STREAM, None)?;
+            sock.set_reuse_address(true)?;
+            let local = match addr {
+                SocketAddr::V4(_) => SocketAddr::from(([0, 0, 0, 0], port)),
+                SocketAddr::V6(_) => SocketAddr::from(([0u16; 8], port)),
+            };
+            sock.bind(&local.into())?;
+            sock.connect_timeout(&addr.into(), TIMEOUT)?;
+            sock.into()
+        }
+    };
+    if reset {
+        tests::process::set_linger_zero(&conn);
+    }
     exchange(conn, i)
 }
 
