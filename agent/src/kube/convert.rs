@@ -3,6 +3,7 @@
 use std::{
     collections::{BTreeMap, HashMap},
     net::IpAddr,
+    time::Duration,
 };
 
 use k8s_openapi::{
@@ -14,7 +15,7 @@ use k8s_openapi::{
 };
 
 use super::crd::SandboxRoute;
-use crate::routes::{self, ClusterState, EndpointAddr, TargetPort};
+use crate::routes::{self, ClusterState, EndpointAddr, TargetPort, TrafficPolicy};
 
 /// The label an EndpointSlice carries to name its Service.
 pub const SERVICE_NAME_LABEL: &str = "kubernetes.io/service-name";
@@ -72,8 +73,8 @@ pub fn service(svc: &Service, slices: &[&EndpointSlice]) -> Option<routes::Servi
         })
         .collect();
 
-    // ip → (ready, port name → port), merged over slices.
-    let mut eps: BTreeMap<IpAddr, (bool, BTreeMap<String, u16>)> = BTreeMap::new();
+    // ip → the endpoint, merged over slices.
+    let mut eps: BTreeMap<IpAddr, EndpointAddr> = BTreeMap::new();
     for slice in slices {
         if !matches!(slice.address_type.as_str(), "IPv4" | "IPv6") {
             continue;
@@ -87,12 +88,27 @@ pub fn service(svc: &Service, slices: &[&EndpointSlice]) -> Option<routes::Servi
             .collect();
         for ep in &slice.endpoints {
             let ready = ep.conditions.as_ref().and_then(|c| c.ready).unwrap_or(true);
+            let target_ref = ep.target_ref.as_ref().and_then(|r| {
+                Some(routes::ObjectRef {
+                    kind: r.kind.clone()?,
+                    namespace: r.namespace.clone().unwrap_or_else(|| namespace.clone()),
+                    name: r.name.clone()?,
+                })
+            });
             for ip in ep.addresses.iter().filter_map(|a| a.parse::<IpAddr>().ok()) {
-                let e = eps.entry(ip).or_insert_with(|| (false, BTreeMap::new()));
-                e.0 |= ready;
+                let e = eps.entry(ip).or_insert_with(|| EndpointAddr {
+                    ip,
+                    ready: false,
+                    ports: BTreeMap::new(),
+                    target_ref: None,
+                    node_name: None,
+                });
+                e.ready |= ready;
                 for (k, v) in &slice_ports {
-                    e.1.entry(k.clone()).or_insert(*v);
+                    e.ports.entry(k.clone()).or_insert(*v);
                 }
+                e.target_ref = e.target_ref.take().or_else(|| target_ref.clone());
+                e.node_name = e.node_name.take().or_else(|| ep.node_name.clone());
             }
         }
     }
@@ -101,18 +117,26 @@ pub fn service(svc: &Service, slices: &[&EndpointSlice]) -> Option<routes::Servi
         name,
         addresses,
         ports,
-        endpoints: eps
-            .into_iter()
-            .map(|(ip, (ready, ports))| EndpointAddr { ip, ready, ports })
-            .collect(),
+        endpoints: eps.into_values().collect(),
         always_steer: false,
+        client_ip_affinity: (spec.session_affinity.as_deref() == Some("ClientIP")).then(|| {
+            spec.session_affinity_config
+                .as_ref()
+                .and_then(|c| c.client_ip.as_ref())
+                .and_then(|c| c.timeout_seconds)
+                .and_then(|t| u64::try_from(t).ok())
+                .filter(|t| *t > 0)
+                .map_or(routes::DEFAULT_AFFINITY_TIMEOUT, Duration::from_secs)
+        }),
+        internal_traffic_policy: match spec.internal_traffic_policy.as_deref() {
+            Some("Local") => TrafficPolicy::Local,
+            _ => TrafficPolicy::Cluster,
+        },
     })
 }
 
-/// A (sandbox) pod. Ready means the `Ready` condition is True and the pod is not terminating
-/// (as EndpointSlices treat it). IPs from `status.podIPs` (dual-stack), else `status.podIP`.
-pub fn pod(p: &Pod) -> Option<routes::Pod> {
-    let name = p.metadata.name.clone()?;
+/// The IPs of a pod: `status.podIPs` (dual-stack), else `status.podIP`.
+fn pod_ips(p: &Pod) -> Vec<IpAddr> {
     let status = p.status.as_ref();
     let mut ips: Vec<IpAddr> = status
         .and_then(|s| s.pod_ips.as_ref())
@@ -127,6 +151,33 @@ pub fn pod(p: &Pod) -> Option<routes::Pod> {
     {
         ips.push(ip);
     }
+    ips
+}
+
+/// A pod of this node (from the `spec.nodeName` watch), whatever its labels.
+pub fn node_pod(p: &Pod) -> Option<routes::NodePod> {
+    Some(routes::NodePod {
+        namespace: p.metadata.namespace.clone().unwrap_or_default(),
+        name: p.metadata.name.clone()?,
+        uid: p.metadata.uid.clone().unwrap_or_default(),
+        ips: pod_ips(p),
+        labels: p.metadata.labels.clone().unwrap_or_default(),
+    })
+}
+
+/// The pods of this node, sorted by (namespace, name).
+pub fn node_pods<'a>(pods: impl IntoIterator<Item = &'a Pod>) -> Vec<routes::NodePod> {
+    let mut v: Vec<routes::NodePod> = pods.into_iter().filter_map(node_pod).collect();
+    v.sort_by(|a, b| (&a.namespace, &a.name).cmp(&(&b.namespace, &b.name)));
+    v
+}
+
+/// A (sandbox) pod. Ready means the `Ready` condition is True and the pod is not terminating
+/// (as EndpointSlices treat it). IPs from `status.podIPs` (dual-stack), else `status.podIP`.
+pub fn pod(p: &Pod) -> Option<routes::Pod> {
+    let name = p.metadata.name.clone()?;
+    let status = p.status.as_ref();
+    let ips = pod_ips(p);
     let ready = p.metadata.deletion_timestamp.is_none()
         && status
             .and_then(|s| s.conditions.as_ref())
@@ -172,6 +223,7 @@ pub fn route(r: &SandboxRoute) -> Option<routes::SandboxRouteObj> {
 
 /// The whole state, sorted by (namespace, name) so equal inputs give equal states. Slices are
 /// matched to Services by namespace and the `kubernetes.io/service-name` label.
+/// (`node` and `node_pods` are the source's to fill: see [`node_pods`].)
 pub fn cluster_state<'a>(
     services: impl IntoIterator<Item = &'a Service>,
     slices: impl IntoIterator<Item = &'a EndpointSlice>,
@@ -204,6 +256,8 @@ pub fn cluster_state<'a>(
             .collect(),
         pods: pods.into_iter().filter_map(pod).collect(),
         routes: routes.into_iter().filter_map(route).collect(),
+        node: None,
+        node_pods: Vec::new(),
     };
     state
         .services
@@ -263,6 +317,77 @@ mod tests {
                 None => json!({ "addresses": [a] }),
             }).collect::<Vec<_>>(),
         }))
+    }
+
+    #[test]
+    fn endpoints_carry_their_pod_and_node_and_the_service_its_affinity_and_policy() {
+        let mut svc = reviews();
+        let spec = svc.spec.as_mut().expect("spec");
+        spec.session_affinity = Some("ClientIP".into());
+        spec.internal_traffic_policy = Some("Local".into());
+        let s: EndpointSlice = obj(json!({
+            "apiVersion": "discovery.k8s.io/v1", "kind": "EndpointSlice",
+            "metadata": { "name": "reviews-1", "namespace": "shop",
+                          "labels": { SERVICE_NAME_LABEL: "reviews" } },
+            "addressType": "IPv4",
+            "ports": [{ "name": "http", "port": 8080 }],
+            "endpoints": [
+                { "addresses": ["10.1.0.1"], "nodeName": "node-a",
+                  "targetRef": { "kind": "Pod", "name": "reviews-v1-abc", "uid": "u1" } },
+                { "addresses": ["10.1.0.2"] },
+            ],
+        }));
+        let got = service(&svc, &[&s]).expect("service");
+        assert_eq!(
+            got.client_ip_affinity,
+            Some(routes::DEFAULT_AFFINITY_TIMEOUT)
+        );
+        assert_eq!(got.internal_traffic_policy, TrafficPolicy::Local);
+        assert_eq!(got.endpoints[0].node_name.as_deref(), Some("node-a"));
+        assert_eq!(
+            got.endpoints[0].target_ref,
+            Some(routes::ObjectRef {
+                kind: "Pod".into(),
+                namespace: "shop".into(),
+                name: "reviews-v1-abc".into(),
+            })
+        );
+        assert_eq!(
+            (&got.endpoints[1].node_name, &got.endpoints[1].target_ref),
+            (&None, &None)
+        );
+
+        let spec = svc.spec.as_mut().expect("spec");
+        spec.session_affinity_config = Some(obj(json!({ "clientIP": { "timeoutSeconds": 30 } })));
+        spec.internal_traffic_policy = Some("Cluster".into());
+        let got = service(&svc, &[&s]).expect("service");
+        assert_eq!(got.client_ip_affinity, Some(Duration::from_secs(30)));
+        assert_eq!(got.internal_traffic_policy, TrafficPolicy::Cluster);
+        svc.spec.as_mut().expect("spec").session_affinity = Some("None".into());
+        assert_eq!(
+            service(&svc, &[&s]).expect("service").client_ip_affinity,
+            None
+        );
+    }
+
+    #[test]
+    fn node_pods_keep_uid_ips_and_labels_of_any_pod() {
+        let p: Pod = obj(json!({
+            "apiVersion": "v1", "kind": "Pod",
+            "metadata": { "name": "web", "namespace": "shop", "uid": "u-1", "labels": { "app": "web" } },
+            "spec": { "nodeName": "node-a", "containers": [{ "name": "app", "image": "x" }] },
+            "status": { "podIP": "10.1.0.9", "podIPs": [{ "ip": "10.1.0.9" }, { "ip": "fd00::9" }] },
+        }));
+        let got = node_pods([&p]);
+        assert_eq!(got.len(), 1);
+        assert_eq!(
+            (
+                got[0].uid.as_str(),
+                got[0].ips.len(),
+                got[0].labels["app"].as_str()
+            ),
+            ("u-1", 2, "web")
+        );
     }
 
     fn sandbox_pod(name: &str, ips: &[&str], ready: bool, http: i32) -> Pod {

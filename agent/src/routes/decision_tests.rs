@@ -31,8 +31,12 @@ fn service(name: &str, vip: &str, port: u16, endpoints: &[&str]) -> Service {
                 ip: ip(e),
                 ready: true,
                 ports: [("http".to_string(), 8080)].into(),
+                target_ref: None,
+                node_name: None,
             })
             .collect(),
+        client_ip_affinity: None,
+        internal_traffic_policy: Default::default(),
     }
 }
 
@@ -76,6 +80,8 @@ fn table(fallback: Fallback, sandbox_ready: bool) -> RouteTable {
                 expires_at: None,
             },
         }],
+        node: None,
+        node_pods: Vec::new(),
     };
     let now: Timestamp = "2030-01-01T00:00:00Z".parse().expect("ts");
     RouteTable::compute(&state, now).0

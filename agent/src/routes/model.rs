@@ -1,6 +1,6 @@
 //! The input of the route computation: what a source (the Kubernetes watch or the routes file)
 //! knows about the cluster. Plain data, no behaviour beyond static validation of a route spec.
-use std::{collections::BTreeMap, fmt, net::IpAddr};
+use std::{collections::BTreeMap, fmt, net::IpAddr, time::Duration};
 
 use jiff::Timestamp;
 use serde::{Deserialize, Serialize};
@@ -17,6 +17,13 @@ pub struct ClusterState {
     pub services: Vec<Service>,
     pub pods: Vec<Pod>,
     pub routes: Vec<SandboxRouteObj>,
+    /// The name of the node this agent runs on: which endpoints are local, for
+    /// `internalTrafficPolicy: Local`. `None` when the source does not know it.
+    #[serde(default)]
+    pub node: Option<String>,
+    /// Every pod scheduled on this node (whatever its labels), sorted by (namespace, name).
+    #[serde(default)]
+    pub node_pods: Vec<NodePod>,
 }
 
 /// A Kubernetes Service with its baseline endpoints (as EndpointSlices give them).
@@ -33,6 +40,26 @@ pub struct Service {
     /// leave it false.
     #[serde(default)]
     pub always_steer: bool,
+    /// `Some(timeout)` when `sessionAffinity` is `ClientIP`: a client IP keeps the endpoint it
+    /// was first given for this long after its last connection (Kubernetes' default: 10800 s).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub client_ip_affinity: Option<Duration>,
+    /// `internalTrafficPolicy`: `Local` sends a virtual address only to this node's endpoints.
+    #[serde(default)]
+    pub internal_traffic_policy: TrafficPolicy,
+}
+
+/// Kubernetes' default `sessionAffinityConfig.clientIP.timeoutSeconds`.
+pub const DEFAULT_AFFINITY_TIMEOUT: Duration = Duration::from_secs(10_800);
+
+/// A Service's `internalTrafficPolicy`.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum TrafficPolicy {
+    /// Any ready endpoint, on any node.
+    #[default]
+    Cluster,
+    /// Only ready endpoints on this node; none there means the connection fails.
+    Local,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -72,6 +99,31 @@ pub struct EndpointAddr {
     /// Service port name ("" for an unnamed port) → the port on this endpoint, already resolved
     /// (EndpointSlices resolve named target ports per endpoint).
     pub ports: BTreeMap<String, u16>,
+    /// The object behind the address (usually its Pod), as the EndpointSlice's `targetRef`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub target_ref: Option<ObjectRef>,
+    /// The node the endpoint runs on, as the EndpointSlice's `nodeName`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub node_name: Option<String>,
+}
+
+/// A reference to a namespaced object (an EndpointSlice endpoint's `targetRef`).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ObjectRef {
+    pub kind: String,
+    pub namespace: String,
+    pub name: String,
+}
+
+/// A pod on this agent's node, whatever its labels: who a local address belongs to.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NodePod {
+    pub namespace: String,
+    pub name: String,
+    pub uid: String,
+    /// Pod IPs, primary first (as `status.podIPs`).
+    pub ips: Vec<IpAddr>,
+    pub labels: BTreeMap<String, String>,
 }
 
 /// A pod, for selector forks and for resolving named target ports on sandbox pods.
