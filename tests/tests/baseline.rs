@@ -286,3 +286,72 @@ fn internal_traffic_policy_local_is_honoured() {
         );
     }
 }
+
+/// The same promise with the Kubernetes source: the Service's `internalTrafficPolicy` and each
+/// endpoint's `nodeName` come from the fake API server's Service and EndpointSlice, the node
+/// name from `--node-name`, and the agent also watches its node's Pods (`spec.nodeName` field
+/// selector, which the fake API server honours) before it publishes anything.
+#[test]
+fn internal_traffic_policy_local_is_honoured_from_the_kubernetes_source() {
+    use std::time::Duration;
+    use tests::kube_world::{
+        FakeCluster, KubeNode, NS, POD_PORT as KUBE_POD_PORT, REVIEWS_IP,
+        SERVICE_PORT as KUBE_PORT, selector_spec, wait_for,
+    };
+    let test = "internal_traffic_policy_local_is_honoured_from_the_kubernetes_source";
+    if !tests::kernel::available(test) {
+        return;
+    }
+    let c = FakeCluster::start(true).expect("fake API server");
+    let Some(n) = KubeNode::new(test, &c, bins!()) else {
+        return;
+    };
+    // reviews: pod 1 (backend reviews-v1) on node-a, pod 4 (backend ratings-v1) on node-b.
+    c.create(json!({
+        "apiVersion": "v1", "kind": "Service",
+        "metadata": { "name": "reviews", "namespace": NS },
+        "spec": {
+            "clusterIP": REVIEWS_IP.to_string(),
+            "internalTrafficPolicy": "Local",
+            "ports": [{ "name": "http", "port": KUBE_PORT, "targetPort": "http" }],
+        },
+    }));
+    let endpoint = |pod: usize, node: &str, name: &str| {
+        json!({
+            "addresses": [n.ip(pod).to_string()], "conditions": { "ready": true },
+            "nodeName": node,
+            "targetRef": { "kind": "Pod", "namespace": NS, "name": name },
+        })
+    };
+    c.create(json!({
+        "apiVersion": "discovery.k8s.io/v1", "kind": "EndpointSlice",
+        "metadata": { "name": "reviews-abcde", "namespace": NS,
+                      "labels": { "kubernetes.io/service-name": "reviews" } },
+        "addressType": "IPv4",
+        "ports": [{ "name": "http", "port": KUBE_POD_PORT, "protocol": "TCP" }],
+        "endpoints": [endpoint(1, "node-a", "reviews-a"), endpoint(4, "node-b", "reviews-b")],
+    }));
+    for (name, node) in [("reviews-a", "node-a"), ("reviews-b", "node-b")] {
+        c.create(json!({
+            "apiVersion": "v1", "kind": "Pod",
+            "metadata": { "name": name, "namespace": NS, "labels": { "app": "reviews" } },
+            "spec": { "nodeName": node, "containers": [{ "name": "app", "image": "reviews" }] },
+        }));
+    }
+    // A fork makes the agent steer the ClusterIP (there is no kube-proxy here).
+    c.sandbox_pod(NS, "reviews-v2", n.ip(2), "pr-42");
+    c.sandbox_route("pr-42", selector_spec("pr-42", "reviews", "pr-42"));
+    let vip = SocketAddr::from((REVIEWS_IP, KUBE_PORT));
+    let _agent = n.start_agent("node-a", &[]);
+    wait_for("the ClusterIP in STEERED", Duration::from_secs(15), || {
+        n.is_steered(vip)
+    });
+    wait_for(
+        "a keyed request served by the sandbox",
+        Duration::from_secs(15),
+        || n.served_by(vip, Some("pr-42")) == "reviews-v2",
+    );
+    for _ in 0..4 {
+        assert_eq!(n.served_by(vip, None), "reviews-v1");
+    }
+}
