@@ -223,7 +223,18 @@ fn unkeyed_requests_on_one_connection_share_one_baseline_endpoint() {
         per_connection,
         BTreeSet::from(["reviews-a".to_string(), "reviews-b".to_string()])
     );
-    assert!(!decisions_to(&agent, vip()).is_empty());
+    // The decision log agrees: per client connection, one baseline upstream.
+    let mut by_conn: std::collections::BTreeMap<String, BTreeSet<String>> = Default::default();
+    for d in decisions_to(&agent, vip()) {
+        if d["decision"] == "baseline" {
+            by_conn
+                .entry(d["client"].to_string())
+                .or_default()
+                .insert(d["upstream"].to_string());
+        }
+    }
+    assert_eq!(by_conn.len(), 8, "{by_conn:?}");
+    assert!(by_conn.values().all(|u| u.len() == 1), "{by_conn:?}");
 }
 
 #[test]
