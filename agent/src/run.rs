@@ -233,6 +233,7 @@ async fn run_async(args: RunConfig) -> anyhow::Result<()> {
         lookup,
         shutdown: shutdown.clone(),
         heartbeat: heartbeat.clone(),
+        affinity: Default::default(),
     });
 
     let (watchdog_stop, watchdog_stop_rx) = std::sync::mpsc::channel::<()>();

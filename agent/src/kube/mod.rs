@@ -84,7 +84,7 @@ impl KubeSource {
     /// `statuses` that route sync computes from what this source publishes.
     pub fn spawn(self, statuses: watch::Receiver<Arc<Vec<RouteStatus>>>) -> (KubeHandle, KubeFeed) {
         let stop = CancellationToken::new();
-        let mut watches = source::Watches::start(&self.client, &stop);
+        let mut watches = source::Watches::start(&self.client, &stop, &self.opts.identity);
         let mut tasks = std::mem::take(&mut watches.tasks);
         let routes = watches.stores.routes.clone();
         let routes_touched = watches.routes_touched.clone();

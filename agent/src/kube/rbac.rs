@@ -21,7 +21,7 @@ pub const AGENT_ACCESS: &[ApiAccess] = &[
         group: "",
         resource: "pods",
         verbs: &["list", "watch"],
-        why: "sandbox pods (label-selector watch on shunt.dev/sandbox only)",
+        why: "sandbox pods (label-selector watch on shunt.dev/sandbox) and this node's pods (field-selector watch on spec.nodeName)",
     },
     ApiAccess {
         group: "",

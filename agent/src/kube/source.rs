@@ -1,5 +1,6 @@
-//! The watch side: reflectors over SandboxRoutes, Services, EndpointSlices and sandbox Pods, and
-//! the loop that publishes their caches as [`ClusterState`]s (route sync does the rest).
+//! The watch side: reflectors over SandboxRoutes, Services, EndpointSlices, sandbox Pods and the
+//! Pods of this node, and the loop that publishes their caches as [`ClusterState`]s (route sync
+//! does the rest).
 //!
 //! Rules this follows:
 //! - The reflector caches are the truth. A relist (`Init … InitDone`, after a restart, an
@@ -33,13 +34,16 @@ use tokio_util::sync::CancellationToken;
 use super::{convert, crd::SandboxRoute};
 use crate::routes::{ClusterState, SANDBOX_LABEL};
 
-/// The four caches.
+/// The five caches, and the node they were made on.
 #[derive(Clone)]
 pub struct Stores {
     pub routes: Store<SandboxRoute>,
     pub services: Store<Service>,
     pub slices: Store<EndpointSlice>,
     pub pods: Store<Pod>,
+    /// Every pod of this node (`spec.nodeName`), whatever its labels.
+    pub node_pods: Store<Pod>,
+    pub node: Arc<str>,
 }
 
 impl Stores {
@@ -51,12 +55,15 @@ impl Stores {
             self.pods.state(),
             self.routes.state(),
         );
-        convert::cluster_state(
+        let mut state = convert::cluster_state(
             services.iter().map(AsRef::as_ref),
             slices.iter().map(AsRef::as_ref),
             pods.iter().map(AsRef::as_ref),
             routes.iter().map(AsRef::as_ref),
-        )
+        );
+        state.node = Some(self.node.to_string());
+        state.node_pods = convert::node_pods(self.node_pods.state().iter().map(AsRef::as_ref));
+        state
     }
 }
 
@@ -105,14 +112,20 @@ fn pod_relevance(p: &Pod) -> u64 {
     hash_of(serde_json::to_string(&convert::pod(p)).unwrap_or_default())
 }
 
+/// What the state keeps of a pod of this node.
+fn node_pod_relevance(p: &Pod) -> u64 {
+    hash_of(serde_json::to_string(&convert::node_pod(p)).unwrap_or_default())
+}
+
 /// Anything: every event counts.
 fn always<K: Resource>(o: &K) -> u64 {
     hash_of(o.meta().resource_version.as_deref())
 }
 
 impl Watches {
-    /// Starts the four watches (all namespaces; Pods only with the `shunt.dev/sandbox` label).
-    pub fn start(client: &Client, stop: &CancellationToken) -> Self {
+    /// Starts the five watches (all namespaces): SandboxRoutes, Services, EndpointSlices, Pods
+    /// with the `shunt.dev/sandbox` label, and every Pod of `node` (`spec.nodeName`).
+    pub fn start(client: &Client, stop: &CancellationToken, node: &str) -> Self {
         let (tx, changes) = watch::channel(0u64);
         let (touched_tx, routes_touched) = watch::channel(0u64);
         let (relists_tx, relists) = watch::channel(0u64);
@@ -160,7 +173,12 @@ impl Watches {
                     for ep in &mut s.endpoints {
                         ep.hints = None;
                         ep.deprecated_topology = None;
-                        ep.target_ref = None;
+                        // Kept: which pod (kind, namespace, name, uid) the address is.
+                        if let Some(r) = ep.target_ref.as_mut() {
+                            r.api_version = None;
+                            r.field_path = None;
+                            r.resource_version = None;
+                        }
                     }
                 },
                 relevant: always,
@@ -200,6 +218,32 @@ impl Watches {
                 relevant: pod_relevance,
                 touched: None,
             },
+            tx.clone(),
+            relists_tx.clone(),
+            stop.clone(),
+        );
+        tasks.push(t);
+        let (node_pods, t) = watch_into_store(
+            WatchSpec::<Pod> {
+                what: "node Pods",
+                api: Api::all(client.clone()),
+                // Only this node's pods: what a local address is.
+                cfg: watcher::Config::default().fields(&format!("spec.nodeName={node}")),
+                strip: |p| {
+                    p.managed_fields_mut().clear();
+                    p.annotations_mut().clear();
+                    p.spec = None;
+                    if let Some(st) = p.status.as_mut() {
+                        *st = k8s_openapi::api::core::v1::PodStatus {
+                            pod_ip: st.pod_ip.take(),
+                            pod_ips: st.pod_ips.take(),
+                            ..Default::default()
+                        };
+                    }
+                },
+                relevant: node_pod_relevance,
+                touched: None,
+            },
             tx,
             relists_tx,
             stop.clone(),
@@ -211,6 +255,8 @@ impl Watches {
                 services,
                 slices,
                 pods,
+                node_pods,
+                node: node.into(),
             },
             changes,
             routes_touched,
@@ -379,12 +425,14 @@ async fn wait_until_listed(stores: &Stores, stop: &CancellationToken) -> bool {
         "Services",
         "EndpointSlices",
         "sandbox Pods",
+        "node Pods",
     ];
     let mut waits: FuturesUnordered<Ready> = [
         ready("SandboxRoutes", &stores.routes),
         ready("Services", &stores.services),
         ready("EndpointSlices", &stores.slices),
         ready("sandbox Pods", &stores.pods),
+        ready("node Pods", &stores.node_pods),
     ]
     .into_iter()
     .collect();

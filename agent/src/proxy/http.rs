@@ -2,11 +2,11 @@
 //! path ([`super::h1`]).
 //!
 //! Every h2 stream is routed on its own key, so a client connection multiplexing requests with
-//! different keys routes each correctly.
+//! different keys routes each correctly; unkeyed streams share the connection's one baseline
+//! endpoint, as they would through kube-proxy.
 use std::{
-    convert::Infallible,
     sync::{
-        Arc,
+        Arc, Mutex,
         atomic::{AtomicBool, Ordering},
     },
     time::Instant,
@@ -22,12 +22,13 @@ use hyper::{
 };
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use tokio::net::TcpStream;
+use tokio_util::sync::CancellationToken;
 
 use super::{
     ConnInfo, Exit, ProxyShared,
     upstream::{ProxyBody, UpstreamError, error_chain},
 };
-use crate::routes::{Decision, DecisionKind, DecisionReason};
+use crate::routes::{ConnRoute, Decision, DecisionKind, DecisionReason};
 
 /// A body held in memory: one we answer with ourselves, or a buffered request replayed.
 fn full(bytes: impl Into<Bytes>) -> ProxyBody {
@@ -48,16 +49,36 @@ fn local_response(status: StatusCode, text: String) -> Response<ProxyBody> {
     r
 }
 
+/// What the streams of one client connection share.
+struct ConnState {
+    invalid_logged: AtomicBool,
+    /// The connection's routing state: every unkeyed stream goes to its one baseline endpoint.
+    route: Mutex<ConnRoute>,
+    /// Cancelled when the connection is to close after its current streams: its baseline
+    /// endpoint failed (as a TCP connection through kube-proxy would break with it).
+    closing: CancellationToken,
+}
+
+/// A stream refused without an answer: hyper resets it.
+#[derive(Debug, thiserror::Error)]
+#[error("no endpoint on this node (internalTrafficPolicy: Local)")]
+struct Dropped;
+
 /// Serves one h2c connection until it closes; on shutdown it finishes in-flight streams, then
 /// closes.
 pub async fn serve(shared: Arc<ProxyShared>, stream: TcpStream, info: ConnInfo) {
-    let invalid_logged = Arc::new(AtomicBool::new(false));
+    let state = Arc::new(ConnState {
+        invalid_logged: AtomicBool::new(false),
+        route: Mutex::new(info.route()),
+        closing: CancellationToken::new(),
+    });
+    let closing = state.closing.clone();
     let svc = {
         let shared = shared.clone();
         service_fn(move |req| {
             let shared = shared.clone();
-            let invalid_logged = invalid_logged.clone();
-            async move { Ok::<_, Infallible>(handle(&shared, info, &invalid_logged, req).await) }
+            let state = state.clone();
+            async move { handle(&shared, info, &state, req).await }
         })
     };
     let limits = &shared.limits;
@@ -74,6 +95,10 @@ pub async fn serve(shared: Arc<ProxyShared>, stream: TcpStream, info: ConnInfo) 
             conn.as_mut().graceful_shutdown();
             conn.await
         }
+        _ = closing.cancelled() => {
+            conn.as_mut().graceful_shutdown();
+            conn.await
+        }
     };
     if let Err(e) = result {
         tracing::debug!(client = %info.client, error = %e, "h2c connection ended with an error");
@@ -83,9 +108,9 @@ pub async fn serve(shared: Arc<ProxyShared>, stream: TcpStream, info: ConnInfo) 
 async fn handle(
     shared: &ProxyShared,
     info: ConnInfo,
-    invalid_logged: &AtomicBool,
+    state: &ConnState,
     req: Request<Incoming>,
-) -> Response<ProxyBody> {
+) -> Result<Response<ProxyBody>, Dropped> {
     let started = Instant::now();
     let (mut parts, body) = req.into_parts();
     if shared.keys.strips(info.client.get().ip()) {
@@ -94,19 +119,35 @@ async fn handle(
     let extracted = shared.keys.normalize(&mut parts.headers, &mut parts.uri);
     let req = Request::from_parts(parts, body);
     if let Some(invalid) = &extracted.invalid
-        && !invalid_logged.swap(true, Ordering::Relaxed)
+        && !state.invalid_logged.swap(true, Ordering::Relaxed)
     {
         tracing::debug!(client = %info.client, source = ?invalid.source, raw = %invalid.raw,
             "malformed routing key, treated as no key");
     }
-    let mut decision = shared.table().decide(
-        info.original_dst,
-        info.service,
-        extracted.key.as_ref(),
-        extracted.invalid.is_some(),
-    );
+    let (mut decision, pinned) = {
+        // Held only while deciding (no await): streams decide one at a time.
+        let mut route = state.route.lock().unwrap_or_else(|e| e.into_inner());
+        let d = shared.decide(
+            &mut route,
+            extracted.key.as_ref(),
+            extracted.invalid.is_some(),
+        );
+        (d, route.pinned)
+    };
     // Kept for the decision log (a standard method is a tag: no allocation).
     let request = (req.method().clone(), Box::<str>::from(req.uri().path()));
+    if decision.drops_connection() {
+        // No endpoint on this node under `internalTrafficPolicy: Local`: the stream is reset
+        // and the connection closed, as kube-proxy drops it.
+        state.closing.cancel();
+        let exit = Exit {
+            request: Some(request),
+            key: extracted.key,
+            ..Exit::default()
+        };
+        shared.record(&info, decision, exit);
+        return Err(Dropped);
+    }
 
     let response = if decision.kind == DecisionKind::Reject {
         reject(&decision)
@@ -114,6 +155,16 @@ async fn handle(
         forward(shared, &mut decision, req).await
     };
 
+    // The connection's baseline endpoint failed: close after the current streams, so the next
+    // request opens a new connection and gets a new endpoint.
+    if decision.kind == DecisionKind::Baseline
+        && decision.upstream.is_some()
+        && decision.upstream == pinned
+        && response.status() == StatusCode::BAD_GATEWAY
+        && response.headers().contains_key("x-shunt-error")
+    {
+        state.closing.cancel();
+    }
     let exit = Exit {
         request: Some(request),
         key: extracted.key,
@@ -121,7 +172,7 @@ async fn handle(
         latency: Some(started.elapsed()),
     };
     shared.record(&info, decision, exit);
-    response
+    Ok(response)
 }
 
 fn reject(decision: &Decision) -> Response<ProxyBody> {

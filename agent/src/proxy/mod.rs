@@ -21,7 +21,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::{
     metrics::Metrics,
-    routes::{Decision, RouteTable, RoutingKey},
+    routes::{ClientAffinity, ConnRoute, Decision, RouteTable, RoutingKey},
 };
 use decision_log::{DecisionLog, DecisionRecord};
 use detect::Protocol;
@@ -52,6 +52,8 @@ pub struct ProxyShared {
     pub shutdown: CancellationToken,
     /// Bumped on every accept, for the watchdog.
     pub heartbeat: Arc<std::sync::atomic::AtomicU64>,
+    /// `sessionAffinity: ClientIP` bindings: they outlive connections and route tables.
+    pub affinity: ClientAffinity,
 }
 
 /// What is known about one client connection, from accept on.
@@ -62,6 +64,13 @@ pub struct ConnInfo {
     /// The Service capture found the destination under (kept, not re-derived, for the decision).
     pub service: ServiceId,
     pub protocol: Protocol,
+}
+
+impl ConnInfo {
+    /// The route table's view of this connection, before its first request.
+    pub fn route(&self) -> ConnRoute {
+        ConnRoute::new(self.original_dst, self.service, self.client.get().ip())
+    }
 }
 
 /// How one request or connection left the proxy, beside its decision.
@@ -82,6 +91,18 @@ impl ProxyShared {
     /// The current route table snapshot (swapped atomically by route sync).
     pub fn table(&self) -> arc_swap::Guard<Arc<RouteTable>> {
         self.table.load()
+    }
+
+    /// Where a request on the connection `conn` goes: the current table's decision, with the
+    /// connection's baseline endpoint and the client's affinity (both kept across requests).
+    pub fn decide(
+        &self,
+        conn: &mut ConnRoute,
+        key: Option<&RoutingKey>,
+        invalid_key: bool,
+    ) -> Decision {
+        self.table()
+            .decide_on(conn, Some(&self.affinity), key, invalid_key)
     }
 
     /// The one exit of every request and connection: the request metric and the decision log

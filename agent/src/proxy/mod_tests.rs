@@ -25,6 +25,7 @@ fn shared(registry: &mut Registry) -> ProxyShared {
         lookup: Arc::new(HashMap::<ClientAddr, (OrigDstAddr, ServiceId)>::new()),
         shutdown: CancellationToken::new(),
         heartbeat: Arc::default(),
+        affinity: Default::default(),
     }
 }
 

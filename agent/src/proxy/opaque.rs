@@ -11,11 +11,15 @@ use crate::routes::{Decision, DecisionReason};
 /// Routes and relays one opaque connection until both sides close.
 pub async fn serve(shared: &ProxyShared, client: TcpStream, info: ConnInfo) {
     let started = Instant::now();
+    let decision = shared.decide(&mut info.route(), None, false);
+    if decision.drops_connection() {
+        // No endpoint on this node under `internalTrafficPolicy: Local`: closed unanswered.
+        shared.record(&info, decision, Exit::default());
+        return;
+    }
     let decision = Decision {
         reason: DecisionReason::OpaqueProtocol,
-        ..shared
-            .table()
-            .decide(info.original_dst, info.service, None, false)
+        ..decision
     };
     let upstream = decision.upstream.unwrap_or(info.original_dst.0);
     shared.record(&info, decision, Exit::default());

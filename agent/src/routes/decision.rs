@@ -1,10 +1,16 @@
 //! Where one request (or opaque connection) goes, and why: the route table's answer, made
 //! against an immutable [`RouteTable`] snapshot.
-use std::{net::SocketAddr, sync::Arc};
+use std::{
+    net::{IpAddr, SocketAddr},
+    sync::Arc,
+};
 
 use serde::Serialize;
 
-use super::{Fallback, OrigDstAddr, RouteTable, RoutingKey, ServiceId, ServicePortRef, ServiceRef};
+use super::{
+    ClientAffinity, Fallback, OrigDstAddr, RouteTable, RoutingKey, ServiceId, ServicePortRef,
+    ServiceRef, table::VirtualPick,
+};
 
 /// The kind of destination chosen.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize)]
@@ -53,6 +59,9 @@ pub enum DecisionReason {
     OpaqueProtocol,
     /// Part of a request arrived, but its headers did not finish in time (answered 408).
     HeaderReadTimeout,
+    /// `internalTrafficPolicy: Local` and no ready endpoint on this node: the connection is
+    /// closed unanswered, as kube-proxy drops it.
+    NoLocalEndpoint,
 }
 
 impl DecisionReason {
@@ -68,6 +77,7 @@ impl DecisionReason {
             Self::SandboxUnreachable => "sandbox_unreachable",
             Self::OpaqueProtocol => "opaque_protocol",
             Self::HeaderReadTimeout => "header_read_timeout",
+            Self::NoLocalEndpoint => "no_local_endpoint",
         }
     }
 }
@@ -88,7 +98,38 @@ pub struct Decision {
     pub fallback: Option<SocketAddr>,
 }
 
+/// What the route table keeps about one client connection: where it was going, who dialled it,
+/// and the baseline endpoint its virtual destination was given (kube-proxy picks one endpoint
+/// per connection; so does the proxy).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ConnRoute {
+    pub dst: OrigDstAddr,
+    /// The Service capture found the destination under.
+    pub service: ServiceId,
+    /// The client's IP (the peer of the accepted connection): the key of `ClientIP` affinity.
+    pub client: IpAddr,
+    /// The endpoint picked for a virtual destination, once one was.
+    pub pinned: Option<SocketAddr>,
+}
+
+impl ConnRoute {
+    pub fn new(dst: OrigDstAddr, service: ServiceId, client: IpAddr) -> Self {
+        Self {
+            dst,
+            service,
+            client,
+            pinned: None,
+        }
+    }
+}
+
 impl Decision {
+    /// Whether the client connection is to be closed unanswered (as kube-proxy would drop it)
+    /// rather than answered with an error.
+    pub fn drops_connection(&self) -> bool {
+        self.kind == DecisionKind::Reject && self.reason == DecisionReason::NoLocalEndpoint
+    }
+
     /// A refusal made before any routing (the request never became routable).
     pub fn reject(reason: DecisionReason, service: Option<Arc<str>>) -> Self {
         Self {
@@ -119,12 +160,8 @@ impl RouteTable {
             .or_else(|| self.service_for(dst.0))
     }
 
-    /// Where a request to `dst` carrying `key` goes, and why.
-    ///
-    /// `dst` (with the Service id capture stored for it, see [`RouteTable::resolve`]) identifies
-    /// the service: a ClusterIP or any baseline endpoint, and its port. The baseline choice for a
-    /// service address is one of its ready endpoints (round-robin), so routing works with no
-    /// kube-proxy on the path; a request addressed to an endpoint stays on that endpoint.
+    /// Where a lone request to `dst` carrying `key` goes, and why: [`RouteTable::decide_on`]
+    /// for a fresh connection from an unknown client, without affinity state.
     pub fn decide(
         &self,
         dst: OrigDstAddr,
@@ -132,8 +169,33 @@ impl RouteTable {
         key: Option<&RoutingKey>,
         invalid_key: bool,
     ) -> Decision {
-        let OrigDstAddr(dst_addr) = dst;
-        let Some((svc, port)) = self.resolve(dst, service) else {
+        let mut conn = ConnRoute::new(dst, service, IpAddr::from([0, 0, 0, 0]));
+        self.decide_on(&mut conn, None, key, invalid_key)
+    }
+
+    /// Where a request on the client connection `conn` carrying `key` goes, and why.
+    ///
+    /// The connection's destination (with the Service id capture stored for it, see
+    /// [`RouteTable::resolve`]) identifies the service: a ClusterIP or any baseline endpoint,
+    /// and its port. The baseline is what kube-proxy would give the connection:
+    /// - a pod address stays on that pod, ready or not (probes, scrapes and StatefulSet peers
+    ///   address one pod on purpose);
+    /// - a virtual address gets one endpoint per client connection, picked on first need and
+    ///   kept in `conn` (then every unkeyed request of the connection goes there), with
+    ///   `sessionAffinity: ClientIP` (through `affinity`) and `internalTrafficPolicy: Local`
+    ///   honoured.
+    ///
+    /// A keyed request dialled to a pod address that several Services share follows the fork of
+    /// the first of them (by namespace/name) whose fork for the key covers it.
+    pub fn decide_on(
+        &self,
+        conn: &mut ConnRoute,
+        affinity: Option<&ClientAffinity>,
+        key: Option<&RoutingKey>,
+        invalid_key: bool,
+    ) -> Decision {
+        let dst_addr = conn.dst.0;
+        let Some((mut svc, mut port)) = self.resolve(conn.dst, conn.service) else {
             return Decision {
                 kind: DecisionKind::Passthrough,
                 reason: DecisionReason::UnknownService,
@@ -143,19 +205,43 @@ impl RouteTable {
                 fallback: None,
             };
         };
+        let virtual_dst = self.is_virtual(svc.id, dst_addr);
+        if !virtual_dst
+            && let Some(key) = key
+            && let Some(sharer) = self.forked_sharer(dst_addr, key)
+        {
+            (svc, port) = sharer;
+        }
         let service = Some(svc.label.clone());
-        let baseline = if self.baseline(svc.id, port.port).contains(&dst_addr) {
-            dst_addr
+        // `None`: the connection is dropped (no local endpoint), as kube-proxy would.
+        let baseline = if !virtual_dst {
+            Some(dst_addr)
+        } else if let Some(pinned) = conn.pinned {
+            Some(pinned)
         } else {
-            self.pick_baseline(svc.id, port.port).unwrap_or(dst_addr)
+            match self.pick_virtual(svc.id, port.port, conn.client, affinity) {
+                VirtualPick::To(ep) => {
+                    conn.pinned = Some(ep);
+                    Some(ep)
+                }
+                VirtualPick::NoLocalEndpoint => None,
+                // Whatever the virtual address itself leads to (kube-proxy, if any).
+                VirtualPick::NoEndpoint => Some(dst_addr),
+            }
         };
-        let to_baseline = |reason, route: Option<&Arc<str>>| Decision {
-            kind: DecisionKind::Baseline,
-            reason,
-            upstream: Some(baseline),
-            service: service.clone(),
-            route: route.cloned(),
-            fallback: None,
+        let to_baseline = |reason, route: Option<&Arc<str>>| match baseline {
+            Some(upstream) => Decision {
+                kind: DecisionKind::Baseline,
+                reason,
+                upstream: Some(upstream),
+                service: service.clone(),
+                route: route.cloned(),
+                fallback: None,
+            },
+            None => Decision {
+                route: route.cloned(),
+                ..Decision::reject(DecisionReason::NoLocalEndpoint, service.clone())
+            },
         };
         let Some(key) = key else {
             return to_baseline(
@@ -177,7 +263,11 @@ impl RouteTable {
                 upstream: Some(ep),
                 service,
                 route: Some(fork.route().clone()),
-                fallback: (fallback == Fallback::Baseline).then_some(baseline),
+                fallback: if fallback == Fallback::Baseline {
+                    baseline
+                } else {
+                    None
+                },
             },
             (None, Fallback::Baseline) => {
                 to_baseline(DecisionReason::NoReadySandbox, Some(fork.route()))
@@ -193,3 +283,7 @@ impl RouteTable {
 #[cfg(test)]
 #[path = "decision_tests.rs"]
 mod tests;
+
+#[cfg(test)]
+#[path = "decision_baseline_tests.rs"]
+mod baseline_tests;

@@ -31,8 +31,12 @@ fn service(name: &str, vip: &str, port: u16, endpoints: &[&str]) -> Service {
                 ip: ip(e),
                 ready: true,
                 ports: [("http".to_string(), 8080)].into(),
+                target_ref: None,
+                node_name: None,
             })
             .collect(),
+        client_ip_affinity: None,
+        internal_traffic_policy: Default::default(),
     }
 }
 
@@ -76,6 +80,8 @@ fn table(fallback: Fallback, sandbox_ready: bool) -> RouteTable {
                 expires_at: None,
             },
         }],
+        node: None,
+        node_pods: Vec::new(),
     };
     let now: Timestamp = "2030-01-01T00:00:00Z".parse().expect("ts");
     RouteTable::compute(&state, now).0
@@ -169,8 +175,20 @@ fn the_kernel_service_id_picks_the_service_of_a_shared_endpoint() {
             .reason,
         d.reason
     );
-    // Capture said the connection was for reviews-all, which has no fork.
+    // Capture said the connection was for reviews-all, which has no fork: the pod address is
+    // also reviews', whose fork covers the key, so the keyed request follows that fork.
     let d = t.decide(shared, reviews_all(), Some(&key("pr-42")), false);
+    assert_eq!(
+        (d.kind, d.reason, d.upstream, d.service.as_deref()),
+        (
+            DecisionKind::Sandbox,
+            DecisionReason::KeyMatched,
+            Some(sa("10.2.0.1:8080")),
+            Some("shop/reviews")
+        )
+    );
+    // A key no sharer forks stays on the dialled pod, under capture's Service.
+    let d = t.decide(shared, reviews_all(), Some(&key("pr-7")), false);
     assert_eq!(
         (d.kind, d.reason, d.upstream, d.service.as_deref()),
         (
@@ -193,14 +211,16 @@ fn an_id_the_table_cannot_use_falls_back_to_the_address() {
     // A known id, but the current table gives the address to another Service.
     let d = t.decide(vip, reviews_all(), None, false);
     assert_eq!(d.service.as_deref(), Some("shop/reviews"));
-    // An address the table no longer knows, with an id whose Service has that port.
+    // An address the table no longer knows, with an id whose Service has that port: not one
+    // of its virtual addresses (most likely a pod that left the endpoints), so it is dialled
+    // as addressed, never rebalanced.
     let d = t.decide(dst("10.96.0.99:80"), reviews_all(), None, false);
     assert_eq!(
         (d.kind, d.service.as_deref(), d.upstream),
         (
             DecisionKind::Baseline,
             Some("shop/reviews-all"),
-            Some(sa("10.1.0.1:8080"))
+            Some(sa("10.96.0.99:80"))
         )
     );
     // ... and with an id whose Service has no such port.

@@ -13,6 +13,7 @@
 //! Dependency rule: this module imports none of `capture`, `proxy`, `kube`, aya, hyper or
 //! kube-rs, nor tokio.
 mod addr;
+mod affinity;
 mod decision;
 mod diff;
 pub mod file;
@@ -22,12 +23,14 @@ mod status;
 mod table;
 
 pub use addr::{OrigDstAddr, ServiceId, canonical};
-pub use decision::{Decision, DecisionKind, DecisionReason};
+pub use affinity::ClientAffinity;
+pub use decision::{ConnRoute, Decision, DecisionKind, DecisionReason};
 pub use diff::{SteeredDiff, diff};
 pub use key::{KeyError, RoutingKey, is_key_byte};
 pub use model::{
-    ClusterState, EndpointAddr, Fallback, ForkSpec, ForkTarget, Pod, PortRef, SANDBOX_LABEL,
-    SandboxRouteObj, SandboxRouteSpec, Service, ServicePort, SpecField, SpecProblem, TargetPort,
+    ClusterState, DEFAULT_AFFINITY_TIMEOUT, EndpointAddr, Fallback, ForkSpec, ForkTarget, NodePod,
+    ObjectRef, Pod, PortRef, SANDBOX_LABEL, SandboxRouteObj, SandboxRouteSpec, Service,
+    ServicePort, SpecField, SpecProblem, TargetPort, TrafficPolicy,
 };
 pub use status::{ForkStatus, RouteReason, RouteStatus};
 pub use table::{

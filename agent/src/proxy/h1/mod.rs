@@ -21,7 +21,7 @@ use tokio::{
 };
 
 use super::{ConnInfo, Exit, ProxyShared, relay};
-use crate::routes::{Decision, DecisionKind, DecisionReason};
+use crate::routes::{ConnRoute, Decision, DecisionKind, DecisionReason};
 use body::{BodyState, Framing};
 use head::{HeadError, HeadLimits, RequestHead, RequestKind, ResponseHead};
 use pool::UpstreamConn;
@@ -38,6 +38,7 @@ pub async fn serve(shared: Arc<ProxyShared>, client: TcpStream, info: ConnInfo) 
         shared: &shared,
         strip_keys: shared.keys.strips(info.client.get().ip()),
         info,
+        route: info.route(),
         client,
         cbuf: BytesMut::with_capacity(HEAD_CHUNK),
         ubuf: BytesMut::new(),
@@ -97,6 +98,9 @@ enum ExchangeError {
 struct Conn<'a> {
     shared: &'a ProxyShared,
     info: ConnInfo,
+    /// The connection's routing state: its baseline endpoint once picked, which `pinned`
+    /// connects to.
+    route: ConnRoute,
     client: TcpStream,
     /// The client's bytes not yet forwarded: the current request head, then what follows.
     cbuf: BytesMut,
@@ -207,12 +211,25 @@ impl Conn<'_> {
             tracing::debug!(client = %self.info.client, source = ?invalid.source, raw = %invalid.raw,
                 "malformed routing key, treated as no key");
         }
-        let mut decision = shared.table().decide(
-            self.info.original_dst,
-            self.info.service,
+        let mut decision = shared.decide(
+            &mut self.route,
             head.extracted.key.as_ref(),
             head.extracted.invalid.is_some(),
         );
+        if decision.drops_connection() {
+            // No endpoint on this node under `internalTrafficPolicy: Local`: closed unanswered,
+            // as kube-proxy drops it.
+            self.shared.record(
+                &self.info,
+                decision,
+                Exit {
+                    request: Some((head.method.clone(), head.path.clone())),
+                    key: head.extracted.key.clone(),
+                    ..Exit::default()
+                },
+            );
+            return Next::Close;
+        }
         // The body bytes already here. A malformed chunked prefix refuses the request before
         // anything is forwarded.
         let mut body = BodyState::new(head.framing);

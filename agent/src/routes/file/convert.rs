@@ -4,6 +4,7 @@ use std::{
     collections::{BTreeMap, HashMap},
     fmt,
     net::IpAddr,
+    time::Duration,
 };
 
 use jiff::Timestamp;
@@ -11,11 +12,11 @@ use serde_saphyr::Location;
 
 use super::{
     DEFAULT_NAMESPACE, Diagnostic,
-    raw::{RawEndpoint, RawFile, RawServicePort, RawSpec, S},
+    raw::{RawEndpoint, RawFile, RawService, RawServicePort, RawSpec, S},
 };
 use crate::routes::{
-    ClusterState, EndpointAddr, ForkSpec, ForkTarget, Pod, SandboxRouteObj, SandboxRouteSpec,
-    Service, ServicePort, SpecField, TargetPort,
+    ClusterState, DEFAULT_AFFINITY_TIMEOUT, EndpointAddr, ForkSpec, ForkTarget, NodePod, Pod,
+    SandboxRouteObj, SandboxRouteSpec, Service, ServicePort, SpecField, TargetPort, TrafficPolicy,
 };
 
 /// Collects diagnostics while converting the raw document.
@@ -104,6 +105,21 @@ fn convert(raw: &RawFile, c: &mut Check) -> ClusterState {
             .enumerate()
             .map(|(ei, e)| endpoint(e, &ports, &format!("{p}.endpoints[{ei}]"), c))
             .collect();
+        let client_ip_affinity = affinity(s, &p, c);
+        let internal_traffic_policy = s
+            .internal_traffic_policy
+            .as_ref()
+            .map_or(TrafficPolicy::Cluster, |t| t.value);
+        if let Some(t) = &s.internal_traffic_policy
+            && t.value == TrafficPolicy::Local
+            && raw.node.is_none()
+        {
+            c.at(
+                t.referenced,
+                format_args!("{p}.internalTrafficPolicy"),
+                "Local needs the file's `node:` (the node the agent runs on), to know which endpoints are local",
+            );
+        }
         state.services.push(Service {
             namespace: ns,
             name,
@@ -111,6 +127,8 @@ fn convert(raw: &RawFile, c: &mut Check) -> ClusterState {
             ports,
             endpoints,
             always_steer: s.always_steer.as_ref().is_some_and(|b| b.value),
+            client_ip_affinity,
+            internal_traffic_policy,
         });
     }
 
@@ -140,6 +158,31 @@ fn convert(raw: &RawFile, c: &mut Check) -> ClusterState {
             container_ports,
         });
     }
+
+    state.node = raw.node.as_ref().map(|n| c.name(n, "node"));
+    let mut seen: HashMap<(String, String), u64> = HashMap::new();
+    for (pi, pod) in raw.node_pods.iter().enumerate() {
+        let p = format!("nodePods[{pi}]");
+        let ns = c.namespace(&pod.namespace, format_args!("{p}.namespace"));
+        let name = c.name(&pod.name, format_args!("{p}.name"));
+        if let Some(line) = seen.insert((ns.clone(), name.clone()), pod.name.referenced.line()) {
+            c.at(
+                pod.name.referenced,
+                format_args!("{p}.name"),
+                format!("pod {ns}/{name} is already defined at line {line}"),
+            );
+        }
+        state.node_pods.push(NodePod {
+            namespace: ns,
+            name,
+            uid: pod.uid.clone(),
+            ips: pod.ips.iter().map(|a| a.value).collect(),
+            labels: pod.labels.clone(),
+        });
+    }
+    state
+        .node_pods
+        .sort_by(|a, b| (&a.namespace, &a.name).cmp(&(&b.namespace, &b.name)));
 
     let mut seen: HashMap<(String, String), u64> = HashMap::new();
     let mut keys: HashMap<(String, String), (String, u64)> = HashMap::new();
@@ -290,6 +333,36 @@ fn endpoint(e: &S<RawEndpoint>, ports: &[ServicePort], p: &str, c: &mut Check) -
         ip: e.value.ip.value,
         ready: e.value.ready,
         ports: resolved,
+        target_ref: e.value.target_ref.clone(),
+        node_name: e.value.node_name.clone(),
+    }
+}
+
+/// `sessionAffinity: ClientIP` with its timeout (Kubernetes' default when not given).
+fn affinity(s: &RawService, p: &str, c: &mut Check) -> Option<Duration> {
+    let timeout = s.session_affinity_config.as_ref().map(|cfg| {
+        let t = &cfg.client_ip.timeout_seconds;
+        // Kubernetes' bounds: 0 < timeoutSeconds <= 86400.
+        if t.value == 0 || t.value > 86_400 {
+            c.at(
+                t.referenced,
+                format_args!("{p}.sessionAffinityConfig.clientIP.timeoutSeconds"),
+                format!("{} is not in 1..=86400", t.value),
+            );
+        }
+        Duration::from_secs(u64::from(t.value))
+    });
+    match s.session_affinity.as_ref().map(|a| (a, a.value.as_str())) {
+        Some((_, "ClientIP")) => Some(timeout.unwrap_or(DEFAULT_AFFINITY_TIMEOUT)),
+        None | Some((_, "None")) => None,
+        Some((a, other)) => {
+            c.at(
+                a.referenced,
+                format_args!("{p}.sessionAffinity"),
+                format!("{other:?} is not a session affinity (ClientIP or None)"),
+            );
+            None
+        }
     }
 }
 

@@ -301,3 +301,82 @@ fn a_read_error_names_the_file_once_and_keeps_its_cause_as_the_source() {
     assert!(chain.contains("os error 2"), "{chain}");
     assert_eq!(chain.matches(shown.as_str()).count(), 1, "{chain}");
 }
+
+#[test]
+fn baseline_facts_parse_node_pods_affinity_policy_and_endpoint_owners() {
+    let s = ok(r#"
+node: node-a
+nodePods:
+  - { name: reviews-v1, namespace: shop, uid: 7f3c, ips: [198.18.2.2], labels: { app: reviews } }
+services:
+  - name: reviews
+    namespace: shop
+    addresses: [10.96.0.7]
+    sessionAffinity: ClientIP
+    sessionAffinityConfig: { clientIP: { timeoutSeconds: 60 } }
+    internalTrafficPolicy: Local
+    ports: [{ name: http, port: 9080, targetPort: 9080 }]
+    endpoints:
+      - { ip: 198.18.2.2, nodeName: node-a, targetRef: { kind: Pod, namespace: shop, name: reviews-v1 } }
+      - { ip: 198.18.2.3 }
+  - name: ratings
+    addresses: [10.96.0.8]
+    sessionAffinity: ClientIP
+    ports: [{ port: 80 }]
+"#);
+    assert_eq!(s.node.as_deref(), Some("node-a"));
+    assert_eq!(s.node_pods.len(), 1);
+    assert_eq!(
+        (s.node_pods[0].uid.as_str(), s.node_pods[0].ips[0]),
+        ("7f3c", "198.18.2.2".parse().expect("ip"))
+    );
+    let svc = &s.services[0];
+    assert_eq!(
+        svc.client_ip_affinity,
+        Some(std::time::Duration::from_secs(60))
+    );
+    assert_eq!(
+        svc.internal_traffic_policy,
+        crate::routes::TrafficPolicy::Local
+    );
+    assert_eq!(svc.endpoints[0].node_name.as_deref(), Some("node-a"));
+    assert_eq!(
+        svc.endpoints[0]
+            .target_ref
+            .as_ref()
+            .map(|r| r.name.as_str()),
+        Some("reviews-v1")
+    );
+    assert_eq!(svc.endpoints[1].node_name, None);
+    assert_eq!(
+        s.services[1].client_ip_affinity,
+        Some(crate::routes::DEFAULT_AFFINITY_TIMEOUT)
+    );
+}
+
+#[test]
+fn local_policy_needs_the_node_and_affinity_is_checked() {
+    let e = err(r#"
+services:
+  - name: reviews
+    internalTrafficPolicy: Local
+    sessionAffinity: Sticky
+    sessionAffinityConfig: { clientIP: { timeoutSeconds: 0 } }
+"#);
+    assert!(
+        e.contains(
+            "routes.yaml:4:28: services[0].internalTrafficPolicy: Local needs the file's `node:`"
+        ),
+        "{e}"
+    );
+    assert!(
+        e.contains("services[0].sessionAffinity: \"Sticky\" is not a session affinity"),
+        "{e}"
+    );
+    assert!(
+        e.contains(
+            "services[0].sessionAffinityConfig.clientIP.timeoutSeconds: 0 is not in 1..=86400"
+        ),
+        "{e}"
+    );
+}

@@ -8,10 +8,16 @@
 //!     addresses: [10.96.0.7]     # ClusterIPs
 //!     ports: [{ name: http, port: 9080, targetPort: http }]   # targetPort: number or name
 //!     endpoints: [{ ip: 198.18.2.2, ports: { http: 9080 } }] # ready: true by default
+//!     # an endpoint may also say nodeName: node-a, targetRef: { kind: Pod, namespace: shop, name: reviews-v1 }
 //!     alwaysSteer: false         # true: steer the addresses even without forks (no kube-proxy)
+//!     sessionAffinity: ClientIP  # and sessionAffinityConfig: { clientIP: { timeoutSeconds: N } }
+//!     internalTrafficPolicy: Local   # needs `node`; endpoints then say nodeName: ...
 //! pods:
 //!   - { name: reviews-v2, namespace: shop, ips: [198.18.3.2], ports: { http: 9080 },
 //!       labels: { app: reviews-v2, shunt.dev/sandbox: pr-42 } }
+//! node: node-a                   # the node the agent runs on
+//! nodePods:                      # the pods of that node (uid, ips, labels)
+//!   - { name: reviews-v1, namespace: shop, uid: 7f3c, ips: [198.18.2.2], labels: { app: reviews } }
 //! routes:
 //!   - name: pr-42
 //!     namespace: shop

@@ -6,7 +6,7 @@ use jiff::Timestamp;
 use serde::Deserialize;
 use serde_saphyr::Spanned;
 
-use crate::routes::{Fallback, PortRef, TargetPort};
+use crate::routes::{Fallback, ObjectRef, PortRef, TargetPort, TrafficPolicy};
 
 pub(super) type S<T> = Spanned<T>;
 
@@ -19,6 +19,12 @@ pub(super) struct RawFile {
     pub(super) pods: Vec<RawPod>,
     #[serde(default)]
     pub(super) routes: Vec<RawRoute>,
+    /// The node the agent runs on (see [`ClusterState::node`](crate::routes::ClusterState)).
+    #[serde(default)]
+    pub(super) node: Option<S<String>>,
+    /// The pods of that node.
+    #[serde(default, rename = "nodePods")]
+    pub(super) node_pods: Vec<RawNodePod>,
 }
 
 #[derive(Deserialize)]
@@ -36,6 +42,29 @@ pub(super) struct RawService {
     /// See [`Service::always_steer`].
     #[serde(default, rename = "alwaysSteer")]
     pub(super) always_steer: Option<S<bool>>,
+    /// `ClientIP` or `None`, as in Kubernetes.
+    #[serde(default, rename = "sessionAffinity")]
+    pub(super) session_affinity: Option<S<String>>,
+    #[serde(default, rename = "sessionAffinityConfig")]
+    pub(super) session_affinity_config: Option<RawAffinityConfig>,
+    /// `Cluster` or `Local`, as in Kubernetes.
+    #[serde(default, rename = "internalTrafficPolicy")]
+    pub(super) internal_traffic_policy: Option<S<TrafficPolicy>>,
+}
+
+/// `sessionAffinityConfig: { clientIP: { timeoutSeconds: N } }`.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawAffinityConfig {
+    #[serde(rename = "clientIP")]
+    pub(super) client_ip: RawClientIpConfig,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawClientIpConfig {
+    #[serde(rename = "timeoutSeconds")]
+    pub(super) timeout_seconds: S<u32>,
 }
 
 #[derive(Deserialize)]
@@ -58,6 +87,24 @@ pub(super) struct RawEndpoint {
     /// Service port name → port on this endpoint.
     #[serde(default)]
     pub(super) ports: BTreeMap<String, S<u16>>,
+    #[serde(default, rename = "nodeName")]
+    pub(super) node_name: Option<String>,
+    #[serde(default, rename = "targetRef")]
+    pub(super) target_ref: Option<ObjectRef>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawNodePod {
+    pub(super) name: S<String>,
+    #[serde(default)]
+    pub(super) namespace: Option<S<String>>,
+    #[serde(default)]
+    pub(super) uid: String,
+    #[serde(default)]
+    pub(super) ips: Vec<S<IpAddr>>,
+    #[serde(default)]
+    pub(super) labels: BTreeMap<String, String>,
 }
 
 #[derive(Deserialize)]

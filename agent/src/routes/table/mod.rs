@@ -4,6 +4,7 @@
 //! takes live beside it: [`ids`] names Services with stable ids, [`resolve`] resolves each fork
 //! against the cluster (ports, sandbox endpoints, the problems found), [`steered`] indexes
 //! addresses and picks the steered set, and [`views`] is the `/routes` view of each route.
+mod baseline;
 mod ids;
 mod resolve;
 mod steered;
@@ -16,17 +17,20 @@ use std::{
         Arc,
         atomic::{AtomicUsize, Ordering},
     },
+    time::Duration,
 };
 
 use jiff::Timestamp;
 use serde::Serialize;
 
 use super::{
-    ClusterState, Fallback, RouteReason, RouteStatus, RoutingKey, SandboxRouteObj, addr::canonical,
+    ClusterState, Fallback, RouteReason, RouteStatus, RoutingKey, SandboxRouteObj, TrafficPolicy,
+    addr::canonical,
 };
-use resolve::{Index, ResolvedFork, baseline_addrs, severity};
+use resolve::{Index, ResolvedFork, baseline_addrs, endpoint_addrs, severity};
 use views::view_of;
 
+pub use baseline::VirtualPick;
 pub use ids::service_id;
 pub use views::{ForkPortView, ForkView, RouteView};
 
@@ -112,6 +116,12 @@ impl ForkRoute {
 struct ServiceEntry {
     svc: ServiceRef,
     ports: Vec<PortEntry>,
+    /// Its virtual addresses (ClusterIPs), canonical: only these get an endpoint picked.
+    vips: Vec<IpAddr>,
+    /// `sessionAffinity: ClientIP` and its timeout.
+    affinity: Option<Duration>,
+    /// `internalTrafficPolicy: Local`: `candidates` holds only this node's endpoints.
+    local_only: bool,
 }
 
 #[derive(Debug)]
@@ -122,6 +132,9 @@ struct PortEntry {
     /// Every baseline endpoint (ready or not): still reachable by connections opened earlier or
     /// addressed directly, so they are recognised and steered too.
     all: Vec<SocketAddr>,
+    /// What a connection to a virtual address may be sent to: the ready endpoints, only this
+    /// node's under `internalTrafficPolicy: Local`. Sorted.
+    candidates: Vec<SocketAddr>,
     next: AtomicUsize,
 }
 
@@ -139,6 +152,9 @@ pub struct RouteTable {
     /// Who an IP address is, for the service graph: a sandbox pod (`ns/pod`) or else the Service
     /// whose endpoint it is (`ns/service`).
     owners: HashMap<IpAddr, String>,
+    /// Endpoint addresses of more than one Service port → each (service id, port index), in
+    /// (namespace, name) order: which fork a keyed request dialled to one of them follows.
+    shared: HashMap<SocketAddr, Vec<(u32, usize)>>,
 }
 
 fn round_robin(list: &[SocketAddr], next: &AtomicUsize) -> Option<SocketAddr> {
@@ -320,6 +336,7 @@ impl RouteTable {
                 if ports.iter().any(|p| p.port.port == sp.port) {
                     continue;
                 }
+                let local_only = svc.internal_traffic_policy == TrafficPolicy::Local;
                 ports.push(PortEntry {
                     port: ServicePortRef {
                         name: sp.name.clone(),
@@ -327,6 +344,11 @@ impl RouteTable {
                     },
                     ready: baseline_addrs(svc, sp, true),
                     all: baseline_addrs(svc, sp, false),
+                    candidates: endpoint_addrs(svc, sp, |ep| {
+                        ep.ready
+                            && (!local_only
+                                || (ep.node_name.is_some() && ep.node_name == state.node))
+                    }),
                     next: AtomicUsize::new(0),
                 });
             }
@@ -340,10 +362,30 @@ impl RouteTable {
                         label: format!("{ns}/{name}").into(),
                     },
                     ports,
+                    vips: svc.addresses.iter().map(IpAddr::to_canonical).collect(),
+                    affinity: svc.client_ip_affinity,
+                    local_only: svc.internal_traffic_policy == TrafficPolicy::Local,
                 },
             );
         }
         table.index_addresses(&ix, &covered_ports);
+        table.index_shared();
+        for (route, note) in table.shared_fork_notes() {
+            let Some(st) = statuses
+                .iter_mut()
+                .flatten()
+                .find(|s| route.split_once('/') == Some((s.namespace.as_str(), s.name.as_str())))
+            else {
+                continue;
+            };
+            st.message = format!("{}; {note}", st.message);
+            if let Some(v) = views
+                .iter_mut()
+                .find(|v| (v.namespace.as_str(), v.name.as_str()) == (&st.namespace, &st.name))
+            {
+                v.message = st.message.clone();
+            }
+        }
 
         // Routes that lost or never competed for their key are shown too, with their reason.
         for ((status, r), viewed) in statuses.iter().zip(&state.routes).zip(&viewed) {
@@ -406,10 +448,11 @@ impl RouteTable {
         self.port_entry(service_id, port).map_or(&[], |p| &p.ready)
     }
 
-    /// Round-robin over [`RouteTable::baseline`].
+    /// Round-robin over the endpoints a connection to a virtual address of the port may get:
+    /// [`RouteTable::baseline`], only this node's under `internalTrafficPolicy: Local`.
     pub fn pick_baseline(&self, service_id: u32, port: u16) -> Option<SocketAddr> {
         self.port_entry(service_id, port)
-            .and_then(|p| round_robin(&p.ready, &p.next))
+            .and_then(|p| round_robin(&p.candidates, &p.next))
     }
 
     fn port_entry(&self, service_id: u32, port: u16) -> Option<&PortEntry> {

@@ -7,8 +7,8 @@ use std::{
 
 use super::{super::addr::canonical, ids::assign_ids};
 use crate::routes::{
-    ClusterState, ForkSpec, ForkStatus, Pod, PortRef, RouteReason, Service, ServicePort,
-    TargetPort, model::local_name,
+    ClusterState, EndpointAddr, ForkSpec, ForkStatus, Pod, PortRef, RouteReason, Service,
+    ServicePort, TargetPort, model::local_name,
 };
 
 /// The port an endpoint serves a Service port on: as the EndpointSlice resolved it, else the
@@ -24,10 +24,19 @@ fn endpoint_port(ep_ports: &BTreeMap<String, u16>, sp: &ServicePort) -> Option<u
 }
 
 pub(super) fn baseline_addrs(svc: &Service, sp: &ServicePort, only_ready: bool) -> Vec<SocketAddr> {
+    endpoint_addrs(svc, sp, |ep| ep.ready || !only_ready)
+}
+
+/// The addresses (ip:port serving `sp`) of the endpoints `keep` accepts, sorted.
+pub(super) fn endpoint_addrs(
+    svc: &Service,
+    sp: &ServicePort,
+    keep: impl Fn(&EndpointAddr) -> bool,
+) -> Vec<SocketAddr> {
     let mut v: Vec<SocketAddr> = svc
         .endpoints
         .iter()
-        .filter(|ep| ep.ready || !only_ready)
+        .filter(|ep| keep(ep))
         .filter_map(|ep| endpoint_port(&ep.ports, sp).map(|p| canonical(SocketAddr::new(ep.ip, p))))
         .collect();
     v.sort_unstable();

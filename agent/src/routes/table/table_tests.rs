@@ -42,6 +42,8 @@ fn endpoint(addr: &str, port: u16, ready: bool) -> EndpointAddr {
         ip: ip(addr),
         ready,
         ports: [("http".to_string(), port)].into(),
+        target_ref: None,
+        node_name: None,
     }
 }
 
@@ -57,6 +59,8 @@ fn reviews() -> Service {
             endpoint("10.1.0.1", 8080, true),
             endpoint("10.1.0.2", 8080, true),
         ],
+        client_ip_affinity: None,
+        internal_traffic_policy: Default::default(),
     }
 }
 
@@ -68,6 +72,8 @@ fn ratings() -> Service {
         addresses: vec![ip("10.96.0.8")],
         ports: vec![http_port(9080, TargetPort::Number(8080))],
         endpoints: vec![endpoint("10.1.1.1", 8080, true)],
+        client_ip_affinity: None,
+        internal_traffic_policy: Default::default(),
     }
 }
 
@@ -118,6 +124,8 @@ fn state() -> ClusterState {
             "pr-42",
             vec![selector_fork("reviews", "pr-42")],
         )],
+        node: None,
+        node_pods: Vec::new(),
     }
 }
 
@@ -202,6 +210,8 @@ fn dual_stack_service_steers_both_families() {
         ip: ip("fd00:1::1"),
         ready: true,
         ports: [("http".to_string(), 8080)].into(),
+        target_ref: None,
+        node_name: None,
     });
     let (t, _) = RouteTable::compute(&s, now());
     let id = reviews_id();
@@ -489,6 +499,8 @@ fn service_target_uses_sandbox_service_endpoints() {
             endpoint("10.3.0.1", 18080, true),
             endpoint("10.3.0.2", 18080, false),
         ],
+        client_ip_affinity: None,
+        internal_traffic_policy: Default::default(),
     });
     s.routes[0].spec.forks[0].to = ForkTarget {
         selector: None,
@@ -616,6 +628,8 @@ fn service_id_collisions_resolve_by_name_order() {
         addresses: vec![ip(vip)],
         ports: vec![http_port(80, TargetPort::Number(80))],
         endpoints: vec![],
+        client_ip_affinity: None,
+        internal_traffic_policy: Default::default(),
     };
     let s1 = ClusterState {
         services: vec![svc(&first, "10.0.0.1"), svc(&second, "10.0.0.2")],
@@ -706,6 +720,8 @@ fn always_steer_service_vips_are_steered_without_forks() {
         services: vec![svc.clone()],
         pods: vec![],
         routes: vec![],
+        node: None,
+        node_pods: Vec::new(),
     };
     let (table, _) = RouteTable::compute(&state, jiff::Timestamp::now());
     let vips: Vec<_> = svc
