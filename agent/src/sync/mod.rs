@@ -214,11 +214,13 @@ impl RouteSync {
             let new = Arc::new(new);
             table.store(new.clone());
             let report = steering.apply(desired, mode, &metrics);
-            // Suspended (fail open): nothing was tried, so nothing is reported as failed.
-            let failures = report.as_ref().map_or_else(Vec::new, |r| {
-                steering::route_failures(r, new.steered(), &new, &statuses)
-            });
-            metrics.set_routes_not_applied(failures.len());
+            // Suspended (fail open): nothing was tried, so what was last reported stands.
+            let failures = report
+                .as_ref()
+                .map(|r| steering::route_failures(r, new.steered(), &new, &statuses));
+            if let Some(f) = &failures {
+                metrics.set_routes_not_applied(f.len());
+            }
             metrics.table_reloaded();
             (statuses, report, failures, next_expiry, state)
         })
@@ -254,17 +256,19 @@ impl RouteSync {
                 "{source}: initial sync complete, route table applied"
             );
         }
-        for f in &failures {
-            tracing::warn!(route = %format!("{}/{}", f.namespace, f.name), reason = f.reason,
-                message = %f.message, "route not applied on this node");
-        }
-        self.node_failures.send_if_modified(|old| {
-            let changed = **old != failures;
-            if changed {
-                *old = Arc::new(failures);
+        if let Some(failures) = failures {
+            for f in &failures {
+                tracing::warn!(route = %format!("{}/{}", f.namespace, f.name), reason = f.reason,
+                    message = %f.message, "route not applied on this node");
             }
-            changed
-        });
+            self.node_failures.send_if_modified(|old| {
+                let changed = **old != failures;
+                if changed {
+                    *old = Arc::new(failures);
+                }
+                changed
+            });
+        }
         let _ = self.statuses.send(Arc::new(statuses));
         self.applied.send_modify(|n| *n += 1);
         Some(next_expiry)
