@@ -7,6 +7,7 @@ use prometheus_client::{
     metrics::{
         counter::{ConstCounter, Counter},
         family::Family,
+        gauge::Gauge,
         histogram::{Histogram, exponential_buckets},
     },
     registry::Registry,
@@ -34,6 +35,9 @@ pub struct Metrics {
     orig_dst_misses: Counter,
     upstream_connect_errors: Counter,
     steer_insert_failures: Counter,
+    routes_not_applied: Gauge,
+    node_status_write_errors: Counter,
+    unready_agent_nodes: Gauge,
 }
 
 impl Metrics {
@@ -50,6 +54,9 @@ impl Metrics {
             orig_dst_misses: Counter::default(),
             upstream_connect_errors: Counter::default(),
             steer_insert_failures: Counter::default(),
+            routes_not_applied: Gauge::default(),
+            node_status_write_errors: Counter::default(),
+            unready_agent_nodes: Gauge::default(),
         });
         registry.register(
             "shunt_requests",
@@ -95,6 +102,22 @@ impl Metrics {
             "shunt_steer_insert_failures",
             "Destinations the kernel refused to add to STEERED (map full); they stay direct",
             m.steer_insert_failures.clone(),
+        );
+        registry.register(
+            "shunt_routes_not_applied",
+            "Routes this node could not apply (fully) at the last apply: reported in their \
+             status.nodes[]",
+            m.routes_not_applied.clone(),
+        );
+        registry.register(
+            "shunt_node_status_write_errors",
+            "Failed writes of this node's entry in a SandboxRoute's status.nodes[]",
+            m.node_status_write_errors.clone(),
+        );
+        registry.register(
+            "shunt_unready_agent_nodes",
+            "Nodes whose agent pod is not Ready, as the status writer last saw them",
+            m.unready_agent_nodes.clone(),
         );
         if let Some(stats) = capture {
             register_capture(registry, stats);
@@ -142,6 +165,20 @@ impl Metrics {
     pub fn upstream_connect_error(&self) {
         self.upstream_connect_errors.inc();
     }
+    pub fn set_routes_not_applied(&self, n: usize) {
+        self.routes_not_applied
+            .set(i64::try_from(n).unwrap_or(i64::MAX));
+    }
+
+    pub fn node_status_write_failed(&self) {
+        self.node_status_write_errors.inc();
+    }
+
+    pub fn set_unready_agent_nodes(&self, n: usize) {
+        self.unready_agent_nodes
+            .set(i64::try_from(n).unwrap_or(i64::MAX));
+    }
+
     pub fn steer_insert_failed(&self, n: u64) {
         self.steer_insert_failures.inc_by(n);
     }

@@ -167,7 +167,11 @@ async fn run_async(args: RunConfig) -> anyhow::Result<()> {
     let mut idle_source = None;
     let (kube_handle, feed) = match (kube_source, routes_watch) {
         (Some(k), _) => {
-            let (handle, feed) = k.spawn(sync_out.statuses.clone());
+            let (handle, feed) = k.spawn(
+                sync_out.statuses.clone(),
+                sync_out.node_failures.clone(),
+                metrics.clone(),
+            );
             let feed = SourceFeed {
                 name: "kube",
                 states: feed.states,

@@ -120,6 +120,30 @@ pub struct SandboxRouteStatus {
     /// One entry per spec fork, in spec order (empty when the route is not applied at all).
     #[serde(default)]
     pub forks: Vec<ForkStatus>,
+    /// One entry per node whose agent could not apply the route there, written by that node's
+    /// agent with server-side apply under its own field manager (`shunt-agent/<node>`), so
+    /// agents never overwrite each other's entries; removed by it once the route applies.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(extend(
+        "x-kubernetes-list-type" = "map",
+        "x-kubernetes-list-map-keys" = ["name"]
+    ))]
+    #[schemars(length(max = 5000))]
+    pub nodes: Vec<NodeStatus>,
+}
+
+/// What one node's agent could not apply.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct NodeStatus {
+    /// The node name (the agent's `--node-name`).
+    #[schemars(length(min = 1, max = 253))]
+    pub name: String,
+    /// `SteeredMapFull`: some of the route's destinations could not be inserted in `STEERED`.
+    pub reason: String,
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    #[schemars(length(max = 1024))]
+    pub message: String,
 }
 
 /// A status condition, shaped like `metav1.Condition`.

@@ -7,6 +7,8 @@
 //! - [`source`]: watches, caches, and the loop that publishes them as `ClusterState`s.
 //! - [`lease`]: leader election (one status writer per cluster).
 //! - [`status`]: status writes and deletion of expired routes, by the leader.
+//! - [`node_status`]: each agent's own entry in `status.nodes[]` (what its node could not
+//!   apply).
 //! - [`rbac`]: every API permission the above uses.
 //!
 //! - [`agents`]: where the node agents run (flags of the clients that reach them).
@@ -22,6 +24,7 @@ pub mod client;
 pub mod convert;
 pub mod crd;
 pub mod lease;
+pub mod node_status;
 pub mod pods;
 pub mod rbac;
 pub mod route_status;
@@ -34,7 +37,11 @@ use kube::Client;
 use tokio::{sync::watch, task::JoinHandle};
 use tokio_util::sync::CancellationToken;
 
-use crate::routes::{ClusterState, RouteStatus};
+use crate::{
+    metrics::Metrics,
+    routes::{ClusterState, RouteStatus},
+    sync::NodeRouteFailure,
+};
 
 /// How the kube source connects and elects its status writer.
 #[derive(Clone, Debug)]
@@ -81,8 +88,14 @@ impl KubeSource {
     }
 
     /// Starts everything. The status writer (while this agent holds the Lease) writes the
-    /// `statuses` that route sync computes from what this source publishes.
-    pub fn spawn(self, statuses: watch::Receiver<Arc<Vec<RouteStatus>>>) -> (KubeHandle, KubeFeed) {
+    /// `statuses` that route sync computes from what this source publishes; every agent writes
+    /// its own `node_failures` in the routes' `status.nodes[]`.
+    pub fn spawn(
+        self,
+        statuses: watch::Receiver<Arc<Vec<RouteStatus>>>,
+        node_failures: watch::Receiver<Arc<Vec<NodeRouteFailure>>>,
+        metrics: Arc<Metrics>,
+    ) -> (KubeHandle, KubeFeed) {
         let stop = CancellationToken::new();
         let mut watches = source::Watches::start(&self.client, &stop, &self.opts.identity);
         let mut tasks = std::mem::take(&mut watches.tasks);
@@ -103,11 +116,29 @@ impl KubeSource {
             stop.clone(),
         ));
 
+        let (unready_tx, unready_rx) = watch::channel(Arc::default());
+        tasks.push(tokio::spawn(unready_agents_while_leading(
+            self.client.clone(),
+            self.opts.lease_namespace.clone(),
+            leader_rx.clone(),
+            unready_tx,
+            stop.clone(),
+        )));
         tasks.push(tokio::spawn(
-            status::StatusWriter::new(self.client.clone(), routes).run(
+            node_status::NodeStatusWriter::new(
+                self.client.clone(),
+                routes.clone(),
+                self.opts.identity.clone(),
+                metrics.clone(),
+            )
+            .run(node_failures, routes_touched.clone(), stop.clone()),
+        ));
+        tasks.push(tokio::spawn(
+            status::StatusWriter::new(self.client.clone(), routes, metrics).run(
                 statuses,
                 leader_rx,
                 routes_touched,
+                unready_rx,
                 stop.clone(),
             ),
         ));
@@ -133,6 +164,50 @@ impl KubeHandle {
         for t in self.tasks {
             t.abort();
         }
+    }
+}
+
+/// While this agent leads, watches the agent pods (in the Lease's namespace, with the deployed
+/// selector) for the status writer; a follower watches nothing (so N agents do not each watch
+/// N pods).
+async fn unready_agents_while_leading(
+    client: Client,
+    namespace: String,
+    mut leader: watch::Receiver<bool>,
+    tx: watch::Sender<Arc<agents::UnreadyAgents>>,
+    stop: CancellationToken,
+) {
+    loop {
+        while !*leader.borrow_and_update() {
+            tokio::select! {
+                _ = stop.cancelled() => return,
+                r = leader.changed() => if r.is_err() { return },
+            }
+        }
+        let watching = stop.child_token();
+        let watch = agents::watch_unready(
+            client.clone(),
+            namespace.clone(),
+            agents::DEFAULT_AGENT_SELECTOR.into(),
+            tx.clone(),
+            watching.clone(),
+        );
+        let lost = async {
+            while *leader.borrow_and_update() {
+                if leader.changed().await.is_err() {
+                    return;
+                }
+            }
+        };
+        tokio::select! {
+            _ = watch => {}
+            _ = lost => {}
+        }
+        watching.cancel();
+        if stop.is_cancelled() {
+            return;
+        }
+        tx.send_replace(Arc::default());
     }
 }
 

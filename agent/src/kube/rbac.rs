@@ -21,7 +21,9 @@ pub const AGENT_ACCESS: &[ApiAccess] = &[
         group: "",
         resource: "pods",
         verbs: &["list", "watch"],
-        why: "sandbox pods (label-selector watch on shunt.dev/sandbox) and this node's pods (field-selector watch on spec.nodeName)",
+        why: "sandbox pods (label-selector watch on shunt.dev/sandbox); this node's pods \
+              (field-selector watch on spec.nodeName); the agent pods, whose Ready condition the \
+              status leader reports (label-selector watch in the Lease's namespace, leader only)",
     },
     ApiAccess {
         group: "",
@@ -51,7 +53,8 @@ pub const AGENT_ACCESS: &[ApiAccess] = &[
         group: "shunt.dev",
         resource: "sandboxroutes/status",
         verbs: &["patch"],
-        why: "Ready condition and per-fork endpoint counts (leader only)",
+        why: "Ready condition and per-fork endpoint counts (leader only); each agent's own \
+              entry in status.nodes[] (server-side apply)",
     },
 ];
 

@@ -63,7 +63,8 @@ mod tests {
                 | RouteReason::CrossNamespace
                 | RouteReason::InvalidKey
                 | RouteReason::InvalidSelector
-                | RouteReason::InvalidTarget => {}
+                | RouteReason::InvalidTarget
+                | RouteReason::NotAppliedOnNodes => {}
             }
             assert_eq!(parse_reason(r.as_str()), Some(r));
         }
@@ -102,7 +103,12 @@ mod tests {
         );
         obj.metadata.namespace = Some("shop".into());
         assert_eq!(route_status(&obj), None, "no status yet");
-        obj.status = Some(desired_status(&written, None, jiff::Timestamp::UNIX_EPOCH));
+        obj.status = Some(desired_status(
+            &written,
+            None,
+            &[],
+            jiff::Timestamp::UNIX_EPOCH,
+        ));
         assert_eq!(route_status(&obj), Some(written));
     }
 }

@@ -5,6 +5,12 @@
 //! already says (so a new leader with an up-to-date view writes nothing, and its own writes do
 //! not make it write again). The leader also deletes routes past `expiresAt` (every agent has
 //! already stopped applying them).
+//!
+//! Ready is the cluster's truth, not the leader's view alone: a route the leader finds ready is
+//! `NotAppliedOnNodes` while some node does not apply it, either because that node's agent said
+//! so in `status.nodes[]` (its own entry, see [`super::node_status`]) or because its agent pod
+//! is not Ready (crash-looping, not started). The message names up to [`NODES_NAMED`] nodes
+//! and counts the rest. The leader never writes `status.nodes`.
 use std::{
     collections::{HashMap, HashSet},
     sync::Arc,
@@ -21,8 +27,14 @@ use serde_json::json;
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
-use super::crd::{self, RouteCondition, SandboxRoute, SandboxRouteStatus};
-use crate::routes::{RouteReason, RouteStatus};
+use super::{
+    agents::UnreadyAgents,
+    crd::{self, RouteCondition, SandboxRoute, SandboxRouteStatus},
+};
+use crate::{
+    metrics::Metrics,
+    routes::{RouteReason, RouteStatus},
+};
 
 /// The field manager of status writes.
 pub const FIELD_MANAGER: &str = "shunt-agent";
@@ -33,14 +45,76 @@ const CONCURRENCY: usize = 16;
 /// How soon failed writes are retried when nothing else changes.
 const RETRY: Duration = Duration::from_secs(2);
 
-/// The status `st` asks for, given what the object has now: the condition keeps its
-/// `lastTransitionTime` unless its status flips.
+/// Nodes named in a Ready message; the rest are counted.
+pub const NODES_NAMED: usize = 10;
+
+/// Nodes that do not apply a route, and why, sorted by node name.
+pub type NodesNotApplied = Vec<(String, String)>;
+
+/// The nodes that do not apply the route of `current`: the agents' own entries and the nodes
+/// whose agent pod is not Ready.
+pub fn nodes_not_applied(
+    current: Option<&SandboxRouteStatus>,
+    unready: &UnreadyAgents,
+) -> NodesNotApplied {
+    let mut nodes: std::collections::BTreeMap<&str, String> = unready
+        .iter()
+        .map(|(n, why)| (n.as_str(), why.clone()))
+        .collect();
+    for n in current.iter().flat_map(|c| &c.nodes) {
+        nodes
+            .entry(n.name.as_str())
+            .or_insert_with(|| match n.message.as_str() {
+                "" => n.reason.clone(),
+                m => format!("{}: {m}", n.reason),
+            });
+    }
+    nodes.into_iter().map(|(n, w)| (n.to_string(), w)).collect()
+}
+
+/// "not applied on N node(s): a (why), b (why), ... and K more".
+pub fn nodes_message(nodes: &[(String, String)]) -> String {
+    let named: Vec<String> = nodes
+        .iter()
+        .take(NODES_NAMED)
+        .map(|(n, why)| format!("{n} ({why})"))
+        .collect();
+    let mut s = format!(
+        "not applied on {} node(s): {}",
+        nodes.len(),
+        named.join(", ")
+    );
+    if nodes.len() > NODES_NAMED {
+        s.push_str(&format!(" ...and {} more", nodes.len() - NODES_NAMED));
+    }
+    s
+}
+
+/// The status `st` asks for, given what the object has now and the nodes that do not apply it:
+/// the condition keeps its `lastTransitionTime` unless its status flips. `nodes` (the agents'
+/// entries) is kept as it is.
 pub fn desired_status(
     st: &RouteStatus,
     current: Option<&SandboxRouteStatus>,
+    not_applied: &[(String, String)],
     now: jiff::Timestamp,
 ) -> SandboxRouteStatus {
-    let status = st.condition_status();
+    let nodes_matter = st.applied && !not_applied.is_empty();
+    let (status, reason, message) = if nodes_matter {
+        let reason = if st.ready {
+            RouteReason::NotAppliedOnNodes
+        } else {
+            st.reason
+        };
+        let nodes = nodes_message(not_applied);
+        let message = match st.message.as_str() {
+            "" => nodes,
+            m => format!("{m}; {nodes}"),
+        };
+        ("False", reason, message)
+    } else {
+        (st.condition_status(), st.reason, st.message.clone())
+    };
     let prev = current.and_then(|c| c.conditions.iter().find(|c| c.type_ == crd::READY));
     let last_transition_time = match prev {
         Some(p) if p.status == status && p.last_transition_time.is_some() => p.last_transition_time,
@@ -51,8 +125,8 @@ pub fn desired_status(
         conditions: vec![RouteCondition {
             type_: crd::READY.into(),
             status: status.into(),
-            reason: st.reason.as_str().into(),
-            message: st.message.clone(),
+            reason: reason.as_str().into(),
+            message,
             observed_generation: Some(st.observed_generation),
             last_transition_time,
         }],
@@ -66,7 +140,17 @@ pub fn desired_status(
                 ready_endpoints: u32::try_from(f.ready_endpoints).unwrap_or(u32::MAX),
             })
             .collect(),
+        nodes: current.map(|c| c.nodes.clone()).unwrap_or_default(),
     }
+}
+
+/// The merge patch of a status: everything but `nodes`, which belongs to the agents.
+fn status_patch(want: &SandboxRouteStatus) -> serde_json::Value {
+    let mut status = serde_json::to_value(want).unwrap_or_default();
+    if let Some(m) = status.as_object_mut() {
+        m.remove("nodes");
+    }
+    json!({ "status": status })
 }
 
 type Key = (String, String);
@@ -98,26 +182,34 @@ pub struct StatusWriter {
     seen: HashMap<Key, (u64, Option<String>)>,
     /// UIDs of expired routes we already deleted.
     deleted: HashSet<String>,
+    /// Nodes whose agent pod is not Ready, as last published.
+    unready: Arc<UnreadyAgents>,
+    metrics: Arc<Metrics>,
 }
 
 impl StatusWriter {
-    pub fn new(client: Client, routes: Store<SandboxRoute>) -> Self {
+    pub fn new(client: Client, routes: Store<SandboxRoute>, metrics: Arc<Metrics>) -> Self {
         Self {
             client,
             routes,
             seen: HashMap::new(),
             deleted: HashSet::new(),
+            unready: Arc::default(),
+            metrics,
         }
     }
 
     /// Writes statuses and deletes expired routes while we lead; returns when `stop` fires.
-    /// Runs on each new computation, on leadership changes, and when a SandboxRoute changes
-    /// without a new computation (`routes_touched`: its status was edited by someone else).
+    /// Runs on each new computation, on leadership changes, when a SandboxRoute changes
+    /// without a new computation (`routes_touched`: its status was edited by someone else, an
+    /// agent's `status.nodes[]` entry included), and when the set of nodes whose agent is not
+    /// Ready changes (`agents`).
     pub async fn run(
         mut self,
         mut statuses: watch::Receiver<Arc<Vec<RouteStatus>>>,
         mut leader: watch::Receiver<bool>,
         mut routes_touched: watch::Receiver<u64>,
+        mut agents: watch::Receiver<Arc<UnreadyAgents>>,
         stop: CancellationToken,
     ) {
         let mut retry_after: Option<Duration> = None;
@@ -128,7 +220,15 @@ impl StatusWriter {
                 r = statuses.changed() => if r.is_err() { return },
                 r = leader.changed() => if r.is_err() { return },
                 r = routes_touched.changed() => if r.is_err() { return },
+                r = agents.changed() => if r.is_err() { return },
                 _ = tokio::time::sleep(wait) => {}
+            }
+            let unready = agents.borrow_and_update().clone();
+            if unready != self.unready {
+                // Every route's condition may change: look at each again.
+                self.seen.clear();
+                self.metrics.set_unready_agent_nodes(unready.len());
+                self.unready = unready;
             }
             if !*leader.borrow_and_update() {
                 self.seen.clear();
@@ -175,7 +275,8 @@ impl StatusWriter {
             {
                 continue;
             }
-            let want = desired_status(st, obj.status.as_ref(), now);
+            let not_applied = nodes_not_applied(obj.status.as_ref(), &self.unready);
+            let want = desired_status(st, obj.status.as_ref(), &not_applied, now);
             if obj.status.as_ref() == Some(&want) {
                 self.seen.insert(key, (fp, rv.clone()));
             } else {
@@ -192,7 +293,7 @@ impl StatusWriter {
                         field_manager: Some(FIELD_MANAGER.into()),
                         ..Default::default()
                     };
-                    let patch = Patch::Merge(json!({ "status": &want }));
+                    let patch = Patch::Merge(status_patch(&want));
                     let r = api.patch_status(&name, &pp, &patch).await;
                     ((ns, name), fp, rv, want, r)
                 }
@@ -256,63 +357,5 @@ impl StatusWriter {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::routes::ForkStatus;
-
-    fn st(ready: bool, reason: RouteReason) -> RouteStatus {
-        RouteStatus {
-            namespace: "shop".into(),
-            name: "pr-42".into(),
-            observed_generation: 2,
-            ready,
-            reason,
-            message: "m".into(),
-            applied: ready,
-            forks: vec![ForkStatus {
-                service: "reviews".into(),
-                reason,
-                message: String::new(),
-                ready_endpoints: 3,
-            }],
-        }
-    }
-
-    #[test]
-    fn transition_time_kept_unless_status_flips() {
-        let t0: jiff::Timestamp = "2026-01-01T00:00:00Z".parse().unwrap();
-        let t1: jiff::Timestamp = "2026-01-01T00:01:00Z".parse().unwrap();
-        let first = desired_status(&st(true, RouteReason::EndpointsReady), None, t0);
-        assert_eq!(first.conditions[0].last_transition_time, Some(t0));
-        assert_eq!(first.conditions[0].status, "True");
-        assert_eq!(first.observed_generation, Some(2));
-        assert_eq!(first.forks[0].ready_endpoints, 3);
-        // Same status later: identical, so nothing is written.
-        let again = desired_status(&st(true, RouteReason::EndpointsReady), Some(&first), t1);
-        assert_eq!(again, first);
-        // Reason changes within False keep the time; a flip takes the new time.
-        let down = desired_status(&st(false, RouteReason::NoReadyEndpoints), Some(&first), t1);
-        assert_eq!(down.conditions[0].last_transition_time, Some(t1));
-        assert_eq!(down.conditions[0].reason, "NoReadyEndpoints");
-        let other = desired_status(&st(false, RouteReason::ServiceNotFound), Some(&down), t0);
-        assert_eq!(other.conditions[0].last_transition_time, Some(t1));
-    }
-
-    #[test]
-    fn status_json_shape() {
-        let t0: jiff::Timestamp = "2026-01-01T00:00:00Z".parse().unwrap();
-        let s = desired_status(&st(false, RouteReason::DuplicateKey), None, t0);
-        let v = serde_json::to_value(&s).unwrap();
-        assert_eq!(
-            v,
-            json!({
-                "observedGeneration": 2,
-                "conditions": [{
-                    "type": "Ready", "status": "False", "reason": "DuplicateKey", "message": "m",
-                    "observedGeneration": 2, "lastTransitionTime": "2026-01-01T00:00:00Z",
-                }],
-                "forks": [{ "service": "reviews", "reason": "DuplicateKey", "readyEndpoints": 3 }],
-            })
-        );
-    }
-}
+#[path = "status_tests.rs"]
+mod tests;

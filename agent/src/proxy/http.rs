@@ -26,7 +26,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::{
     ConnInfo, Exit, ProxyShared,
-    upstream::{ProxyBody, UpstreamError, error_chain},
+    upstream::{ProxyBody, UndeclaredLength, error_chain},
 };
 use crate::routes::{ConnRoute, Decision, DecisionKind, DecisionReason};
 
@@ -83,7 +83,10 @@ pub async fn serve(shared: Arc<ProxyShared>, stream: TcpStream, info: ConnInfo) 
     };
     let limits = &shared.limits;
     let mut b = hyper::server::conn::http2::Builder::new(TokioExecutor::new());
+    // No `date` on forwarded responses: the proxy adds no header (gRPC clients would see it as
+    // metadata of a trailers-only response).
     b.timer(TokioTimer::new())
+        .auto_date_header(false)
         .max_header_list_size(limits.max_header_bytes as u32)
         .keep_alive_interval(Some(limits.idle_timeout / 2))
         .keep_alive_timeout(limits.idle_timeout / 2);
@@ -201,6 +204,15 @@ async fn forward(
     };
     let (mut parts, body) = req.into_parts();
     strip_hop_by_hop(&mut parts.headers);
+    // A length the client did not declare stays undeclared upstream.
+    let declared = parts.headers.contains_key(header::CONTENT_LENGTH);
+    let upstream_body = |b: ProxyBody| {
+        if declared {
+            b
+        } else {
+            UndeclaredLength::boxed(b)
+        }
+    };
     let replayable = decision.kind == DecisionKind::Sandbox
         && body.size_hint().upper().is_some_and(|n| n <= REPLAY_LIMIT);
     let (body, replay) = if replayable {
@@ -224,10 +236,10 @@ async fn forward(
     let retry = replay.map(|bytes| (parts.clone(), bytes));
     let first = shared
         .upstreams
-        .send(upstream, Request::from_parts(parts, body))
+        .send(upstream, Request::from_parts(parts, upstream_body(body)))
         .await;
     let result = match first {
-        Err(refused @ UpstreamError::Connect { .. }) if decision.kind == DecisionKind::Sandbox => {
+        Err(refused) if refused.not_sent() && decision.kind == DecisionKind::Sandbox => {
             tracing::debug!(%upstream, error = %error_chain(&refused), "sandbox refused the connection");
             match (decision.fallback, retry) {
                 (Some(baseline), Some((parts, bytes))) => {
@@ -236,7 +248,10 @@ async fn forward(
                     decision.upstream = Some(baseline);
                     shared
                         .upstreams
-                        .send(baseline, Request::from_parts(parts, full(bytes)))
+                        .send(
+                            baseline,
+                            Request::from_parts(parts, upstream_body(full(bytes))),
+                        )
                         .await
                 }
                 (None, _) => {

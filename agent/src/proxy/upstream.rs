@@ -1,23 +1,37 @@
-//! Upstream connections, pooled per destination: hyper's HTTP/2 client for h2c, and the idle
-//! connections of the HTTP/1.1 path ([`super::h1::pool`]). Their sockets come from the agent's
-//! own cgroup, which the capture programs exempt, so forwarding never loops back into the proxy.
-use std::{net::SocketAddr, sync::Arc, time::Duration};
+//! Upstream connections, pooled per destination: one HTTP/2 connection per upstream address for
+//! h2c (its streams multiplexed), and the idle connections of the HTTP/1.1 path
+//! ([`super::h1::pool`]). Their sockets come from the agent's own cgroup, which the capture
+//! programs exempt, so forwarding never loops back into the proxy.
+//!
+//! The h2 pool is keyed by the upstream's address, not by the request's URI: a request goes on
+//! with the `:scheme`, `:authority` and `:path` the client sent (authority-based virtual hosting
+//! and authorization upstream see what they would see without the proxy).
+use std::{
+    collections::HashMap,
+    io,
+    net::SocketAddr,
+    pin::Pin,
+    sync::{Arc, Mutex, Weak},
+    task::{Context, Poll},
+    time::{Duration, Instant},
+};
 
 use bytes::Bytes;
-use http_body_util::combinators::UnsyncBoxBody;
-use hyper::{Request, Response, body::Incoming};
-use hyper_util::{
-    client::legacy::{Client, connect::HttpConnector},
-    rt::{TokioExecutor, TokioTimer},
+use http_body_util::{BodyExt as _, combinators::UnsyncBoxBody};
+use hyper::{
+    Request, Response,
+    body::{Body, Frame, Incoming, SizeHint},
+    client::conn::http2,
 };
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 
 /// The body type the proxy forwards: a client's streaming body, or a buffered copy of it.
 pub type ProxyBody = UnsyncBoxBody<Bytes, hyper::Error>;
 
-/// The HTTP/2 (prior knowledge) client and the HTTP/1.1 pool; both pool by upstream address.
+/// The HTTP/2 (prior knowledge) pool and the HTTP/1.1 pool; both pool by upstream address.
 #[derive(Clone)]
 pub struct Upstreams {
-    http2: Client<HttpConnector, ProxyBody>,
+    http2: Arc<H2Pool>,
     pub h1: Arc<super::h1::pool::Pool>,
 }
 
@@ -30,71 +44,203 @@ pub enum UpstreamError {
     Connect {
         upstream: SocketAddr,
         #[source]
-        source: hyper_util::client::legacy::Error,
+        source: io::Error,
+    },
+    /// The connection was made but HTTP/2 could not start on it: the request was not sent.
+    #[error("starting HTTP/2 with {upstream}")]
+    Handshake {
+        upstream: SocketAddr,
+        #[source]
+        source: hyper::Error,
     },
     /// The upstream failed after the request was (maybe) sent.
     #[error("upstream {upstream}")]
     Request {
         upstream: SocketAddr,
         #[source]
-        source: hyper_util::client::legacy::Error,
+        source: hyper::Error,
     },
-    /// The request's URI could not be made absolute for the upstream.
-    #[error("building the upstream URI for {upstream}")]
-    Uri {
-        upstream: SocketAddr,
-        #[source]
-        source: http::Error,
-    },
+}
+
+impl UpstreamError {
+    /// The request never left the proxy, so it may be sent elsewhere.
+    pub fn not_sent(&self) -> bool {
+        matches!(self, Self::Connect { .. } | Self::Handshake { .. })
+    }
 }
 
 impl Upstreams {
     pub fn new(connect_timeout: Duration, idle_timeout: Duration) -> Self {
-        let mut connector = HttpConnector::new();
-        connector.set_nodelay(true);
-        connector.set_connect_timeout(Some(connect_timeout));
-        connector.enforce_http(true);
-        let http2 = Client::builder(TokioExecutor::new())
-            .pool_idle_timeout(idle_timeout)
-            .pool_timer(TokioTimer::new())
-            .timer(TokioTimer::new())
-            .http2_only(true)
-            .build(connector);
         Self {
-            http2,
+            http2: Arc::new(H2Pool {
+                conns: Mutex::new(HashMap::new()),
+                connect_timeout,
+                idle_timeout,
+            }),
             h1: Arc::new(super::h1::pool::Pool::new(connect_timeout, idle_timeout)),
         }
     }
 
-    /// Sends an h2c request to `upstream` over HTTP/2.
+    /// Sends an h2c request to `upstream` over HTTP/2, its URI (scheme, authority, path) as the
+    /// client sent it.
     pub async fn send(
         &self,
         upstream: SocketAddr,
-        mut req: Request<ProxyBody>,
+        req: Request<ProxyBody>,
     ) -> Result<Response<Incoming>, UpstreamError> {
-        // Absolute form for the pooled client (its pool key is scheme + authority); the path
-        // keeps the request's own bytes.
-        let mut parts = std::mem::take(req.uri_mut()).into_parts();
-        parts.scheme = Some(http::uri::Scheme::HTTP);
-        let uri_error = |e: http::Error| UpstreamError::Uri {
-            upstream,
-            source: e,
-        };
-        parts.authority = Some(
-            http::uri::Authority::try_from(upstream.to_string())
-                .map_err(|e| uri_error(e.into()))?,
-        );
-        if parts.path_and_query.is_none() {
-            parts.path_and_query = Some(http::uri::PathAndQuery::from_static("/"));
-        }
-        *req.uri_mut() = http::Uri::from_parts(parts).map_err(|e| uri_error(e.into()))?;
-        self.http2.request(req).await.map_err(|source| {
-            if source.is_connect() {
-                UpstreamError::Connect { upstream, source }
-            } else {
-                UpstreamError::Request { upstream, source }
+        let mut req = req;
+        if let Some(mut pooled) = self.http2.checkout(upstream) {
+            match pooled.sender.try_send_request(req).await {
+                Ok(resp) => return Ok(resp),
+                Err(mut e) => match e.take_message() {
+                    // The pooled connection closed before the request went out: a new one.
+                    Some(unsent) => {
+                        self.http2.forget(upstream, pooled.id);
+                        req = unsent;
+                    }
+                    None => {
+                        return Err(UpstreamError::Request {
+                            upstream,
+                            source: e.into_error(),
+                        });
+                    }
+                },
             }
-        })
+        }
+        let mut sender = H2Pool::connect(&self.http2, upstream).await?;
+        sender
+            .send_request(req)
+            .await
+            .map_err(|source| UpstreamError::Request { upstream, source })
+    }
+}
+
+/// One HTTP/2 connection per upstream address; a connection unused for the idle timeout is
+/// let go (hyper closes it once its last stream ends).
+struct H2Pool {
+    conns: Mutex<HashMap<SocketAddr, Pooled>>,
+    connect_timeout: Duration,
+    idle_timeout: Duration,
+}
+
+#[derive(Clone)]
+struct Pooled {
+    sender: http2::SendRequest<ProxyBody>,
+    /// Tells this connection from a later one to the same address.
+    id: u64,
+    last_used: Instant,
+}
+
+impl H2Pool {
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<SocketAddr, Pooled>> {
+        self.conns.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The open connection to `addr`, if any.
+    fn checkout(&self, addr: SocketAddr) -> Option<Pooled> {
+        let mut conns = self.lock();
+        let pooled = conns.get_mut(&addr)?;
+        if pooled.sender.is_closed() || pooled.last_used.elapsed() >= self.idle_timeout {
+            conns.remove(&addr);
+            return None;
+        }
+        pooled.last_used = Instant::now();
+        Some(pooled.clone())
+    }
+
+    fn forget(&self, addr: SocketAddr, id: u64) {
+        let mut conns = self.lock();
+        if conns.get(&addr).is_some_and(|p| p.id == id) {
+            conns.remove(&addr);
+        }
+    }
+
+    /// A new connection to `addr`, pooled for the requests that follow.
+    async fn connect(
+        pool: &Arc<Self>,
+        upstream: SocketAddr,
+    ) -> Result<http2::SendRequest<ProxyBody>, UpstreamError> {
+        let stream = super::relay::connect(upstream, pool.connect_timeout)
+            .await
+            .map_err(|source| UpstreamError::Connect { upstream, source })?;
+        let (sender, conn) = http2::Builder::new(TokioExecutor::new())
+            .timer(TokioTimer::new())
+            .handshake(TokioIo::new(stream))
+            .await
+            .map_err(|source| UpstreamError::Handshake { upstream, source })?;
+        tokio::spawn(async move {
+            if let Err(e) = conn.await {
+                tracing::debug!(%upstream, error = %e, "upstream h2 connection ended with an error");
+            }
+        });
+        static NEXT_ID: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+        let id = NEXT_ID.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        pool.lock().insert(
+            upstream,
+            Pooled {
+                sender: sender.clone(),
+                id,
+                last_used: Instant::now(),
+            },
+        );
+        tokio::spawn(let_go_when_idle(Arc::downgrade(pool), upstream, id));
+        Ok(sender)
+    }
+}
+
+/// Drops the pool's handle on connection `id` once it has been unused for the idle timeout (or
+/// has closed); streams still open keep the connection until they end.
+async fn let_go_when_idle(pool: Weak<H2Pool>, addr: SocketAddr, id: u64) {
+    let Some(idle_timeout) = pool.upgrade().map(|p| p.idle_timeout) else {
+        return;
+    };
+    let mut due = Instant::now() + idle_timeout;
+    loop {
+        tokio::time::sleep_until(due.into()).await;
+        let Some(pool) = pool.upgrade() else { return };
+        let mut conns = pool.lock();
+        let Some(pooled) = conns.get(&addr).filter(|p| p.id == id) else {
+            return;
+        };
+        let next = pooled.last_used + idle_timeout;
+        if pooled.sender.is_closed() || next <= Instant::now() {
+            conns.remove(&addr);
+            return;
+        }
+        due = next;
+    }
+}
+
+/// A request body whose length is told to hyper only when the client declared it
+/// (`content-length`): hyper's HTTP/2 client adds a `content-length` for a body of known size,
+/// and the proxy adds no header.
+pub struct UndeclaredLength(pub ProxyBody);
+
+impl Body for UndeclaredLength {
+    type Data = Bytes;
+    type Error = hyper::Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+        Pin::new(&mut self.0).poll_frame(cx)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.0.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        let mut hint = SizeHint::new();
+        hint.set_lower(self.0.size_hint().lower());
+        hint
+    }
+}
+
+impl UndeclaredLength {
+    pub fn boxed(body: ProxyBody) -> ProxyBody {
+        Self(body).boxed_unsync()
     }
 }
 

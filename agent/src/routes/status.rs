@@ -26,11 +26,14 @@ pub enum RouteReason {
     InvalidSelector,
     /// A fork's `to` sets neither or both of `selector`/`service`, or targets its own Service.
     InvalidTarget,
+    /// Ready as far as the routes go, but some nodes do not apply it (their agent is not Ready,
+    /// or reported a failure in `status.nodes[]`): set by the kube status writer only.
+    NotAppliedOnNodes,
 }
 
 impl RouteReason {
     /// Every reason (a new variant must be added here: `every_reason_round_trips` checks it).
-    pub const ALL: [RouteReason; 10] = [
+    pub const ALL: [RouteReason; 11] = [
         RouteReason::EndpointsReady,
         RouteReason::ServiceNotFound,
         RouteReason::PortNotFound,
@@ -41,6 +44,7 @@ impl RouteReason {
         RouteReason::InvalidKey,
         RouteReason::InvalidSelector,
         RouteReason::InvalidTarget,
+        RouteReason::NotAppliedOnNodes,
     ];
 
     /// The reason spelled `s` by [`Self::as_str`], if this version knows it.
@@ -60,6 +64,7 @@ impl RouteReason {
             RouteReason::InvalidKey => "InvalidKey",
             RouteReason::InvalidSelector => "InvalidSelector",
             RouteReason::InvalidTarget => "InvalidTarget",
+            RouteReason::NotAppliedOnNodes => "NotAppliedOnNodes",
         }
     }
 }

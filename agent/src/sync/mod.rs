@@ -33,7 +33,7 @@ use crate::{
     metrics::Metrics,
     routes::{ClusterState, RouteStatus, RouteTable},
 };
-pub use steering::{ApplyMode, Steering, SyncReport};
+pub use steering::{ApplyMode, NodeRouteFailure, Steering, SyncReport};
 
 /// How often the steered set is reconciled against the kernel map when nothing else asks.
 pub const DEFAULT_RECONCILE_INTERVAL: Duration = Duration::from_secs(300);
@@ -66,6 +66,7 @@ pub struct RouteSyncConfig {
 pub struct RouteSync {
     cfg: RouteSyncConfig,
     statuses: watch::Sender<Arc<Vec<RouteStatus>>>,
+    node_failures: watch::Sender<Arc<Vec<NodeRouteFailure>>>,
     applied: watch::Sender<u64>,
 }
 
@@ -73,6 +74,9 @@ pub struct RouteSync {
 pub struct RouteSyncOutputs {
     /// Every route's status after each apply (the kube status writer's input).
     pub statuses: watch::Receiver<Arc<Vec<RouteStatus>>>,
+    /// The routes this node could not apply after each apply (each agent reports its own in
+    /// the routes' `status.nodes[]`).
+    pub node_failures: watch::Receiver<Arc<Vec<NodeRouteFailure>>>,
     /// How many route tables have been applied (0 until the first).
     pub applied: watch::Receiver<u64>,
 }
@@ -90,15 +94,18 @@ enum Wake {
 impl RouteSync {
     pub fn new(cfg: RouteSyncConfig) -> (Self, RouteSyncOutputs) {
         let (statuses, statuses_rx) = watch::channel(Arc::new(Vec::new()));
+        let (node_failures, node_failures_rx) = watch::channel(Arc::new(Vec::new()));
         let (applied, applied_rx) = watch::channel(0);
         (
             Self {
                 cfg,
                 statuses,
+                node_failures,
                 applied,
             },
             RouteSyncOutputs {
                 statuses: statuses_rx,
+                node_failures: node_failures_rx,
                 applied: applied_rx,
             },
         )
@@ -204,13 +211,21 @@ impl RouteSync {
             desired.extend(always.iter().map(|d| (*d, 0)));
             let next_expiry = new.next_expiry();
             // The proxy learns the routes before capture sends it the traffic.
-            table.store(Arc::new(new));
+            let new = Arc::new(new);
+            table.store(new.clone());
             let report = steering.apply(desired, mode, &metrics);
+            // Suspended (fail open): nothing was tried, so what was last reported stands.
+            let failures = report
+                .as_ref()
+                .map(|r| steering::route_failures(r, new.steered(), &new, &statuses));
+            if let Some(f) = &failures {
+                metrics.set_routes_not_applied(f.len());
+            }
             metrics.table_reloaded();
-            (statuses, report, next_expiry, state)
+            (statuses, report, failures, next_expiry, state)
         })
         .await;
-        let (statuses, report, next_expiry, state) = match computed {
+        let (statuses, report, failures, next_expiry, state) = match computed {
             Ok(r) => r,
             Err(e) => {
                 tracing::error!(error = %e, "route table recompute panicked; route sync stopped");
@@ -240,6 +255,19 @@ impl RouteSync {
                 sandbox_pods = state.pods.len(),
                 "{source}: initial sync complete, route table applied"
             );
+        }
+        if let Some(failures) = failures {
+            for f in &failures {
+                tracing::warn!(route = %format!("{}/{}", f.namespace, f.name), reason = f.reason,
+                    message = %f.message, "route not applied on this node");
+            }
+            self.node_failures.send_if_modified(|old| {
+                let changed = **old != failures;
+                if changed {
+                    *old = Arc::new(failures);
+                }
+                changed
+            });
         }
         let _ = self.statuses.send(Arc::new(statuses));
         self.applied.send_modify(|n| *n += 1);

@@ -11,7 +11,7 @@ use std::{collections::BTreeMap, net::SocketAddr, sync::Mutex};
 use crate::{
     capture::{MapError, SteeredMap},
     metrics::Metrics,
-    routes::diff,
+    routes::{RouteStatus, RouteTable, diff},
 };
 
 /// The kernel map behind [`Steering`], as a trait so the diff logic is tested without a kernel
@@ -174,6 +174,68 @@ impl Inner {
         }
         report
     }
+}
+
+/// The reason a node reports for a route some of whose destinations it could not steer.
+pub const STEERED_MAP_FULL: &str = "SteeredMapFull";
+
+/// A route this node could not apply (fully), and why: what its agent reports in the route's
+/// `status.nodes[]`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct NodeRouteFailure {
+    pub namespace: String,
+    pub name: String,
+    pub reason: &'static str,
+    pub message: String,
+}
+
+/// The routes hit by the inserts an apply could not make: each route forking a Service that has
+/// a destination left unsteered (so its keyed traffic from this node's pods goes direct).
+/// `desired` is the steered set that was applied, `table` the table it came from.
+pub fn route_failures(
+    report: &SyncReport,
+    desired: &BTreeMap<SocketAddr, u32>,
+    table: &RouteTable,
+    statuses: &[RouteStatus],
+) -> Vec<NodeRouteFailure> {
+    // Per Service (namespace, name): how many destinations failed, and the first error.
+    let mut by_service: BTreeMap<(&str, &str), (usize, String)> = BTreeMap::new();
+    for (dst, err) in &report.failed {
+        let Some(svc) = desired.get(dst).and_then(|id| table.service(*id)) else {
+            continue;
+        };
+        by_service
+            .entry((svc.namespace.as_str(), svc.name.as_str()))
+            .or_insert_with(|| (0, err.to_string()))
+            .0 += 1;
+    }
+    if by_service.is_empty() {
+        return Vec::new();
+    }
+    statuses
+        .iter()
+        .filter(|st| st.applied)
+        .filter_map(|st| {
+            let parts: Vec<String> = st
+                .forks
+                .iter()
+                .filter_map(|f| {
+                    let (n, err) = by_service.get(&(st.namespace.as_str(), f.service.as_str()))?;
+                    Some(format!(
+                        "{n} destination(s) of Service {}/{} not steered ({err}); raise \
+                         --steered-max-entries",
+                        st.namespace, f.service
+                    ))
+                })
+                .collect();
+            (!parts.is_empty()).then(|| NodeRouteFailure {
+                namespace: st.namespace.clone(),
+                name: st.name.clone(),
+                reason: STEERED_MAP_FULL,
+                message: parts.join("; "),
+            })
+        })
+        .collect()
 }
 
 fn report_failures(report: &SyncReport, metrics: &Metrics) {

@@ -165,3 +165,55 @@ fn refused_inserts_are_reported_and_retried_on_the_next_apply() {
     assert_eq!((r.added, r.removed, r.failed.len()), (3, 3, 0));
     assert_eq!(kernel(&s), set(3..8));
 }
+
+#[test]
+fn destinations_left_unsteered_are_reported_against_the_routes_forking_their_service() {
+    // `reviews` (forked by r1) has a ClusterIP and an endpoint; `ratings` (forked by r2) too.
+    let yaml = r#"
+services:
+  - { name: reviews, namespace: shop, addresses: [10.96.0.7],
+      ports: [{ name: http, port: 9080, targetPort: 9080 }], endpoints: [{ ip: 198.18.2.2 }] }
+  - { name: ratings, namespace: shop, addresses: [10.96.0.8],
+      ports: [{ name: http, port: 9080, targetPort: 9080 }], endpoints: [{ ip: 198.18.4.2 }] }
+pods:
+  - { name: reviews-v2, namespace: shop, ips: [198.18.3.2], ports: { http: 9080 },
+      labels: { app: reviews-v2, shunt.dev/sandbox: k1 } }
+  - { name: ratings-v2, namespace: shop, ips: [198.18.5.2], ports: { http: 9080 },
+      labels: { app: ratings-v2, shunt.dev/sandbox: k2 } }
+routes:
+  - name: r1
+    namespace: shop
+    spec: { routingKey: k1,
+            forks: [ { service: reviews, to: { selector: { app: reviews-v2, shunt.dev/sandbox: k1 } } } ] }
+  - name: r2
+    namespace: shop
+    spec: { routingKey: k2,
+            forks: [ { service: ratings, to: { selector: { app: ratings-v2, shunt.dev/sandbox: k2 } } } ] }
+"#;
+    let state = crate::routes::file::parse_routes(yaml, "test.yaml").expect("valid routes");
+    let (table, statuses) = RouteTable::compute(&state, jiff::Timestamp::now());
+    assert_eq!(table.steered().len(), 4, "{:?}", table.steered());
+    // Room for three: the highest address (ratings' endpoint) is left direct.
+    let (s, _) = steering(3, &[]);
+    let report = s
+        .apply(table.steered().clone(), ApplyMode::Incremental, &metrics())
+        .expect("not suspended");
+    assert_eq!(report.failed.len(), 1);
+    let failures = route_failures(&report, table.steered(), &table, &statuses);
+    assert_eq!(failures.len(), 1, "{failures:?}");
+    let f = &failures[0];
+    assert_eq!((f.namespace.as_str(), f.name.as_str()), ("shop", "r2"));
+    assert_eq!(f.reason, STEERED_MAP_FULL);
+    assert!(
+        f.message
+            .starts_with("1 destination(s) of Service shop/ratings not steered ("),
+        "{}",
+        f.message
+    );
+    // Nothing failed: nothing to report.
+    let (s, _) = steering(4, &[]);
+    let report = s
+        .apply(table.steered().clone(), ApplyMode::Incremental, &metrics())
+        .expect("not suspended");
+    assert!(route_failures(&report, table.steered(), &table, &statuses).is_empty());
+}

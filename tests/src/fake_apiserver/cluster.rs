@@ -11,6 +11,7 @@ use std::sync::Arc;
 
 use serde_json::{Value, json};
 
+use super::apply;
 use super::defaults::{self, Allocator};
 use super::error::{ApiError, ApiResult};
 use super::meta::{
@@ -920,13 +921,13 @@ impl Cluster {
                     }
                 };
                 let last = last.map(scoped);
-                patch::server_side_apply(
-                    &rt.kind,
-                    rt.builtin,
-                    &mut target,
-                    last.as_ref(),
-                    &scoped(&config),
-                );
+                let custom = self.crd_list_types(rt);
+                let lists = apply::Lists {
+                    kind: &rt.kind,
+                    builtin: rt.builtin,
+                    custom: &custom,
+                };
+                apply::server_side_apply(&lists, &mut target, last.as_ref(), &scoped(&config));
                 if !opts.dry_run {
                     self.applied.insert((key.clone(), manager), config);
                 }
@@ -934,6 +935,27 @@ impl Cluster {
         }
         let result = self.update_existing(rt, key, old, target, sub, false, opts)?;
         Ok((result, false))
+    }
+
+    /// The merging lists of a custom resource's schema (none for a built-in type), from its
+    /// stored CRD: server-side apply merges them as the real server does.
+    fn crd_list_types(&self, rt: &ResourceType) -> apply::ListTypes {
+        if rt.builtin {
+            return apply::ListTypes::new();
+        }
+        let key = Key {
+            storage: CRD_STORAGE.to_string(),
+            ns: String::new(),
+            name: format!("{}.{}", rt.plural, rt.group),
+        };
+        let Some(crd) = self.store.get(&key) else {
+            return apply::ListTypes::new();
+        };
+        crd["spec"]["versions"]
+            .as_array()
+            .and_then(|vs| vs.iter().find(|v| v["name"] == rt.version.as_str()))
+            .map(|v| apply::list_types_of_schema(&v["schema"]["openAPIV3Schema"]))
+            .unwrap_or_default()
     }
 
     /// GET of the `/scale` subresource (autoscaling/v1 Scale).
@@ -1006,7 +1028,13 @@ impl Cluster {
             PatchType::Json => patch::json_patch(&mut scale, body)?,
             PatchType::Strategic => patch::strategic_merge("Scale", &mut scale, &parse()?)?,
             PatchType::Apply => {
-                patch::server_side_apply("Scale", true, &mut scale, None, &parse_apply_body(body)?)
+                let custom = apply::ListTypes::new();
+                let lists = apply::Lists {
+                    kind: "Scale",
+                    builtin: true,
+                    custom: &custom,
+                };
+                apply::server_side_apply(&lists, &mut scale, None, &parse_apply_body(body)?)
             }
         }
         self.update_scale(rt, ns, name, &scale, opts)

@@ -47,7 +47,8 @@
 //! (verbs), `faults`, `resources` (served types; add a built-in type there), `meta`, `error`.
 //!
 //! Known gaps (deliberate): no protobuf; no `managedFields` and no apply conflicts between
-//! field managers (apply always forces); no garbage collector (ownerReferences and
+//! field managers (apply always forces; custom resources' list-maps do merge per manager, see
+//! `apply`); no garbage collector (ownerReferences and
 //! propagationPolicy have no effect); no controllers (Deployments never get Pods or status,
 //! Pods stay Pending); no admission webhooks; no schema validation or defaulting of custom
 //! resources; authentication by bearer token and RBAC only for registered tokens (see `auth`;
@@ -56,6 +57,7 @@
 //! Events are stored separately.
 
 mod aggregator;
+mod apply;
 mod auth;
 mod cluster;
 mod defaults;

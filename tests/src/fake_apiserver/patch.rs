@@ -7,10 +7,7 @@
 //!   (containers by `name`, Service ports by `port`, finalizers as a set, ...) and support the
 //!   directives kubectl emits (`$patch`, `$retainKeys`, `$setElementOrder/...`,
 //!   `$deleteFromPrimitiveList/...`). That is what `kubectl apply` (client-side) needs.
-//! * Server-side apply: a simplified model. Fields the same field manager applied before and
-//!   no longer applies are removed, then the configuration is merged in (lists by merge key for
-//!   built-ins, atomically for custom resources). There is no `managedFields` bookkeeping and no
-//!   conflict detection between managers (every apply behaves as `force=true`).
+//! * Server-side apply: see [`super::apply`].
 
 use serde_json::{Map, Value};
 
@@ -67,7 +64,7 @@ pub(crate) fn json_patch(target: &mut Value, body: &[u8]) -> ApiResult<()> {
 
 /// How a list field merges in a strategic merge patch.
 #[derive(Clone, Copy, Debug, PartialEq)]
-enum ListStrategy {
+pub(crate) enum ListStrategy {
     Replace,
     /// A set of scalars (e.g. `metadata.finalizers`).
     MergePrimitive,
@@ -78,7 +75,7 @@ enum ListStrategy {
 /// The patch strategy of a list at `path` (field names from the root, list indices left out)
 /// in an object of `kind`, following the `patchStrategy`/`patchMergeKey` tags of the built-in
 /// Go types.
-fn list_strategy(kind: &str, path: &[String]) -> ListStrategy {
+pub(crate) fn list_strategy(kind: &str, path: &[String]) -> ListStrategy {
     let Some(last) = path.last().map(String::as_str) else {
         return ListStrategy::Replace;
     };
@@ -302,122 +299,6 @@ fn reorder(list: &mut Vec<Value>, order: &[Value], strategy: ListStrategy) {
     *list = sorted;
 }
 
-/// Simplified server-side apply (see the module doc). `last` is what this field manager
-/// applied previously.
-pub(crate) fn server_side_apply(
-    kind: &str,
-    builtin: bool,
-    target: &mut Value,
-    last: Option<&Value>,
-    config: &Value,
-) {
-    let mut path = Vec::new();
-    if let Some(last) = last {
-        remove_dropped(kind, builtin, &mut path, target, last, config);
-    }
-    apply_merge(kind, builtin, &mut path, target, config);
-}
-
-/// Remove from `target` what `last` set and `config` no longer sets.
-fn remove_dropped(
-    kind: &str,
-    builtin: bool,
-    path: &mut Vec<String>,
-    target: &mut Value,
-    last: &Value,
-    config: &Value,
-) {
-    let (Value::Object(t), Value::Object(l)) = (target, last) else {
-        return;
-    };
-    for (k, lv) in l {
-        let cv = config.get(k);
-        path.push(k.clone());
-        match cv {
-            None => {
-                t.remove(k);
-            }
-            Some(cv) => match (t.get_mut(k), lv, cv) {
-                (Some(tv @ Value::Object(_)), Value::Object(_), Value::Object(_)) => {
-                    remove_dropped(kind, builtin, path, tv, lv, cv);
-                }
-                (Some(Value::Array(ta)), Value::Array(la), Value::Array(ca)) if builtin => {
-                    if let ListStrategy::MergeByKey(key) = list_strategy(kind, path) {
-                        for le in la {
-                            let lk = le.get(key);
-                            let in_config = ca.iter().find(|c| c.get(key) == lk);
-                            match in_config {
-                                None => ta.retain(|e| e.get(key) != lk),
-                                Some(ce) => {
-                                    if let Some(te) = ta.iter_mut().find(|e| e.get(key) == lk) {
-                                        remove_dropped(kind, builtin, path, te, le, ce);
-                                    }
-                                }
-                            }
-                        }
-                    } else if list_strategy(kind, path) == ListStrategy::MergePrimitive {
-                        ta.retain(|e| !la.contains(e) || ca.contains(e));
-                    }
-                }
-                _ => {}
-            },
-        }
-        path.pop();
-    }
-}
-
-fn apply_merge(
-    kind: &str,
-    builtin: bool,
-    path: &mut Vec<String>,
-    target: &mut Value,
-    config: &Value,
-) {
-    let Value::Object(c) = config else {
-        *target = config.clone();
-        return;
-    };
-    if !target.is_object() {
-        *target = Value::Object(Map::new());
-    }
-    let Value::Object(t) = target else { return };
-    for (k, cv) in c {
-        path.push(k.clone());
-        match (t.get_mut(k), cv) {
-            (Some(tv @ Value::Object(_)), Value::Object(_)) => {
-                apply_merge(kind, builtin, path, tv, cv)
-            }
-            (Some(Value::Array(ta)), Value::Array(ca)) if builtin => {
-                match list_strategy(kind, path) {
-                    ListStrategy::MergeByKey(key) => {
-                        for ce in ca {
-                            match ta
-                                .iter_mut()
-                                .find(|e| e.get(key).is_some() && e.get(key) == ce.get(key))
-                            {
-                                Some(te) => apply_merge(kind, builtin, path, te, ce),
-                                None => ta.push(ce.clone()),
-                            }
-                        }
-                    }
-                    ListStrategy::MergePrimitive => {
-                        for ce in ca {
-                            if !ta.contains(ce) {
-                                ta.push(ce.clone());
-                            }
-                        }
-                    }
-                    ListStrategy::Replace => *ta = ca.clone(),
-                }
-            }
-            _ => {
-                t.insert(k.clone(), cv.clone());
-            }
-        }
-        path.pop();
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -463,16 +344,6 @@ mod tests {
                 .map(Vec::len),
             Some(1)
         );
-    }
-
-    #[test]
-    fn apply_removes_fields_the_manager_dropped() {
-        let mut t =
-            json!({"metadata": {"labels": {"a": "1", "b": "2", "other": "x"}}, "spec": {"x": 1}});
-        let last = json!({"metadata": {"labels": {"a": "1", "b": "2"}}, "spec": {"x": 1}});
-        let config = json!({"metadata": {"labels": {"a": "3"}}, "spec": {"x": 1}});
-        server_side_apply("Foo", false, &mut t, Some(&last), &config);
-        assert_eq!(t["metadata"]["labels"], json!({"a": "3", "other": "x"}));
     }
 
     #[test]

@@ -295,6 +295,8 @@ pub(super) fn severity(r: RouteReason) -> u8 {
         RouteReason::ServiceNotFound => 6,
         RouteReason::PortNotFound => 7,
         RouteReason::NoReadyEndpoints => 8,
-        RouteReason::EndpointsReady => 9,
+        // Never computed here (the kube status writer's), ranked as not-ready-yet.
+        RouteReason::NotAppliedOnNodes => 9,
+        RouteReason::EndpointsReady => 10,
     }
 }
