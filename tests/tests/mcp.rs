@@ -36,12 +36,18 @@ const POD_PORT: u16 = 8080;
 
 use tests::mcp_driver::{err, mcp_client, ok, python_with_mcp};
 
-const TOOLS: [&str; 8] = [
+const TOOLS: [&str; 14] = [
+    "compare_with_baseline",
+    "create_sandbox",
     "create_sandbox_route",
+    "delete_sandbox",
     "delete_sandbox_route",
     "get_decisions",
     "get_dependencies",
+    "get_logs",
+    "get_sandbox",
     "list_sandbox_routes",
+    "list_sandboxes",
     "list_services",
     "resolve_port",
     "send_test_request",
