@@ -6,142 +6,18 @@
 //! the session created is gone, what it created with `keep` remains.
 use std::{
     fs,
-    net::{Ipv4Addr, SocketAddr, TcpStream},
-    path::Path,
-    process::Command,
-    time::{Duration, Instant},
+    net::{SocketAddr, TcpStream},
+    time::Duration,
 };
 
-use agent::sandbox::local::{PodRecord, kill_cgroup};
+use agent::sandbox::local::PodRecord;
 use serde_json::{Value, json};
 use tests::{
     bins,
     harness::{DEBUG_PORT, Env},
     mcp_driver::{err, mcp_client_with, ok, python_with_mcp},
-    process::{ChildGuard, spawn_in},
+    mcp_world::{POD_PORT, SandboxSweep, netns_exists, routes_yaml, start_apps, vip, wait},
 };
-
-const SERVICE_PORT: u16 = 9080;
-const POD_PORT: u16 = 8080;
-
-/// Pods: 0 client, then (pod, name, service, calls).
-const APPS: [(usize, &str, &str, Option<&str>); 3] = [
-    (1, "frontend-v1", "frontend", Some("reviews")),
-    (2, "reviews-v1", "reviews", Some("ratings")),
-    (3, "ratings-v1", "ratings", None),
-];
-
-fn vip(service: &str) -> SocketAddr {
-    let ip = match service {
-        "frontend" => Ipv4Addr::new(198, 19, 10, 6),
-        "reviews" => Ipv4Addr::new(198, 19, 10, 7),
-        _ => Ipv4Addr::new(198, 19, 10, 8),
-    };
-    SocketAddr::from((ip, SERVICE_PORT))
-}
-
-/// The three services, no sandbox pod, and a route a person wrote (the session must not
-/// delete it).
-fn routes_yaml(env: &Env) -> String {
-    let mut out = String::from("# written by tests/tests/mcp_loop.rs\nservices:\n");
-    for (i, _, svc, _) in APPS {
-        out.push_str(&format!(
-            "  - name: {svc}\n    namespace: shop\n    addresses: [{}]\n    alwaysSteer: true\n    \
-             ports: [{{ name: http, port: {SERVICE_PORT}, targetPort: http }}]\n    endpoints:\n      \
-             - {{ ip: {}, ports: {{ http: {POD_PORT} }} }}\n",
-            vip(svc).ip(),
-            env.topo.pods[i].ip4
-        ));
-    }
-    out.push_str(
-        "pods: []\nroutes:\n  - name: pr-person\n    namespace: shop\n    spec:\n      \
-         routingKey: pr-person\n      forks: [{ service: reviews, to: { selector: { \
-         shunt.dev/sandbox: person } } }]\n",
-    );
-    out
-}
-
-/// Each pod in its own child of the captured cgroup, its log and record in the run directory.
-fn start_apps(env: &Env) -> Vec<ChildGuard> {
-    let mut apps = Vec::new();
-    for (i, name, service, calls) in APPS {
-        let mut cmd = Command::new(env!("CARGO_BIN_EXE_demo-app"));
-        cmd.args([
-            "serve",
-            "--service",
-            service,
-            "--version",
-            "v1",
-            "--pod",
-            name,
-        ])
-        .args(["--listen", &env.topo.pods[i].addr4(POD_PORT).to_string()]);
-        if let Some(callee) = calls {
-            cmd.args(["--call", &format!("http://{}/", vip(callee))]);
-        }
-        let log = fs::File::create(PodRecord::log_path(&env.run.path, name)).expect("log");
-        cmd.stdout(log.try_clone().expect("log")).stderr(log);
-        let cgroup = env.cgroup.child(name).expect("pod cgroup");
-        apps.push(
-            spawn_in(name, cmd, Some(&env.topo.pods[i].netns), Some(&cgroup))
-                .expect("starting demo-app"),
-        );
-        PodRecord {
-            name: name.into(),
-            namespace: "shop".into(),
-            ips: vec![env.topo.pods[i].ip4.into()],
-            service: Some(service.into()),
-            sandbox: None,
-        }
-        .write(&env.run.path)
-        .expect("pod record");
-    }
-    for (i, name, ..) in APPS {
-        let addr = env.topo.pods[i].addr4(POD_PORT);
-        wait(
-            Duration::from_secs(10),
-            &format!("{name} listening"),
-            || {
-                env.node()
-                    .run(move || {
-                        TcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_ok()
-                    })
-                    .unwrap_or(false)
-            },
-        );
-    }
-    apps
-}
-
-fn wait(timeout: Duration, what: &str, mut f: impl FnMut() -> bool) {
-    let deadline = Instant::now() + timeout;
-    while !f() {
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        std::thread::sleep(Duration::from_millis(50));
-    }
-}
-
-fn netns_exists(name: &str) -> bool {
-    Path::new("/run/netns").join(name).exists()
-}
-
-/// Removes whatever sandboxes are left (kept ones, or all after a failure).
-struct SandboxSweep<'a>(&'a Env);
-
-impl Drop for SandboxSweep<'_> {
-    fn drop(&mut self) {
-        for rec in PodRecord::all(&self.0.run.path) {
-            if let Some(sb) = rec.sandbox {
-                kill_cgroup(&sb.cgroup);
-                let _ = Command::new("ip")
-                    .arg("netns")
-                    .arg("del")
-                    .arg(sb.netns.file_name().unwrap_or_default())
-                    .output();
-            }
-        }
-    }
-}
 
 fn served_path(body: &Value) -> Vec<String> {
     let mut out = Vec::new();
@@ -172,7 +48,7 @@ fn agent_fixes_a_broken_sandbox_through_mcp_and_the_session_cleans_up() {
     let _sweep = SandboxSweep(&env);
     let routes = env.run.path.join("routes.yaml");
     fs::write(&routes, routes_yaml(&env)).expect("routes file");
-    let _apps = start_apps(&env);
+    let _apps = start_apps(&env, std::path::Path::new(env!("CARGO_BIN_EXE_demo-app")));
     let agent = env.start_agent(
         &[
             "--routes".into(),

@@ -283,7 +283,7 @@ pub fn run(args: McpArgs) -> anyhow::Result<()> {
         .worker_threads(2)
         .enable_all()
         .build()?;
-    rt.block_on(async move {
+    let result = rt.block_on(async move {
         let backend = match &args.routes {
             Some(file) => {
                 // Fail now, not at the first tool call, on a file that does not parse.
@@ -344,7 +344,11 @@ pub fn run(args: McpArgs) -> anyhow::Result<()> {
         let deleted = backend.end_session(&session).await;
         tracing::info!(session = %session.id, "session ended ({why}); deleted: {}", if deleted.is_empty() { "nothing".into() } else { deleted.join(", ") });
         anyhow::Ok(())
-    })
+    });
+    // Not a plain drop: that would wait for the thread blocked reading stdin, which a signal
+    // does not close.
+    rt.shutdown_background();
+    result
 }
 
 /// Waits for SIGINT, SIGTERM or SIGHUP; returns its name.
