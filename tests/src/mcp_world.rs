@@ -184,7 +184,7 @@ impl RawSession {
     }
 
     /// One request; its result. (Reads stay bounded: each tool call has its own timeout.)
-    fn call(&mut self, method: &str, params: Value) -> Value {
+    pub fn call(&mut self, method: &str, params: Value) -> Value {
         use std::io::BufRead as _;
         self.next += 1;
         let id = self.next;
