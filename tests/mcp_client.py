@@ -201,6 +201,14 @@ async def agent_loop(session, out):
     # 7. the session ends when this client closes stdin.
 
 
+async def kube_logs(session, out):
+    """Cluster mode: get_logs through pods/log."""
+    out["pod"] = await call(session, "get_logs", {"target": "reviews-v2-abc", "grep": "ERROR"})
+    out["service"] = await call(session, "get_logs", {"target": "reviews", "tail": 1})
+    out["sandbox_key"] = await call(session, "get_logs", {"target": "pr-42"})
+    out["missing"] = await call(session, "get_logs", {"target": "nope"})
+
+
 async def main():
     argv = sys.argv[1:]
     if len(argv) < 3 or argv[1] != "--":
@@ -226,7 +234,7 @@ async def main():
                 for t in tools.tools
             }
             await {"netns": netns, "kube": kube, "kube_request": kube_request,
-             "kube_bad_image": kube_bad_image, "loop": agent_loop}[scenario](session, out)
+             "kube_bad_image": kube_bad_image, "loop": agent_loop, "kube_logs": kube_logs}[scenario](session, out)
     json.dump(out, sys.stdout)
     sys.stdout.write("\n")
 

@@ -60,9 +60,10 @@ impl ShuntMcp {
     }
 
     #[tool(
-        description = "Read logs: of a sandbox (its name), of a service's baseline pods (the \
-        service's name) or of one pod. `tail` (default 100 lines), `grep` (a substring), \
-        `since_unix_ms` (e.g. a send_test_request's started_unix_ms)."
+        description = "Read logs: of a sandbox (its name; with --kube, its routing key), of a \
+        service's baseline pods (the service's name) or of one pod (`namespace/pod` with \
+        --kube). With --kube it reads pods/log. `tail` (default 100 lines), `grep` (a \
+        substring), `since_unix_ms` (e.g. a send_test_request's started_unix_ms)."
     )]
     async fn get_logs(
         &self,

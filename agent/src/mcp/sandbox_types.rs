@@ -109,7 +109,8 @@ pub struct DeleteSandboxResult {
 
 #[derive(Debug, Deserialize, JsonSchema)]
 pub struct GetLogsParams {
-    /// A sandbox's name, a service (`reviews`: its baseline pods) or a pod's name.
+    /// A sandbox's name (cluster mode: its routing key), a service (`reviews`: its baseline
+    /// pods) or a pod's name; `namespace/...` in cluster mode for another namespace.
     pub target: String,
     /// Only lines at or after this time (unix milliseconds); lines are dated by their leading
     /// RFC 3339 timestamp, undated lines follow the line before them.

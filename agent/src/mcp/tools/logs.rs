@@ -1,6 +1,7 @@
 //! get_logs, and the log lines each hop's serving pod wrote while a test request was in flight.
 //!
-//! No-cluster mode reads the mini-cluster's pod logs (`DIR/NAME.log`). A hop's lines are those
+//! Cluster mode reads `pods/log` (see `logs_cluster`). No-cluster mode reads the mini-cluster's
+//! pod logs (`DIR/NAME.log`). A hop's lines are those
 //! its pod appended between just before the request was sent and the end of the request (the
 //! log's size is noted before, so no timestamp format is assumed), bounded in lines and bytes.
 use std::{collections::BTreeMap, net::IpAddr, net::SocketAddr, path::Path};
@@ -90,6 +91,9 @@ impl Backend {
     }
 
     pub async fn get_logs(&self, p: GetLogsParams) -> ToolResult<GetLogsResult> {
+        if let Backend::Cluster(c) = self {
+            return self.cluster_logs(c, p).await;
+        }
         let (_, mini) = self.mini()?;
         let all = PodRecord::all(&mini.dir);
         let target = p.target.rsplit('/').next().unwrap_or(&p.target).to_string();

@@ -18,6 +18,7 @@ pub mod compare;
 pub mod decisions;
 pub mod diff;
 pub mod logs;
+pub mod logs_cluster;
 pub mod requests;
 pub mod routes;
 pub mod sandboxes;
