@@ -207,6 +207,7 @@ async def kube_logs(session, out):
     out["service"] = await call(session, "get_logs", {"target": "reviews", "tail": 1})
     out["sandbox_key"] = await call(session, "get_logs", {"target": "pr-42"})
     out["missing"] = await call(session, "get_logs", {"target": "nope"})
+    out["get_sandbox"] = await call(session, "get_sandbox", {"name": "pr-42"})
 
 
 async def main():

@@ -24,9 +24,10 @@ impl ShuntMcp {
     }
 
     #[tool(
-        description = "One sandbox: ready, phase (Running|Exited), restarts, last termination \
-        (exit code or signal: why a build crashed), its route, owner session, expiry and recent \
-        log lines."
+        description = "One sandbox: ready, phase, restarts, last termination (exit code or \
+        signal: why a build crashed), its route, owner session, expiry and recent log lines; \
+        with --kube (`name` is its routing key) also why a container waits (CrashLoopBackOff) \
+        and its pods' recent Events."
     )]
     async fn get_sandbox(
         &self,

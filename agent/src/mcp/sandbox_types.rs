@@ -41,7 +41,7 @@ pub struct CreateSandboxParams {
 
 #[derive(Debug, Deserialize, JsonSchema)]
 pub struct SandboxNameParams {
-    /// The sandbox's name (list_sandboxes shows them).
+    /// The sandbox's name (list_sandboxes shows them); in cluster mode, its routing key.
     pub name: String,
     /// delete_sandbox only: also delete a sandbox that another session or a person created.
     /// Never needed for your own.
@@ -79,6 +79,12 @@ pub struct SandboxInfo {
     pub expires_unix_ms: Option<u64>,
     /// Its last log lines (get_logs reads more).
     pub recent_logs: Vec<String>,
+    /// Why a container waits (cluster mode), e.g. `CrashLoopBackOff: back-off 40s ...`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub waiting: Option<String>,
+    /// Recent Events of its pods (cluster mode).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub events: Vec<String>,
 }
 
 #[derive(Debug, Serialize, JsonSchema)]

@@ -22,6 +22,7 @@ pub mod logs_cluster;
 pub mod requests;
 pub mod routes;
 pub mod sandboxes;
+pub mod sandboxes_cluster;
 pub mod services;
 pub mod session_end;
 

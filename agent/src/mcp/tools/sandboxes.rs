@@ -368,6 +368,8 @@ impl Backend {
             keep: sb.keep,
             expires_unix_ms: sb.expires_unix_ms,
             recent_logs,
+            waiting: None,
+            events: Vec::new(),
         }
     }
 
@@ -376,6 +378,9 @@ impl Backend {
         p: SandboxNameParams,
         session: &Session,
     ) -> ToolResult<SandboxInfo> {
+        if let Backend::Cluster(c) = self {
+            return self.cluster_sandbox(c, &p.name, session).await;
+        }
         let (_, mini) = self.mini()?;
         match PodRecord::find(&mini.dir, &p.name).filter(|r| r.sandbox.is_some()) {
             Some(rec) => Ok(self.sandbox_info(mini, &rec, session).await),
