@@ -6,7 +6,8 @@ usage: mcp_client.py SCENARIO -- SERVER_COMMAND [ARGS...]
 
 SCENARIO is `netns` (no-cluster mode against a netns mini-cluster: frontend -> reviews
 (v1 baseline, v2 sandbox pod for key pr-42) -> ratings), `kube` (cluster mode against the fake
-API server) or `kube_request` (cluster mode with a real agent: requests from pods). Prints one JSON object on stdout: every step's result, which the Rust test asserts
+API server) or `kube_request` (cluster mode with a real agent: requests from pods) or `loop` (the coding agent's whole loop
+with sandboxes of its own builds, no-cluster mode). Prints one JSON object on stdout: every step's result, which the Rust test asserts
 on. The client asserts nothing itself beyond what it needs to continue.
 """
 import asyncio
@@ -137,6 +138,78 @@ async def kube_bad_image(session, out):
     )
 
 
+async def agent_loop(session, out):
+    """The coding agent's whole loop against the mini-cluster (no Kubernetes): a broken build of
+    reviews as a sandbox, its 500 and log line in the hops, the fixed build, 200, the diff
+    against baseline. The session then ends with stdin EOF. Config in SHUNT_LOOP (JSON)."""
+    import os
+    cfg = json.loads(os.environ["SHUNT_LOOP"])
+    app, ratings_url = cfg["demo_app"], cfg["ratings_url"]
+
+    def build(name, fail=None):
+        args = ["serve", "--service", "reviews", "--version", "v2", "--pod", name,
+                "--listen", "$(POD_IP):$(PORT)", "--call", ratings_url]
+        if fail:
+            args += ["--fail", fail]
+        return args
+
+    # 1. list services
+    services = await call(session, "list_services", {})
+    out["list_services"] = services
+    frontend = {s["name"]: s["url"] for s in services["result"]["services"]}["frontend"]
+    # 2. a sandbox of reviews from a build that fails
+    out["create_broken"] = await call(session, "create_sandbox", {
+        "name": "reviews-broken", "service": "reviews", "key": "pr-42",
+        "command": app, "args": build("reviews-broken", "ratings client: nil pointer in stars()")})
+    out["get_broken"] = await call(session, "get_sandbox", {"name": "reviews-broken"})
+    # 3. a keyed request: the 500 at the sandbox, with its log line
+    out["keyed_broken"] = await call(session, "send_test_request", {"url": frontend, "key": "pr-42"})
+    out["logs_broken"] = await call(session, "get_logs", {"target": "reviews-broken", "grep": "ERROR"})
+    out["logs_broken_since"] = await call(session, "get_logs", {
+        "target": "reviews-broken",
+        "since_unix_ms": out["keyed_broken"]["result"]["started_unix_ms"]})
+    out["logs_baseline"] = await call(session, "get_logs", {"target": "reviews", "tail": 5})
+    out["delete_broken"] = await call(session, "delete_sandbox", {"name": "reviews-broken"})
+    # 4. the fixed sandbox
+    out["create_fixed"] = await call(session, "create_sandbox", {
+        "name": "reviews-fixed", "service": "reviews", "key": "pr-42",
+        "command": app, "args": build("reviews-fixed")})
+    # 5. send again: 200
+    out["keyed_fixed"] = await call(session, "send_test_request", {"url": frontend, "key": "pr-42"})
+    # 6. the diff against baseline, and an identical pair
+    out["compare"] = await call(session, "compare_with_baseline", {
+        "url": frontend, "key": "pr-42", "ignore": ["**.baggage"]})
+    out["compare_identical"] = await call(session, "compare_with_baseline", {
+        "url": frontend, "key": "pr-unforked", "ignore": ["**.baggage"]})
+    # What the session keeps, what it may not touch, and its limit.
+    out["create_kept"] = await call(session, "create_sandbox", {
+        "name": "ratings-kept", "service": "ratings", "key": "pr-kept", "keep": True,
+        "command": app, "args": ["serve", "--service", "ratings", "--version", "v2",
+                                 "--pod", "ratings-kept", "--listen", "0.0.0.0:$(PORT)"]})
+    out["create_route_kept"] = await call(session, "create_sandbox_route", {
+        "key": "pr-kept-route", "keep": True,
+        "forks": [{"service": "reviews", "selector": {"shunt.dev/sandbox": "nobody"}}]})
+    out["create_route_session"] = await call(session, "create_sandbox_route", {
+        "key": "pr-session-route",
+        "forks": [{"service": "reviews", "selector": {"shunt.dev/sandbox": "nobody"}}]})
+    out["create_over_limit"] = await call(session, "create_sandbox", {
+        "name": "reviews-third", "service": "reviews", "key": "pr-43",
+        "command": app, "args": build("reviews-third")})
+    out["delete_persons_route"] = await call(session, "delete_sandbox_route", {"key": "pr-person"})
+    out["list_sandboxes"] = await call(session, "list_sandboxes", {})
+    out["list_routes"] = await call(session, "list_sandbox_routes", {})
+    # 7. the session ends when this client closes stdin.
+
+
+async def kube_logs(session, out):
+    """Cluster mode: get_logs through pods/log."""
+    out["pod"] = await call(session, "get_logs", {"target": "reviews-v2-abc", "grep": "ERROR"})
+    out["service"] = await call(session, "get_logs", {"target": "reviews", "tail": 1})
+    out["sandbox_key"] = await call(session, "get_logs", {"target": "pr-42"})
+    out["missing"] = await call(session, "get_logs", {"target": "nope"})
+    out["get_sandbox"] = await call(session, "get_sandbox", {"name": "pr-42"})
+
+
 async def main():
     argv = sys.argv[1:]
     if len(argv) < 3 or argv[1] != "--":
@@ -162,7 +235,7 @@ async def main():
                 for t in tools.tools
             }
             await {"netns": netns, "kube": kube, "kube_request": kube_request,
-             "kube_bad_image": kube_bad_image}[scenario](session, out)
+             "kube_bad_image": kube_bad_image, "loop": agent_loop, "kube_logs": kube_logs}[scenario](session, out)
     json.dump(out, sys.stdout)
     sys.stdout.write("\n")
 

@@ -35,6 +35,8 @@ pub enum Command {
     Mcp(crate::mcp::McpArgs),
     /// Fork a Deployment into a sandbox with its SandboxRoute (create, list, delete).
     Sandbox(crate::sandbox::SandboxArgs),
+    /// Install the shunt-validate agent skill (the validation loop, step by step).
+    Skill(crate::skill::SkillArgs),
     /// The traffic API (an aggregated Kubernetes API): serves the agents' decisions, topology
     /// and routes per namespace to users whose RBAC grants it (the Deployment's entry point).
     TrafficApi(crate::traffic::TrafficApiArgs),
@@ -98,6 +100,7 @@ pub fn main() -> ExitCode {
         }
         Command::Mcp(args) => crate::mcp::run(args),
         Command::Sandbox(args) => crate::sandbox::run(args),
+        Command::Skill(args) => crate::skill::run(args),
         Command::TrafficApi(args) => crate::traffic::run(args),
     };
     match result {

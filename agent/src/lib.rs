@@ -31,6 +31,7 @@ pub mod proxy;
 pub mod routes;
 pub mod run;
 pub mod sandbox;
+pub mod skill;
 pub mod sync;
 pub mod traffic;
 pub mod watchdog;

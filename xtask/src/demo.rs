@@ -3,7 +3,11 @@
 //! agent, shows keyed requests steered to a sandbox, and tears it all down.
 //!
 //! xtask cannot depend on the agent or tests crates (it must build before bpf-linker exists), so
-//! this file only checks the machine, builds and execs. The dev profile is used: it shares every
+//! this file only checks the machine, builds and execs.
+//!
+//! Run as a normal user, cargo builds as that user (root often has no rustup on its PATH) and
+//! only the built `shunt-demo` is run with `sudo -E`, as aya's template does; as root it runs
+//! directly. cargo itself never runs under sudo. The dev profile is used: it shares every
 //! artifact with `cargo xtask test`, and the demo's few requests do not need an optimised build.
 use std::{
     fs,
@@ -28,6 +32,10 @@ pub struct DemoArgs {
     /// Fail unless every request took the expected path (what `cargo xtask test` runs).
     #[arg(long)]
     check: bool,
+    /// Use the demo binaries already built in DIR (shunt-demo, demo-app, shunt-under-test):
+    /// no toolchain set-up, no build.
+    #[arg(long, value_name = "DIR")]
+    pub prebuilt: Option<PathBuf>,
 }
 
 /// The binaries the demo runs: the orchestrator, the app, and the agent (the `shunt` entry point).
@@ -36,18 +44,11 @@ const BINS: [&str; 3] = ["shunt-demo", "demo-app", "shunt-under-test"];
 /// Checks, before anything else, that this machine can run the demo. Errors are one line: what is
 /// missing and how to fix it.
 pub fn preflight() -> anyhow::Result<()> {
-    let euid = fs::read_to_string("/proc/self/status")
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find_map(|l| l.strip_prefix("Uid:"))
-                .and_then(|ids| ids.split_whitespace().nth(1).map(str::to_string))
-        })
-        .unwrap_or_default();
-    if euid != "0" {
+    if !is_root() && !on_path("sudo") {
         bail!(
-            "the demo needs root (it creates network namespaces and a cgroup and loads eBPF \
-             programs): run `sudo -E env PATH=\"$PATH\" cargo xtask demo`"
+            "the demo needs root to run (network namespaces, a cgroup, eBPF) and this user has \
+             no `sudo`: install sudo (as root: `apt-get install sudo`, or `cargo xtask setup`), \
+             or run `cargo xtask demo` as root"
         );
     }
     let mountinfo = fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
@@ -76,6 +77,18 @@ pub fn preflight() -> anyhow::Result<()> {
         }
     }
     Ok(())
+}
+
+/// Whether this process runs as root (effective uid 0).
+pub fn is_root() -> bool {
+    fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find_map(|l| l.strip_prefix("Uid:"))
+                .and_then(|ids| ids.split_whitespace().nth(1).map(str::to_string))
+        })
+        .is_some_and(|euid| euid == "0")
 }
 
 fn on_path(tool: &str) -> bool {
@@ -135,20 +148,43 @@ fn build(mut cmd: Command) -> anyhow::Result<PathBuf> {
     Ok(target_dir().join("debug"))
 }
 
-pub fn run(env: &Env, args: DemoArgs) -> anyhow::Result<()> {
-    step("building the agent, its eBPF programs and the demo apps…");
-    let bins = build(plain_cargo(env))?;
-    let mut cmd = Command::new(bins.join("shunt-demo"));
-    if args.keep {
-        cmd.arg("--keep");
+pub fn run(env: Option<&Env>, args: DemoArgs) -> anyhow::Result<()> {
+    let bins = match (&args.prebuilt, env) {
+        (Some(dir), _) => dir.clone(),
+        (None, Some(env)) => {
+            step("building the agent, its eBPF programs and the demo apps…");
+            build(plain_cargo(env))?
+        }
+        (None, None) => bail!("no build environment: run `cargo xtask setup` first"),
+    };
+    let mode = if args.keep {
+        Some("--keep")
     } else if args.down {
-        cmd.arg("--down");
+        Some("--down")
     } else if args.check {
-        cmd.arg("--check");
-    }
+        Some("--check")
+    } else {
+        None
+    };
+    let mut cmd = launch(is_root(), &bins, mode);
     // Replace this process: Ctrl-C then reaches shunt-demo directly, which tears down.
     let err = cmd.exec();
     Err(err).with_context(|| format!("running {}", bins.join("shunt-demo").display()))
+}
+
+/// The built demo's command line: itself as root, else through `sudo -E` (the privileges are
+/// raised for the built binary only, never for cargo).
+fn launch(root: bool, bins: &Path, mode: Option<&str>) -> Command {
+    let demo = bins.join("shunt-demo");
+    let mut cmd = if root {
+        Command::new(&demo)
+    } else {
+        let mut c = Command::new("sudo");
+        c.arg("-E").arg(&demo);
+        c
+    };
+    cmd.args(mode);
+    cmd
 }
 
 /// `cargo xtask test`'s demo step: runs `shunt-demo --check` and checks its printed paths too.
@@ -216,7 +252,29 @@ fn check_output(stdout: &str) -> anyhow::Result<()> {
 
 #[cfg(test)]
 mod tests {
-    use super::check_output;
+    use super::{check_output, launch, plain_cargo};
+
+    #[test]
+    fn cargo_never_runs_under_sudo() {
+        let env = crate::setup::Env {
+            path: "/opt/linker-bin:/usr/bin".into(),
+        };
+        let build = plain_cargo(&env);
+        assert_eq!(build.get_program(), "cargo", "the build runs as the user");
+        let bins = std::path::Path::new("/w/target/debug");
+        let user = launch(false, bins, Some("--keep"));
+        assert_eq!(user.get_program(), "sudo");
+        let args: Vec<_> = user.get_args().collect();
+        assert_eq!(
+            args,
+            ["-E", "/w/target/debug/shunt-demo", "--keep"],
+            "only the built demo is raised"
+        );
+        assert!(!args.iter().any(|a| a.to_string_lossy().contains("cargo")));
+        let root = launch(true, bins, None);
+        assert_eq!(root.get_program(), "/w/target/debug/shunt-demo");
+        assert_eq!(root.get_args().count(), 0);
+    }
 
     const GOOD: &str = "\
 key      path

@@ -37,14 +37,16 @@ fn main() -> std::process::ExitCode {
         Task::Demo(_) => demo::preflight(),
         _ => Ok(()),
     };
-    let result = preflight
-        .and_then(|()| setup::setup())
-        .and_then(|env| match cli.task {
+    let result = preflight.and_then(|()| match cli.task {
+        // Prebuilt binaries need no toolchain: nothing to set up or build.
+        Task::Demo(args) if args.prebuilt.is_some() => demo::run(None, args),
+        task => setup::setup().and_then(|env| match task {
             Task::Setup => Ok(()),
             Task::Test(args) => test::run(&env, args),
-            Task::Demo(args) => demo::run(&env, args),
+            Task::Demo(args) => demo::run(Some(&env), args),
             Task::Bench(args) => bench::run(&env, args),
-        });
+        }),
+    });
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(e) => {

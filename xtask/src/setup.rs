@@ -19,11 +19,13 @@ pub const BPF_LINKER_VERSION: &str = "0.13.0";
 pub const BPF_LINKER_LLVM_FEATURE: &str = "llvm-23";
 
 /// Commands the tests run, and the Debian package providing each.
-const APT_TOOLS: [(&str, &str); 4] = [
+const APT_TOOLS: [(&str, &str); 5] = [
     ("ip", "iproute2"),
     ("nsenter", "util-linux"),
     ("setpriv", "util-linux"),
     ("sysctl", "procps"),
+    // `cargo xtask demo` run by a normal user raises privileges with it for the built demo only.
+    ("sudo", "sudo"),
 ];
 
 /// What later steps need to know.
@@ -218,13 +220,23 @@ fn install_apt_tools() -> anyhow::Result<()> {
         .collect();
     pkgs.dedup();
     if pkgs.is_empty() {
-        step("test tools (ip, nsenter, setpriv, sysctl): installed");
+        step("test tools (ip, nsenter, setpriv, sysctl, sudo): installed");
         return Ok(());
     }
     step(&format!("installing apt packages: {}", pkgs.join(" ")));
-    run(Command::new("apt-get").args(["update", "-q"]))?;
-    run(Command::new("apt-get")
-        .args(["install", "-y", "-q"])
-        .args(&pkgs)
-        .env("DEBIAN_FRONTEND", "noninteractive"))
+    // apt-get needs root: a normal user's setup asks sudo for it (only for apt-get).
+    let apt = |args: &[&str]| {
+        let mut cmd = if crate::demo::is_root() {
+            Command::new("apt-get")
+        } else {
+            let mut c = Command::new("sudo");
+            c.args(["-E", "apt-get"]);
+            c
+        };
+        cmd.args(args).env("DEBIAN_FRONTEND", "noninteractive");
+        cmd
+    };
+    run(&mut apt(&["update", "-q"]))?;
+    let mut install = apt(&["install", "-y", "-q"]);
+    run(install.args(&pkgs))
 }

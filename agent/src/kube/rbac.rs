@@ -65,6 +65,12 @@ pub const AGENT_ACCESS: &[ApiAccess] = &[
 pub const MCP_ACCESS: &[ApiAccess] = &[
     ApiAccess {
         group: "",
+        resource: "events",
+        verbs: &["list"],
+        why: "get_sandbox shows the recent Events of a sandbox's pods",
+    },
+    ApiAccess {
+        group: "",
         resource: "pods",
         verbs: &["list", "get", "create", "delete"],
         why: "sandbox pods and the agent pods (list); send_test_request's request pod (create, \
@@ -74,7 +80,8 @@ pub const MCP_ACCESS: &[ApiAccess] = &[
         group: "",
         resource: "pods/log",
         verbs: &["get"],
-        why: "send_test_request reads the response from its request pod's log",
+        why: "send_test_request reads the response from its request pod's log; get_logs and \
+              get_sandbox read pods' logs",
     },
     ApiAccess {
         group: "",

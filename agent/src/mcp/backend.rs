@@ -165,6 +165,8 @@ pub struct Local {
     pub debug_addr: SocketAddr,
     /// Serializes edits of the routes file.
     pub edit_lock: Mutex<()>,
+    /// The mini-cluster sandboxes are started in (`--cluster-dir`), if given.
+    pub mini: Option<crate::sandbox::local::MiniCluster>,
 }
 
 /// How long create/delete wait for the agent to reload the routes file.
@@ -232,7 +234,7 @@ impl Local {
         })
     }
 
-    async fn applied(&self, r: &SandboxRouteObj, present: bool) -> (bool, Vec<String>) {
+    pub(crate) async fn applied(&self, r: &SandboxRouteObj, present: bool) -> (bool, Vec<String>) {
         match self
             .wait_agent(|routes| Self::has_route(routes, r) == present)
             .await
@@ -285,6 +287,24 @@ impl Local {
         let info = route_info(&route, st.as_ref());
         let (applied, warnings) = self.applied(&route, true).await;
         Ok((info, applied, warnings))
+    }
+
+    /// Applies `change` to the file's sandbox pods and routes (validated, atomically).
+    pub async fn edit(
+        &self,
+        change: impl FnOnce(
+            &mut Vec<crate::routes::Pod>,
+            &mut Vec<SandboxRouteObj>,
+        ) -> anyhow::Result<()>
+        + Send
+        + 'static,
+    ) -> ToolResult<crate::routes::ClusterState> {
+        let _guard = self.edit_lock.lock().await;
+        let path = self.routes_file.clone();
+        tokio::task::spawn_blocking(move || super::edit::edit_pods_and_routes(&path, change))
+            .await
+            .map_err(|e| self.file_error(e))?
+            .map_err(|e| self.file_error(format!("{e:#}")))
     }
 
     pub async fn delete_route(&self, route: &SandboxRouteObj) -> ToolResult<(bool, Vec<String>)> {

@@ -1,7 +1,8 @@
-//! Editing the `routes:` section of a routes file (no-cluster mode's create/delete route).
+//! Editing the `routes:` section of a routes file (no-cluster mode's create/delete route), and
+//! its `pods:` section when a sandbox pod comes or goes.
 //!
-//! Only that section is rewritten: services, pods, and comments outside `routes:` stay byte for
-//! byte, since the file is also edited by hand. The new text is validated with the agent's own
+//! Only those sections are rewritten: services and comments outside them stay byte for byte,
+//! since the file is also edited by hand. The new text is validated with the agent's own
 //! parser before it replaces the file (atomically, by rename), so the agent never sees a file it
 //! would reject.
 use std::{
@@ -12,7 +13,7 @@ use std::{
 use serde::Serialize;
 
 use crate::routes::{
-    ClusterState, SandboxRouteObj, SandboxRouteSpec,
+    ClusterState, Pod, SandboxRouteObj, SandboxRouteSpec,
     file::{RoutesFileError, parse_routes},
 };
 
@@ -35,9 +36,45 @@ fn is_top_level_key(line: &str) -> bool {
         && line.contains(':')
 }
 
-fn is_routes_key(line: &str) -> bool {
-    line.strip_prefix("routes")
+fn is_key(line: &str, key: &str) -> bool {
+    line.strip_prefix(key)
         .is_some_and(|rest| rest.trim_start().starts_with(':'))
+}
+
+#[derive(Serialize)]
+struct FilePod<'a> {
+    name: &'a str,
+    namespace: &'a str,
+    ips: &'a [std::net::IpAddr],
+    labels: &'a std::collections::BTreeMap<String, String>,
+    ports: &'a std::collections::BTreeMap<String, u16>,
+}
+
+#[derive(Serialize)]
+struct PodSection<'a> {
+    pods: Vec<FilePod<'a>>,
+}
+
+/// `text` with its `pods:` section replaced by `pods` (appended when it has none).
+pub fn replace_pods(text: &str, pods: &[Pod]) -> anyhow::Result<String> {
+    let section = PodSection {
+        pods: pods
+            .iter()
+            .map(|p| FilePod {
+                name: &p.name,
+                namespace: &p.namespace,
+                ips: &p.ips,
+                labels: &p.labels,
+                ports: &p.container_ports,
+            })
+            .collect(),
+    };
+    let yaml = if section.pods.is_empty() {
+        "pods: []\n".to_string()
+    } else {
+        serde_saphyr::to_string(&section)?
+    };
+    Ok(replace_section(text, "pods", yaml))
 }
 
 /// `text` with its `routes:` section replaced by `routes` (appended when it has none).
@@ -52,17 +89,22 @@ pub fn replace_routes(text: &str, routes: &[SandboxRouteObj]) -> anyhow::Result<
             })
             .collect(),
     };
-    let mut yaml = if section.routes.is_empty() {
+    let yaml = if section.routes.is_empty() {
         "routes: []\n".to_string()
     } else {
         serde_saphyr::to_string(&section)?
     };
+    Ok(replace_section(text, "routes", yaml))
+}
+
+/// `text` with the top-level section `key` replaced by `yaml` (appended when it has none).
+fn replace_section(text: &str, key: &str, mut yaml: String) -> String {
     if !yaml.ends_with('\n') {
         yaml.push('\n');
     }
 
     let lines: Vec<&str> = text.split_inclusive('\n').collect();
-    let start = lines.iter().position(|l| is_routes_key(l));
+    let start = lines.iter().position(|l| is_key(l, key));
     let mut out = String::new();
     match start {
         None => {
@@ -89,7 +131,7 @@ pub fn replace_routes(text: &str, routes: &[SandboxRouteObj]) -> anyhow::Result<
             out.extend(lines[end..].iter().copied());
         }
     }
-    Ok(out)
+    out
 }
 
 /// Parses `path`, applies `change` to its routes, validates and writes the result. Returns the
@@ -98,12 +140,24 @@ pub fn edit_routes(
     path: &Path,
     change: impl FnOnce(&mut Vec<SandboxRouteObj>) -> anyhow::Result<()>,
 ) -> anyhow::Result<ClusterState> {
+    edit_pods_and_routes(path, |_, routes| change(routes))
+}
+
+/// Like [`edit_routes`], for the sandbox pods too (`pods:` is rewritten only when they change).
+pub fn edit_pods_and_routes(
+    path: &Path,
+    change: impl FnOnce(&mut Vec<Pod>, &mut Vec<SandboxRouteObj>) -> anyhow::Result<()>,
+) -> anyhow::Result<ClusterState> {
     let text = std::fs::read_to_string(path)?;
     let name = path.display().to_string();
     let state = parse_routes(&text, &name)?;
     let mut routes = state.routes;
-    change(&mut routes)?;
-    let new_text = replace_routes(&text, &routes)?;
+    let mut pods = state.pods.clone();
+    change(&mut pods, &mut routes)?;
+    let mut new_text = replace_routes(&text, &routes)?;
+    if pods != state.pods {
+        new_text = replace_pods(&new_text, &pods)?;
+    }
     let new_state = parse_routes(&new_text, &name).map_err(|e| match e {
         RoutesFileError::Invalid { diagnostics, .. } => anyhow::anyhow!(
             "the edited routes file would be invalid: {}",

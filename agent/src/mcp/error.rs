@@ -38,6 +38,16 @@ pub enum ToolErrorKind {
     ApiError,
     /// The routes file (no-cluster mode) cannot be read or written.
     RoutesFile,
+    /// No sandbox (or pod, for get_logs) of that name.
+    SandboxNotFound,
+    /// A sandbox of that name exists already.
+    SandboxExists,
+    /// The sandbox did not become Ready (`details`: how its process ended, its last log lines).
+    SandboxNotReady,
+    /// This session has as many live sandboxes as it may (`details.delete_one_of`).
+    SandboxLimit,
+    /// Created by another session or a person: deleting it takes `force: true`.
+    NotOwned,
 }
 
 impl ToolErrorKind {
@@ -58,6 +68,11 @@ impl ToolErrorKind {
             ToolErrorKind::Forbidden => "forbidden",
             ToolErrorKind::ApiError => "api_error",
             ToolErrorKind::RoutesFile => "routes_file",
+            ToolErrorKind::SandboxNotFound => "sandbox_not_found",
+            ToolErrorKind::SandboxExists => "sandbox_exists",
+            ToolErrorKind::SandboxNotReady => "sandbox_not_ready",
+            ToolErrorKind::SandboxLimit => "sandbox_limit",
+            ToolErrorKind::NotOwned => "not_owned",
         }
     }
 }
@@ -149,6 +164,11 @@ mod tests {
             Forbidden,
             ApiError,
             RoutesFile,
+            SandboxNotFound,
+            SandboxExists,
+            SandboxNotReady,
+            SandboxLimit,
+            NotOwned,
         ] {
             assert_eq!(serde_json::to_value(k).unwrap(), k.as_str());
         }

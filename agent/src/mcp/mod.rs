@@ -15,24 +15,24 @@
 //! - [`edit`]: rewriting the routes file's `routes:` section.
 //! - [`request`]: send_test_request's client process, placed in the client pod.
 //! - [`request_pod`]: in cluster mode that client runs as a short-lived Pod.
+pub mod args;
 pub mod backend;
 pub mod cluster;
 pub mod edit;
 pub mod error;
+pub mod loop_tools;
 pub mod request;
 pub mod request_pod;
+pub mod sandbox_types;
+pub mod session;
 pub mod tools;
 pub mod types;
 
-use std::{
-    net::SocketAddr,
-    os::fd::AsRawFd as _,
-    path::{Path, PathBuf},
-    sync::Arc,
-};
+pub use args::McpArgs;
+
+use std::{os::fd::AsRawFd as _, path::Path, sync::Arc};
 
 use anyhow::Context as _;
-use clap::Args;
 use rmcp::{
     Json, ServerHandler, ServiceExt as _,
     handler::server::{router::tool::ToolRouter, wrapper::Parameters},
@@ -43,73 +43,9 @@ use self::{
     backend::{Backend, Local},
     error::{ErrorBody, ToolResult},
     request::ClientPlacement,
+    session::Session,
     types::*,
 };
-
-/// Flags of `shunt mcp`.
-#[derive(Debug, Clone, Args)]
-pub struct McpArgs {
-    /// No-cluster mode: the routes file the agent runs with (`shunt run --routes FILE`).
-    /// create/delete_sandbox_route edit it; the agent hot-reloads it.
-    #[arg(long, value_name = "FILE", conflicts_with = "kube")]
-    pub routes: Option<PathBuf>,
-
-    /// No-cluster mode: the agent's debug API (`shunt run --debug-addr`: routes, topology and
-    /// routing decisions).
-    #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:9465")]
-    pub debug_addr: SocketAddr,
-
-    /// Network namespace (e.g. /run/netns/NAME) where --debug-addr is reachable; the server
-    /// runs in it. Default: this process's.
-    #[arg(long, value_name = "PATH")]
-    pub debug_netns: Option<PathBuf>,
-
-    /// send_test_request: the client pod's network namespace (e.g. /run/netns/NAME). Default:
-    /// the server's (see --debug-netns).
-    #[arg(long, value_name = "PATH")]
-    pub client_netns: Option<PathBuf>,
-
-    /// send_test_request: the cgroup v2 directory the agent captures (--cgroup of `shunt run`);
-    /// the request's client process joins it so its connection is routed like a pod's.
-    #[arg(long, value_name = "PATH")]
-    pub client_cgroup: Option<PathBuf>,
-
-    /// Cluster mode: SandboxRoutes through the Kubernetes API, the agents' decisions and
-    /// topology through the traffic API (traffic.shunt.dev), with your kubeconfig's credentials.
-    #[arg(long)]
-    pub kube: bool,
-
-    /// Kubeconfig for --kube (default: KUBECONFIG or ~/.kube/config, else in-cluster).
-    #[arg(long, value_name = "PATH", requires = "kube")]
-    pub kubeconfig: Option<PathBuf>,
-
-    /// Default namespace for --kube (default: the kubeconfig context's).
-    #[arg(long, value_name = "NS", requires = "kube")]
-    pub namespace: Option<String>,
-
-    #[command(flatten)]
-    pub agents: crate::kube::agents::AgentPodsArgs,
-
-    /// send_test_request in cluster mode runs its client as a short-lived Pod with this image
-    /// (its entrypoint must be the shunt binary). Default: the image of a running agent pod.
-    #[arg(long, value_name = "IMAGE", requires = "kube")]
-    pub request_image: Option<String>,
-
-    /// Namespace of send_test_request's pod (--kube). Default: the called service's namespace,
-    /// so the request leaves from where that service's own clients live.
-    #[arg(long, value_name = "NS", requires = "kube")]
-    pub request_namespace: Option<String>,
-
-    /// How long send_test_request's pod may take to be scheduled and started (--kube), on top
-    /// of the request's own timeout.
-    #[arg(long, value_name = "DURATION", default_value = "60s", value_parser = crate::duration::parse_duration)]
-    pub request_pod_timeout: std::time::Duration,
-
-    /// Internal: be send_test_request's client (request in SHUNT_REQUEST or on stdin, response
-    /// on stdout).
-    #[arg(long, hide = true)]
-    pub internal_request: bool,
-}
 
 const INSTRUCTIONS: &str = "Shunt routes requests that carry a routing key (W3C baggage \
 `sd-routing-key=KEY`) to sandbox pods of the services a SandboxRoute forks; every other request \
@@ -126,6 +62,7 @@ calling a service: a wrong port bypasses routing. get_dependencies shows who cal
 pub struct ShuntMcp {
     backend: Arc<Backend>,
     placement: ClientPlacement,
+    session: Arc<Session>,
     tool_router: ToolRouter<Self>,
 }
 
@@ -137,11 +74,12 @@ fn out<T>(r: ToolResult<T>) -> Result<Json<T>, Json<ErrorBody>> {
 
 #[tool_router]
 impl ShuntMcp {
-    pub fn new(backend: Backend, placement: ClientPlacement) -> Self {
+    pub fn new(backend: Arc<Backend>, placement: ClientPlacement, session: Arc<Session>) -> Self {
         Self {
-            backend: Arc::new(backend),
+            backend,
             placement,
-            tool_router: Self::tool_router(),
+            session,
+            tool_router: Self::tool_router() + Self::loop_router(),
         }
     }
 
@@ -204,24 +142,68 @@ impl ShuntMcp {
         sd-routing-key=KEY) to each fork's `service` go to the sandbox pods its `selector` \
         matches (the selector must include shunt.dev/sandbox) or to its `target_service`; \
         everything else stays on the baseline. Returns the route's status and how to test it. \
-        Errors: key_exists, service_not_found, wrong_port, invalid_input (with the fix)."
+        The route is deleted when this MCP session ends unless `keep: true`. Errors: key_exists, \
+        service_not_found, wrong_port, invalid_input (with the fix)."
     )]
     async fn create_sandbox_route(
         &self,
-        Parameters(p): Parameters<CreateRouteParams>,
+        Parameters(mut p): Parameters<CreateRouteParams>,
     ) -> Result<Json<CreateRouteResult>, Json<ErrorBody>> {
-        out(self.backend.create_sandbox_route(p).await)
+        let local = !self.backend.is_cluster();
+        let own_ttl = p.ttl.is_some();
+        if local && !own_ttl && !p.keep {
+            p.ttl = Some(format!("{}ms", self.session.ttl.as_millis()));
+        }
+        let keep = p.keep;
+        let r = self.backend.create_sandbox_route(p).await;
+        if let (true, Ok(c)) = (local, &r) {
+            let id = format!("{}/{}", c.route.namespace, c.route.name);
+            if own_ttl && !keep {
+                self.session.add_route_with_ttl(&id);
+            } else {
+                self.session.add_route(&id, keep);
+            }
+        }
+        out(r)
     }
 
     #[tool(
         description = "Delete the SandboxRoute of a routing key; keyed requests go back to the \
-        baseline."
+        baseline. In no-cluster mode it deletes only routes this session created, unless \
+        `force: true` (never use force on another session's or a person's route without being \
+        asked to)."
     )]
     async fn delete_sandbox_route(
         &self,
         Parameters(p): Parameters<KeyParams>,
     ) -> Result<Json<DeleteRouteResult>, Json<ErrorBody>> {
-        out(self.backend.delete_sandbox_route(p).await)
+        if !self.backend.is_cluster() && !p.force {
+            let owned = self.backend.snapshot(None).await.map(|snap| {
+                snap.state
+                    .routes
+                    .iter()
+                    .filter(|r| r.spec.routing_key == p.key)
+                    .filter(|r| p.namespace.as_ref().is_none_or(|n| *n == r.namespace))
+                    .map(|r| r.id())
+                    .find(|id| !self.session.owns_route(id))
+            });
+            if let Ok(Some(id)) = owned {
+                return out(Err(error::ToolError::new(
+                    error::ToolErrorKind::NotOwned,
+                    format!(
+                        "route {id} was not created by this session ({}): another session or a \
+                         person made it",
+                        self.session.id
+                    ),
+                    "leave it to its owner; only if you must, delete_sandbox_route with force: true",
+                )));
+            }
+        }
+        let r = self.backend.delete_sandbox_route(p).await;
+        if let Ok(d) = &r {
+            self.session.remove_route(&d.deleted);
+        }
+        out(r)
     }
 
     #[tool(
@@ -301,7 +283,7 @@ pub fn run(args: McpArgs) -> anyhow::Result<()> {
         .worker_threads(2)
         .enable_all()
         .build()?;
-    rt.block_on(async move {
+    let result = rt.block_on(async move {
         let backend = match &args.routes {
             Some(file) => {
                 // Fail now, not at the first tool call, on a file that does not parse.
@@ -310,6 +292,7 @@ pub fn run(args: McpArgs) -> anyhow::Result<()> {
                     routes_file: file.clone(),
                     debug_addr: args.debug_addr,
                     edit_lock: tokio::sync::Mutex::new(()),
+                    mini: mini_cluster(&args)?,
                 })
             }
             None => {
@@ -326,15 +309,92 @@ pub fn run(args: McpArgs) -> anyhow::Result<()> {
                 })
             }
         };
-        let server = ShuntMcp::new(backend, placement(&args));
+        let backend = Arc::new(backend);
+        let session = Arc::new(Session::new(
+            args.session_ttl,
+            args.max_sandboxes_per_session,
+        ));
+        // What dead sessions left to expire goes first.
+        backend.renew_session(&session).await;
+        let server = ShuntMcp::new(backend.clone(), placement(&args), session.clone());
         let running = server
             .serve(rmcp::transport::stdio())
             .await
             .context("starting the MCP session on stdio")?;
-        tracing::info!("MCP server ready on stdio");
-        running.waiting().await?;
+        tracing::info!(session = %session.id, "MCP server ready on stdio");
+        let renewer = {
+            let (backend, session) = (backend.clone(), session.clone());
+            tokio::spawn(async move {
+                loop {
+                    tokio::time::sleep(session.renew_every()).await;
+                    backend.renew_session(&session).await;
+                }
+            })
+        };
+        let token = running.cancellation_token();
+        let ended = tokio::select! {
+            r = running.waiting() => r.map(|_| "stdin closed".to_string()).map_err(anyhow::Error::from),
+            s = end_signal() => {
+                token.cancel();
+                s.map(|s| format!("{s} received"))
+            }
+        };
+        renewer.abort();
+        let why = ended?;
+        let deleted = backend.end_session(&session).await;
+        tracing::info!(session = %session.id, "session ended ({why}); deleted: {}", if deleted.is_empty() { "nothing".into() } else { deleted.join(", ") });
         anyhow::Ok(())
+    });
+    // Not a plain drop: that would wait for the thread blocked reading stdin, which a signal
+    // does not close.
+    rt.shutdown_background();
+    result
+}
+
+/// Waits for SIGINT, SIGTERM or SIGHUP; returns its name.
+async fn end_signal() -> anyhow::Result<&'static str> {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut int = signal(SignalKind::interrupt())?;
+    let mut term = signal(SignalKind::terminate())?;
+    let mut hup = signal(SignalKind::hangup())?;
+    Ok(tokio::select! {
+        _ = int.recv() => "SIGINT",
+        _ = term.recv() => "SIGTERM",
+        _ = hup.recv() => "SIGHUP",
     })
+}
+
+fn mini_cluster(args: &McpArgs) -> anyhow::Result<Option<crate::sandbox::local::MiniCluster>> {
+    let Some(dir) = &args.cluster_dir else {
+        return Ok(None);
+    };
+    let node = args
+        .node_netns
+        .clone()
+        .or_else(|| args.debug_netns.clone())
+        .context(
+            "--cluster-dir needs --node-netns (or --debug-netns): where sandbox pods attach",
+        )?;
+    let captured = args
+        .client_cgroup
+        .clone()
+        .context("--cluster-dir needs --client-cgroup: the captured cgroup sandboxes run under")?;
+    // Sandbox namespaces are named after the node's (`shunt-demo-node` → `shunt-demo-sbx-*`),
+    // so whatever tears the mini-cluster down by name finds them.
+    let node_name = node
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_else(|| "shunt".into());
+    let prefix = node_name
+        .strip_suffix("-node")
+        .unwrap_or(&node_name)
+        .to_string();
+    Ok(Some(crate::sandbox::local::MiniCluster {
+        dir: dir.clone(),
+        node_netns: node,
+        captured,
+        netns_prefix: prefix,
+    }))
 }
 
 fn placement(args: &McpArgs) -> ClientPlacement {

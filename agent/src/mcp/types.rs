@@ -125,9 +125,13 @@ pub struct CreateRouteParams {
     /// What keyed requests get when no sandbox pod is ready. Default `Baseline`.
     #[serde(default)]
     pub fallback: Option<FallbackParam>,
-    /// Delete the route after this long, e.g. `30m`, `2h`. Default: never.
+    /// Delete the route after this long, e.g. `30m`, `2h`. Default: when this MCP session ends
+    /// (no-cluster mode), else never.
     #[serde(default)]
     pub ttl: Option<String>,
+    /// Keep the route after this MCP session ends (no-cluster mode). Default false.
+    #[serde(default)]
+    pub keep: bool,
 }
 
 #[derive(Debug, Deserialize, JsonSchema)]
@@ -137,6 +141,10 @@ pub struct KeyParams {
     /// The route's namespace, when the key is used in several.
     #[serde(default)]
     pub namespace: Option<String>,
+    /// delete_sandbox_route only: also delete a route this session did not create (another
+    /// session's or a person's). Never needed for your own.
+    #[serde(default)]
+    pub force: bool,
 }
 
 #[derive(Debug, Deserialize, JsonSchema)]
@@ -435,6 +443,10 @@ pub struct Hop {
     pub latency_us: u64,
     /// One line: `from → service: decision (reason) → upstream owner`.
     pub summary: String,
+    /// What the serving pod logged while this request was in flight (no-cluster mode with
+    /// --cluster-dir), bounded to 20 lines and 4 KiB.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub logs: Option<super::sandbox_types::PodLogs>,
 }
 
 #[derive(Debug, Serialize, JsonSchema)]

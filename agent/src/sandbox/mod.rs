@@ -15,6 +15,7 @@ pub mod clone;
 mod create;
 mod delete;
 mod list;
+pub mod local;
 
 use std::{path::PathBuf, time::Duration};
 

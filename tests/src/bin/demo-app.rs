@@ -6,6 +6,11 @@
 //! `baggage`, `traceparent`, `tracestate`, `uberctx-*`, `ot-baggage-*`) from the incoming request
 //! to its outgoing call; that is all a service needs to do for Shunt to steer its calls.
 //!
+//! With `--fail REASON` it is a broken build: it answers every request 500 (with REASON in its
+//! JSON body) without calling downstream, and logs why, as a service with a bug would.
+//!
+//! Each log line starts with an RFC 3339 timestamp, like most services' logs.
+//!
 //! `demo-app get URL [-H 'name: value']...` is a minimal curl: one GET, the body on stdout.
 use std::{convert::Infallible, net::SocketAddr, process::ExitCode, time::Duration};
 
@@ -25,7 +30,7 @@ use serde_json::{Value, json};
 const TIMEOUT: Duration = Duration::from_secs(10);
 
 const USAGE: &str = "usage:
-  demo-app serve --service NAME --version V --pod POD --listen IP:PORT [--call http://IP:PORT/PATH]
+  demo-app serve --service NAME --version V --pod POD --listen IP:PORT [--call http://IP:PORT/PATH] [--fail REASON]
   demo-app get http://IP:PORT/PATH [-H 'name: value']...";
 
 fn main() -> ExitCode {
@@ -57,6 +62,13 @@ struct App {
     version: String,
     pod: String,
     call: Option<Uri>,
+    /// A broken build: answer 500 for this reason.
+    fail: Option<String>,
+}
+
+/// One log line, dated.
+fn log(line: std::fmt::Arguments<'_>) {
+    eprintln!("{} {line}", jiff::Timestamp::now());
 }
 
 fn flag(args: &[String], name: &str) -> Option<String> {
@@ -76,16 +88,17 @@ fn serve(args: &[String]) -> anyhow::Result<ExitCode> {
             .map(|u| u.parse::<Uri>())
             .transpose()
             .context("--call")?,
+        fail: flag(args, "--fail"),
     };
     let listen: SocketAddr = need("--listen")?.parse().context("--listen")?;
     runtime()?.block_on(async move {
         let listener = tokio::net::TcpListener::bind(listen)
             .await
             .with_context(|| format!("binding {listen}"))?;
-        eprintln!(
+        log(format_args!(
             "{} {} ({}) listening on {listen}",
             app.service, app.version, app.pod
-        );
+        ));
         loop {
             let (io, peer) = listener.accept().await?;
             let app = app.clone();
@@ -150,6 +163,23 @@ async fn handle(
         downstream: None,
     };
     let mut status = StatusCode::OK;
+    if let Some(reason) = &app.fail {
+        log(format_args!(
+            "{peer} {} {} baggage: {} -> 500: ERROR {reason}",
+            req.method(),
+            req.uri(),
+            answer.baggage.as_deref().unwrap_or("-"),
+        ));
+        let body = json!({ "service": app.service, "version": app.version, "pod": app.pod,
+            "error": reason });
+        let mut resp = Response::new(Full::new(Bytes::from(format!("{body}\n"))));
+        *resp.status_mut() = StatusCode::INTERNAL_SERVER_ERROR;
+        resp.headers_mut().insert(
+            hyper::header::CONTENT_TYPE,
+            HeaderValue::from_static("application/json"),
+        );
+        return Ok(resp);
+    }
     if let Some(url) = &app.call {
         let downstream = match fetch(url, &propagated(req.headers())).await {
             Ok((200, v)) => match serde_json::from_value::<Answer>(v.clone()) {
@@ -167,13 +197,13 @@ async fn handle(
         };
         answer.downstream = Some(downstream);
     }
-    eprintln!(
+    log(format_args!(
         "{peer} {} {} baggage: {} -> {}",
         req.method(),
         req.uri(),
         answer.baggage.as_deref().unwrap_or("-"),
         status.as_u16()
-    );
+    ));
     let mut text = serde_json::to_string_pretty(&answer).unwrap_or_default();
     text.push('\n');
     let mut resp = Response::new(Full::new(Bytes::from(text)));

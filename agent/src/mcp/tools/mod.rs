@@ -5,15 +5,26 @@
 //! - [`routes`]: list_sandbox_routes, create_sandbox_route, delete_sandbox_route.
 //! - [`requests`]: send_test_request and the hops it caused.
 //! - [`decisions`]: get_decisions and what each decision reason means.
+//! - [`sandboxes`]: create/get/list/delete_sandbox; [`session_end`]: the session's end and
+//!   renewal.
+//! - [`logs`]: get_logs, and each hop's log lines.
+//! - [`compare`] (with [`diff`]): compare_with_baseline.
 //!
 //! This file holds what several families use: finding a service and a port (with errors that
 //! name the right one) and describing them. Mode-independent except for where
 //! send_test_request's client runs: a process placed in the client pod (no cluster) or a
 //! short-lived Pod (cluster, see `request_pod`).
+pub mod compare;
 pub mod decisions;
+pub mod diff;
+pub mod logs;
+pub mod logs_cluster;
 pub mod requests;
 pub mod routes;
+pub mod sandboxes;
+pub mod sandboxes_cluster;
 pub mod services;
+pub mod session_end;
 
 use std::{
     net::IpAddr,

@@ -134,6 +134,7 @@ impl Backend {
             body: p.body.clone(),
             timeout_ms,
         };
+        let marks = self.log_marks();
         let started_ms = now_ms();
         let started = Instant::now();
         let (resp, sent_from) = match self {
@@ -185,10 +186,13 @@ impl Backend {
         if let Some(err) = &resp.error {
             warnings.push(format!("reading the response: {err}"));
         }
-        let (hops, mut hints) = match resp.local {
+        let (mut hops, mut hints) = match resp.local {
             Some(local) => self.hops(local, started_ms, p.key.as_deref(), &snap).await,
             None => (Vec::new(), Vec::new()),
         };
+        if let Some(marks) = &marks {
+            self.attach_hop_logs(&mut hops, marks);
+        }
         if hops.is_empty() {
             hints.push(if self.is_cluster() {
                 "no routing decision was recorded for this request: the destination is not \
@@ -317,6 +321,7 @@ fn hop_tree(
             status: d.status,
             latency_us: d.latency_us,
             summary,
+            logs: None,
         });
         if d.reason != "key_matched" && d.key.is_some() {
             hints.push(format!("hop {n}: {}", reason_hint(&d.reason)));

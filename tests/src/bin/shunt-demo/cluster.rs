@@ -203,8 +203,21 @@ impl Cluster {
             }
             let log = log_file(pod.name)?;
             cmd.stdout(log.try_clone()?).stderr(log);
+            // Each pod in its own child of the captured cgroup (the agent's programs apply to
+            // the whole subtree); its record tells `shunt mcp --cluster-dir` its address and log.
+            let cgroup = captured.join(pod.name);
+            gate::step(|| fs::create_dir(&cgroup))
+                .with_context(|| format!("creating cgroup {}", cgroup.display()))?;
+            agent::sandbox::local::PodRecord {
+                name: pod.name.into(),
+                namespace: "shop".into(),
+                ips: vec![topo.pods[i].ip4.into()],
+                service: pod.sandbox.is_none().then(|| pod.service.to_string()),
+                sandbox: None,
+            }
+            .write(Path::new(teardown::RUN_DIR))?;
             // Not waited for: teardown stops every process in the cgroup.
-            spawn(pod.name, cmd, &topo.pods[i].netns, &captured)?;
+            spawn(pod.name, cmd, &topo.pods[i].netns, &cgroup)?;
         }
         for (i, pod) in PODS.iter().enumerate().skip(1) {
             let addr = topo.pods[i].addr4(POD_PORT);
@@ -316,12 +329,16 @@ impl Cluster {
             cmd.args(["-H", &format!("{n}: {v}")]);
         }
         cmd.stdout(Stdio::piped()).stderr(Stdio::piped());
+        let cgroup = self.captured.join(PODS[CLIENT].name);
         let child = gate::step(|| {
+            if !cgroup.exists() {
+                fs::create_dir(&cgroup)?;
+            }
             spawn_in(
                 "client",
                 in_own_group(cmd),
                 Some(&self.topo.pods[CLIENT].netns),
-                Some(&self.captured),
+                Some(&cgroup),
             )
         })?;
         let (status, out, err) = child.output_timeout(Duration::from_secs(30))?;
@@ -383,7 +400,21 @@ impl Cluster {
             teardown::RUN_DIR,
             teardown::RUN_DIR
         );
-        println!("Tear it down with: cargo xtask demo --down");
+        println!();
+        let mcp = format!(
+            "{} mcp --routes {}/routes.yaml --debug-netns {node_ns} --client-netns {client_ns} \
+             --client-cgroup {} --cluster-dir {}",
+            self.bin_dir.join("shunt-under-test").display(),
+            teardown::RUN_DIR,
+            self.captured.display(),
+            teardown::RUN_DIR
+        );
+        println!("A coding agent drives it over MCP (as root; sandboxes of its own builds, logs,");
+        println!("diffs against baseline; what a session creates goes with it):");
+        println!();
+        println!("  claude mcp add shunt -- sudo {mcp}");
+        println!();
+        println!("Tear it down with: cargo xtask demo --down (sandboxes left by MCP sessions too)");
     }
 }
 
