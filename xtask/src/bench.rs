@@ -118,6 +118,9 @@ fn build_before(env: &Env, rev: &str, dir: &Path) -> anyhow::Result<PathBuf> {
         bail!("--before {rev}: not a git revision of this repository");
     }
     let commit = String::from_utf8_lossy(&resolved.stdout).trim().to_string();
+    // Absolute: cargo runs in the extracted sources, and a relative target directory would land
+    // inside them.
+    let dir = std::path::absolute(dir)?;
     let src = dir.join("src");
     step(&format!(
         "building the before agent from {rev} ({commit:.12})"
