@@ -228,3 +228,64 @@ fn sandbox_target_outside_the_route_namespace_is_refused() {
         assert_eq!(n.served_by(vip, Some("pr-7")), "reviews-v1");
     }
 }
+
+#[test]
+fn keys_from_a_stripped_namespace_are_removed() {
+    let test = "keys_from_a_stripped_namespace_are_removed";
+    let Some((c, n)) = world(test) else {
+        return;
+    };
+    c.sandbox_route("pr-42", selector_spec("pr-42", "reviews", "pr-42"));
+    // Pod 0 is the ingress controller's pod on this node; pod 4 is shop's ratings pod.
+    c.namespace("ingress").unwrap();
+    c.node_pod("ingress", "ingress-nginx-1", NODE, n.ip(0));
+    c.node_pod(NS, "ratings-v1", NODE, n.ip(4));
+    let _agent = n.start_agent(NODE, &["--strip-keys-from-namespace", "ingress"]);
+    let vip = SocketAddr::from((REVIEWS_IP, SERVICE_PORT));
+    wait_for("reviews steered", DEADLINE, || n.is_steered(vip));
+    // The ingress pod is known once the node Pod watch delivered it: a keyed request from
+    // another client reaches the sandbox by then (both arrive in the same snapshot).
+    wait_for("the sandbox serves keyed requests", DEADLINE, || {
+        http_from(&n, 4, vip, "sd-routing-key=pr-42")["served_by"] == "reviews-v2"
+    });
+
+    for h2 in [false, true] {
+        let line = http_from_with(&n, 0, vip, "sd-routing-key=pr-42,other=1", h2);
+        assert_eq!(line["served_by"], "reviews-v1", "h2 {h2}: {line}");
+        assert_eq!(
+            line["served"]["headers"]["baggage"], "other=1",
+            "h2 {h2}: the backend saw the key: {line}"
+        );
+    }
+    // Another namespace's pod keeps its keys.
+    let line = http_from(&n, 4, vip, "sd-routing-key=pr-42");
+    assert_eq!(line["served_by"], "reviews-v2", "{line}");
+
+    // The ingress pod goes away: its address carries keys again.
+    c.api
+        .delete("v1", "Pod", Some("ingress"), "ingress-nginx-1")
+        .expect("deleting the ingress pod");
+    wait_for("the address no longer stripped", DEADLINE, || {
+        http_from(&n, 0, vip, "sd-routing-key=pr-42")["served_by"] == "reviews-v2"
+    });
+}
+
+/// One HTTP/1.1 GET from pod `pod` to `dst` with this `baggage`; the peer's report.
+fn http_from(n: &KubeNode, pod: usize, dst: SocketAddr, baggage: &str) -> Value {
+    http_from_with(n, pod, dst, baggage, false)
+}
+
+fn http_from_with(n: &KubeNode, pod: usize, dst: SocketAddr, baggage: &str, h2: bool) -> Value {
+    let req = json!([{ "path": "/", "headers": { "baggage": baggage } }]).to_string();
+    let dst = dst.to_string();
+    let mut args = vec!["http", dst.as_str()];
+    if h2 {
+        args.push("--h2");
+    }
+    args.push(req.as_str());
+    n.env
+        .peer(pod, &args)
+        .into_iter()
+        .next()
+        .unwrap_or(Value::Null)
+}
