@@ -236,33 +236,10 @@ impl RouteTable {
         }
 
         // 2. Resolve the winners' forks against the cluster.
-        let mut owners = HashMap::new();
-        for svc in &owned.services {
-            for ep in &svc.endpoints {
-                owners
-                    .entry(ep.ip.to_canonical())
-                    .or_insert_with(|| format!("{}/{}", svc.namespace, svc.name));
-            }
-        }
-        // Pods are more specific than the Service they back: they win.
-        for pod in &state.pods {
-            for ip in &pod.ips {
-                owners.insert(ip.to_canonical(), format!("{}/{}", pod.namespace, pod.name));
-            }
-        }
-        let mut node_pod_namespaces: HashMap<IpAddr, Vec<Arc<str>>> = HashMap::new();
-        for pod in &state.node_pods {
-            for ip in &pod.ips {
-                let namespaces = node_pod_namespaces.entry(ip.to_canonical()).or_default();
-                if !namespaces.iter().any(|n| **n == *pod.namespace) {
-                    namespaces.push(pod.namespace.as_str().into());
-                }
-            }
-        }
         let mut table = RouteTable {
             next_expiry,
-            owners,
-            node_pod_namespaces,
+            owners: owned::address_owners(&owned, state),
+            node_pod_namespaces: owned::node_pod_namespaces(state),
             ..RouteTable::default()
         };
         let mut views: Vec<RouteView> = Vec::new();

@@ -20,6 +20,7 @@ use std::{
     collections::{BTreeSet, HashMap},
     fmt::Write as _,
     net::IpAddr,
+    sync::Arc,
 };
 
 use crate::routes::{ClusterState, EndpointAddr, EndpointTrust, Pod, Service};
@@ -182,6 +183,40 @@ pub(super) fn owned_endpoints(state: &ClusterState, known: &KnownPods<'_>) -> Ow
         services.push(kept);
     }
     Owned { services, refused }
+}
+
+/// Who each IP address is, for the service graph: a sandbox pod (`ns/pod`), else the Service
+/// it is an (owned) endpoint of (`ns/service`).
+pub(super) fn address_owners(owned: &Owned, state: &ClusterState) -> HashMap<IpAddr, String> {
+    let mut owners = HashMap::new();
+    for svc in &owned.services {
+        for ep in &svc.endpoints {
+            owners
+                .entry(ep.ip.to_canonical())
+                .or_insert_with(|| format!("{}/{}", svc.namespace, svc.name));
+        }
+    }
+    // Pods are more specific than the Service they back: they win.
+    for pod in &state.pods {
+        for ip in &pod.ips {
+            owners.insert(ip.to_canonical(), format!("{}/{}", pod.namespace, pod.name));
+        }
+    }
+    owners
+}
+
+/// This node's pod IPs → the namespaces of the pods with that IP.
+pub(super) fn node_pod_namespaces(state: &ClusterState) -> HashMap<IpAddr, Vec<Arc<str>>> {
+    let mut out: HashMap<IpAddr, Vec<Arc<str>>> = HashMap::new();
+    for pod in &state.node_pods {
+        for ip in &pod.ips {
+            let namespaces = out.entry(ip.to_canonical()).or_default();
+            if !namespaces.iter().any(|n| **n == *pod.namespace) {
+                namespaces.push(pod.namespace.as_str().into());
+            }
+        }
+    }
+    out
 }
 
 /// "10.0.0.1 has no targetRef, ...; 10.0.0.2 is Pod ..." for the first `max` refusals, then how
