@@ -228,3 +228,43 @@ fn sandbox_flags_parse() {
     assert!(parse(&["sandbox", "delete", "pr-1", "--kubeconfig", "/k"]).is_ok());
     assert!(parse(&["sandbox", "list", "-A"]).is_ok());
 }
+
+#[test]
+fn strip_keys_from_namespace_needs_kube_and_namespace_names() {
+    let base = [
+        "--cgroup",
+        "/sys/fs/cgroup",
+        "--proxy-addr",
+        "10.0.0.1:15001",
+    ];
+    let with = |extra: &[&str]| {
+        Cli::try_parse_from(["shunt", "run"].iter().chain(&base).chain(extra).copied())
+    };
+    let args = run_config(
+        &[
+            &base[..],
+            &[
+                "--kube",
+                "--strip-keys-from-namespace",
+                "ingress-nginx,edge",
+                "--strip-keys-from-namespace",
+                "lb",
+            ],
+        ]
+        .concat(),
+    );
+    assert_eq!(
+        args.strip_keys_from_namespace,
+        ["ingress-nginx", "edge", "lb"]
+    );
+    assert!(
+        with(&["--strip-keys-from-namespace", "lb"]).is_err(),
+        "needs --kube"
+    );
+    for bad in ["Ingress", "a/b", "-x", ""] {
+        assert!(
+            with(&["--kube", "--strip-keys-from-namespace", bad]).is_err(),
+            "{bad:?} accepted"
+        );
+    }
+}

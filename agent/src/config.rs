@@ -228,6 +228,20 @@ pub struct RunConfig {
     )]
     pub strip_keys_from: Vec<ipnet::IpNet>,
 
+    /// With --kube: this node's pods in namespace NS (repeatable; comma-separated in the
+    /// variable) lose every routing key like the clients of --strip-keys-from, for example the
+    /// ingress controller's namespace. A client is mapped to its namespace by its address,
+    /// through the node's Pod watch.
+    #[arg(
+        long,
+        env = "SHUNT_STRIP_KEYS_FROM_NAMESPACE",
+        value_name = "NS",
+        value_delimiter = ',',
+        value_parser = parse_namespace,
+        requires = "kube"
+    )]
+    pub strip_keys_from_namespace: Vec<String>,
+
     /// Bytes of routing decisions kept for the debug API's `/decisions` (paths are stored cut
     /// to 512 bytes; the oldest decisions go first).
     #[arg(
@@ -265,6 +279,23 @@ impl RunConfig {
 }
 
 /// A CIDR (`10.0.0.0/8`, `fd00::/8`) or a single address (`10.1.2.3`, a /32 or /128).
+/// A namespace name: an RFC 1123 label (what the API server accepts).
+fn parse_namespace(s: &str) -> Result<String, String> {
+    let ok = !s.is_empty()
+        && s.len() <= 63
+        && s.bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+        && !s.starts_with('-')
+        && !s.ends_with('-');
+    if ok {
+        Ok(s.to_owned())
+    } else {
+        Err(format!(
+            "{s:?} is not a namespace name (lowercase letters, digits and '-', at most 63, starting and ending with a letter or digit)"
+        ))
+    }
+}
+
 fn parse_cidr(s: &str) -> Result<ipnet::IpNet, String> {
     s.parse::<ipnet::IpNet>()
         .or_else(|_| s.parse::<std::net::IpAddr>().map(ipnet::IpNet::from))

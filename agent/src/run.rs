@@ -229,7 +229,10 @@ async fn run_async(args: RunConfig) -> anyhow::Result<()> {
         keys: KeyExtractor::new(
             KeySources::with_headers(key_headers).with_query(args.key_from_query),
         )
-        .stripping_keys_from(StripKeysFrom::new(args.strip_keys_from.clone())),
+        .stripping_keys_from(
+            StripKeysFrom::new(args.strip_keys_from.clone())
+                .with_namespaces(args.strip_keys_from_namespace.clone(), table.clone()),
+        ),
         table: table.clone(),
         upstreams: Upstreams::new(args.connect_timeout, args.idle_timeout),
         log,

@@ -175,6 +175,42 @@ impl FakeCluster {
             .unwrap_or_else(|e| panic!("pod status {namespace}/{name}: {e}"));
     }
 
+    /// A pod (no sandbox label) scheduled on `node`, running with `ip`: one the agent knows
+    /// through its node's Pod watch.
+    pub fn node_pod(&self, namespace: &str, name: &str, node: &str, ip: Ipv4Addr) {
+        self.create(json!({
+            "apiVersion": "v1", "kind": "Pod",
+            "metadata": { "name": name, "namespace": namespace, "labels": { "app": name } },
+            "spec": { "nodeName": node, "containers": [{ "name": "app", "image": "app:1" }] },
+        }));
+        self.pod_ready(namespace, name, ip, true);
+    }
+
+    /// A SandboxRoute in any namespace.
+    pub fn route_in(&self, namespace: &str, name: &str, spec: Value) -> Value {
+        self.create(json!({
+            "apiVersion": ROUTES_API, "kind": "SandboxRoute",
+            "metadata": { "name": name, "namespace": namespace },
+            "spec": spec,
+        }))
+    }
+
+    /// A route's `Ready` condition (reason, message), once it has a status.
+    pub fn route_condition(&self, namespace: &str, name: &str) -> Option<(String, String)> {
+        let r = self
+            .api
+            .get(ROUTES_API, "SandboxRoute", Some(namespace), name)?;
+        let c = r["status"]["conditions"]
+            .as_array()?
+            .iter()
+            .find(|c| c["type"] == "Ready")?
+            .clone();
+        Some((
+            c["reason"].as_str()?.to_string(),
+            c["message"].as_str().unwrap_or_default().to_string(),
+        ))
+    }
+
     /// A SandboxRoute in `shop` with the given spec.
     pub fn sandbox_route(&self, name: &str, spec: Value) -> Value {
         self.create(route_obj(name, spec))
@@ -203,8 +239,15 @@ fn slice_obj(svc: &str, ips: &[Ipv4Addr]) -> Value {
         "ports": [{ "name": "http", "port": POD_PORT, "protocol": "TCP" }],
         "endpoints": ips.iter().map(|ip| json!({
             "addresses": [ip.to_string()], "conditions": { "ready": true },
+            "targetRef": { "kind": "Pod", "namespace": NS, "name": slice_pod_name(svc, *ip) },
         })).collect::<Vec<_>>(),
     })
+}
+
+/// The Pod a [`FakeCluster::slice`] endpoint names in its `targetRef`, as the EndpointSlice
+/// controller would: a Pod of the Service's namespace (the agent steers only those).
+pub fn slice_pod_name(svc: &str, ip: Ipv4Addr) -> String {
+    format!("{svc}-{}", ip.to_string().replace('.', "-"))
 }
 
 fn route_obj(name: &str, spec: Value) -> Value {

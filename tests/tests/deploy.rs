@@ -739,6 +739,37 @@ fn traffic_api_objects(objs: &[Value], theirs: bool) -> Vec<Value> {
         .collect()
 }
 
+/// The line before the table in deploy/README.md that says why each agent RBAC rule remains.
+const RBAC_TABLE_MARKER: &str = "<!-- AGENT_ACCESS: rendered by agent::kube::rbac::markdown_table; tests/tests/deploy.rs checks it -->";
+
+#[test]
+fn readme_says_why_each_agent_rbac_rule_remains() {
+    let readme = read("deploy/README.md");
+    let start = readme
+        .find(RBAC_TABLE_MARKER)
+        .unwrap_or_else(|| panic!("deploy/README.md lacks {RBAC_TABLE_MARKER:?}"))
+        + RBAC_TABLE_MARKER.len();
+    let table: String = readme[start..]
+        .trim_start_matches('\n')
+        .lines()
+        .take_while(|l| l.starts_with('|'))
+        .map(|l| format!("{l}\n"))
+        .collect();
+    let wanted = agent::kube::rbac::markdown_table(AGENT_ACCESS);
+    assert_eq!(
+        table, wanted,
+        "deploy/README.md's RBAC table is not AGENT_ACCESS; it should read:\n{wanted}"
+    );
+    for a in AGENT_ACCESS {
+        assert!(
+            a.why.len() > 20,
+            "{}/{}: say why the rule remains",
+            a.group,
+            a.resource
+        );
+    }
+}
+
 #[test]
 fn rbac_grants_exactly_the_agents_api_access() {
     let wanted = tests::kube_world::granted(AGENT_ACCESS);

@@ -902,7 +902,16 @@ fn check_hops(run: &KubeRequestRun) {
     assert_eq!(unkeyed["response"]["headers"]["x-served-by"], "reviews-v1");
     assert_eq!(
         hops(unkeyed),
-        [t(&client_ip, "shop/reviews", "baseline", "shop/reviews")],
+        // The baseline endpoint is named by its slice's targetRef: the Pod behind it.
+        [t(
+            &client_ip,
+            "shop/reviews",
+            "baseline",
+            &format!(
+                "shop/{}",
+                tests::kube_world::slice_pod_name("reviews", node.ip(1))
+            )
+        )],
         "{}",
         ctx()
     );

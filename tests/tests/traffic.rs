@@ -214,7 +214,13 @@ fn tenant_reads_decisions_of_its_own_namespace_only() {
         return;
     };
     node.standard_objects(&cluster);
-    // `bank`: a Service `ledger` whose endpoint is pod 5's backend.
+    // `bank`: a Service `ledger` whose endpoint is pod 5's backend. Pod 5 is then bank's pod,
+    // not shop's sandbox pod `ratings-v2`: the agent gives an address only to its Pod's
+    // namespace.
+    cluster
+        .api
+        .delete("v1", "Pod", Some("shop"), "ratings-v2")
+        .expect("deleting shop's ratings-v2");
     cluster.namespace("bank").unwrap();
     let ledger_ep = node.env.topo.pods[5].addr4(POD_PORT);
     cluster.create(json!({
@@ -229,7 +235,8 @@ fn tenant_reads_decisions_of_its_own_namespace_only() {
                       "labels": { "kubernetes.io/service-name": "ledger" } },
         "addressType": "IPv4",
         "ports": [{ "name": "http", "port": POD_PORT, "protocol": "TCP" }],
-        "endpoints": [{ "addresses": [node.ip(5).to_string()], "conditions": { "ready": true } }],
+        "endpoints": [{ "addresses": [node.ip(5).to_string()], "conditions": { "ready": true },
+                        "targetRef": { "kind": "Pod", "namespace": "bank", "name": "ledger-v1" } }],
     }));
     // Both namespaces get a route, so both Services are steered and their requests logged.
     cluster.sandbox_route("pr-42", selector_spec("pr-42", "reviews", "pr-42"));

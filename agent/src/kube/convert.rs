@@ -15,7 +15,7 @@ use k8s_openapi::{
 };
 
 use super::crd::SandboxRoute;
-use crate::routes::{self, ClusterState, EndpointAddr, TargetPort, TrafficPolicy};
+use crate::routes::{self, ClusterState, EndpointAddr, EndpointTrust, TargetPort, TrafficPolicy};
 
 /// The label an EndpointSlice carries to name its Service.
 pub const SERVICE_NAME_LABEL: &str = "kubernetes.io/service-name";
@@ -258,6 +258,8 @@ pub fn cluster_state<'a>(
         routes: routes.into_iter().filter_map(route).collect(),
         node: None,
         node_pods: Vec::new(),
+        // Anyone who may write an EndpointSlice in a namespace wrote its addresses.
+        endpoint_trust: EndpointTrust::OwnPodsOnly,
     };
     state
         .services

@@ -38,9 +38,13 @@ fn slice(name: &str, family: &str, addrs: &[(&str, Option<bool>)], http: i32) ->
             { "name": "metrics", "port": 9091 },
             { "name": "dns", "port": 53, "protocol": "UDP" },
         ],
-        "endpoints": addrs.iter().map(|(a, ready)| match ready {
-            Some(r) => json!({ "addresses": [a], "conditions": { "ready": r } }),
-            None => json!({ "addresses": [a] }),
+        // As the EndpointSlice controller writes them: each address is a Pod of the namespace.
+        "endpoints": addrs.iter().map(|(a, ready)| {
+            let pod = json!({ "kind": "Pod", "namespace": "shop", "name": format!("reviews-{a}") });
+            match ready {
+                Some(r) => json!({ "addresses": [a], "conditions": { "ready": r }, "targetRef": pod }),
+                None => json!({ "addresses": [a], "targetRef": pod }),
+            }
         }).collect::<Vec<_>>(),
     }))
 }

@@ -15,46 +15,44 @@ pub struct ApiAccess {
     pub why: &'static str,
 }
 
-/// The agent's permissions. Keep sorted by group, then resource.
+/// The agent's permissions. Keep sorted by group, then resource. `deploy/README.md` shows them
+/// as [`markdown_table`] renders them (a test in `tests/tests/deploy.rs` checks it).
 pub const AGENT_ACCESS: &[ApiAccess] = &[
     ApiAccess {
         group: "",
         resource: "pods",
         verbs: &["list", "watch"],
-        why: "sandbox pods (label-selector watch on shunt.dev/sandbox); this node's pods \
-              (field-selector watch on spec.nodeName); the agent pods, whose Ready condition the \
-              status leader reports (label-selector watch in the Lease's namespace, leader only)",
+        why: "sandbox pods (label-selector watch on shunt.dev/sandbox): a fork's targets, checked against the Pod objects; this node's pods (field-selector watch on spec.nodeName): whose an address is, so a namespace steers only its own pods, internalTrafficPolicy Local, and --strip-keys-from-namespace; the agent pods, whose Ready condition the status leader reports (label-selector watch in the Lease's namespace, leader only)",
     },
     ApiAccess {
         group: "",
         resource: "services",
         verbs: &["list", "watch"],
-        why: "baseline and sandbox Services: ClusterIPs and ports",
+        why: "baseline and sandbox Services: the ClusterIPs and ports a fork steers",
     },
     ApiAccess {
         group: "coordination.k8s.io",
         resource: "leases",
         verbs: &["get", "create", "update"],
-        why: "electing the one agent that writes SandboxRoute status and deletes expired routes",
+        why: "electing the one agent that writes SandboxRoute status and deletes expired routes (a Role in the agent's namespace only)",
     },
     ApiAccess {
         group: "discovery.k8s.io",
         resource: "endpointslices",
         verbs: &["list", "watch"],
-        why: "baseline endpoints, per-endpoint ports",
+        why: "baseline endpoints: per-endpoint ports, nodeName, and the targetRef that says whether an address is a Pod of the Service's namespace",
     },
     ApiAccess {
         group: "shunt.dev",
         resource: "sandboxroutes",
         verbs: &["list", "watch", "delete"],
-        why: "the routes (reflector list+watch); delete for expiry (leader only)",
+        why: "the routes (list and watch); delete, by the leader only, once expiresAt has passed",
     },
     ApiAccess {
         group: "shunt.dev",
         resource: "sandboxroutes/status",
         verbs: &["patch"],
-        why: "Ready condition and per-fork endpoint counts (leader only); each agent's own \
-              entry in status.nodes[] (server-side apply)",
+        why: "the Ready condition, its reason (refused addresses, nodes not applying the route named) and per-fork endpoint counts, by the leader only; each agent's own entry in status.nodes[] (server-side apply)",
     },
 ];
 
@@ -167,3 +165,18 @@ pub const TRAFFIC_API_KUBE_SYSTEM_ACCESS: &[ApiAccess] = &[ApiAccess {
     verbs: &["get"],
     why: "the front-proxy CA in extension-apiserver-authentication: whose X-Remote-User to trust",
 }];
+
+/// `access` as the Markdown table `deploy/README.md` shows: group, resource, verbs, why.
+pub fn markdown_table(access: &[ApiAccess]) -> String {
+    let mut out = String::from("| group | resource | verbs | why |\n|---|---|---|---|\n");
+    for a in access {
+        let group = if a.group.is_empty() { "core" } else { a.group };
+        out.push_str(&format!(
+            "| `{group}` | `{}` | {} | {} |\n",
+            a.resource,
+            a.verbs.join(", "),
+            a.why
+        ));
+    }
+    out
+}

@@ -61,6 +61,7 @@ mod tests {
                 | RouteReason::DuplicateKey
                 | RouteReason::Expired
                 | RouteReason::CrossNamespace
+                | RouteReason::ForeignEndpoints
                 | RouteReason::InvalidKey
                 | RouteReason::InvalidSelector
                 | RouteReason::InvalidTarget

@@ -1,18 +1,23 @@
 //! Stripping routing keys at the edge: requests from clients the operator does not trust to
-//! carry a key (`--strip-keys-from CIDR`, for example an ingress controller's pods) lose every
-//! key form before they are decided and forwarded, so a key typed in on the internet reaches
-//! neither sandbox code nor any service behind the proxy.
+//! carry a key (`--strip-keys-from CIDR`, or with `--kube` `--strip-keys-from-namespace NS`,
+//! for example an ingress controller's pods) lose every key form before they are decided and
+//! forwarded, so a key typed in on the internet reaches neither sandbox code nor any service
+//! behind the proxy.
 //!
 //! Removed: the `sd-routing-key` member of `baggage` and of `tracestate` (the other members keep
 //! their bytes and order), the `uberctx-sd-routing-key` and `ot-baggage-sd-routing-key` headers,
 //! the configured key headers, and the query parameter when it is a key source.
-use std::net::IpAddr;
+use std::{fmt, net::IpAddr, sync::Arc};
 
+use arc_swap::ArcSwap;
 use http::{HeaderMap, HeaderValue, Uri};
 use ipnet::IpNet;
 
 use super::key::{KeySource, MEMBER, strip_query_key};
-use crate::routes::key::{split_member, strip_key_members, trim_ows};
+use crate::routes::{
+    RouteTable,
+    key::{split_member, strip_key_members, trim_ows},
+};
 
 /// What becomes of one request header when its keys are stripped.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -23,26 +28,66 @@ pub enum HeaderFate {
     Replace(Vec<u8>),
 }
 
-/// The clients whose keys are stripped.
-#[derive(Clone, Debug, Default)]
+/// The clients whose keys are stripped: addresses in some networks, and this node's pods of
+/// some namespaces.
+#[derive(Clone, Default)]
 pub struct StripKeysFrom {
     nets: Vec<IpNet>,
+    namespaces: Vec<String>,
+    /// The route table the proxy uses: its node pods say which namespace a client address is
+    /// in, as of the same snapshot the request is routed by.
+    table: Option<Arc<ArcSwap<RouteTable>>>,
+}
+
+impl fmt::Debug for StripKeysFrom {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("StripKeysFrom")
+            .field("nets", &self.nets)
+            .field("namespaces", &self.namespaces)
+            .finish_non_exhaustive()
+    }
 }
 
 impl StripKeysFrom {
     pub fn new(nets: Vec<IpNet>) -> Self {
-        Self { nets }
+        Self {
+            nets,
+            ..Self::default()
+        }
+    }
+
+    /// Also strips the keys of this node's pods in `namespaces`, looked up by client address
+    /// in the node pods of `table`'s current snapshot (so a pod that leaves, or an address
+    /// given to another pod, follows the Pod watch).
+    pub fn with_namespaces(
+        mut self,
+        namespaces: Vec<String>,
+        table: Arc<ArcSwap<RouteTable>>,
+    ) -> Self {
+        self.table = (!namespaces.is_empty()).then_some(table);
+        self.namespaces = namespaces;
+        self
     }
 
     /// Whether `client`'s requests lose their keys. An IPv4-mapped IPv6 client (a dual-stack
-    /// listener) is matched by its IPv4 address.
+    /// listener) is matched by its IPv4 address. A client address shared by pods of several
+    /// namespaces (host-network pods) loses its keys when any of them is listed.
     pub fn covers(&self, client: IpAddr) -> bool {
         let client = client.to_canonical();
-        self.nets.iter().any(|n| n.contains(&client))
+        if self.nets.iter().any(|n| n.contains(&client)) {
+            return true;
+        }
+        // One atomic load and one hash lookup: cheap enough per connection and per request.
+        self.table.as_ref().is_some_and(|t| {
+            t.load()
+                .node_pod_namespaces(client)
+                .iter()
+                .any(|ns| self.namespaces.iter().any(|n| **n == **ns))
+        })
     }
 
     pub fn is_empty(&self) -> bool {
-        self.nets.is_empty()
+        self.nets.is_empty() && self.namespaces.is_empty()
     }
 }
 

@@ -104,3 +104,73 @@ fn clients_are_matched_by_cidr_and_mapped_addresses() {
     assert!(!s.covers("10.2.0.1".parse().unwrap()));
     assert!(!StripKeysFrom::default().covers("10.1.2.3".parse().unwrap()));
 }
+
+/// A table whose node pods are `pods` (namespace, name, ip).
+fn table_with_node_pods(pods: &[(&str, &str, &str)]) -> crate::routes::RouteTable {
+    let state = crate::routes::ClusterState {
+        node_pods: pods
+            .iter()
+            .map(|(ns, name, ip)| crate::routes::NodePod {
+                namespace: (*ns).into(),
+                name: (*name).into(),
+                uid: format!("uid-{name}"),
+                ips: vec![ip.parse().expect("ip")],
+                labels: Default::default(),
+            })
+            .collect(),
+        ..Default::default()
+    };
+    crate::routes::RouteTable::compute(&state, jiff::Timestamp::UNIX_EPOCH).0
+}
+
+#[test]
+fn pods_of_a_stripped_namespace_are_found_by_address_in_the_current_table() {
+    let table = std::sync::Arc::new(arc_swap::ArcSwap::from_pointee(table_with_node_pods(&[
+        ("ingress", "nginx-1", "10.1.0.7"),
+        ("shop", "web-1", "10.1.0.8"),
+        // Host-network pods share the node's address.
+        ("ingress", "nginx-host", "192.168.0.10"),
+        ("monitoring", "agent", "192.168.0.10"),
+    ])));
+    let strip =
+        StripKeysFrom::new(Vec::new()).with_namespaces(vec!["ingress".into()], table.clone());
+    assert!(!strip.is_empty());
+    let ip = |s: &str| s.parse::<IpAddr>().expect("ip");
+    assert!(strip.covers(ip("10.1.0.7")));
+    assert!(strip.covers(ip("::ffff:10.1.0.7")), "IPv4-mapped client");
+    assert!(
+        strip.covers(ip("192.168.0.10")),
+        "any namespace at a shared address"
+    );
+    assert!(
+        !strip.covers(ip("10.1.0.8")),
+        "another namespace keeps its keys"
+    );
+    assert!(
+        !strip.covers(ip("10.9.9.9")),
+        "an unknown address keeps its keys"
+    );
+
+    // The pod left and its address went to a shop pod: the next snapshot says so.
+    table.store(std::sync::Arc::new(table_with_node_pods(&[(
+        "shop", "web-2", "10.1.0.7",
+    )])));
+    assert!(!strip.covers(ip("10.1.0.7")));
+
+    let through_extractor =
+        KeyExtractor::new(KeySources::default()).stripping_keys_from(strip.clone());
+    table.store(std::sync::Arc::new(table_with_node_pods(&[(
+        "ingress", "nginx-3", "10.1.0.7",
+    )])));
+    assert!(through_extractor.strips(ip("10.1.0.7")));
+}
+
+#[test]
+fn no_namespaces_means_no_table_lookup() {
+    let table = std::sync::Arc::new(arc_swap::ArcSwap::from_pointee(table_with_node_pods(&[(
+        "ingress", "nginx-1", "10.1.0.7",
+    )])));
+    let strip = StripKeysFrom::new(Vec::new()).with_namespaces(Vec::new(), table);
+    assert!(strip.is_empty());
+    assert!(!strip.covers("10.1.0.7".parse().expect("ip")));
+}

@@ -9,7 +9,7 @@ use super::*;
 use crate::routes::{
     ClusterState, EndpointAddr, Fallback, ForkSpec, ForkTarget, Pod, RouteStatus, SANDBOX_LABEL,
     SandboxRouteObj, SandboxRouteSpec, Service, ServicePort, TargetPort, TrafficPolicy, service_id,
-    test_support::{ip, key, sa},
+    test_support::{ip, key, sa, shop_pod},
 };
 
 /// An endpoint on 8080, on `node`.
@@ -18,7 +18,7 @@ fn ep(addr: &str, ready: bool, node: &str) -> EndpointAddr {
         ip: ip(addr),
         ready,
         ports: [("http".to_string(), 8080)].into(),
-        target_ref: None,
+        target_ref: shop_pod(addr),
         node_name: Some(node.into()),
     }
 }
@@ -223,6 +223,7 @@ fn sharing(routes: Vec<SandboxRouteObj>) -> ClusterState {
         routes,
         node: Some("node-a".into()),
         node_pods: Vec::new(),
+        endpoint_trust: Default::default(),
     }
 }
 

@@ -2,7 +2,7 @@
 
 use jiff::Timestamp;
 
-use crate::routes::test_support::{ip, key, sa};
+use crate::routes::test_support::{ip, key, sa, shop_pod};
 
 use super::*;
 use crate::routes::{
@@ -31,7 +31,7 @@ fn service(name: &str, vip: &str, port: u16, endpoints: &[&str]) -> Service {
                 ip: ip(e),
                 ready: true,
                 ports: [("http".to_string(), 8080)].into(),
-                target_ref: None,
+                target_ref: shop_pod(e),
                 node_name: None,
             })
             .collect(),
@@ -82,6 +82,7 @@ fn table(fallback: Fallback, sandbox_ready: bool) -> RouteTable {
         }],
         node: None,
         node_pods: Vec::new(),
+        endpoint_trust: Default::default(),
     };
     let now: Timestamp = "2030-01-01T00:00:00Z".parse().expect("ts");
     RouteTable::compute(&state, now).0

@@ -28,9 +28,9 @@ pub use decision::{ConnRoute, Decision, DecisionKind, DecisionReason};
 pub use diff::{SteeredDiff, diff};
 pub use key::{KeyError, RoutingKey, is_key_byte};
 pub use model::{
-    ClusterState, DEFAULT_AFFINITY_TIMEOUT, EndpointAddr, Fallback, ForkSpec, ForkTarget, NodePod,
-    ObjectRef, Pod, PortRef, SANDBOX_LABEL, SandboxRouteObj, SandboxRouteSpec, Service,
-    ServicePort, SpecField, SpecProblem, TargetPort, TrafficPolicy,
+    ClusterState, DEFAULT_AFFINITY_TIMEOUT, EndpointAddr, EndpointTrust, Fallback, ForkSpec,
+    ForkTarget, NodePod, ObjectRef, Pod, PortRef, SANDBOX_LABEL, SandboxRouteObj, SandboxRouteSpec,
+    Service, ServicePort, SpecField, SpecProblem, TargetPort, TrafficPolicy,
 };
 pub use status::{ForkStatus, RouteReason, RouteStatus};
 pub use table::{

@@ -24,6 +24,28 @@ pub struct ClusterState {
     /// Every pod scheduled on this node (whatever its labels), sorted by (namespace, name).
     #[serde(default)]
     pub node_pods: Vec<NodePod>,
+    /// Who wrote the Services' endpoint addresses, which decides what an address without a
+    /// `targetRef` is.
+    #[serde(default)]
+    pub endpoint_trust: EndpointTrust,
+}
+
+/// Who wrote the endpoint addresses of a [`ClusterState`].
+///
+/// A namespace steers only what it owns: its Services' virtual addresses, and endpoint
+/// addresses that are its own Pods. Anyone who may write an EndpointSlice (or Endpoints) in a
+/// namespace can list any address in it, so an address is a Service's own only when its
+/// `targetRef` is a Pod of the Service's namespace, and, where the agent knows the Pod object
+/// for that address, that Pod agrees.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub enum EndpointTrust {
+    /// Written through the Kubernetes API by whoever may write EndpointSlices in the namespace:
+    /// an address without a Pod `targetRef` of the Service's namespace is refused.
+    #[default]
+    OwnPodsOnly,
+    /// Written by the node's operator (the routes file): an address without a `targetRef` is
+    /// the Service's own. One with a `targetRef` is still checked like [`Self::OwnPodsOnly`].
+    Operator,
 }
 
 /// A Kubernetes Service with its baseline endpoints (as EndpointSlices give them).

@@ -20,6 +20,11 @@ pub enum RouteReason {
     Expired,
     /// A fork targets, or its selector only matches pods in, another namespace.
     CrossNamespace,
+    /// The forked Service's endpoints, or the sandbox Service's, list addresses that are not
+    /// Pods of the route's namespace (no Pod `targetRef`, another namespace's Pod, or a Pod
+    /// object that disagrees). Such addresses are never steered nor used; a forked Service
+    /// with any of them is not forked at all, so its baseline stays exactly as it was.
+    ForeignEndpoints,
     /// The routing key is not `[A-Za-z0-9._-]{1,64}`; not applied.
     InvalidKey,
     /// A selector is empty or lacks the `shunt.dev/sandbox` label; not applied.
@@ -33,7 +38,7 @@ pub enum RouteReason {
 
 impl RouteReason {
     /// Every reason (a new variant must be added here: `every_reason_round_trips` checks it).
-    pub const ALL: [RouteReason; 11] = [
+    pub const ALL: [RouteReason; 12] = [
         RouteReason::EndpointsReady,
         RouteReason::ServiceNotFound,
         RouteReason::PortNotFound,
@@ -41,6 +46,7 @@ impl RouteReason {
         RouteReason::DuplicateKey,
         RouteReason::Expired,
         RouteReason::CrossNamespace,
+        RouteReason::ForeignEndpoints,
         RouteReason::InvalidKey,
         RouteReason::InvalidSelector,
         RouteReason::InvalidTarget,
@@ -61,6 +67,7 @@ impl RouteReason {
             RouteReason::DuplicateKey => "DuplicateKey",
             RouteReason::Expired => "Expired",
             RouteReason::CrossNamespace => "CrossNamespace",
+            RouteReason::ForeignEndpoints => "ForeignEndpoints",
             RouteReason::InvalidKey => "InvalidKey",
             RouteReason::InvalidSelector => "InvalidSelector",
             RouteReason::InvalidTarget => "InvalidTarget",

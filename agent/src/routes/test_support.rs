@@ -14,3 +14,13 @@ pub fn ip(s: &str) -> IpAddr {
 pub fn key(s: &str) -> RoutingKey {
     RoutingKey::parse(s).expect("key")
 }
+
+/// The `targetRef` the EndpointSlice controller writes for a pod of `shop` at `addr`: a Pod of
+/// the Service's own namespace, so the address is the Service's to steer.
+pub fn shop_pod(addr: &str) -> Option<crate::routes::ObjectRef> {
+    Some(crate::routes::ObjectRef {
+        kind: "Pod".into(),
+        namespace: "shop".into(),
+        name: format!("pod-{}", addr.replace([':', '.'], "-")),
+    })
+}

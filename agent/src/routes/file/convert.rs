@@ -15,8 +15,9 @@ use super::{
     raw::{RawEndpoint, RawFile, RawService, RawServicePort, RawSpec, S},
 };
 use crate::routes::{
-    ClusterState, DEFAULT_AFFINITY_TIMEOUT, EndpointAddr, ForkSpec, ForkTarget, NodePod, Pod,
-    SandboxRouteObj, SandboxRouteSpec, Service, ServicePort, SpecField, TargetPort, TrafficPolicy,
+    ClusterState, DEFAULT_AFFINITY_TIMEOUT, EndpointAddr, EndpointTrust, ForkSpec, ForkTarget,
+    NodePod, Pod, SandboxRouteObj, SandboxRouteSpec, Service, ServicePort, SpecField, TargetPort,
+    TrafficPolicy,
 };
 
 /// Collects diagnostics while converting the raw document.
@@ -72,7 +73,11 @@ pub(super) fn to_cluster_state(raw: &RawFile) -> (ClusterState, Vec<Diagnostic>)
 }
 
 fn convert(raw: &RawFile, c: &mut Check) -> ClusterState {
-    let mut state = ClusterState::default();
+    // The file is the node operator's: its untargeted endpoint addresses are trusted.
+    let mut state = ClusterState {
+        endpoint_trust: EndpointTrust::Operator,
+        ..ClusterState::default()
+    };
     let mut seen: HashMap<(String, String), u64> = HashMap::new();
     let mut vips: HashMap<IpAddr, (String, u64)> = HashMap::new();
     for (si, s) in raw.services.iter().enumerate() {

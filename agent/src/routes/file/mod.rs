@@ -31,6 +31,11 @@
 //! computation would turn into a status (bad key, bad selector, cross-namespace target), and
 //! ambiguities (duplicate names, two routes with one key) reject the file. Problems that depend
 //! on the cluster (a missing Service, no ready pod) are left to the route statuses.
+//!
+//! The node's operator writes the file, so an endpoint without a `targetRef` is its Service's own
+//! ([`EndpointTrust::Operator`](crate::routes::EndpointTrust)); one with a `targetRef` must
+//! still be a Pod of the Service's namespace that agrees with `pods`/`nodePods`, as from the
+//! Kubernetes source, or its route says `ForeignEndpoints`.
 mod convert;
 mod raw;
 

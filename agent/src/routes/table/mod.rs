@@ -6,6 +6,7 @@
 //! addresses and picks the steered set, and [`views`] is the `/routes` view of each route.
 mod baseline;
 mod ids;
+mod owned;
 mod resolve;
 mod steered;
 mod views;
@@ -155,6 +156,9 @@ pub struct RouteTable {
     /// Endpoint addresses of more than one Service port → each (service id, port index), in
     /// (namespace, name) order: which fork a keyed request dialled to one of them follows.
     shared: HashMap<SocketAddr, Vec<(u32, usize)>>,
+    /// This node's pod IPs → the namespaces of the pods with that IP (several only for
+    /// host-network pods): who a client is, for `--strip-keys-from-namespace`.
+    node_pod_namespaces: HashMap<IpAddr, Vec<Arc<str>>>,
 }
 
 fn round_robin(list: &[SocketAddr], next: &AtomicUsize) -> Option<SocketAddr> {
@@ -173,7 +177,10 @@ impl RouteTable {
     /// else, except that the older of two routes claiming a key in a namespace wins (ties broken
     /// by name). Routes with spec errors or past `expiresAt` claim nothing.
     pub fn compute(state: &ClusterState, now: Timestamp) -> (RouteTable, Vec<RouteStatus>) {
-        let ix = Index::new(state);
+        // A namespace steers only what it owns: every later step sees only owned addresses.
+        let known = owned::KnownPods::new(state);
+        let owned = owned::owned_endpoints(state, &known);
+        let ix = Index::new(state, &owned, &known);
         let mut statuses: Vec<Option<RouteStatus>> = vec![None; state.routes.len()];
         let status = |r: &SandboxRouteObj, reason: RouteReason, message: String| RouteStatus {
             namespace: r.namespace.clone(),
@@ -229,23 +236,10 @@ impl RouteTable {
         }
 
         // 2. Resolve the winners' forks against the cluster.
-        let mut owners = HashMap::new();
-        for svc in &state.services {
-            for ep in &svc.endpoints {
-                owners
-                    .entry(ep.ip.to_canonical())
-                    .or_insert_with(|| format!("{}/{}", svc.namespace, svc.name));
-            }
-        }
-        // Pods are more specific than the Service they back: they win.
-        for pod in &state.pods {
-            for ip in &pod.ips {
-                owners.insert(ip.to_canonical(), format!("{}/{}", pod.namespace, pod.name));
-            }
-        }
         let mut table = RouteTable {
             next_expiry,
-            owners,
+            owners: owned::address_owners(&owned, state),
+            node_pod_namespaces: owned::node_pod_namespaces(state),
             ..RouteTable::default()
         };
         let mut views: Vec<RouteView> = Vec::new();
@@ -477,6 +471,14 @@ impl RouteTable {
     /// Who owns an IP address: a known pod, else the Service it is an endpoint of.
     pub fn owner_of(&self, ip: IpAddr) -> Option<&str> {
         self.owners.get(&ip.to_canonical()).map(String::as_str)
+    }
+
+    /// The namespaces of this node's pods with address `ip` (empty when no pod of this node has
+    /// it; several only for host-network pods, which share the node's addresses).
+    pub fn node_pod_namespaces(&self, ip: IpAddr) -> &[Arc<str>] {
+        self.node_pod_namespaces
+            .get(&ip.to_canonical())
+            .map_or(&[], Vec::as_slice)
     }
 
     /// The earliest future `expiresAt`: recompute then, since expiry needs no cluster change.

@@ -5,11 +5,18 @@ use std::{
     net::{IpAddr, SocketAddr},
 };
 
-use super::{super::addr::canonical, ids::assign_ids};
-use crate::routes::{
-    ClusterState, EndpointAddr, ForkSpec, ForkStatus, Pod, PortRef, RouteReason, Service,
-    ServicePort, TargetPort, model::local_name,
+use super::{
+    super::addr::canonical,
+    ids::assign_ids,
+    owned::{KnownPods, Owned, Refusal, describe},
 };
+use crate::routes::{
+    ClusterState, EndpointAddr, EndpointTrust, ForkSpec, ForkStatus, Pod, PortRef, RouteReason,
+    Service, ServicePort, TargetPort, model::local_name,
+};
+
+/// How many refused addresses a status names before it says "and N more".
+const NAMED_REFUSALS: usize = 8;
 
 /// The port an endpoint serves a Service port on: as the EndpointSlice resolved it, else the
 /// numeric target port (a routes file may leave endpoint ports out).
@@ -58,12 +65,16 @@ pub(super) struct Index<'a> {
     pub(super) services: BTreeMap<(&'a str, &'a str), (u32, &'a Service)>,
     pub(super) by_id: HashMap<u32, &'a Service>,
     pods: BTreeMap<&'a str, Vec<&'a Pod>>,
+    known: &'a KnownPods<'a>,
+    refused: &'a HashMap<(String, String), Vec<Refusal>>,
+    trust: EndpointTrust,
 }
 
 impl<'a> Index<'a> {
-    pub(super) fn new(state: &'a ClusterState) -> Self {
+    /// Services come from `owned` (only their own endpoint addresses), pods from `state`.
+    pub(super) fn new(state: &'a ClusterState, owned: &'a Owned, known: &'a KnownPods<'a>) -> Self {
         let mut by_name: BTreeMap<(&str, &str), &Service> = BTreeMap::new();
-        for s in &state.services {
+        for s in &owned.services {
             by_name
                 .entry((s.namespace.as_str(), s.name.as_str()))
                 .or_insert(s);
@@ -83,7 +94,45 @@ impl<'a> Index<'a> {
             services,
             by_id,
             pods,
+            known,
+            refused: &owned.refused,
+            trust: state.endpoint_trust,
         }
+    }
+
+    fn refused(&self, ns: &str, name: &str) -> &'a [Refusal] {
+        self.refused
+            .get(&(ns.to_owned(), name.to_owned()))
+            .map_or(&[], Vec::as_slice)
+    }
+
+    /// The ready endpoint IPs of sandbox Service `tsvc` (in `ns`, the route's namespace) that
+    /// are Pods of `ns` by the Pod objects themselves, not by what a slice says; and the others.
+    fn sandbox_service_pods(&self, ns: &str, tsvc: &Service) -> (BTreeSet<IpAddr>, Vec<Refusal>) {
+        let mut refused: Vec<Refusal> = self.refused(ns, &tsvc.name).to_vec();
+        let mut ok = BTreeSet::new();
+        for ep in tsvc.endpoints.iter().filter(|ep| ep.ready) {
+            let known = match &ep.target_ref {
+                // Only the operator's file may list an untargeted address (see EndpointTrust).
+                None => self.trust == EndpointTrust::Operator,
+                Some(t) => t.kind == "Pod" && self.known.has(ep.ip, ns, &t.name),
+            };
+            if known {
+                ok.insert(ep.ip.to_canonical());
+            } else {
+                let what = ep.target_ref.as_ref().map_or_else(
+                    || "it".to_owned(),
+                    |t| format!("{}/{}", t.namespace, t.name),
+                );
+                refused.push(Refusal {
+                    ip: ep.ip,
+                    why: format!(
+                        "is not a known Pod of namespace {ns:?} (no Pod object for {what} at this address)"
+                    ),
+                });
+            }
+        }
+        (ok, refused)
     }
 
     fn service(&self, ns: &str, name: &str) -> Option<(u32, &'a Service)> {
@@ -118,6 +167,19 @@ impl<'a> Index<'a> {
                 format!("service {ns}/{name} not found"),
             );
         };
+        // Steering a Service whose slices list addresses it does not own would either capture
+        // them (another namespace's traffic) or change its baseline (without them): do neither.
+        let foreign = self.refused(ns, name);
+        if !foreign.is_empty() {
+            return fail(
+                status,
+                RouteReason::ForeignEndpoints,
+                format!(
+                    "service {ns}/{name} is not forked: its endpoints list addresses that are not Pods of namespace {ns:?}, which are never steered: {}",
+                    describe(foreign, NAMED_REFUSALS)
+                ),
+            );
+        }
 
         // Which of the Service's ports the fork covers.
         let mut problems: Vec<(RouteReason, String)> = Vec::new();
@@ -207,10 +269,24 @@ impl<'a> Index<'a> {
                         ports.extend(covered.iter().map(|&i| (i, Vec::new())));
                     }
                     Some((_, tsvc)) => {
+                        let (pods, refused) = self.sandbox_service_pods(ns, tsvc);
+                        if !refused.is_empty() {
+                            problems.push((
+                                RouteReason::ForeignEndpoints,
+                                format!(
+                                    "target service {ns}/{tname}: addresses that are not Pods of namespace {ns:?} are never sandbox endpoints: {}",
+                                    describe(&refused, NAMED_REFUSALS)
+                                ),
+                            ));
+                        }
                         for &i in &covered {
                             let sp = &svc.ports[i];
                             match target_port_for(tsvc, sp) {
-                                Some(tp) => ports.push((i, baseline_addrs(tsvc, tp, true))),
+                                Some(tp) => {
+                                    let mut eps = baseline_addrs(tsvc, tp, true);
+                                    eps.retain(|a| pods.contains(&a.ip().to_canonical()));
+                                    ports.push((i, eps));
+                                }
                                 None => {
                                     problems.push((
                                         RouteReason::PortNotFound,
@@ -290,11 +366,12 @@ pub(super) fn severity(r: RouteReason) -> u8 {
         RouteReason::InvalidSelector => 1,
         RouteReason::InvalidTarget => 2,
         RouteReason::CrossNamespace => 3,
-        RouteReason::Expired => 4,
-        RouteReason::DuplicateKey => 5,
-        RouteReason::ServiceNotFound => 6,
-        RouteReason::PortNotFound => 7,
-        RouteReason::NoReadyEndpoints => 8,
+        RouteReason::ForeignEndpoints => 4,
+        RouteReason::Expired => 5,
+        RouteReason::DuplicateKey => 6,
+        RouteReason::ServiceNotFound => 7,
+        RouteReason::PortNotFound => 8,
+        RouteReason::NoReadyEndpoints => 9,
         // Never computed here (the kube status writer's), ranked as not-ready-yet.
         RouteReason::NotAppliedOnNodes => 9,
         RouteReason::EndpointsReady => 10,

@@ -6,11 +6,11 @@ use std::{
 
 use jiff::Timestamp;
 
-use crate::routes::test_support::{ip, key, sa};
+use crate::routes::test_support::{ip, key, sa, shop_pod};
 
 use super::{ids::assign_ids, *};
 use crate::routes::{
-    ClusterState, EndpointAddr, Fallback, ForkSpec, ForkTarget, Pod, PortRef, RouteReason,
+    ClusterState, EndpointAddr, Fallback, ForkSpec, ForkTarget, NodePod, Pod, PortRef, RouteReason,
     SANDBOX_LABEL, SandboxRouteObj, SandboxRouteSpec, Service, ServicePort, TargetPort,
 };
 
@@ -42,7 +42,7 @@ fn endpoint(addr: &str, port: u16, ready: bool) -> EndpointAddr {
         ip: ip(addr),
         ready,
         ports: [("http".to_string(), port)].into(),
-        target_ref: None,
+        target_ref: shop_pod(addr),
         node_name: None,
     }
 }
@@ -74,6 +74,16 @@ fn ratings() -> Service {
         endpoints: vec![endpoint("10.1.1.1", 8080, true)],
         client_ip_affinity: None,
         internal_traffic_policy: Default::default(),
+    }
+}
+
+fn node_pod(namespace: &str, name: &str, addr: &str) -> NodePod {
+    NodePod {
+        namespace: namespace.into(),
+        name: name.into(),
+        uid: format!("uid-{name}"),
+        ips: vec![ip(addr)],
+        labels: BTreeMap::new(),
     }
 }
 
@@ -126,6 +136,7 @@ fn state() -> ClusterState {
         )],
         node: None,
         node_pods: Vec::new(),
+        endpoint_trust: Default::default(),
     }
 }
 
@@ -210,7 +221,7 @@ fn dual_stack_service_steers_both_families() {
         ip: ip("fd00:1::1"),
         ready: true,
         ports: [("http".to_string(), 8080)].into(),
-        target_ref: None,
+        target_ref: shop_pod("fd00:1::1"),
         node_name: None,
     });
     let (t, _) = RouteTable::compute(&s, now());
@@ -502,6 +513,11 @@ fn service_target_uses_sandbox_service_endpoints() {
         client_ip_affinity: None,
         internal_traffic_policy: Default::default(),
     });
+    // The sandbox Service's pods, as the agent knows them from the Pod objects.
+    s.node_pods = ["10.3.0.1", "10.3.0.2"]
+        .into_iter()
+        .map(|a| node_pod("shop", shop_pod(a).expect("ref").name.as_str(), a))
+        .collect();
     s.routes[0].spec.forks[0].to = ForkTarget {
         selector: None,
         service: Some("reviews-pr-42".into()),
@@ -722,6 +738,7 @@ fn always_steer_service_vips_are_steered_without_forks() {
         routes: vec![],
         node: None,
         node_pods: Vec::new(),
+        endpoint_trust: Default::default(),
     };
     let (table, _) = RouteTable::compute(&state, jiff::Timestamp::now());
     let vips: Vec<_> = svc
