@@ -119,7 +119,9 @@ async def kube_request(session, out):
     fork = {"service": "reviews", "selector": {"shunt.dev/sandbox": "pr-42"}}
     out["create"] = await call(session, "create_sandbox_route", {"key": "pr-42", "forks": [fork]})
     url = "http://reviews.shop.svc.cluster.local:9080/"
-    keyed = await call(session, "send_test_request", {"url": url, "key": "pr-42"})
+    # The credential must reach the service and never the request pod's spec (the Rust test checks).
+    keyed = await call(session, "send_test_request", {"url": url, "key": "pr-42",
+                                                      "headers": {"authorization": "Bearer s3cr3t-7f3a-do-not-log"}})
     out["keyed"] = keyed
     out["unkeyed"] = await call(session, "send_test_request", {"url": url})
     out["dependencies"] = await call(session, "get_dependencies", {"service": "reviews"})

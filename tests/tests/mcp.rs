@@ -758,10 +758,33 @@ fn fake_kubelet(api: &FakeApiServer, env: &Env, stop: &AtomicBool) -> Vec<Value>
                 cmd.arg(a.as_str().expect("string arg"));
             }
             for e in c["env"].as_array().into_iter().flatten() {
-                cmd.env(
-                    e["name"].as_str().expect("env name"),
-                    e["value"].as_str().unwrap_or_default(),
-                );
+                // A variable from a Secret is read as the kubelet reads it, at start.
+                let value = match e["valueFrom"]["secretKeyRef"].as_object() {
+                    Some(r) => {
+                        let secret = api
+                            .get(
+                                "v1",
+                                "Secret",
+                                Some("shop"),
+                                r["name"].as_str().unwrap_or(""),
+                            )
+                            .expect("the request pod's Secret exists before the pod");
+                        let key = r["key"].as_str().unwrap_or("");
+                        match secret["data"][key].as_str() {
+                            Some(b64) => String::from_utf8(
+                                base64::Engine::decode(
+                                    &base64::engine::general_purpose::STANDARD,
+                                    b64,
+                                )
+                                .expect("base64"),
+                            )
+                            .expect("utf-8"),
+                            None => secret["stringData"][key].as_str().unwrap_or("").to_string(),
+                        }
+                    }
+                    None => e["value"].as_str().unwrap_or_default().to_string(),
+                };
+                cmd.env(e["name"].as_str().expect("env name"), value);
             }
             cmd.stdout(Stdio::piped()).stderr(Stdio::piped());
             let (code, log) = match spawn_in(
@@ -813,10 +836,24 @@ impl KubeRequestRun {
 /// `None` when the test cannot run here. `user`: None for the unrestricted admin, or a tenant
 /// name whose only grant is a Role in `shop` with exactly MCP_ACCESS.
 fn kube_request_run(test: &str, user: Option<&str>) -> Option<KubeRequestRun> {
+    kube_request_run_in(test, user, false)
+}
+
+/// [`kube_request_run`], with `shop` enforcing the `restricted` Pod Security level when
+/// `restricted`.
+fn kube_request_run_in(test: &str, user: Option<&str>, restricted: bool) -> Option<KubeRequestRun> {
     let cluster = tests::kube_world::FakeCluster::start(true).expect("fake API server");
     let node = tests::kube_world::KubeNode::new(test, &cluster, bins!())?;
     let python = python_with_mcp(test)?;
     node.standard_objects(&cluster);
+    if restricted {
+        let mut ns = cluster
+            .api
+            .get("v1", "Namespace", None, "shop")
+            .expect("namespace shop");
+        ns["metadata"]["labels"]["pod-security.kubernetes.io/enforce"] = json!("restricted");
+        cluster.api.replace(ns).expect("labelling shop restricted");
+    }
     // The traffic API, and the agent's pod as the DaemonSet would make it; the agent's debug
     // listener is on the node address, with the token only it and the traffic API hold.
     let traffic = tests::traffic_world::TrafficApi::start(&cluster, &node);
@@ -1077,4 +1114,73 @@ fn mcp_send_test_request_returns_hops_for_a_tenant_without_node_permissions() {
         "decisions".to_string(),
         "list".to_string()
     )));
+}
+
+/// The credential the `kube_request` scenario's keyed request carries.
+const REQUEST_CREDENTIAL: &str = "Bearer s3cr3t-7f3a-do-not-log";
+
+#[test]
+fn request_pod_passes_restricted_pod_security() {
+    let test = "request_pod_passes_restricted_pod_security";
+    let Some(run) = kube_request_run_in(test, None, true) else {
+        return;
+    };
+    // The fake API server enforces `restricted` in shop (as Pod Security admission does), and
+    // both request pods were admitted, ran and answered.
+    check_hops(&run);
+    assert_eq!(run.request_pods.len(), 2, "{}", run.ctx());
+    for p in &run.request_pods {
+        assert_eq!(
+            p["spec"]["securityContext"]["seccompProfile"]["type"],
+            "RuntimeDefault"
+        );
+    }
+    // A pod that does not meet the level gets the plugin's 403, which is admission, not RBAC.
+    let refused = run.cluster.api.create(json!({
+        "apiVersion": "v1", "kind": "Pod",
+        "metadata": { "name": "loose", "namespace": "shop" },
+        "spec": { "containers": [{ "name": "c", "image": "x" }] },
+    }));
+    let e = format!(
+        "{:?}",
+        refused.expect_err("admitted a pod that violates restricted")
+    );
+    assert!(
+        e.contains("violates PodSecurity") && e.contains("seccompProfile"),
+        "{e}"
+    );
+}
+
+#[test]
+fn request_headers_never_appear_in_the_pod_spec() {
+    let test = "request_headers_never_appear_in_the_pod_spec";
+    let Some(run) = kube_request_run(test, None) else {
+        return;
+    };
+    check_hops(&run);
+    let secret_word = REQUEST_CREDENTIAL.rsplit(' ').next().expect("token");
+    assert_eq!(run.request_pods.len(), 2, "{}", run.ctx());
+    for p in &run.request_pods {
+        assert!(
+            !p.to_string().contains(secret_word),
+            "the request pod's spec shows the credential: {p:#}"
+        );
+    }
+    // It travelled in a Secret owned by its pod (so the garbage collector deletes it with the
+    // pod), and the request did carry it.
+    let secrets = run.cluster.api.list("v1", "Secret", Some("shop"));
+    let carried: Vec<&Value> = secrets
+        .iter()
+        .filter(|s| s.to_string().contains(secret_word))
+        .collect();
+    assert_eq!(carried.len(), 1, "{secrets:#?}");
+    let owner = &carried[0]["metadata"]["ownerReferences"][0];
+    assert_eq!(owner["kind"], "Pod", "{:#}", carried[0]);
+    assert!(
+        run.request_pods
+            .iter()
+            .any(|p| p["metadata"]["name"] == owner["name"] && p["metadata"]["uid"] == owner["uid"]),
+        "{:#}",
+        carried[0]
+    );
 }

@@ -83,6 +83,13 @@ pub const MCP_ACCESS: &[ApiAccess] = &[
     },
     ApiAccess {
         group: "",
+        resource: "secrets",
+        verbs: &["create", "patch", "delete"],
+        why: "send_test_request's request travels in a Secret (its headers may hold credentials), \
+              owned by the request pod (patch) so it goes with it; delete when the pod was refused",
+    },
+    ApiAccess {
+        group: "",
         resource: "services",
         verbs: &["list"],
         why: "services, ports and addresses",

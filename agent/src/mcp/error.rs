@@ -34,6 +34,8 @@ pub enum ToolErrorKind {
     Unsupported,
     /// The user's credentials lack a permission; the fix names it.
     Forbidden,
+    /// An admission policy (Pod Security, a webhook) refused an object: not a permission.
+    Admission,
     /// Any other Kubernetes API failure.
     ApiError,
     /// The routes file (no-cluster mode) cannot be read or written.
@@ -66,6 +68,7 @@ impl ToolErrorKind {
             ToolErrorKind::RequestFailed => "request_failed",
             ToolErrorKind::Unsupported => "unsupported",
             ToolErrorKind::Forbidden => "forbidden",
+            ToolErrorKind::Admission => "admission",
             ToolErrorKind::ApiError => "api_error",
             ToolErrorKind::RoutesFile => "routes_file",
             ToolErrorKind::SandboxNotFound => "sandbox_not_found",

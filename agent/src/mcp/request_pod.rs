@@ -5,14 +5,19 @@
 //! `shunt mcp --internal-request`: the same client the no-cluster mode runs in the client pod's
 //! namespace, reading its [`ChildRequest`] from the `SHUNT_REQUEST` variable and printing its
 //! [`ChildResponse`] as the last line of its log. It has no service account token, no
-//! capabilities and a read-only root, and it is deleted once its log has been read (or on any
-//! error).
+//! capabilities, a read-only root and the RuntimeDefault seccomp profile (so namespaces that
+//! enforce the `restricted` Pod Security level admit it), and it is deleted once its log has been
+//! read (or on any error).
+//!
+//! The request itself (its headers may hold credentials) never goes into the pod's spec, which
+//! anyone who may read pods can see: it travels in a Secret that the pod's variable refers to,
+//! owned by the pod so the garbage collector deletes it with the pod.
 use std::time::{Duration, Instant};
 
-use k8s_openapi::api::core::v1::Pod;
+use k8s_openapi::api::core::v1::{Pod, Secret};
 use kube::{
     Api, ResourceExt as _,
-    api::{DeleteParams, ListParams, LogParams, PostParams},
+    api::{DeleteParams, ListParams, LogParams, Patch, PatchParams, PostParams},
 };
 use serde_json::json;
 
@@ -29,6 +34,8 @@ pub const REQUEST_POD_LABELS: [(&str, &str); 2] = [
     ("app.kubernetes.io/component", "test-request"),
 ];
 const CONTAINER: &str = "request";
+/// The key of the request in its Secret.
+const SECRET_KEY: &str = "request";
 /// Largest encoded request a pod carries (in an env var of its spec; objects are limited to
 /// about 1.5 MB by etcd).
 const MAX_REQUEST_BYTES: usize = 256 * 1024;
@@ -128,14 +135,31 @@ impl Cluster {
             ));
         }
         let deadline_s = req.timeout_ms.div_ceil(1000) + self.request_pod_timeout.as_secs();
+        let labels: serde_json::Map<_, _> = REQUEST_POD_LABELS
+            .iter()
+            .map(|(k, v)| (k.to_string(), json!(v)))
+            .collect();
+        let secrets = Api::<Secret>::namespaced(self.client.clone(), namespace);
+        let secret: Secret = serde_json::from_value(json!({
+            "apiVersion": "v1",
+            "kind": "Secret",
+            "metadata": { "generateName": "shunt-request-", "namespace": namespace, "labels": labels },
+            "type": "Opaque",
+            "stringData": { SECRET_KEY: request_json },
+        }))
+        .map_err(|e| ToolError::invalid(format!("building the request's Secret: {e}"), ""))?;
+        let secret = secrets
+            .create(&PostParams::default(), &secret)
+            .await
+            .map_err(|e| create_error(e, namespace, "secrets"))?;
+        let secret_name = secret.name_any();
         let pod: Pod = serde_json::from_value(json!({
             "apiVersion": "v1",
             "kind": "Pod",
             "metadata": {
                 "generateName": "shunt-request-",
                 "namespace": namespace,
-                "labels": REQUEST_POD_LABELS.iter().map(|(k, v)| (k.to_string(), json!(v)))
-                    .collect::<serde_json::Map<_, _>>(),
+                "labels": labels,
             },
             "spec": {
                 "restartPolicy": "Never",
@@ -143,12 +167,18 @@ impl Cluster {
                 "automountServiceAccountToken": false,
                 "enableServiceLinks": false,
                 "terminationGracePeriodSeconds": 0,
+                "securityContext": {
+                    "runAsNonRoot": true,
+                    "seccompProfile": { "type": "RuntimeDefault" },
+                },
                 "containers": [{
                     "name": CONTAINER,
                     "image": image,
                     "command": command,
                     "args": ["mcp", "--internal-request"],
-                    "env": [{ "name": REQUEST_ENV, "value": request_json }],
+                    "env": [{ "name": REQUEST_ENV, "valueFrom": {
+                        "secretKeyRef": { "name": secret_name, "key": SECRET_KEY },
+                    } }],
                     "resources": {
                         "requests": { "cpu": "10m", "memory": "16Mi" },
                         "limits": { "memory": "64Mi" },
@@ -159,25 +189,33 @@ impl Cluster {
                         "allowPrivilegeEscalation": false,
                         "readOnlyRootFilesystem": true,
                         "capabilities": { "drop": ["ALL"] },
+                        "seccompProfile": { "type": "RuntimeDefault" },
                     },
                 }],
             },
         }))
         .map_err(|e| ToolError::invalid(format!("building the request pod: {e}"), ""))?;
-        let created = api
-            .create(&PostParams::default(), &pod)
+        let created = match api.create(&PostParams::default(), &pod).await {
+            Ok(p) => p,
+            Err(e) => {
+                // Nothing owns the Secret yet: delete it here.
+                let _ = tokio::time::timeout(
+                    Duration::from_secs(5),
+                    secrets.delete(&secret_name, &DeleteParams::background()),
+                )
+                .await;
+                return Err(create_error(e, namespace, "pods"));
+            }
+        };
+        // From now on the Secret goes with the pod (garbage collection), whatever happens here.
+        let owner = json!({ "metadata": { "ownerReferences": [{
+            "apiVersion": "v1", "kind": "Pod", "name": created.name_any(),
+            "uid": created.uid().unwrap_or_default(),
+        }] } });
+        secrets
+            .patch(&secret_name, &PatchParams::default(), &Patch::Merge(&owner))
             .await
-            .map_err(|e| match &e {
-                kube::Error::Api(s) if s.code == 403 => ToolError::new(
-                    ToolErrorKind::Forbidden,
-                    format!("creating the request pod in {namespace}: {}", s.message),
-                    format!(
-                        "your user needs `create`, `get` and `delete` on pods and `get` on \
-                         pods/log in {namespace} for send_test_request"
-                    ),
-                ),
-                _ => ToolError::api(e),
-            })?;
+            .map_err(|e| create_error(e, namespace, "secrets"))?;
         let name = created.name_any();
         // Whatever happens (an answer, an error, the tool call cancelled), the pod goes.
         let cleanup = DeleteOnDrop {
@@ -293,5 +331,47 @@ impl Cluster {
             )
         })?;
         Ok((resp, info))
+    }
+}
+
+/// A refused create, as the user can act on it: admission (Pod Security, a webhook) is not a
+/// missing permission.
+fn create_error(e: kube::Error, namespace: &str, resource: &str) -> ToolError {
+    match &e {
+        kube::Error::Api(s) if s.code == 403 && s.message.contains("violates PodSecurity") => {
+            ToolError::new(
+                ToolErrorKind::Admission,
+                format!(
+                    "the namespace {namespace} refused the request {resource}: {}",
+                    s.message
+                ),
+                format!(
+                    "namespace {namespace}'s Pod Security level refuses it; the request pod meets \
+                     `restricted`, so another admission policy is stricter: ask its admins, or \
+                     send the request from a namespace that admits it"
+                ),
+            )
+        }
+        kube::Error::Api(s) if s.code == 403 && !s.message.contains(" cannot ") => ToolError::new(
+            ToolErrorKind::Admission,
+            format!(
+                "admission refused the request {resource} in {namespace}: {}",
+                s.message
+            ),
+            "an admission policy of the namespace refuses it (not a missing permission); ask its \
+             admins which",
+        ),
+        kube::Error::Api(s) if s.code == 403 => ToolError::new(
+            ToolErrorKind::Forbidden,
+            format!(
+                "creating the request {resource} in {namespace}: {}",
+                s.message
+            ),
+            format!(
+                "your user needs `create`, `get` and `delete` on pods, `create` and `patch` on \
+                 secrets and `get` on pods/log in {namespace} for send_test_request"
+            ),
+        ),
+        _ => ToolError::api(e),
     }
 }

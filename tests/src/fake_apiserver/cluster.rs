@@ -390,6 +390,46 @@ impl Cluster {
         }
     }
 
+    /// Pod Security admission: a Pod created in a namespace that enforces `restricted` must pass
+    /// its checks, or gets the plugin's 403.
+    fn admit_pod_security(
+        &self,
+        rt: &ResourceType,
+        ns: &str,
+        name: &str,
+        obj: &Value,
+    ) -> ApiResult<()> {
+        if !(rt.group.is_empty() && rt.plural == "pods") {
+            return Ok(());
+        }
+        let key = Key {
+            storage: NAMESPACE_STORAGE.into(),
+            ns: String::new(),
+            name: ns.to_string(),
+        };
+        let enforced = self
+            .store
+            .get(&key)
+            .and_then(|n| n["metadata"]["labels"][super::pod_security::ENFORCE_LABEL].as_str())
+            .map(str::to_string);
+        if enforced.as_deref() != Some("restricted") {
+            return Ok(());
+        }
+        let violations = super::pod_security::restricted_violations(obj);
+        if violations.is_empty() {
+            return Ok(());
+        }
+        Err(ApiError::forbidden(
+            &rt.group,
+            &rt.plural,
+            name,
+            &format!(
+                "violates PodSecurity \"restricted:latest\": {}",
+                violations.join(", ")
+            ),
+        ))
+    }
+
     fn invalid(rt: &ResourceType, name: &str, causes: &[defaults::Cause]) -> ApiError {
         ApiError::invalid(&rt.kind, &rt.group, name, causes)
     }
@@ -511,6 +551,9 @@ impl Cluster {
         }
         if !causes.is_empty() {
             return Err(Self::invalid(rt, &name, &causes));
+        }
+        if let Some(ns) = &ns {
+            self.admit_pod_security(rt, ns, &name, &obj)?;
         }
         let key = Self::key(rt, ns.as_deref(), &name);
         if self.store.get(&key).is_some() {

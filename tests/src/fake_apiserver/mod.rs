@@ -68,6 +68,7 @@ mod http;
 mod kubelet;
 mod meta;
 mod patch;
+mod pod_security;
 mod render;
 mod resources;
 mod rest;
