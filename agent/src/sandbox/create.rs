@@ -21,19 +21,18 @@ use crate::{
     routes::SANDBOX_LABEL,
 };
 
+/// A fresh key: a name, not a secret, so std's randomly seeded hasher (portable, no unsafe) is
+/// random enough.
 fn random_key() -> String {
-    let mut b = [0u8; 3];
-    // SAFETY: a valid buffer of the given length.
-    let n = unsafe { libc::getrandom(b.as_mut_ptr().cast(), b.len(), 0) };
-    if n != b.len() as isize {
-        let t = std::time::SystemTime::now()
+    use std::hash::{BuildHasher as _, Hasher as _};
+    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+    h.write_u128(
+        std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.subsec_nanos())
-            .unwrap_or(0)
-            ^ std::process::id();
-        b = [(t >> 16) as u8, (t >> 8) as u8, t as u8];
-    }
-    format!("sbx-{:02x}{:02x}{:02x}", b[0], b[1], b[2])
+            .map(|d| d.as_nanos())
+            .unwrap_or(0),
+    );
+    format!("sbx-{:06x}", h.finish() & 0xff_ffff)
 }
 
 pub(super) async fn create(a: CreateArgs) -> anyhow::Result<()> {
