@@ -212,6 +212,27 @@ async def kube_logs(session, out):
     out["get_sandbox"] = await call(session, "get_sandbox", {"name": "pr-42"})
 
 
+async def kube_sandbox(session, out):
+    """Cluster mode: create_sandbox forks the Deployment (a crash-looping build, then one kept
+    past the session), get/list/delete_sandbox; the session then ends with stdin EOF."""
+    out["create_no_image"] = await call(
+        session, "create_sandbox", {"name": "x", "service": "reviews", "key": "pr-x"}
+    )
+    out["create_bad"] = await call(session, "create_sandbox", {
+        "name": "reviews-bad", "service": "reviews", "key": "pr-bad",
+        "image": "reviews:broken", "env": {"STARS": "on"}, "ready_timeout_seconds": 20,
+    })
+    # Long enough for the session to renew its routes' expiry (--session-ttl 3s: every 1s).
+    await asyncio.sleep(1.5)
+    out["get_bad"] = await call(session, "get_sandbox", {"name": "pr-bad"})
+    out["create_keep"] = await call(session, "create_sandbox", {
+        "name": "reviews-keep", "service": "reviews", "key": "pr-keep",
+        "image": "reviews:2", "keep": True, "ready_timeout_seconds": 20,
+    })
+    out["list"] = await call(session, "list_sandboxes", {})
+    out["delete_persons"] = await call(session, "delete_sandbox", {"name": "pr-person"})
+
+
 async def main():
     argv = sys.argv[1:]
     if len(argv) < 3 or argv[1] != "--":
@@ -237,7 +258,8 @@ async def main():
                 for t in tools.tools
             }
             await {"netns": netns, "kube": kube, "kube_request": kube_request,
-             "kube_bad_image": kube_bad_image, "loop": agent_loop, "kube_logs": kube_logs}[scenario](session, out)
+             "kube_bad_image": kube_bad_image, "loop": agent_loop, "kube_logs": kube_logs,
+             "kube_sandbox": kube_sandbox}[scenario](session, out)
     json.dump(out, sys.stdout)
     sys.stdout.write("\n")
 

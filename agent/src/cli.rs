@@ -4,6 +4,7 @@ use std::{net::SocketAddr, path::PathBuf, process::ExitCode};
 
 use clap::{Args, Parser, Subcommand};
 
+#[cfg(feature = "node")]
 use crate::config::RunConfig;
 
 #[derive(Debug, Parser)]
@@ -22,6 +23,7 @@ pub struct Cli {
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Run the node agent: capture, node proxy and admin API (the DaemonSet entry point).
+    #[cfg(feature = "node")]
     Run(Box<RunConfig>),
     /// Print the agent's current route table (from its debug API, or with --kube through the
     /// traffic API for one namespace).
@@ -39,6 +41,7 @@ pub enum Command {
     Skill(crate::skill::SkillArgs),
     /// The traffic API (an aggregated Kubernetes API): serves the agents' decisions, topology
     /// and routes per namespace to users whose RBAC grants it (the Deployment's entry point).
+    #[cfg(feature = "node")]
     TrafficApi(crate::traffic::TrafficApiArgs),
 }
 
@@ -77,6 +80,7 @@ pub fn main() -> ExitCode {
     let cli = Cli::parse();
     init_tracing();
     let result = match cli.command {
+        #[cfg(feature = "node")]
         Command::Run(cfg) => crate::run::run(*cfg),
         Command::Routes(a) => debug_cli(&a, "routes").map(|t| print!("{t}")),
         Command::Topology(t) => debug_cli(&t.debug, "topology").and_then(|text| {
@@ -101,6 +105,7 @@ pub fn main() -> ExitCode {
         Command::Mcp(args) => crate::mcp::run(args),
         Command::Sandbox(args) => crate::sandbox::run(args),
         Command::Skill(args) => crate::skill::run(args),
+        #[cfg(feature = "node")]
         Command::TrafficApi(args) => crate::traffic::run(args),
     };
     match result {

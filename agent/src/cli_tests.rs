@@ -1,11 +1,14 @@
 //! The command line parses as documented: `run` (and its environment variables), `mcp`,
 //! `sandbox`.
+#[cfg(feature = "node")]
 use std::{path::PathBuf, time::Duration};
 
 use super::*;
+#[cfg(feature = "node")]
 use crate::capture::CgroupSelector;
 
 /// `shunt run ARGS...`, parsed.
+#[cfg(feature = "node")]
 fn run_config(args: &[&str]) -> RunConfig {
     let cli = Cli::try_parse_from(["shunt", "run"].iter().chain(args).copied()).expect("parses");
     let Command::Run(cfg) = cli.command else {
@@ -14,6 +17,7 @@ fn run_config(args: &[&str]) -> RunConfig {
     *cfg
 }
 
+#[cfg(feature = "node")]
 #[test]
 fn run_flags_parse() {
     let args = run_config(&[
@@ -33,6 +37,7 @@ fn run_flags_parse() {
     assert!(!args.kube);
 }
 
+#[cfg(feature = "node")]
 #[test]
 fn kube_flags_parse_and_conflict_with_routes() {
     let base = [
@@ -75,6 +80,7 @@ fn kube_flags_parse_and_conflict_with_routes() {
     ));
 }
 
+#[cfg(feature = "node")]
 /// The child half of [`run_flags_read_the_environment`]: run only in a process whose
 /// environment that test set up (changing this process's environment would race other tests).
 #[test]
@@ -91,6 +97,7 @@ fn run_flags_from_the_environment_child() {
     assert_eq!(args.max_headers, 7);
 }
 
+#[cfg(feature = "node")]
 #[test]
 fn run_flags_read_the_environment() {
     let out = std::process::Command::new(std::env::current_exe().expect("test binary"))
@@ -116,6 +123,7 @@ fn run_flags_read_the_environment() {
     );
 }
 
+#[cfg(feature = "node")]
 #[test]
 fn run_flags_parse_into_the_run_config() {
     let args = run_config(&[
@@ -135,6 +143,7 @@ fn run_flags_parse_into_the_run_config() {
     assert_eq!(cfg.max_headers, 128);
 }
 
+#[cfg(feature = "node")]
 #[test]
 fn cgroup_is_auto_with_kube_and_required_without() {
     let kube = run_config(&["--kube", "--proxy-addr", "10.0.0.1:15001"]);

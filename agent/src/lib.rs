@@ -19,19 +19,26 @@
 //! - [`run`] wires the parts for `shunt run` from a config value; [`cli`] parses the command
 //!   line and is imported by no one.
 pub mod admin;
+#[cfg(feature = "node")]
 pub mod capture;
 pub mod cli;
+#[cfg(feature = "node")]
 pub mod config;
 pub mod duration;
 pub mod kube;
 pub mod mcp;
+#[cfg(feature = "node")]
 pub mod metrics;
 pub mod placement;
+#[cfg(feature = "node")]
 pub mod proxy;
 pub mod routes;
+#[cfg(feature = "node")]
 pub mod run;
 pub mod sandbox;
 pub mod skill;
+#[cfg(feature = "node")]
 pub mod sync;
 pub mod traffic;
+#[cfg(feature = "node")]
 pub mod watchdog;

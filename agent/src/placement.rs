@@ -2,13 +2,34 @@
 //!
 //! The child joins both between fork and exec, so the caller itself never moves: cgroup v2
 //! moves whole processes, and `setns` would move the calling thread.
+//!
+//! Network namespaces exist only on Linux: elsewhere (the client on a laptop, which reaches a
+//! cluster with `--kube`) [`enter_netns`] answers `Unsupported`.
 use std::{
     fs::OpenOptions,
     io::Write as _,
-    os::fd::AsRawFd as _,
+    os::fd::AsFd,
     os::unix::process::CommandExt as _,
     path::{Path, PathBuf},
 };
+
+/// Moves the calling thread into the network namespace open at `ns`. Async-signal-safe (no
+/// allocation), so a child may call it between fork and exec.
+#[cfg(target_os = "linux")]
+pub fn enter_netns(ns: impl AsFd) -> std::io::Result<()> {
+    use std::os::fd::AsRawFd as _;
+    // SAFETY: a valid namespace fd; setns affects only the calling thread.
+    if unsafe { libc::setns(ns.as_fd().as_raw_fd(), libc::CLONE_NEWNET) } != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+/// No network namespaces outside Linux.
+#[cfg(not(target_os = "linux"))]
+pub fn enter_netns(_ns: impl AsFd) -> std::io::Result<()> {
+    Err(std::io::ErrorKind::Unsupported.into())
+}
 
 /// A namespace or cgroup that cannot be joined (found before the fork, so it names the path).
 #[derive(Debug, thiserror::Error)]
@@ -61,10 +82,8 @@ pub fn join_before_exec(
                 // "0" moves the writing process: the child, not the caller.
                 (&*p).write_all(b"0")?;
             }
-            if let Some(ns) = ns.as_ref()
-                && libc::setns(ns.as_raw_fd(), libc::CLONE_NEWNET) != 0
-            {
-                return Err(std::io::Error::last_os_error());
+            if let Some(ns) = ns.as_ref() {
+                enter_netns(ns)?;
             }
             Ok(())
         });

@@ -1,7 +1,8 @@
-//! Project tasks: `cargo xtask setup | test | demo | bench`.
+//! Project tasks: `cargo xtask setup | test | client | demo | bench`.
 //!
 //! Every task runs `setup` first, so a fresh Debian machine with rustup needs nothing else.
 mod bench;
+mod client;
 mod demo;
 mod setup;
 mod test;
@@ -19,8 +20,12 @@ struct Cli {
 enum Task {
     /// Install the pinned toolchains, bpf-linker and the apt packages the tests need (idempotent).
     Setup,
-    /// fmt check, clippy (userspace and eBPF), unit tests, integration tests, leftover check.
+    /// fmt check, clippy (userspace and eBPF), the client build (stable, no bpf-linker) and its
+    /// macOS check, unit tests, integration tests, leftover check.
     Test(test::TestArgs),
+    /// Build the client (`agent --no-default-features`) as a laptop would, with stable Rust and
+    /// no bpf-linker on PATH, into target/client; then check it for macOS.
+    Client,
     /// A mini-cluster of network namespaces on this machine, with the real agent and eBPF
     /// capture, showing keyed requests steered to a sandbox (needs root). Tears down at the end
     /// and on Ctrl-C.
@@ -43,6 +48,7 @@ fn main() -> std::process::ExitCode {
         task => setup::setup().and_then(|env| match task {
             Task::Setup => Ok(()),
             Task::Test(args) => test::run(&env, args),
+            Task::Client => client::build(&env).and_then(|()| client::check_macos(&env)),
             Task::Demo(args) => demo::run(Some(&env), args),
             Task::Bench(args) => bench::run(&env, args),
         }),

@@ -207,20 +207,28 @@ fn install_bpf_linker(bin: &Path, path: &std::ffi::OsStr) -> anyhow::Result<()> 
 }
 
 fn install_apt_tools() -> anyhow::Result<()> {
+    install_apt(
+        "test tools (ip, nsenter, setpriv, sysctl, sudo)",
+        &APT_TOOLS,
+    )
+}
+
+/// Installs the Debian package of each `(command, package)` whose command is missing.
+pub fn install_apt(what: &str, tools: &[(&str, &str)]) -> anyhow::Result<()> {
     let path = env::var_os("PATH").unwrap_or_default();
     let has = |tool: &str| {
         env::split_paths(&path)
             .chain(["/usr/sbin", "/sbin"].map(PathBuf::from))
             .any(|d| d.join(tool).is_file())
     };
-    let mut pkgs: Vec<&str> = APT_TOOLS
+    let mut pkgs: Vec<&str> = tools
         .iter()
         .filter(|(t, _)| !has(t))
         .map(|(_, p)| *p)
         .collect();
     pkgs.dedup();
     if pkgs.is_empty() {
-        step("test tools (ip, nsenter, setpriv, sysctl, sudo): installed");
+        step(&format!("{what}: installed"));
         return Ok(());
     }
     step(&format!("installing apt packages: {}", pkgs.join(" ")));

@@ -43,6 +43,8 @@ pub fn run(env: &Env, args: TestArgs) -> anyhow::Result<()> {
                 .env("CARGO_TARGET_DIR", "target/ebpf-clippy"),
         )?;
     }
+    crate::client::build(env)?;
+    crate::client::check_macos(env)?;
     step("unit tests");
     exec(cargo(env).args(["test", "-p", "agent", "-p", "agent-common", "-p", "xtask"]))?;
     step("integration tests (real kernel, network namespaces)");

@@ -13,10 +13,15 @@
 //! tasks. [`client`] is the loopback client of `shunt routes`/`topology`; [`topology`] builds
 //! the service graph.
 pub mod client;
+#[cfg(feature = "node")]
 pub mod debug;
+#[cfg(feature = "node")]
 pub mod health;
+#[cfg(feature = "node")]
 pub mod listener;
 pub mod topology;
 
+#[cfg(feature = "node")]
 pub use debug::{DebugState, DebugToken};
+#[cfg(feature = "node")]
 pub use health::HealthState;

@@ -1,13 +1,13 @@
 //! The service graph at `/topology`: connections counted by the capture programs (every
 //! connection opened in the captured cgroup, steered or not), with addresses resolved to
 //! Services and pods through the route table. An unknown address stays an address.
-use std::{
-    collections::BTreeMap,
-    time::{Duration, SystemTime, UNIX_EPOCH},
-};
+use std::collections::BTreeMap;
+#[cfg(feature = "node")]
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use serde::{Deserialize, Serialize};
 
+#[cfg(feature = "node")]
 use crate::{capture::Flow, routes::RouteTable};
 
 /// One edge of the graph.
@@ -26,6 +26,7 @@ pub struct Topology {
     pub edges: Vec<Edge>,
 }
 
+#[cfg(feature = "node")]
 fn monotonic_now_ns() -> u64 {
     let mut ts = libc::timespec {
         tv_sec: 0,
@@ -37,6 +38,7 @@ fn monotonic_now_ns() -> u64 {
 }
 
 /// Builds the graph from raw flows, merging flows between the same two names and port.
+#[cfg(feature = "node")]
 pub fn build(flows: &[Flow], table: &RouteTable) -> Topology {
     let mono_now = monotonic_now_ns();
     let wall_now = SystemTime::now();
@@ -228,6 +230,7 @@ mod tests {
         );
     }
 
+    #[cfg(feature = "node")]
     #[test]
     fn unknown_addresses_stay_addresses_and_flows_merge() {
         let flows = vec![

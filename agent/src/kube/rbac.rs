@@ -95,6 +95,14 @@ pub const MCP_ACCESS: &[ApiAccess] = &[
         why: "services, ports and addresses",
     },
     ApiAccess {
+        group: "apps",
+        resource: "deployments",
+        verbs: &["get", "list", "create", "delete"],
+        why: "create_sandbox forks a Deployment (get the baseline, create the clone; list to \
+              name the candidates when it is missing); delete_sandbox and the session's end \
+              delete the clone",
+    },
+    ApiAccess {
         group: "discovery.k8s.io",
         resource: "endpointslices",
         verbs: &["list"],
@@ -103,8 +111,9 @@ pub const MCP_ACCESS: &[ApiAccess] = &[
     ApiAccess {
         group: "shunt.dev",
         resource: "sandboxroutes",
-        verbs: &["list", "get", "create", "delete"],
-        why: "the sandbox route tools",
+        verbs: &["list", "get", "create", "delete", "patch"],
+        why: "the sandbox route tools and create_sandbox's route; patch: the session renews \
+              its sandboxes' expiresAt",
     },
     ApiAccess {
         group: "traffic.shunt.dev",

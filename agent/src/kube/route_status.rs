@@ -47,6 +47,7 @@ pub fn route_status(r: &SandboxRoute) -> Option<RouteStatus> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    #[cfg(feature = "node")]
     use crate::kube::status::desired_status;
 
     #[test]
@@ -76,6 +77,7 @@ mod tests {
         );
     }
 
+    #[cfg(feature = "node")]
     #[test]
     fn reads_back_what_the_writer_writes() {
         let written = RouteStatus {

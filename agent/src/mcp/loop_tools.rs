@@ -13,8 +13,13 @@ impl ShuntMcp {
         $(PORT) at $(POD_IP)); the key's requests for `service` then go to it. Waits until it \
         accepts connections (Ready); if it does not, the error has its exit status and last log \
         lines. It lives while this MCP session lives and is deleted when the session ends, \
-        unless `keep: true`. A session may have --max-sandboxes-per-session (default 5) live \
-        sandboxes: beyond that the error names the ones to delete."
+        unless `keep: true`. With --kube: the same fork as `shunt sandbox create`: the \
+        Deployment behind `service` (or `deployment`) cloned with `image` and `env`, labelled \
+        with this session, its route expiring --session-ttl after the session's last renewal; \
+        waits until the agents report it Ready; if its pods do not start, the error has the \
+        last termination reason and get_sandbox's view. A session may have \
+        --max-sandboxes-per-session (default 5) live sandboxes: beyond that the error names the \
+        ones to delete."
     )]
     async fn create_sandbox(
         &self,
@@ -49,7 +54,8 @@ impl ShuntMcp {
 
     #[tool(
         description = "Delete a sandbox: its process, pod and its fork in the key's route (the \
-        route too when it was its last fork). Only sandboxes this session created, unless \
+        route too when it was its last fork); with --kube (`name` is its routing key) its \
+        cloned Deployment and its route. Only sandboxes this session created, unless \
         `force: true`: never force-delete another session's or a person's sandbox without \
         being asked to."
     )]

@@ -30,7 +30,7 @@ pub mod types;
 
 pub use args::McpArgs;
 
-use std::{os::fd::AsRawFd as _, path::Path, sync::Arc};
+use std::{path::Path, sync::Arc};
 
 use anyhow::Context as _;
 use rmcp::{
@@ -407,10 +407,8 @@ fn placement(args: &McpArgs) -> ClientPlacement {
 fn enter_netns(path: &Path) -> anyhow::Result<()> {
     let f = std::fs::File::open(path)
         .with_context(|| format!("--debug-netns: opening {}", path.display()))?;
-    // SAFETY: a valid namespace fd; affects only the calling (so far only) thread.
-    if unsafe { libc::setns(f.as_raw_fd(), libc::CLONE_NEWNET) } != 0 {
-        return Err(std::io::Error::last_os_error())
-            .with_context(|| format!("--debug-netns: entering {}", path.display()));
-    }
+    // Affects only the calling (so far only) thread.
+    crate::placement::enter_netns(&f)
+        .with_context(|| format!("--debug-netns: entering {}", path.display()))?;
     Ok(())
 }

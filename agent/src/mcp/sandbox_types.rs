@@ -24,13 +24,25 @@ pub struct CreateSandboxParams {
     /// Arguments of `command`.
     #[serde(default)]
     pub args: Vec<String>,
-    /// Extra environment variables.
+    /// Extra environment variables (with --kube: set in the forked container).
     #[serde(default)]
     pub env: BTreeMap<String, String>,
+    /// With --kube: the image of your build; the Deployment is forked with it (as `shunt
+    /// sandbox create` does). The sandbox is then known by its `key` (get_sandbox,
+    /// delete_sandbox name=KEY).
+    #[serde(default)]
+    pub image: Option<String>,
+    /// With --kube: the Deployment to fork. Default: the one named like `service`.
+    #[serde(default)]
+    pub deployment: Option<String>,
+    /// With --kube: the container whose image is replaced. Default: the first.
+    #[serde(default)]
+    pub container: Option<String>,
     /// The port it listens on. Default: the service's target port on its baseline pods.
     #[serde(default)]
     pub port: Option<u16>,
-    /// How long to wait until it accepts connections (Ready). Default 30.
+    /// How long to wait until it accepts connections (Ready). Default 30 (with --kube: until
+    /// the agents report its route Ready, default 120).
     #[serde(default)]
     pub ready_timeout_seconds: Option<u64>,
     /// Keep it (and its route) after this MCP session ends. Default false: it is deleted when

@@ -42,7 +42,7 @@ pub(super) async fn delete(a: DeleteArgs) -> anyhow::Result<()> {
 
 /// Deletes a sandbox: the Deployments it owns (garbage collection would, but explicitly is
 /// immediate and works where there is none), then its route. Best effort.
-pub(super) async fn remove(client: &Client, ns: &str, route_name: &str, key: &str) -> Vec<String> {
+pub async fn remove(client: &Client, ns: &str, route_name: &str, key: &str) -> Vec<String> {
     let mut done = Vec::new();
     let routes: Api<SandboxRoute> = Api::namespaced(client.clone(), ns);
     let deployments: Api<Deployment> = Api::namespaced(client.clone(), ns);

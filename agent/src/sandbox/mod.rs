@@ -10,10 +10,13 @@
 //! agents"). The agent daemon needs none of them.
 //!
 //! - [`clone`]: the clone Deployment and its route, computed (pure).
+//! - [`fork`]: the clone and its route created, and the wait for Ready (shared with MCP
+//!   `create_sandbox` in cluster mode).
 //! - `create`, `list`, `delete`: the subcommands, against the API.
 pub mod clone;
 mod create;
 mod delete;
+pub mod fork;
 mod list;
 pub mod local;
 
@@ -137,6 +140,9 @@ fn api_err(what: &str, e: kube::Error) -> anyhow::Error {
         _ => anyhow::anyhow!("{what}: {e}"),
     }
 }
+
+pub use create::expiry;
+pub use delete::remove;
 
 fn progress(msg: &str) {
     eprintln!("==> {msg}");

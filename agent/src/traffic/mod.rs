@@ -18,10 +18,13 @@
 //! does not forward the user's credentials through `services/proxy`, so such a service would
 //! need the user's token in another header (client-certificate users could not use it at all),
 //! and would hold every user's token. Aggregation forwards the authenticated identity instead.
+#[cfg(feature = "node")]
 pub mod agents;
 pub mod client;
+#[cfg(feature = "node")]
 pub mod server;
 
+#[cfg(feature = "node")]
 pub use server::{TrafficApiArgs, run};
 
 /// The API group the traffic API serves.

@@ -23,6 +23,7 @@ pub mod requests;
 pub mod routes;
 pub mod sandboxes;
 pub mod sandboxes_cluster;
+pub mod sandboxes_fork;
 pub mod services;
 pub mod session_end;
 

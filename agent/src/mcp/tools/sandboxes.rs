@@ -69,8 +69,8 @@ impl Backend {
             Backend::Local(l) => l.mini.as_ref().map(|m| (l, m)).ok_or_else(unsupported),
             Backend::Cluster(_) => Err(ToolError::new(
                 ToolErrorKind::Unsupported,
-                "sandboxes over MCP are not implemented in cluster mode yet",
-                "use `shunt sandbox create` for a cluster, or the no-cluster mini-cluster",
+                "no-cluster sandboxes (a command of the mini-cluster) are not used with --kube",
+                "with --kube, create_sandbox forks the Deployment with `image`",
             )),
         }
     }
@@ -80,6 +80,9 @@ impl Backend {
         p: CreateSandboxParams,
         session: &Session,
     ) -> ToolResult<CreateSandboxResult> {
+        if let Backend::Cluster(c) = self {
+            return self.cluster_create_sandbox(c, p, session).await;
+        }
         let (local, mini) = self.mini()?;
         if !valid_name(&p.name) {
             return Err(ToolError::invalid(
@@ -389,6 +392,9 @@ impl Backend {
     }
 
     pub async fn list_sandboxes(&self, session: &Session) -> ToolResult<ListSandboxesResult> {
+        if let Backend::Cluster(c) = self {
+            return self.cluster_list_sandboxes(c, session).await;
+        }
         let (_, mini) = self.mini()?;
         let mut sandboxes = Vec::new();
         for rec in PodRecord::all(&mini.dir) {
@@ -408,6 +414,9 @@ impl Backend {
         p: SandboxNameParams,
         session: &Session,
     ) -> ToolResult<DeleteSandboxResult> {
+        if let Backend::Cluster(c) = self {
+            return self.cluster_delete_sandbox(c, p, session).await;
+        }
         let (_, mini) = self.mini()?;
         let Some(rec) = PodRecord::find(&mini.dir, &p.name).filter(|r| r.sandbox.is_some()) else {
             return Err(not_found(&p.name, mini));

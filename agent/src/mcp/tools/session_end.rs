@@ -10,6 +10,9 @@ use crate::{
 impl Backend {
     /// Ends the session: deletes what it created without `keep`. Returns what it deleted.
     pub async fn end_session(&self, session: &Session) -> Vec<String> {
+        if let Backend::Cluster(c) = self {
+            return self.cluster_end_session(c, session).await;
+        }
         let mut done = Vec::new();
         let owned = session.snapshot();
         if let Ok((_, mini)) = self.mini() {
@@ -53,8 +56,9 @@ impl Backend {
     /// Pushes the expiry of what the session owns (without `keep`) --session-ttl ahead, and
     /// removes the sandboxes other sessions left to expire.
     pub async fn renew_session(&self, session: &Session) {
-        let Backend::Local(local) = self else {
-            return;
+        let local = match self {
+            Backend::Local(local) => local,
+            Backend::Cluster(c) => return self.cluster_renew_session(c, session).await,
         };
         let owned = session.snapshot();
         let expires = session.expiry(false);

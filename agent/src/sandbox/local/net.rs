@@ -4,7 +4,6 @@
 //! `nsenter`; never `ip netns exec`, which remounts /sys and hides the cgroup mount.
 use std::{
     net::Ipv4Addr,
-    os::fd::AsRawFd as _,
     path::{Path, PathBuf},
     process::Command,
 };
@@ -130,11 +129,11 @@ pub fn run_in<T: Send + 'static>(
         message: e.to_string(),
     })?;
     std::thread::spawn(move || {
-        // SAFETY: a valid namespace fd; setns affects only this new thread.
-        if unsafe { libc::setns(ns.as_raw_fd(), libc::CLONE_NEWNET) } != 0 {
+        // Affects only this new thread.
+        if let Err(e) = crate::placement::enter_netns(&ns) {
             return Err(LocalError::Command {
                 what: "setns".into(),
-                message: std::io::Error::last_os_error().to_string(),
+                message: e.to_string(),
             });
         }
         Ok(f())
