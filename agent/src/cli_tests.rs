@@ -238,6 +238,7 @@ fn sandbox_flags_parse() {
     assert!(parse(&["sandbox", "list", "-A"]).is_ok());
 }
 
+#[cfg(feature = "node")]
 #[test]
 fn strip_keys_from_namespace_needs_kube_and_namespace_names() {
     let base = [
