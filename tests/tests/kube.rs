@@ -418,11 +418,11 @@ fn expired_route_is_dropped_then_deleted() {
     wait_for("the leader to delete the expired route", DEADLINE, || {
         c.route("pr-42").is_none()
     });
-    assert!(
-        agent.log_text().contains("deleted expired SandboxRoute"),
-        "{}",
-        agent.log_text()
-    );
+    // The agent logs the deletion once the API server has answered it, which can be just
+    // after the test sees the route gone.
+    wait_for("the leader's log of the deletion", DEADLINE, || {
+        agent.log_text().contains("deleted expired SandboxRoute")
+    });
     // This run used every kind of call the agent makes (a lease renewal included).
     wait_for("a lease renewal", DEADLINE, || {
         api_calls(&c.api).contains(&(
