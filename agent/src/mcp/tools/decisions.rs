@@ -135,6 +135,43 @@ pub fn reason_hint(reason: &str) -> &'static str {
             "not plain HTTP (TLS or another protocol): copied to the baseline as is; routing by \
              key needs plaintext HTTP/1.1, HTTP/2 or gRPC"
         }
+        "no_local_endpoint" => {
+            "the service has internalTrafficPolicy: Local and no endpoint on the client's node, so \
+             the connection was dropped, as kube-proxy drops it; run a pod of the service on that \
+             node, or send from a node that has one"
+        }
+        "header_read_timeout" => {
+            "part of the request arrived but its headers did not finish in time (answered 408)"
+        }
         _ => "see the agent documentation",
+    }
+}
+
+#[cfg(test)]
+mod hint_tests {
+    use super::reason_hint;
+    use crate::routes::DecisionReason as R;
+
+    #[test]
+    fn every_decision_reason_has_its_own_hint() {
+        for r in [
+            R::KeyMatched,
+            R::NoKey,
+            R::InvalidKey,
+            R::KeyNotForked,
+            R::UnknownService,
+            R::NoReadySandbox,
+            R::SandboxUnreachable,
+            R::OpaqueProtocol,
+            R::HeaderReadTimeout,
+            R::NoLocalEndpoint,
+        ] {
+            assert_ne!(
+                reason_hint(r.as_str()),
+                reason_hint("?"),
+                "{} has no hint",
+                r.as_str()
+            );
+        }
     }
 }
