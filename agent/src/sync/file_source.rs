@@ -163,13 +163,14 @@ async fn run(
                 tracing::info!(file = %poller.path.display(), changed, "routes file reloaded");
             }
             Poll::Rejected(e) | Poll::Unreadable(e) => {
+                // `{:#}`: the whole chain, so a read error shows its cause after the path.
+                let msg = format!("{:#}", anyhow::Error::from(e));
+                // Logged before it is counted: whoever sees the count can find the reason.
+                tracing::warn!(error = %msg, "routes file rejected; keeping the last good routes");
                 stats.rejected.fetch_add(1, Ordering::Relaxed);
                 if let Some(m) = &metrics {
                     m.table_reload_error();
                 }
-                // `{:#}`: the whole chain, so a read error shows its cause after the path.
-                let msg = format!("{:#}", anyhow::Error::from(e));
-                tracing::warn!(error = %msg, "routes file rejected; keeping the last good routes");
                 stats.set_error(Some(msg));
             }
         }
