@@ -55,6 +55,28 @@ impl Check {
         }
     }
 
+    /// `namespace/name` of the object at `path` (`services[3]`), checked, and reported when an
+    /// earlier object of the same `kind` in this document has it too (`seen`: id → its line).
+    fn object_id(
+        &mut self,
+        kind: &str,
+        seen: &mut HashMap<(String, String), u64>,
+        path: &str,
+        namespace: &Option<S<String>>,
+        name: &S<String>,
+    ) -> (String, String) {
+        let ns = self.namespace(namespace, format_args!("{path}.namespace"));
+        let n = self.name(name, format_args!("{path}.name"));
+        if let Some(line) = seen.insert((ns.clone(), n.clone()), name.referenced.line()) {
+            self.at(
+                name.referenced,
+                format_args!("{path}.name"),
+                format!("{kind} {ns}/{n} is already defined at line {line}"),
+            );
+        }
+        (ns, n)
+    }
+
     fn port(&mut self, p: &S<u16>, path: impl fmt::Display) -> u16 {
         if p.value == 0 {
             self.at(p.referenced, path, "port 0 is not a valid port");
@@ -82,15 +104,7 @@ fn convert(raw: &RawFile, c: &mut Check) -> ClusterState {
     let mut vips: HashMap<IpAddr, (String, u64)> = HashMap::new();
     for (si, s) in raw.services.iter().enumerate() {
         let p = format!("services[{si}]");
-        let ns = c.namespace(&s.namespace, format_args!("{p}.namespace"));
-        let name = c.name(&s.name, format_args!("{p}.name"));
-        if let Some(line) = seen.insert((ns.clone(), name.clone()), s.name.referenced.line()) {
-            c.at(
-                s.name.referenced,
-                format_args!("{p}.name"),
-                format!("service {ns}/{name} is already defined at line {line}"),
-            );
-        }
+        let (ns, name) = c.object_id("service", &mut seen, &p, &s.namespace, &s.name);
         for (ai, a) in s.addresses.iter().enumerate() {
             let ip = a.value.to_canonical();
             if let Some((other, line)) = vips.get(&ip) {
@@ -140,15 +154,7 @@ fn convert(raw: &RawFile, c: &mut Check) -> ClusterState {
     let mut seen: HashMap<(String, String), u64> = HashMap::new();
     for (pi, pod) in raw.pods.iter().enumerate() {
         let p = format!("pods[{pi}]");
-        let ns = c.namespace(&pod.namespace, format_args!("{p}.namespace"));
-        let name = c.name(&pod.name, format_args!("{p}.name"));
-        if let Some(line) = seen.insert((ns.clone(), name.clone()), pod.name.referenced.line()) {
-            c.at(
-                pod.name.referenced,
-                format_args!("{p}.name"),
-                format!("pod {ns}/{name} is already defined at line {line}"),
-            );
-        }
+        let (ns, name) = c.object_id("pod", &mut seen, &p, &pod.namespace, &pod.name);
         let container_ports = pod
             .ports
             .iter()
@@ -168,15 +174,7 @@ fn convert(raw: &RawFile, c: &mut Check) -> ClusterState {
     let mut seen: HashMap<(String, String), u64> = HashMap::new();
     for (pi, pod) in raw.node_pods.iter().enumerate() {
         let p = format!("nodePods[{pi}]");
-        let ns = c.namespace(&pod.namespace, format_args!("{p}.namespace"));
-        let name = c.name(&pod.name, format_args!("{p}.name"));
-        if let Some(line) = seen.insert((ns.clone(), name.clone()), pod.name.referenced.line()) {
-            c.at(
-                pod.name.referenced,
-                format_args!("{p}.name"),
-                format!("pod {ns}/{name} is already defined at line {line}"),
-            );
-        }
+        let (ns, name) = c.object_id("pod", &mut seen, &p, &pod.namespace, &pod.name);
         state.node_pods.push(NodePod {
             namespace: ns,
             name,
@@ -193,15 +191,7 @@ fn convert(raw: &RawFile, c: &mut Check) -> ClusterState {
     let mut keys: HashMap<(String, String), (String, u64)> = HashMap::new();
     for (ri, r) in raw.routes.iter().enumerate() {
         let p = format!("routes[{ri}]");
-        let ns = c.namespace(&r.namespace, format_args!("{p}.namespace"));
-        let name = c.name(&r.name, format_args!("{p}.name"));
-        if let Some(line) = seen.insert((ns.clone(), name.clone()), r.name.referenced.line()) {
-            c.at(
-                r.name.referenced,
-                format_args!("{p}.name"),
-                format!("route {ns}/{name} is already defined at line {line}"),
-            );
-        }
+        let (ns, name) = c.object_id("route", &mut seen, &p, &r.namespace, &r.name);
         let raw_spec = &r.spec.value;
         let spec = SandboxRouteSpec {
             routing_key: raw_spec.routing_key.value.clone(),
