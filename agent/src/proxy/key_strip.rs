@@ -16,7 +16,7 @@ use ipnet::IpNet;
 use super::key::{KeySource, MEMBER, strip_query_key};
 use crate::routes::{
     RouteTable,
-    key::{split_member, strip_key_members, trim_ows},
+    key::{split_member, strip_key_members, strip_members},
 };
 
 /// What becomes of one request header when its keys are stripped.
@@ -163,15 +163,9 @@ pub fn strip_keys(sources: &[KeySource], headers: &mut HeaderMap, uri: &mut Uri)
 /// One `tracestate` value without its `sd-routing-key` members; `None` when it has none, empty
 /// when nothing else was in it.
 pub fn strip_tracestate_member(value: &[u8]) -> Option<Vec<u8>> {
-    let is_ours = |m: &&[u8]| split_member(m).is_some_and(|(k, _)| k == MEMBER.as_bytes());
-    if !value.split(|c| *c == b',').any(|m| is_ours(&m)) {
-        return None;
-    }
-    let kept: Vec<&[u8]> = value
-        .split(|c| *c == b',')
-        .filter(|m| !is_ours(m))
-        .collect();
-    Some(trim_ows(&kept.join(&b","[..])).to_vec())
+    strip_members(value, |m| {
+        split_member(m).is_some_and(|(k, _)| k == MEMBER.as_bytes())
+    })
 }
 
 #[cfg(test)]

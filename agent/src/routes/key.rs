@@ -159,8 +159,14 @@ pub fn key_member_value(member: &[u8]) -> Option<&[u8]> {
 /// `None` when it has no such member (the value is fine as it is); empty when nothing else was
 /// in it. The result is trimmed, so removing a leading member leaves no leading space.
 pub fn strip_key_members(value: &[u8]) -> Option<Vec<u8>> {
-    let is_ours = |m: &&[u8]| key_member_value(m).is_some();
-    if !value.split(|c| *c == b',').any(|m| is_ours(&m)) {
+    strip_members(value, |m| key_member_value(m).is_some())
+}
+
+/// One comma-separated list value (baggage, tracestate) without the members `is_ours` picks;
+/// the others keep their bytes and order. `None` when none is picked; trimmed, as
+/// [`strip_key_members`].
+pub fn strip_members(value: &[u8], is_ours: impl Fn(&[u8]) -> bool) -> Option<Vec<u8>> {
+    if !value.split(|c| *c == b',').any(&is_ours) {
         return None;
     }
     let kept: Vec<&[u8]> = value
