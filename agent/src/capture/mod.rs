@@ -8,6 +8,7 @@ mod env;
 mod error;
 mod maps;
 mod pins;
+mod pod_cgroup;
 mod pods_cgroup;
 
 use std::{
@@ -30,6 +31,7 @@ pub use aya::maps::MapError;
 pub use env::{cgroup_id, cgroup2_mount, mount_bpffs, own_cgroup_dir};
 pub use error::CaptureError;
 pub use maps::{CaptureStats, Flow, FlowsMap, OrigDstMap, SteeredMap};
+pub use pod_cgroup::{KubeletPodCgroups, PodCgroups};
 pub use pods_cgroup::{CgroupSelector, find_pods_cgroup, resolve as resolve_cgroup};
 
 /// The eBPF object built by `agent/build.rs`.

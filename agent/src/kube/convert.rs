@@ -260,6 +260,7 @@ pub fn cluster_state<'a>(
         node_pods: Vec::new(),
         // Anyone who may write an EndpointSlice in a namespace wrote its addresses.
         endpoint_trust: EndpointTrust::OwnPodsOnly,
+        sources: Vec::new(),
     };
     state
         .services

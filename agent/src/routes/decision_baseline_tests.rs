@@ -224,6 +224,7 @@ fn sharing(routes: Vec<SandboxRouteObj>) -> ClusterState {
         node: Some("node-a".into()),
         node_pods: Vec::new(),
         endpoint_trust: Default::default(),
+        sources: Vec::new(),
     }
 }
 

@@ -83,6 +83,7 @@ fn table(fallback: Fallback, sandbox_ready: bool) -> RouteTable {
         node: None,
         node_pods: Vec::new(),
         endpoint_trust: Default::default(),
+        sources: Vec::new(),
     };
     let now: Timestamp = "2030-01-01T00:00:00Z".parse().expect("ts");
     RouteTable::compute(&state, now).0

@@ -29,8 +29,8 @@ pub use diff::{SteeredDiff, diff};
 pub use key::{KeyError, RoutingKey, is_key_byte};
 pub use model::{
     ClusterState, DEFAULT_AFFINITY_TIMEOUT, EndpointAddr, EndpointTrust, Fallback, ForkSpec,
-    ForkTarget, NodePod, ObjectRef, Pod, PortRef, SANDBOX_LABEL, SandboxRouteObj, SandboxRouteSpec,
-    Service, ServicePort, SpecField, SpecProblem, TargetPort, TrafficPolicy,
+    ForkTarget, MarkedSource, NodePod, ObjectRef, Pod, PortRef, SANDBOX_LABEL, SandboxRouteObj,
+    SandboxRouteSpec, Service, ServicePort, SpecField, SpecProblem, TargetPort, TrafficPolicy,
 };
 pub use status::{ForkStatus, RouteReason, RouteStatus};
 pub use table::{

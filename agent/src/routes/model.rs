@@ -28,6 +28,23 @@ pub struct ClusterState {
     /// `targetRef` is.
     #[serde(default)]
     pub endpoint_trust: EndpointTrust,
+    /// Marked sources of this node: pods (or test runners) whose outbound connections carry a
+    /// routing key that Shunt adds when a request has none. Sorted by cgroup.
+    #[serde(default)]
+    pub sources: Vec<MarkedSource>,
+}
+
+/// A marked source: every TCP connection from processes in `cgroup` (a pod-level cgroup v2
+/// directory, or a child cgroup that `shunt test` made) goes through the proxy, which adds `key`
+/// to HTTP requests that carry no key.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct MarkedSource {
+    /// The cgroup v2 directory (absolute); its id is what the capture hooks look up.
+    pub cgroup: std::path::PathBuf,
+    pub key: String,
+    /// Who is marked, for statuses and the decision log: `pod NS/NAME`, or `file`.
+    pub origin: String,
 }
 
 /// Who wrote the endpoint addresses of a [`ClusterState`].

@@ -136,6 +136,7 @@ fn attack() -> ClusterState {
             node_pod("evil", "bait-own", "10.6.0.1"),
         ],
         endpoint_trust: EndpointTrust::OwnPodsOnly,
+        sources: Vec::new(),
     }
 }
 

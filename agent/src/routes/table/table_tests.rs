@@ -137,6 +137,7 @@ fn state() -> ClusterState {
         node: None,
         node_pods: Vec::new(),
         endpoint_trust: Default::default(),
+        sources: Vec::new(),
     }
 }
 
@@ -739,6 +740,7 @@ fn always_steer_service_vips_are_steered_without_forks() {
         node: None,
         node_pods: Vec::new(),
         endpoint_trust: Default::default(),
+        sources: Vec::new(),
     };
     let (table, _) = RouteTable::compute(&state, jiff::Timestamp::now());
     let vips: Vec<_> = svc
