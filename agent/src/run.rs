@@ -171,6 +171,7 @@ async fn run_async(args: RunConfig) -> anyhow::Result<()> {
                 sync_out.statuses.clone(),
                 sync_out.node_failures.clone(),
                 metrics.clone(),
+                Arc::new(capture::KubeletPodCgroups::new(captured_cgroup.clone())),
             );
             let feed = SourceFeed {
                 name: "kube",

@@ -62,6 +62,23 @@ pub struct SandboxRouteSpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(schema_with = "date_time_schema")]
     pub expires_at: Option<jiff::Timestamp>,
+    /// Shunt adds the routing key to HTTP requests that the sandbox's pods (the pods the forks
+    /// select on each node) send without one, so a sandbox that drops the key still reaches
+    /// downstream sandboxes. On by default; `false` turns it off.
+    #[serde(default = "inject_key_default", skip_serializing_if = "is_inject_key_default")]
+    pub inject_key: bool,
+}
+
+fn inject_key_default() -> bool {
+    true
+}
+
+#[expect(
+    clippy::trivially_copy_pass_by_ref,
+    reason = "serde's skip_serializing_if passes a reference"
+)]
+fn is_inject_key_default(on: &bool) -> bool {
+    *on
 }
 
 /// Requests for `service` carrying the key go to `to`.
@@ -253,6 +270,7 @@ impl From<&SandboxRouteSpec> for routes::SandboxRouteSpec {
                 .collect(),
             fallback: s.fallback.into(),
             expires_at: s.expires_at,
+            inject_key: s.inject_key,
         }
     }
 }
@@ -297,6 +315,7 @@ impl From<&routes::SandboxRouteSpec> for SandboxRouteSpec {
                 .collect(),
             fallback: s.fallback.into(),
             expires_at: s.expires_at,
+            inject_key: s.inject_key,
         }
     }
 }
@@ -380,11 +399,23 @@ mod tests {
         assert_eq!(r.fallback, routes::Fallback::Baseline);
         assert!(r.forks.is_empty());
         assert_eq!(r.expires_at, None);
+        assert!(r.inject_key, "key injection is on unless turned off");
         // Serialized the same way as the routes spec, so both read the same YAML.
         assert_eq!(
             serde_json::to_value(&s).expect("ser"),
             serde_json::to_value(&r).expect("ser")
         );
+    }
+
+    #[test]
+    fn inject_key_false_converts_and_writes_back() {
+        let s: SandboxRouteSpec =
+            serde_json::from_value(json!({ "routingKey": "k", "injectKey": false }))
+                .expect("parses");
+        let r = routes::SandboxRouteSpec::from(&s);
+        assert!(!r.inject_key);
+        assert_eq!(serde_json::to_value(&r).expect("ser")["injectKey"], false);
+        assert_eq!(SandboxRouteSpec::from(&r), s);
     }
 
     #[test]

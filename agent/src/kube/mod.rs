@@ -4,6 +4,7 @@
 //!
 //! - [`crd`]: the `SandboxRoute` custom resource and its CRD (`shunt crd`).
 //! - [`convert`]: Kubernetes objects → `ClusterState` (pure).
+//! - [`marks`]: which pods of this node are marked sources (pure).
 //! - [`source`]: watches, caches, and the loop that publishes them as `ClusterState`s.
 //! - [`lease`]: leader election (one status writer per cluster).
 //! - [`status`]: status writes and deletion of expired routes, by the leader.
@@ -25,6 +26,7 @@ pub mod convert;
 pub mod crd;
 #[cfg(feature = "node")]
 pub mod lease;
+pub mod marks;
 #[cfg(feature = "node")]
 mod node_source;
 #[cfg(feature = "node")]

@@ -10,6 +10,7 @@ use tokio::{sync::watch, task::JoinHandle};
 use tokio_util::sync::CancellationToken;
 
 use crate::{
+    capture::PodCgroups,
     metrics::Metrics,
     routes::{ClusterState, RouteStatus},
     sync::NodeRouteFailure,
@@ -61,15 +62,18 @@ impl KubeSource {
 
     /// Starts everything. The status writer (while this agent holds the Lease) writes the
     /// `statuses` that route sync computes from what this source publishes; every agent writes
-    /// its own `node_failures` in the routes' `status.nodes[]`.
+    /// its own `node_failures` in the routes' `status.nodes[]`. `pod_cgroups` finds this node's
+    /// pods' cgroups, for the marked sources it publishes.
     pub fn spawn(
         self,
         statuses: watch::Receiver<Arc<Vec<RouteStatus>>>,
         node_failures: watch::Receiver<Arc<Vec<NodeRouteFailure>>>,
         metrics: Arc<Metrics>,
+        pod_cgroups: Arc<dyn PodCgroups>,
     ) -> (KubeHandle, KubeFeed) {
         let stop = CancellationToken::new();
-        let mut watches = source::Watches::start(&self.client, &stop, &self.opts.identity);
+        let mut watches =
+            source::Watches::start(&self.client, &stop, &self.opts.identity, pod_cgroups);
         let mut tasks = std::mem::take(&mut watches.tasks);
         let routes = watches.stores.routes.clone();
         let routes_touched = watches.routes_touched.clone();

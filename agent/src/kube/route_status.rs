@@ -102,6 +102,7 @@ mod tests {
                 forks: Vec::new(),
                 fallback: crd::Fallback::Baseline,
                 expires_at: None,
+                inject_key: true,
             },
         );
         obj.metadata.namespace = Some("shop".into());

@@ -31,10 +31,20 @@ use serde::de::DeserializeOwned;
 use tokio::{sync::watch, task::JoinHandle};
 use tokio_util::sync::CancellationToken;
 
-use super::{convert, crd::SandboxRoute};
-use crate::routes::{ClusterState, SANDBOX_LABEL};
+use super::{
+    convert,
+    crd::SandboxRoute,
+    marks::{self, Marks},
+};
+use crate::{
+    capture::PodCgroups,
+    routes::{ClusterState, SANDBOX_LABEL},
+};
 
-/// The five caches, and the node they were made on.
+/// How long to wait before looking again for the cgroup of a pod to mark that has none yet.
+const UNRESOLVED_RETRY: Duration = Duration::from_secs(1);
+
+/// The five caches, the node they were made on, and where its pods' cgroups are.
 #[derive(Clone)]
 pub struct Stores {
     pub routes: Store<SandboxRoute>,
@@ -44,11 +54,14 @@ pub struct Stores {
     /// Every pod of this node (`spec.nodeName`), whatever its labels.
     pub node_pods: Store<Pod>,
     pub node: Arc<str>,
+    /// Pod UID → the pod's cgroup directory, for its marks.
+    pub pod_cgroups: Arc<dyn PodCgroups>,
 }
 
 impl Stores {
-    /// The cluster as the caches have it now.
-    pub fn cluster_state(&self) -> ClusterState {
+    /// The cluster as the caches have it now, with this node's marked sources in
+    /// `sources` (and the marks' report: pods left unmarked and why).
+    pub fn cluster_state(&self) -> (ClusterState, Marks) {
         let (services, slices, pods, routes) = (
             self.services.state(),
             self.slices.state(),
@@ -62,8 +75,22 @@ impl Stores {
             routes.iter().map(AsRef::as_ref),
         );
         state.node = Some(self.node.to_string());
-        state.node_pods = convert::node_pods(self.node_pods.state().iter().map(AsRef::as_ref));
-        state
+        let node_pods = self.node_pods.state();
+        state.node_pods = convert::node_pods(node_pods.iter().map(AsRef::as_ref));
+        // A finished pod's cgroup is gone: nothing to mark, nothing to wait for.
+        let finished = node_pods
+            .iter()
+            .filter(|p| {
+                let phase = p.status.as_ref().and_then(|s| s.phase.as_deref());
+                matches!(phase, Some("Succeeded" | "Failed"))
+            })
+            .map(|p| format!("{}/{}", p.namespace().unwrap_or_default(), p.name_any()))
+            .collect();
+        let marks = marks::marked_sources(&state, jiff::Timestamp::now(), &finished, &|uid| {
+            self.pod_cgroups.pod_dir(uid)
+        });
+        state.sources = marks.sources.clone();
+        (state, marks)
     }
 }
 
@@ -112,9 +139,12 @@ fn pod_relevance(p: &Pod) -> u64 {
     hash_of(serde_json::to_string(&convert::pod(p)).unwrap_or_default())
 }
 
-/// What the state keeps of a pod of this node.
+/// What the state keeps of a pod of this node, and whether it finished (its marks go).
 fn node_pod_relevance(p: &Pod) -> u64 {
-    hash_of(serde_json::to_string(&convert::node_pod(p)).unwrap_or_default())
+    hash_of((
+        serde_json::to_string(&convert::node_pod(p)).unwrap_or_default(),
+        p.status.as_ref().and_then(|s| s.phase.as_deref()),
+    ))
 }
 
 /// Anything: every event counts.
@@ -124,8 +154,14 @@ fn always<K: Resource>(o: &K) -> u64 {
 
 impl Watches {
     /// Starts the five watches (all namespaces): SandboxRoutes, Services, EndpointSlices, Pods
-    /// with the `shunt.dev/sandbox` label, and every Pod of `node` (`spec.nodeName`).
-    pub fn start(client: &Client, stop: &CancellationToken, node: &str) -> Self {
+    /// with the `shunt.dev/sandbox` label, and every Pod of `node` (`spec.nodeName`), whose
+    /// cgroups `pod_cgroups` finds.
+    pub fn start(
+        client: &Client,
+        stop: &CancellationToken,
+        node: &str,
+        pod_cgroups: Arc<dyn PodCgroups>,
+    ) -> Self {
         let (tx, changes) = watch::channel(0u64);
         let (touched_tx, routes_touched) = watch::channel(0u64);
         let (relists_tx, relists) = watch::channel(0u64);
@@ -237,6 +273,7 @@ impl Watches {
                         *st = k8s_openapi::api::core::v1::PodStatus {
                             pod_ip: st.pod_ip.take(),
                             pod_ips: st.pod_ips.take(),
+                            phase: st.phase.take(),
                             ..Default::default()
                         };
                     }
@@ -257,6 +294,7 @@ impl Watches {
                 pods,
                 node_pods,
                 node: node.into(),
+                pod_cgroups,
             },
             changes,
             routes_touched,
@@ -379,11 +417,12 @@ pub async fn publish_loop(
     if !wait_until_listed(&watches.stores, &stop).await {
         return;
     }
+    let mut reported = MarkReport::default();
     loop {
         watches.changes.borrow_and_update();
         let stores = watches.stores.clone();
         let t0 = std::time::Instant::now();
-        let state = match tokio::task::spawn_blocking(move || stores.cluster_state()).await {
+        let (state, marks) = match tokio::task::spawn_blocking(move || stores.cluster_state()).await {
             Ok(s) => s,
             Err(e) => {
                 tracing::error!(error = %e, "kube: building the cluster state panicked");
@@ -392,16 +431,49 @@ pub async fn publish_loop(
         };
         tracing::debug!(
             routes = state.routes.len(),
+            sources = state.sources.len(),
             build_us = t0.elapsed().as_micros() as u64,
             "kube: cluster state published"
         );
+        reported.log(&marks);
         if states.send(Arc::new(state)).is_err() {
             return;
         }
+        // A pod to mark whose cgroup kubelet has not made yet: look again soon, as no watch
+        // event says when it appears.
+        let retry = async {
+            if marks.unresolved.is_empty() {
+                std::future::pending::<()>().await;
+            }
+            tokio::time::sleep(UNRESOLVED_RETRY).await;
+        };
         tokio::select! {
             _ = stop.cancelled() => return,
             r = watches.changes.changed() => if r.is_err() { return },
+            _ = retry => {}
         }
+    }
+}
+
+/// What was last said about pods left unmarked, so each is logged once, not on every change.
+#[derive(Default)]
+struct MarkReport {
+    ignored: Vec<marks::IgnoredMark>,
+    unresolved: Vec<String>,
+}
+
+impl MarkReport {
+    fn log(&mut self, marks: &Marks) {
+        for i in marks.ignored.iter().filter(|i| !self.ignored.contains(i)) {
+            tracing::warn!(pod = %i.pod, key = %i.key, why = %i.why,
+                "kube: pod not marked as a source");
+        }
+        for p in marks.unresolved.iter().filter(|p| !self.unresolved.contains(p)) {
+            tracing::info!(pod = %p,
+                "kube: pod to mark has no cgroup directory yet; looking again every second");
+        }
+        self.ignored.clone_from(&marks.ignored);
+        self.unresolved.clone_from(&marks.unresolved);
     }
 }
 

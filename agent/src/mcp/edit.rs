@@ -233,6 +233,7 @@ pods:\n  - { name: p, namespace: shop, ips: [10.0.0.9], labels: { shunt.dev/sand
                 }],
                 fallback: Fallback::Reject,
                 expires_at: Some("2030-01-01T00:00:00Z".parse().expect("ts")),
+                inject_key: true,
             },
         }
     }

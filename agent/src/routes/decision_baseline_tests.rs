@@ -81,6 +81,7 @@ fn route(key: &str, forks: Vec<ForkSpec>) -> SandboxRouteObj {
             forks,
             fallback: Fallback::Baseline,
             expires_at: None,
+            inject_key: true,
         },
     }
 }

@@ -78,6 +78,7 @@ fn table(fallback: Fallback, sandbox_ready: bool) -> RouteTable {
                 }],
                 fallback,
                 expires_at: None,
+                inject_key: true,
             },
         }],
         node: None,

@@ -214,6 +214,23 @@ pub struct SandboxRouteSpec {
     pub fallback: Fallback,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub expires_at: Option<Timestamp>,
+    /// `injectKey`: the sandbox's pods are marked sources, so Shunt adds the key to their
+    /// outbound HTTP requests that carry none. On unless set to `false`; written only when off,
+    /// so a spec without it reads and writes back unchanged.
+    #[serde(default = "inject_key_default", skip_serializing_if = "is_inject_key_default")]
+    pub inject_key: bool,
+}
+
+fn inject_key_default() -> bool {
+    true
+}
+
+#[expect(
+    clippy::trivially_copy_pass_by_ref,
+    reason = "serde's skip_serializing_if passes a reference"
+)]
+fn is_inject_key_default(on: &bool) -> bool {
+    *on
 }
 
 /// "Requests for `service` carrying the key go to `to`."

@@ -11,6 +11,7 @@ fn spec(key: &str, to: ForkTarget) -> SandboxRouteSpec {
         }],
         fallback: Fallback::Baseline,
         expires_at: None,
+        inject_key: true,
     }
 }
 

@@ -339,6 +339,7 @@ pub fn plan(
             .collect(),
         fallback: o.fallback,
         expires_at: o.expires_at,
+        inject_key: true,
     };
     Ok(ClonePlan {
         route_name: dns_name(o.key, 63),

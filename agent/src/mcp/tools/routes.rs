@@ -194,6 +194,7 @@ impl Backend {
                     FallbackParam::Reject => Fallback::Reject,
                 },
                 expires_at,
+                inject_key: true,
             },
         };
         if let Some(problem) = route.spec.problems(&ns).first() {

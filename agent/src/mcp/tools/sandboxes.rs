@@ -288,6 +288,7 @@ impl Backend {
                             forks: vec![fork],
                             fallback: Fallback::Baseline,
                             expires_at: ts(expires),
+                            inject_key: true,
                         },
                     }),
                 }

@@ -209,6 +209,7 @@ fn convert(raw: &RawFile, c: &mut Check) -> ClusterState {
                 .collect(),
             fallback: raw_spec.fallback,
             expires_at: raw_spec.expires_at,
+            inject_key: true,
         };
         for problem in spec.problems(&ns) {
             let (loc, field) = span_of(raw_spec, &r.spec, problem.field);

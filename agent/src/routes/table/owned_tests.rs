@@ -85,6 +85,7 @@ fn route(namespace: &str, key: &str, service: &str, to: ForkTarget) -> SandboxRo
             }],
             fallback: Fallback::Baseline,
             expires_at: None,
+            inject_key: true,
         },
     }
 }

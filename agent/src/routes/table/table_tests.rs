@@ -120,6 +120,7 @@ fn route(name: &str, key: &str, forks: Vec<ForkSpec>) -> SandboxRouteObj {
             forks,
             fallback: Fallback::Baseline,
             expires_at: None,
+            inject_key: true,
         },
     }
 }
