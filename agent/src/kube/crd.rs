@@ -65,7 +65,10 @@ pub struct SandboxRouteSpec {
     /// Shunt adds the routing key to HTTP requests that the sandbox's pods (the pods the forks
     /// select on each node) send without one, so a sandbox that drops the key still reaches
     /// downstream sandboxes. On by default; `false` turns it off.
-    #[serde(default = "inject_key_default", skip_serializing_if = "is_inject_key_default")]
+    #[serde(
+        default = "inject_key_default",
+        skip_serializing_if = "is_inject_key_default"
+    )]
     pub inject_key: bool,
 }
 

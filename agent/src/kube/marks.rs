@@ -71,9 +71,10 @@ pub fn marked_sources(
     let targets: BTreeSet<(&str, &str)> = routes
         .iter()
         .flat_map(|r| {
-            r.spec.forks.iter().filter_map(|f| {
-                Some((r.namespace.as_str(), target_name(f.to.service.as_deref()?)))
-            })
+            r.spec
+                .forks
+                .iter()
+                .filter_map(|f| Some((r.namespace.as_str(), target_name(f.to.service.as_deref()?))))
         })
         .collect();
     // Pods behind a Service that is no sandbox's target: baseline, unless they carry the
@@ -107,7 +108,8 @@ pub fn marked_sources(
             match (&fork.to.selector, &fork.to.service) {
                 (Some(selector), _) => {
                     for p in live.iter().copied().filter(|p| {
-                        p.namespace == ns && selector.iter().all(|(k, v)| p.labels.get(k) == Some(v))
+                        p.namespace == ns
+                            && selector.iter().all(|(k, v)| p.labels.get(k) == Some(v))
                     }) {
                         claims.push((p, key));
                     }

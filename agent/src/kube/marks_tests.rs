@@ -10,7 +10,9 @@ fn now() -> Timestamp {
 }
 
 fn labels(kv: &[(&str, &str)]) -> BTreeMap<String, String> {
-    kv.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
+    kv.iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect()
 }
 
 fn pod(ns: &str, name: &str, kv: &[(&str, &str)]) -> NodePod {
@@ -127,15 +129,22 @@ fn inject_key_false_marks_no_sandbox_pod() {
 fn service_fork_pods_are_marked_but_baseline_pods_never() {
     let mut s = shop();
     // A sandbox Service whose endpoints are a sandbox pod and (wrongly) the baseline pod.
-    s.services
-        .push(service("shop", "reviews-pr-42", &["reviews-sbx", "reviews-v1"]));
-    s.node_pods.push(pod("shop", "reviews-sbx", &[("app", "sbx")]));
+    s.services.push(service(
+        "shop",
+        "reviews-pr-42",
+        &["reviews-sbx", "reviews-v1"],
+    ));
+    s.node_pods
+        .push(pod("shop", "reviews-sbx", &[("app", "sbx")]));
     s.routes[0].spec.forks[0].to = ForkTarget {
         selector: None,
         service: Some("reviews-pr-42".into()),
     };
     let m = marks(&s);
-    assert_eq!(marked(&m), [("pod shop/reviews-sbx".into(), "pr-42".into())]);
+    assert_eq!(
+        marked(&m),
+        [("pod shop/reviews-sbx".into(), "pr-42".into())]
+    );
     assert_eq!(m.ignored.len(), 1, "{m:?}");
     assert_eq!(m.ignored[0].pod, "shop/reviews-v1");
 }
@@ -143,9 +152,12 @@ fn service_fork_pods_are_marked_but_baseline_pods_never() {
 #[test]
 fn inject_label_needs_a_route_with_that_key_in_the_pod_namespace() {
     let mut s = shop();
-    s.node_pods.push(pod("shop", "runner", &[(INJECT_KEY_LABEL, "pr-42")]));
-    s.node_pods.push(pod("other", "thief", &[(INJECT_KEY_LABEL, "pr-42")]));
-    s.node_pods.push(pod("shop", "typo", &[(INJECT_KEY_LABEL, "pr-43")]));
+    s.node_pods
+        .push(pod("shop", "runner", &[(INJECT_KEY_LABEL, "pr-42")]));
+    s.node_pods
+        .push(pod("other", "thief", &[(INJECT_KEY_LABEL, "pr-42")]));
+    s.node_pods
+        .push(pod("shop", "typo", &[(INJECT_KEY_LABEL, "pr-43")]));
     let m = marks(&s);
     assert_eq!(
         marked(&m),
@@ -162,7 +174,8 @@ fn inject_label_needs_a_route_with_that_key_in_the_pod_namespace() {
 fn expired_routes_mark_nothing_and_lend_no_key() {
     let mut s = shop();
     s.routes[0].spec.expires_at = Some("2029-01-01T00:00:00Z".parse().expect("ts"));
-    s.node_pods.push(pod("shop", "runner", &[(INJECT_KEY_LABEL, "pr-42")]));
+    s.node_pods
+        .push(pod("shop", "runner", &[(INJECT_KEY_LABEL, "pr-42")]));
     let m = marks(&s);
     assert!(m.sources.is_empty(), "{m:?}");
     assert_eq!(m.ignored.len(), 1);
@@ -171,7 +184,8 @@ fn expired_routes_mark_nothing_and_lend_no_key() {
 #[test]
 fn a_pod_claimed_by_two_keys_is_not_marked() {
     let mut s = shop();
-    s.routes.push(route("shop", "pr-7", "pr-7", selector("pr-42")));
+    s.routes
+        .push(route("shop", "pr-7", "pr-7", selector("pr-42")));
     let m = marks(&s);
     assert!(m.sources.is_empty(), "{m:?}");
     assert!(m.ignored[0].why.contains("several keys"), "{m:?}");

@@ -422,7 +422,8 @@ pub async fn publish_loop(
         watches.changes.borrow_and_update();
         let stores = watches.stores.clone();
         let t0 = std::time::Instant::now();
-        let (state, marks) = match tokio::task::spawn_blocking(move || stores.cluster_state()).await {
+        let (state, marks) = match tokio::task::spawn_blocking(move || stores.cluster_state()).await
+        {
             Ok(s) => s,
             Err(e) => {
                 tracing::error!(error = %e, "kube: building the cluster state panicked");
@@ -468,7 +469,11 @@ impl MarkReport {
             tracing::warn!(pod = %i.pod, key = %i.key, why = %i.why,
                 "kube: pod not marked as a source");
         }
-        for p in marks.unresolved.iter().filter(|p| !self.unresolved.contains(p)) {
+        for p in marks
+            .unresolved
+            .iter()
+            .filter(|p| !self.unresolved.contains(p))
+        {
             tracing::info!(pod = %p,
                 "kube: pod to mark has no cgroup directory yet; looking again every second");
         }

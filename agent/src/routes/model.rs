@@ -217,7 +217,10 @@ pub struct SandboxRouteSpec {
     /// `injectKey`: the sandbox's pods are marked sources, so Shunt adds the key to their
     /// outbound HTTP requests that carry none. On unless set to `false`; written only when off,
     /// so a spec without it reads and writes back unchanged.
-    #[serde(default = "inject_key_default", skip_serializing_if = "is_inject_key_default")]
+    #[serde(
+        default = "inject_key_default",
+        skip_serializing_if = "is_inject_key_default"
+    )]
     pub inject_key: bool,
 }
 
