@@ -87,4 +87,9 @@ pub struct McpArgs {
     /// on stdout).
     #[arg(long, hide = true)]
     pub internal_request: bool,
+
+    /// Internal: be run_tests' init step (wait until this pod is marked; key in
+    /// SHUNT_INJECT_KEY, the pod's IP in POD_IP).
+    #[arg(long, hide = true)]
+    pub internal_wait_marked: bool,
 }

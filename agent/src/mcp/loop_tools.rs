@@ -2,7 +2,13 @@
 //! against baseline (a second tool router, merged into [`ShuntMcp`]'s).
 use rmcp::{Json, handler::server::wrapper::Parameters, tool, tool_router};
 
-use super::{ShuntMcp, error::ErrorBody, out, sandbox_types::*};
+use super::{
+    ShuntMcp,
+    backend::Backend,
+    error::{ErrorBody, ToolError, ToolErrorKind},
+    out,
+    sandbox_types::*,
+};
 
 #[tool_router(router = loop_router, vis = "pub(crate)")]
 impl ShuntMcp {
@@ -91,5 +97,32 @@ impl ShuntMcp {
         Parameters(p): Parameters<CompareParams>,
     ) -> Result<Json<CompareResult>, Json<ErrorBody>> {
         out(self.backend.compare_with_baseline(p, &self.placement).await)
+    }
+
+    #[tool(
+        description = "With --kube: run a test command (pytest, k6, curl, a browser test) as a \
+        pod whose HTTP requests all carry `key`, without the command sending any key header: \
+        the pod is labelled shunt.dev/inject-key=KEY, and the agent of its node adds the key to \
+        every HTTP request it sends without one (a request that has a key keeps its own). A \
+        SandboxRoute with the key must exist in the pod's namespace. The command starts only \
+        once the agent has marked the pod (an init step checks it from inside the pod). Returns \
+        the exit code and the log; the pod is deleted afterwards. Runs as uid 65532 without \
+        capabilities (Pod Security restricted). Shunt adds the key only to the test's own \
+        requests: services on the path must still propagate it (a sandbox's pods get it added \
+        too, a baseline service that drops it breaks the chain)."
+    )]
+    async fn run_tests(
+        &self,
+        Parameters(p): Parameters<RunTestsParams>,
+    ) -> Result<Json<RunTestsResult>, Json<ErrorBody>> {
+        out(match &*self.backend {
+            Backend::Cluster(c) => c.run_tests(p, &self.session).await,
+            Backend::Local(_) => Err(ToolError::new(
+                ToolErrorKind::Unsupported,
+                "run_tests runs a pod: it needs --kube",
+                "without a cluster, run the command on the node with `shunt test --key KEY -- \
+                 COMMAND...` (same effect: its requests carry the key)",
+            )),
+        })
     }
 }

@@ -21,10 +21,12 @@ pub mod cluster;
 pub mod edit;
 pub mod error;
 pub mod loop_tools;
+pub mod mark_probe;
 pub mod request;
 pub mod request_pod;
 pub mod sandbox_types;
 pub mod session;
+pub mod test_pod;
 pub mod tools;
 pub mod types;
 
@@ -256,6 +258,9 @@ impl ServerHandler for ShuntMcp {
 pub fn run(args: McpArgs) -> anyhow::Result<()> {
     if args.internal_request {
         return request::child_main();
+    }
+    if args.internal_wait_marked {
+        return mark_probe::child_main();
     }
     // clap's `requires = "kube"` is not enforced next to --routes (which conflicts with it).
     if args.routes.is_some() {

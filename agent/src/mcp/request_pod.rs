@@ -42,9 +42,9 @@ const MAX_REQUEST_BYTES: usize = 256 * 1024;
 
 /// Deletes the request pod: at once when the request is done, in the background when the tool
 /// call is dropped half-way.
-struct DeleteOnDrop {
-    api: Api<Pod>,
-    name: String,
+pub(super) struct DeleteOnDrop {
+    pub(super) api: Api<Pod>,
+    pub(super) name: String,
 }
 
 /// Deletes a request pod, bounded in time; failures are logged (the pod's deadline ends it).
@@ -59,7 +59,7 @@ async fn delete_pod(api: Api<Pod>, name: String) {
 
 impl DeleteOnDrop {
     /// Deletes now, so a server that exits right after answering leaves nothing.
-    async fn delete_now(mut self) {
+    pub(super) async fn delete_now(mut self) {
         delete_pod(self.api.clone(), std::mem::take(&mut self.name)).await;
     }
 }
@@ -89,7 +89,7 @@ pub struct RequestPod {
 
 impl Cluster {
     /// The image the request pod runs: `--request-image`, else a running agent pod's.
-    async fn request_image(&self) -> ToolResult<(String, Option<Vec<String>>)> {
+    pub(super) async fn request_image(&self) -> ToolResult<(String, Option<Vec<String>>)> {
         if let Some(image) = &self.request_image {
             return Ok((image.clone(), None));
         }

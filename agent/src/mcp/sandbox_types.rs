@@ -216,3 +216,46 @@ impl From<&Hop> for HopSummary {
         }
     }
 }
+
+#[derive(Debug, Deserialize, JsonSchema)]
+pub struct RunTestsParams {
+    /// The test runner's image (pytest, k6, curl, your test suite).
+    pub image: String,
+    /// The command to run in it (the container's command, one argument per item), e.g.
+    /// `["pytest", "-q", "tests/e2e"]` or `["sh", "-c", "curl -sf http://frontend:9080/"]`.
+    /// It needs no routing-key header: Shunt adds the key to every HTTP request it sends that
+    /// carries none.
+    pub command: Vec<String>,
+    /// The routing key its requests carry. A SandboxRoute with this key must exist in
+    /// `namespace`.
+    pub key: String,
+    /// Where the test pod runs. Default: --namespace (or the kubeconfig context's).
+    #[serde(default)]
+    pub namespace: Option<String>,
+    /// Extra environment variables of the test container.
+    #[serde(default)]
+    pub env: BTreeMap<String, String>,
+    /// How long the test may run, in seconds (default 600, at most 3600); the pod is then
+    /// stopped and the error has its log so far.
+    #[serde(default)]
+    pub timeout_seconds: Option<u64>,
+}
+
+#[derive(Debug, Serialize, JsonSchema)]
+pub struct RunTestsResult {
+    /// `namespace/name` of the test pod (deleted by now).
+    pub pod: String,
+    /// The node it ran on; that node's agent added the key.
+    pub node: Option<String>,
+    pub key: String,
+    /// The command's exit code (0: the tests passed).
+    pub exit_code: Option<i32>,
+    /// The container's termination reason (`Completed`, `Error`, `OOMKilled`, ...).
+    pub reason: Option<String>,
+    /// The command's output (stdout and stderr), at most the last 256 KiB.
+    pub log: String,
+    /// What the pod's init step saw when the agent had marked it.
+    pub marked: Option<String>,
+    pub elapsed_ms: u64,
+    pub warnings: Vec<String>,
+}

@@ -383,6 +383,10 @@ pub struct DecisionInfo {
     /// The service (`namespace/name`) the destination belongs to.
     pub service: Option<String>,
     pub key: Option<String>,
+    /// True when the request came without a key from a marked source (a sandbox pod, a test
+    /// runner) and Shunt added `key` to it before deciding.
+    #[serde(default)]
+    pub key_injected: bool,
     /// sandbox | baseline | passthrough | reject
     pub decision: String,
     /// key_matched | no_key | invalid_key | key_not_forked | unknown_service |
@@ -432,6 +436,9 @@ pub struct Hop {
     /// True when the caller received the key but did not pass it on: a propagation bug in the
     /// caller (it must forward the `baggage` header).
     pub key_lost: bool,
+    /// True when the caller sent no key and Shunt added it: the caller is a marked source (a
+    /// sandbox pod, or a test runner) and the key carried on from there.
+    pub key_injected: bool,
     pub from: String,
     pub service: Option<String>,
     pub decision: String,

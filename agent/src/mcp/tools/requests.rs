@@ -283,6 +283,13 @@ fn hop_tree(
         let d = &decisions[i];
         let n = hops.len() + 1;
         let key_lost = parent.is_some() && parent_key.is_some() && d.key.is_none();
+        if d.key_injected {
+            hints.push(format!(
+                "hop {n}: {} sent no routing key; Shunt added {:?} because it is a marked source                  (a pod of the key's sandbox, or a test runner)",
+                d.client_owner.as_deref().unwrap_or(&d.client),
+                d.key.as_deref().unwrap_or_default()
+            ));
+        }
         if key_lost {
             hints.push(format!(
                 "hop {n}: {} called {} without the routing key: it does not propagate the \
@@ -297,8 +304,13 @@ fn hop_tree(
                 .map_or_else(|_| d.client.clone(), |a| a.ip().to_string())
         });
         let summary = format!(
-            "{from} → {}: {} ({}) → {}",
+            "{from} → {}{}: {} ({}) → {}",
             d.service.as_deref().unwrap_or(&d.original_dst),
+            if d.key_injected {
+                " [key added by Shunt]"
+            } else {
+                ""
+            },
             d.decision,
             d.reason,
             d.upstream_owner
@@ -311,6 +323,7 @@ fn hop_tree(
             parent,
             key: d.key.clone(),
             key_lost,
+            key_injected: d.key_injected,
             from,
             service: d.service.clone(),
             decision: d.decision.clone(),

@@ -28,6 +28,7 @@ fn decision(
         path: Some("/".into()),
         service: Some(service.into()),
         key: key.map(str::to_string),
+        key_injected: false,
         decision: "baseline".into(),
         reason: if key.is_some() {
             "key_not_forked"
@@ -111,4 +112,66 @@ fn hops_follow_upstreams_in_time_and_flag_a_lost_key() {
         "{hints:?}"
     );
     assert!(hop_tree(&ds, "10.0.0.9:1", None).0.is_empty());
+}
+
+#[test]
+fn hops_show_where_shunt_added_the_key() {
+    // client → reviews sandbox (10.0.0.3) → ratings: the sandbox dropped the key, Shunt added
+    // it back (the decision log says so), so the chain is not broken.
+    let mut inner = decision(
+        1_000,
+        2_000,
+        "10.0.0.3:5000",
+        Some("k"),
+        "shop/ratings",
+        "10.0.0.4:80",
+    );
+    inner.key_injected = true;
+    let outer = decision(
+        1_001,
+        5_000,
+        "10.0.0.1:3000",
+        Some("k"),
+        "shop/reviews",
+        "10.0.0.3:80",
+    );
+    let (hops, hints) = hop_tree(&[inner, outer], "10.0.0.1:3000", Some("k"));
+    let got: Vec<(usize, bool, bool)> = hops
+        .iter()
+        .map(|h| (h.hop, h.key_lost, h.key_injected))
+        .collect();
+    assert_eq!(got, [(1, false, false), (2, false, true)]);
+    assert!(
+        hops[1].summary.contains("[key added by Shunt]"),
+        "{}",
+        hops[1].summary
+    );
+    assert!(
+        hints
+            .iter()
+            .any(|h| h.starts_with("hop 2: 10.0.0.3:5000 sent no routing key; Shunt added \"k\"")),
+        "{hints:?}"
+    );
+}
+
+#[test]
+fn decision_records_without_key_injected_read_as_not_injected() {
+    // Agents older than key injection do not write the field.
+    let d: DecisionInfo = serde_json::from_value(serde_json::json!({
+        "time": 1, "client": "10.0.0.1:1", "original_dst": "10.96.0.1:80", "protocol": "http1",
+        "method": "GET", "path": "/", "service": "shop/reviews", "key": "k",
+        "decision": "sandbox", "reason": "key_matched", "route": null, "upstream": null,
+        "status": 200, "latency_us": 1,
+    }))
+    .expect("parses");
+    assert!(!d.key_injected);
+    let d: DecisionInfo = serde_json::from_value(serde_json::json!({
+        "time": 1, "client": "10.0.0.1:1", "original_dst": "10.96.0.1:80", "protocol": "http1",
+        "method": "GET", "path": "/", "service": "shop/reviews", "key": "k",
+        "key_injected": true,
+        "decision": "sandbox", "reason": "key_matched", "route": null, "upstream": null,
+        "status": 200, "latency_us": 1,
+    }))
+    .expect("parses");
+    assert!(d.key_injected);
 }
