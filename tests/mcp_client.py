@@ -233,6 +233,23 @@ async def kube_sandbox(session, out):
     out["delete_persons"] = await call(session, "delete_sandbox", {"name": "pr-person"})
 
 
+async def kube_run_tests(session, out):
+    """Cluster mode: run_tests as a marked pod (a fake kubelet plays the pod, see
+    tests/tests/mcp_kube_run_tests.rs)."""
+    cmd = ["sh", "-c", "curl -sf http://frontend.shop:9080/ && pytest -q"]
+    out["no_route"] = await call(
+        session, "run_tests", {"image": "tests:1", "command": cmd, "key": "pr-9"}
+    )
+    out["run"] = await call(
+        session, "run_tests",
+        {"image": "tests:1", "command": cmd, "key": "pr-42", "env": {"CASE": "fails"}},
+    )
+    out["unmarked"] = await call(
+        session, "run_tests",
+        {"image": "tests:1", "command": cmd, "key": "pr-42", "env": {"CASE": "unmarked"}},
+    )
+
+
 async def main():
     argv = sys.argv[1:]
     if len(argv) < 3 or argv[1] != "--":
@@ -259,7 +276,7 @@ async def main():
             }
             await {"netns": netns, "kube": kube, "kube_request": kube_request,
              "kube_bad_image": kube_bad_image, "loop": agent_loop, "kube_logs": kube_logs,
-             "kube_sandbox": kube_sandbox}[scenario](session, out)
+             "kube_sandbox": kube_sandbox, "kube_run_tests": kube_run_tests}[scenario](session, out)
     json.dump(out, sys.stdout)
     sys.stdout.write("\n")
 

@@ -71,15 +71,15 @@ pub const MCP_ACCESS: &[ApiAccess] = &[
         group: "",
         resource: "pods",
         verbs: &["list", "get", "create", "delete"],
-        why: "sandbox pods and the agent pods (list); send_test_request's request pod (create, \
-              get while it runs, delete)",
+        why: "sandbox pods and the agent pods (list); send_test_request's request pod and \
+              run_tests' test pod (create, get while it runs, delete)",
     },
     ApiAccess {
         group: "",
         resource: "pods/log",
         verbs: &["get"],
-        why: "send_test_request reads the response from its request pod's log; get_logs and \
-              get_sandbox read pods' logs",
+        why: "send_test_request reads the response from its request pod's log, run_tests its \
+              test pod's; get_logs and get_sandbox read pods' logs",
     },
     ApiAccess {
         group: "",
