@@ -36,7 +36,7 @@ const POD_PORT: u16 = 8080;
 
 use tests::mcp_driver::{err, mcp_client, ok, python_with_mcp};
 
-const TOOLS: [&str; 14] = [
+const TOOLS: [&str; 15] = [
     "compare_with_baseline",
     "create_sandbox",
     "create_sandbox_route",
@@ -50,6 +50,7 @@ const TOOLS: [&str; 14] = [
     "list_sandboxes",
     "list_services",
     "resolve_port",
+    "run_tests",
     "send_test_request",
 ];
 
