@@ -130,8 +130,18 @@ fn skill_names_only_existing_tools_and_commands() {
         "get_logs",
         "delete_sandbox",
         "compare_with_baseline",
+        "run_tests",
     ] {
         assert!(named_tools.contains(t), "the skill does not use {t}");
+    }
+    // Key injection: when it helps, and what it does not cover.
+    for phrase in [
+        "`key_injected`",
+        "The sandbox drops the key",
+        "Tests cannot add headers",
+        "a **baseline** service that drops the key",
+    ] {
+        assert!(body.contains(phrase), "the skill does not say {phrase:?}");
     }
     assert!(commands >= 2, "{spans:?}");
 }
