@@ -228,22 +228,31 @@ fn check_output(stdout: &str) -> anyhow::Result<()> {
     };
     want(
         "pr-42",
-        "frontend → reviews v2 (sandbox) → ratings (baseline)",
+        "frontend → reviews v2 (sandbox) → ratings v1 (baseline)",
         "keyed requests must go through reviews v2, then baseline ratings",
     )?;
     want(
         "(none)",
-        "frontend → reviews v1 (baseline) → ratings (baseline)",
+        "frontend → reviews v1 (baseline) → ratings v1 (baseline)",
         "requests without a key must stay on baseline",
     )?;
-    if let Some(bad) = rows("(none)").iter().find(|r| r.contains("v2")) {
-        bail!("a request without a key reached reviews v2: `{bad}`");
+    if let Some(bad) = rows("(none)").iter().find(|r| r.contains("sandbox")) {
+        bail!("a request without a key reached a sandbox: `{bad}`");
     }
     want(
         "pr-7",
-        "frontend → reviews v1 (baseline) → ratings (baseline)",
+        "frontend → reviews v1 (baseline) → ratings v1 (baseline)",
         "a key without a fork must stay on baseline",
     )?;
+    // The sandbox that drops the key: Shunt carries it on to the ratings sandbox. Skipped (and
+    // said so by the demo) only with an agent that has no key injection.
+    if !stdout.contains("check skip: pr-43") {
+        want(
+            "pr-43",
+            "frontend → reviews v3 (sandbox, drops the key) → ratings v2 (sandbox, key added by Shunt)",
+            "the reviews sandbox drops the key; Shunt must add it so the ratings sandbox serves",
+        )?;
+    }
     if !stdout.contains("key_matched") {
         bail!("the demo's decision log shows no key_matched decision");
     }
@@ -278,9 +287,10 @@ mod tests {
 
     const GOOD: &str = "\
 key      path
-(none)   frontend → reviews v1 (baseline) → ratings (baseline)
-pr-42    frontend → reviews v2 (sandbox) → ratings (baseline)
-pr-7     frontend → reviews v1 (baseline) → ratings (baseline)
+(none)   frontend → reviews v1 (baseline) → ratings v1 (baseline)
+pr-42    frontend → reviews v2 (sandbox) → ratings v1 (baseline)
+pr-7     frontend → reviews v1 (baseline) → ratings v1 (baseline)
+pr-43    frontend → reviews v3 (sandbox, drops the key) → ratings v2 (sandbox, key added by Shunt)
 
   shop/reviews   sandbox   key_matched     → reviews-v2 (198.18.4.2:8080)
 ";
@@ -311,6 +321,20 @@ pr-7     frontend → reviews v1 (baseline) → ratings (baseline)
             "(none)   frontend → reviews v2 (sandbox)",
         );
         assert!(check_output(&bad).is_err());
+    }
+
+    #[test]
+    fn rejects_the_dropped_key_landing_on_baseline() {
+        let bad = GOOD.replace(
+            "ratings v2 (sandbox, key added by Shunt)",
+            "ratings v1 (baseline)",
+        );
+        assert!(
+            check_output(&bad)
+                .unwrap_err()
+                .to_string()
+                .contains("drops the key")
+        );
     }
 
     #[test]

@@ -23,7 +23,7 @@ use tests::{
     process::spawn_in,
 };
 
-use crate::{gate, progress, teardown};
+use crate::{gate, progress, routes, teardown};
 
 pub const SERVICE_PORT: u16 = 9080;
 pub const POD_PORT: u16 = 8080;
@@ -32,6 +32,9 @@ const ADMIN_PORT: u16 = 9464;
 const DEBUG_PORT: u16 = 9465;
 /// The routing key the sandbox is forked under.
 pub const SANDBOX_KEY: &str = "pr-42";
+/// The key of the second sandbox: a `reviews` build that drops the key, and a `ratings` sandbox
+/// behind it that only Shunt's key injection can reach.
+pub const DROP_KEY: &str = "pr-43";
 
 /// A Service: its name and virtual address.
 pub struct Svc {
@@ -64,16 +67,19 @@ pub struct PodSpec {
     pub sandbox: Option<&'static str>,
     /// The service it calls for every request.
     pub calls: Option<&'static str>,
+    /// A build that does not forward the `baggage` header (`demo-app --drop-baggage`).
+    pub drops_key: bool,
 }
 
 pub const CLIENT: usize = 0;
-pub const PODS: [PodSpec; 5] = [
+pub const PODS: [PodSpec; 7] = [
     PodSpec {
         name: "client",
         service: "",
         version: "",
         sandbox: None,
         calls: Some("frontend"),
+        drops_key: false,
     },
     PodSpec {
         name: "frontend-v1",
@@ -81,6 +87,7 @@ pub const PODS: [PodSpec; 5] = [
         version: "v1",
         sandbox: None,
         calls: Some("reviews"),
+        drops_key: false,
     },
     PodSpec {
         name: "reviews-v1",
@@ -88,6 +95,7 @@ pub const PODS: [PodSpec; 5] = [
         version: "v1",
         sandbox: None,
         calls: Some("ratings"),
+        drops_key: false,
     },
     PodSpec {
         name: "reviews-v2",
@@ -95,6 +103,7 @@ pub const PODS: [PodSpec; 5] = [
         version: "v2",
         sandbox: Some(SANDBOX_KEY),
         calls: Some("ratings"),
+        drops_key: false,
     },
     PodSpec {
         name: "ratings-v1",
@@ -102,6 +111,23 @@ pub const PODS: [PodSpec; 5] = [
         version: "v1",
         sandbox: None,
         calls: None,
+        drops_key: false,
+    },
+    PodSpec {
+        name: "reviews-v3",
+        service: "reviews",
+        version: "v3",
+        sandbox: Some(DROP_KEY),
+        calls: Some("ratings"),
+        drops_key: true,
+    },
+    PodSpec {
+        name: "ratings-v2",
+        service: "ratings",
+        version: "v2",
+        sandbox: Some(DROP_KEY),
+        calls: None,
+        drops_key: false,
     },
 ];
 
@@ -148,6 +174,10 @@ pub struct Cluster {
     /// The cgroup the agent captures; every pod process runs in it.
     pub captured: PathBuf,
     pub bin_dir: PathBuf,
+    /// The sandbox pods are marked sources (the routes file's `sources:`), so Shunt adds their
+    /// key to requests they send without one. False with an agent whose routes file has no
+    /// `sources:` yet.
+    pub injection: bool,
 }
 
 impl Cluster {
@@ -180,7 +210,15 @@ impl Cluster {
         })?;
 
         let routes_path = Path::new(teardown::RUN_DIR).join("routes.yaml");
-        let routes = routes_yaml(&topo);
+        let mut injection = true;
+        let mut routes = routes::yaml(&topo, &captured, injection);
+        if let Err(e) = agent::routes::file::parse_routes(&routes, "routes.yaml")
+            && e.to_string().contains("sources")
+        {
+            // An agent without key injection: the rest of the demo still runs.
+            injection = false;
+            routes = routes::yaml(&topo, &captured, injection);
+        }
         if let Err(e) = agent::routes::file::parse_routes(&routes, "routes.yaml") {
             if e.to_string().contains("alwaysSteer") {
                 bail!(
@@ -192,7 +230,10 @@ impl Cluster {
         }
         fs::write(&routes_path, &routes)?;
 
-        progress("starting pods: frontend, reviews v1, reviews v2 (sandbox pr-42), ratings");
+        progress(
+            "starting pods: frontend, reviews v1, reviews v2 (sandbox pr-42), ratings v1, and \
+             reviews v3 + ratings v2 (sandbox pr-43; reviews v3 drops the key)",
+        );
         for (i, pod) in PODS.iter().enumerate().skip(1) {
             let mut cmd = Command::new(bin_dir.join("demo-app"));
             cmd.args(["serve", "--service", pod.service, "--version", pod.version])
@@ -200,6 +241,9 @@ impl Cluster {
                 .args(["--listen", &topo.pods[i].addr4(POD_PORT).to_string()]);
             if let Some(callee) = pod.calls {
                 cmd.args(["--call", &format!("http://{}/", vip(callee))]);
+            }
+            if pod.drops_key {
+                cmd.arg("--drop-baggage");
             }
             let log = log_file(pod.name)?;
             cmd.stdout(log.try_clone()?).stderr(log);
@@ -276,6 +320,7 @@ impl Cluster {
             topo,
             captured,
             bin_dir,
+            injection,
         })
     }
 
@@ -416,58 +461,6 @@ impl Cluster {
         println!();
         println!("Tear it down with: cargo xtask demo --down (sandboxes left by MCP sessions too)");
     }
-}
-
-/// The routes file: three Services on virtual addresses, the sandbox pod, and the `pr-42` route
-/// forking `reviews` to it.
-fn routes_yaml(topo: &Topology) -> String {
-    let mut out = String::from(
-        "# Written by `cargo xtask demo` (tests/src/bin/shunt-demo). No kube-proxy here:\n\
-         # alwaysSteer makes the agent serve each Service's virtual address, fork or no fork.\n\
-         services:\n",
-    );
-    for svc in &SERVICES {
-        out.push_str(&format!(
-            "  - name: {name}\n    namespace: shop\n    addresses: [{vip}]\n    alwaysSteer: true\n    \
-             ports: [{{ name: http, port: {SERVICE_PORT}, targetPort: http }}]\n    endpoints:\n",
-            name = svc.name,
-            vip = svc.vip,
-        ));
-        for (i, pod) in PODS.iter().enumerate() {
-            if pod.service == svc.name && pod.sandbox.is_none() {
-                out.push_str(&format!(
-                    "      - {{ ip: {}, ports: {{ http: {POD_PORT} }} }}\n",
-                    topo.pods[i].ip4
-                ));
-            }
-        }
-    }
-    out.push_str("pods:\n");
-    for (i, pod) in PODS.iter().enumerate() {
-        if let Some(key) = pod.sandbox {
-            out.push_str(&format!(
-                "  - name: {name}\n    namespace: shop\n    ips: [{ip}]\n    \
-                 labels: {{ app: {svc}, version: {ver}, shunt.dev/sandbox: {key} }}\n    \
-                 ports: {{ http: {POD_PORT} }}\n",
-                name = pod.name,
-                ip = topo.pods[i].ip4,
-                svc = pod.service,
-                ver = pod.version,
-            ));
-        }
-    }
-    out.push_str("routes:\n");
-    for pod in PODS.iter().filter(|p| p.sandbox.is_some()) {
-        let key = pod.sandbox.unwrap_or_default();
-        out.push_str(&format!(
-            "  - name: {key}\n    namespace: shop\n    spec:\n      routingKey: {key}\n      \
-             forks:\n        - service: {svc}\n          \
-             to: {{ selector: {{ app: {svc}, shunt.dev/sandbox: {key} }} }}\n      \
-             fallback: Baseline\n",
-            svc = pod.service,
-        ));
-    }
-    out
 }
 
 fn log_file(name: &str) -> anyhow::Result<fs::File> {

@@ -17,6 +17,7 @@
 mod cluster;
 mod gate;
 mod report;
+mod routes;
 mod teardown;
 
 use std::{process::ExitCode, time::Instant};
@@ -119,13 +120,16 @@ fn run(mode: Mode, started: Instant) -> anyhow::Result<Done> {
     let rows = report::send_all(&cluster)?;
     println!();
     report::print_paths(&rows);
-    let decisions = cluster.decisions("pr-42")?;
+    let decisions = cluster.decisions(cluster::SANDBOX_KEY)?;
     println!();
-    report::print_decisions(&cluster, "pr-42", &decisions);
+    report::print_decisions(&cluster, cluster::SANDBOX_KEY, &decisions);
+    let dropped = cluster.decisions(cluster::DROP_KEY)?;
+    println!();
+    report::print_decisions(&cluster, cluster::DROP_KEY, &dropped);
     let mut ok = true;
     if mode == Mode::Check {
         println!();
-        ok = report::check(&rows, &decisions);
+        ok = report::check(&rows, &decisions, cluster.injection, &dropped);
     }
     if mode == Mode::Keep {
         gate::step(teardown::mark_kept)?;

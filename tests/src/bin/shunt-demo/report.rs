@@ -1,16 +1,18 @@
 //! The requests the demo sends, the path each one took, the agent's decision log, and `--check`.
 use serde_json::Value;
 
-use crate::cluster::{Cluster, PODS, PodSpec, SANDBOX_KEY};
+use crate::cluster::{Cluster, DROP_KEY, PODS, PodSpec, SANDBOX_KEY};
 
-/// Label, routing key (None: no key). `pr-7` has no fork anywhere.
-const REQUESTS: [(&str, Option<&str>); 6] = [
+/// Label, routing key (None: no key). `pr-7` has no fork anywhere; `pr-43`'s reviews sandbox
+/// drops the key, and Shunt carries it on to its ratings sandbox.
+const REQUESTS: [(&str, Option<&str>); 7] = [
     ("(none)", None),
     ("(none)", None),
     (SANDBOX_KEY, Some(SANDBOX_KEY)),
     (SANDBOX_KEY, Some(SANDBOX_KEY)),
     ("pr-7", Some("pr-7")),
     ("pr-7", Some("pr-7")),
+    (DROP_KEY, Some(DROP_KEY)),
 ];
 
 /// One hop of a request's path, as the app that served it reported.
@@ -86,9 +88,11 @@ fn short_error(v: &Value) -> String {
     }
 }
 
-/// `frontend`, `reviews v2 (sandbox)`, `ratings (baseline)`: the version only where the service
-/// has more than one; the role after the first hop.
-fn hop_text(hop: &Hop, first: bool) -> String {
+/// `frontend`, `reviews v2 (sandbox)`, `ratings v1 (baseline)`: the version only where the
+/// service has more than one; the role after the first hop; whether the hop drops the key, and
+/// whether Shunt added it back (the caller dropped it, yet the hop received it).
+fn hop_text(hop: &Hop, prev: Option<&Hop>) -> String {
+    let first = prev.is_none();
     let versions = PODS.iter().filter(|p| p.service == hop.service).count();
     let mut s = hop.service.clone();
     if versions > 1 {
@@ -96,9 +100,17 @@ fn hop_text(hop: &Hop, first: bool) -> String {
         s.push_str(&hop.version);
     }
     if !first {
-        s.push_str(match hop.pod.and_then(|p| p.sandbox) {
-            Some(_) => " (sandbox)",
-            None => " (baseline)",
+        let role = match hop.pod.and_then(|p| p.sandbox) {
+            Some(_) => "sandbox",
+            None => "baseline",
+        };
+        let drops = hop.pod.is_some_and(|p| p.drops_key);
+        let added =
+            prev.is_some_and(|p| p.pod.is_some_and(|p| p.drops_key)) && hop.baggage.is_some();
+        s.push_str(&match (drops, added) {
+            (true, _) => format!(" ({role}, drops the key)"),
+            (false, true) => format!(" ({role}, key added by Shunt)"),
+            (false, false) => format!(" ({role})"),
         });
     }
     s
@@ -113,7 +125,7 @@ pub fn print_paths(rows: &[Row]) {
             .hops
             .iter()
             .enumerate()
-            .map(|(i, h)| hop_text(h, i == 0))
+            .map(|(i, h)| hop_text(h, i.checked_sub(1).map(|p| &row.hops[p])))
             .collect();
         if let Some(e) = &row.error {
             parts.push(format!("✗ {e}"));
@@ -147,10 +159,13 @@ pub fn print_decisions(cluster: &Cluster, key: &str, decisions: &[Value]) {
                 None => u.to_string(),
             }
         });
-        let route = d["route"]
+        let mut route = d["route"]
             .as_str()
             .map(|r| format!("  route {r}"))
             .unwrap_or_default();
+        if d["key_injected"] == true {
+            route.push_str("  (key added by Shunt)");
+        }
         println!(
             "  {:<14} {:<9} {:<15} → {upstream}{route}",
             s("service"),
@@ -162,8 +177,10 @@ pub fn print_decisions(cluster: &Cluster, key: &str, decisions: &[Value]) {
 
 /// `--check`: keyed requests went through the sandbox and then baseline ratings, with the key
 /// propagated to every hop; unkeyed requests never reached the sandbox; the key without a fork
-/// stayed on baseline; the agent logged a `key_matched` sandbox decision for reviews.
-pub fn check(rows: &[Row], decisions: &[Value]) -> bool {
+/// stayed on baseline; the agent logged a `key_matched` sandbox decision for reviews. With key
+/// injection (`injection`), the `pr-43` request went through the reviews sandbox that drops the
+/// key to the ratings sandbox, the key added by Shunt (`dropped`: the decisions for `pr-43`).
+pub fn check(rows: &[Row], decisions: &[Value], injection: bool, dropped: &[Value]) -> bool {
     let baseline = ["frontend-v1", "reviews-v1", "ratings-v1"];
     let sandboxed = ["frontend-v1", "reviews-v2", "ratings-v1"];
     let mut results: Vec<(String, bool)> = Vec::new();
@@ -178,7 +195,7 @@ pub fn check(rows: &[Row], decisions: &[Value]) -> bool {
         });
     results.push((
         format!(
-            "{SANDBOX_KEY} requests went frontend → reviews v2 (sandbox) → ratings (baseline), \
+            "{SANDBOX_KEY} requests went frontend → reviews v2 (sandbox) → ratings v1 (baseline), \
              carrying the key at every hop"
         ),
         keyed_ok,
@@ -186,7 +203,7 @@ pub fn check(rows: &[Row], decisions: &[Value]) -> bool {
     let unkeyed_ok =
         of(None).count() > 0 && of(None).all(|r| r.error.is_none() && r.pods() == baseline);
     results.push((
-        "requests without a key stayed on baseline and never reached reviews v2".into(),
+        "requests without a key stayed on baseline and never reached a sandbox".into(),
         unkeyed_ok,
     ));
     let unforked_ok = of(Some("pr-7")).count() > 0
@@ -205,8 +222,32 @@ pub fn check(rows: &[Row], decisions: &[Value]) -> bool {
         "the agent logged reviews → sandbox (key_matched), and no other sandbox decision".into(),
         logged,
     ));
+    let carried = ["frontend-v1", "reviews-v3", "ratings-v2"];
+    let carried_ok = of(Some(DROP_KEY)).count() > 0
+        && of(Some(DROP_KEY)).all(|r| {
+            r.error.is_none()
+                && r.pods() == carried
+                && r.hops.last().and_then(|h| h.baggage.as_deref()) == Some("sd-routing-key=pr-43")
+        })
+        && dropped.iter().any(|d| {
+            d["service"] == "shop/ratings"
+                && d["decision"] == "sandbox"
+                && d["key_injected"] == true
+        });
+    let what = format!(
+        "{DROP_KEY} went frontend → reviews v3 (sandbox, drops the key) → ratings v2 (sandbox): \
+         Shunt added the key the sandbox dropped"
+    );
+    if injection {
+        results.push((what.clone(), carried_ok));
+    }
     for (what, ok) in &results {
         println!("check {}: {what}", if *ok { "ok  " } else { "FAIL" });
+    }
+    if !injection {
+        println!(
+            "check skip: {what} (this agent's routes file has no `sources:`: no key injection)"
+        );
     }
     results.iter().all(|(_, ok)| *ok)
 }
