@@ -56,7 +56,9 @@ create_sandbox_route(key, forks=[{service, selector: {..., \"shunt.dev/sandbox\"
 send_test_request(url, key) and read `hops` (where each hop went and why) and the response → \
 fix the code, redeploy the sandbox, repeat → delete_sandbox_route(key). Use resolve_port before \
 calling a service: a wrong port bypasses routing. get_dependencies shows who calls what \
-(observed traffic). get_decisions(key) explains every routing decision for a key. Errors come as \
+(observed traffic). get_decisions(key) explains every routing decision for a key. With a \
+cluster, run_tests(image, command, key) runs a test suite whose requests get the key from Shunt \
+(no header needed). Errors come as \
 {\"error\": {\"kind\", \"message\", \"fix\"}}: do what `fix` says.";
 
 /// The MCP server.

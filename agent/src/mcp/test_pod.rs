@@ -184,16 +184,18 @@ impl Cluster {
             .list(&ListParams::default())
             .await
             .map_err(ToolError::api)?;
-        if !routes
-            .items
-            .iter()
-            .any(|r| r.spec.routing_key == key.as_str())
-        {
+        let now = jiff::Timestamp::now();
+        let applies = |r: &SandboxRoute| {
+            r.spec.routing_key == key.as_str()
+                && r.metadata.deletion_timestamp.is_none()
+                && r.spec.expires_at.is_none_or(|at| at > now)
+        };
+        if !routes.items.iter().any(applies) {
             return Err(ToolError::new(
                 ToolErrorKind::RouteNotFound,
                 format!(
-                    "no SandboxRoute with key {key:?} in namespace {ns}: the agents mark a test pod \
-                     only with a key of its own namespace"
+                    "no SandboxRoute with key {key:?} applies in namespace {ns} (none, or \
+                     expired): the agents mark a test pod only with a key of its own namespace"
                 ),
                 "create the sandbox (create_sandbox) or its route (create_sandbox_route) first, or \
                  pass the namespace that has it",
