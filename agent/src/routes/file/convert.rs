@@ -181,6 +181,7 @@ fn convert(raw: &RawFile, c: &mut Check) -> ClusterState {
             uid: pod.uid.clone(),
             ips: pod.ips.iter().map(|a| a.value).collect(),
             labels: pod.labels.clone(),
+            netns: pod.netns.clone(),
         });
     }
     state
