@@ -655,7 +655,9 @@ fn daemonset_is_unprivileged_with_exactly_the_minimal_capabilities() {
     for (what, objs) in manifests() {
         let ds: DaemonSet = the(&objs, "DaemonSet", &what);
         let spec = pod_spec(&ds);
-        assert_ne!(spec.host_pid, Some(true), "{what}: hostPID");
+        // Source identity finds a client pod's network namespace through its processes, by
+        // the node's PIDs (deploy/README.md).
+        assert_eq!(spec.host_pid, Some(true), "{what}: hostPID");
         assert_ne!(spec.host_ipc, Some(true), "{what}: hostIPC");
         for c in spec
             .containers
@@ -1610,15 +1612,17 @@ fn agent_runs_with_only_the_daemonsets_privileges_and_steers() {
     assert_eq!((caps["CapInh"], caps["CapAmb"]), (0, 0), "{caps:x?}");
 
     // A connection from a pod is steered through the proxy, and the agent's own upstream
-    // connect is not captured again: it found its own cgroup from inside its namespace.
+    // connect is not captured again: it found its own cgroup from inside its namespace. The
+    // upstream connection leaves from the client pod's namespace, with the pod's address.
     let line = env.client(0, true, &["tcp", &dst.to_string()]).remove(0);
     assert_eq!(line.reply().local, dst);
     assert_eq!(
         line.reply().peer.ip(),
-        backend.node_ip4,
-        "steered: {}",
+        env.topo.pods[0].ip4,
+        "steered, from the client pod's own address: {}",
         agent.log_text()
     );
+    assert_eq!(agent.metric("shunt_source_netns_fallbacks_total"), 0.0);
     assert_eq!(
         agent.metric("shunt_proxy_connections_accepted_total"),
         1.0,
