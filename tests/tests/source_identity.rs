@@ -63,7 +63,12 @@ fn network_policy_sees_the_client_pod_not_the_node() {
     let client = env.topo.pods[0].ip4;
     // reviews v1 (baseline) and v2 (the sandbox) admit only the client pod on the service port.
     for backend in [1, 2] {
-        admit_only(&env.topo.pods[backend].netns, client, POD_PORT, &env.run.path);
+        admit_only(
+            &env.topo.pods[backend].netns,
+            client,
+            POD_PORT,
+            &env.run.path,
+        );
     }
     let v1 = env.topo.pods[1].addr4(POD_PORT);
 
