@@ -215,3 +215,77 @@ fn namespace_that_cannot_be_entered_falls_back_to_the_node_address() {
         "{log}"
     );
 }
+
+/// Cluster mode: the agent learns the client pod (UID, address) from its node's Pod watch and
+/// reaches its namespace through the pod's cgroup (kubelet's cgroupfs layout, Burstable), a
+/// process in one of its containers' cgroups (running as 65535, as the pause container does),
+/// and `/proc/PID/ns/net`.
+#[test]
+fn cluster_pods_are_found_through_their_cgroup() {
+    use tests::kube_world::{FakeCluster, KubeNode, NS, REVIEWS_IP, SERVICE_PORT, wait_for};
+    const NODE: &str = "node-a";
+    let test = "cluster_pods_are_found_through_their_cgroup";
+    if !tests::kernel::available(test) {
+        return;
+    }
+    let c = FakeCluster::start(true).expect("fake API server");
+    let Some(n) = KubeNode::new(test, &c, bins!()) else {
+        return;
+    };
+    n.standard_objects(&c);
+    c.sandbox_route(
+        "pr-42",
+        tests::kube_world::selector_spec("pr-42", "reviews", "pr-42"),
+    );
+    let client = n.ip(0);
+    let created = c.create(json!({
+        "apiVersion": "v1", "kind": "Pod",
+        "metadata": { "name": "client", "namespace": NS, "labels": { "app": "client" } },
+        "spec": { "nodeName": NODE, "containers": [{ "name": "app", "image": "app:1" }] },
+    }));
+    let uid = created["metadata"]["uid"]
+        .as_str()
+        .expect("the server gives the pod a UID")
+        .to_string();
+    c.pod_ready(NS, "client", client, true);
+    // The captured cgroup stands for kubelet's `kubepods` (cgroupfs driver).
+    let container = n
+        .env
+        .cgroup
+        .descendant(&format!("burstable/pod{uid}/container-pause"))
+        .expect("the pod's cgroup");
+    let mut pause = std::process::Command::new("setpriv");
+    pause.args([
+        "--reuid",
+        "65535",
+        "--regid",
+        "65535",
+        "--clear-groups",
+        "sleep",
+        "120",
+    ]);
+    let _pause = tests::process::spawn_in(
+        "pause",
+        pause,
+        Some(&n.env.topo.pods[0].netns),
+        Some(&container),
+    )
+    .expect("the pod's pause process");
+
+    let agent = n.start_agent(NODE, &[]);
+    let vip = std::net::SocketAddr::from((REVIEWS_IP, SERVICE_PORT));
+    wait_for("reviews steered", Duration::from_secs(15), || {
+        n.is_steered(vip)
+    });
+    // Until the Pod watch delivered the client, its connections leave from the node.
+    wait_for(
+        "the sandbox sees the client pod",
+        Duration::from_secs(15),
+        || call(&n.env, 0, vip, false, keyed()) == served("reviews-v2", client),
+    );
+    assert_eq!(
+        call(&n.env, 0, vip, true, unkeyed()),
+        served("reviews-v1", client)
+    );
+    assert_eq!(agent.metric("shunt_source_netns_fallbacks_total"), 0.0);
+}
