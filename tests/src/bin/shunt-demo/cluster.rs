@@ -418,8 +418,9 @@ impl Cluster {
     }
 }
 
-/// The routes file: three Services on virtual addresses, the sandbox pod, and the `pr-42` route
-/// forking `reviews` to it.
+/// The routes file: three Services on virtual addresses, the sandbox pod, the `pr-42` route
+/// forking `reviews` to it, and every pod as a node pod naming its network namespace, so the
+/// agent's upstream connections leave from the calling pod's own address (source identity).
 fn routes_yaml(topo: &Topology) -> String {
     let mut out = String::from(
         "# Written by `cargo xtask demo` (tests/src/bin/shunt-demo). No kube-proxy here:\n\
@@ -467,6 +468,12 @@ fn routes_yaml(topo: &Topology) -> String {
             svc = pod.service,
         ));
     }
+    let node_pods: Vec<(usize, &str, &str)> = PODS
+        .iter()
+        .enumerate()
+        .map(|(i, pod)| (i, "shop", pod.name))
+        .collect();
+    out.push_str(&tests::source_world::node_pods_yaml(topo, &node_pods));
     out
 }
 
