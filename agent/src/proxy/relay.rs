@@ -23,36 +23,39 @@ pub async fn connect(dst: std::net::SocketAddr, timeout: Duration) -> io::Result
         timeout,
     )
     .await
+    .map(|(s, _)| s)
 }
 
 /// Connects to `dst` with a deadline, from `source`'s network namespace (the client pod's, so
 /// the upstream sees the pod's address), or from the node's when that namespace has no socket
-/// to give (fail open; `sources` counted it).
+/// to give (fail open; `sources` counted it). Returns where the connection was made.
 pub async fn connect_from(
     sources: &dyn SourceSockets,
     source: UpstreamSource,
     dst: std::net::SocketAddr,
     timeout: Duration,
-) -> io::Result<TcpStream> {
+) -> io::Result<(TcpStream, UpstreamSource)> {
     let connecting = async {
         let in_pod = match source.netns() {
             Some(netns) => sources.socket(netns, dst.is_ipv6()).await,
             None => None,
         };
         match in_pod {
-            Some(fd) => {
-                TcpSocket::from_std_stream(std::net::TcpStream::from(fd))
-                    .connect(dst)
-                    .await
-            }
-            None => TcpStream::connect(dst).await,
+            Some(fd) => TcpSocket::from_std_stream(std::net::TcpStream::from(fd))
+                .connect(dst)
+                .await
+                .map(|s| (s, source)),
+            None if source.netns().is_some() => TcpStream::connect(dst)
+                .await
+                .map(|s| (s, UpstreamSource::NodeFallback)),
+            None => TcpStream::connect(dst).await.map(|s| (s, source)),
         }
     };
     match tokio::time::timeout(timeout, connecting).await {
         Ok(r) => {
-            let s = r?;
+            let (s, from) = r?;
             s.set_nodelay(true)?;
-            Ok(s)
+            Ok((s, from))
         }
         Err(_) => Err(io::Error::new(
             io::ErrorKind::TimedOut,

@@ -112,7 +112,9 @@ impl Upstreams {
 
     /// A new connection to `dst` from `source`, for a path that relays bytes.
     pub async fn connect(&self, source: UpstreamSource, dst: SocketAddr) -> io::Result<TcpStream> {
-        super::relay::connect_from(&*self.sources, source, dst, self.http2.connect_timeout).await
+        super::relay::connect_from(&*self.sources, source, dst, self.http2.connect_timeout)
+            .await
+            .map(|(s, _)| s)
     }
 
     /// Sends an h2c request to `upstream` over HTTP/2 from `source`, its URI (scheme,
@@ -201,7 +203,7 @@ impl H2Pool {
         from: UpstreamSource,
         upstream: SocketAddr,
     ) -> Result<http2::SendRequest<ProxyBody>, UpstreamError> {
-        let stream =
+        let (stream, made_from) =
             super::relay::connect_from(&*pool.sources, from, upstream, pool.connect_timeout)
                 .await
                 .map_err(|source| UpstreamError::Connect { upstream, source })?;
@@ -217,7 +219,9 @@ impl H2Pool {
         });
         static NEXT_ID: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
         let id = NEXT_ID.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        let key = (from.netns(), upstream);
+        // Pooled for the namespace it was made in: one that fell back to the node is shared
+        // with the node's connections, not handed to the pod's next request as the pod's.
+        let key = (made_from.netns(), upstream);
         pool.lock().insert(
             key,
             Pooled {

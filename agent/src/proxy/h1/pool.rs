@@ -107,7 +107,8 @@ impl Pool {
         source: UpstreamSource,
         addr: SocketAddr,
     ) -> io::Result<UpstreamConn> {
-        let stream =
+        // `source` as made: the node's, if the pod's namespace had no socket to give.
+        let (stream, source) =
             crate::proxy::relay::connect_from(&*self.sources, source, addr, self.connect_timeout)
                 .await?;
         Ok(UpstreamConn {
