@@ -108,7 +108,7 @@ pub(super) struct RawNodePod {
     /// The pod's network namespace file (`/run/netns/NAME`, `/proc/PID/ns/net`): its upstream
     /// connections are made there, with its own address.
     #[serde(default)]
-    pub(super) netns: Option<std::path::PathBuf>,
+    pub(super) netns: Option<S<std::path::PathBuf>>,
 }
 
 #[derive(Deserialize)]
