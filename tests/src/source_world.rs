@@ -52,6 +52,19 @@ pub fn routes_with_node_pods(
     yaml
 }
 
+/// Whether `nft` (the nftables package) is here for [`admit_only`]. Like the other kernel-test
+/// prerequisites, its absence is a skip, or a failure with `SHUNT_REQUIRE_KERNEL_TESTS=1`.
+pub fn nft_available(test: &str) -> bool {
+    if crate::kernel::which("nft").is_some() {
+        return true;
+    }
+    if std::env::var("SHUNT_REQUIRE_KERNEL_TESTS").as_deref() == Ok("1") {
+        panic!("{test}: kernel tests are required but `nft` (nftables) is not installed");
+    }
+    eprintln!("SKIPPED {test}: `nft` (nftables) is not installed");
+    false
+}
+
 /// A NetworkPolicy stand-in in `netns`: TCP to `port` is accepted only from `allowed`; any other
 /// source gets a reset (a `reject`, so a refusal is quick and unambiguous).
 pub fn admit_only(netns: &Netns, allowed: Ipv4Addr, port: u16, scratch: &std::path::Path) {

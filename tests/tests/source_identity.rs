@@ -52,6 +52,9 @@ fn decisions_from(agent: &AgentProc, client: IpAddr) -> Vec<Value> {
 
 #[test]
 fn network_policy_sees_the_client_pod_not_the_node() {
+    if !tests::source_world::nft_available("network_policy_sees_the_client_pod_not_the_node") {
+        return;
+    }
     let Some(w) = World::new(
         "network_policy_sees_the_client_pod_not_the_node",
         bins!(),
