@@ -265,9 +265,30 @@ pub struct RunConfig {
     )]
     pub max_connections: usize,
 
+    /// Where the proxy's upstream connections leave from: `pod`, the client pod's own network
+    /// namespace, so backends and NetworkPolicy see the pod's address as without Shunt (needs
+    /// CAP_SYS_ADMIN to enter it, and with --kube the node's PID namespace to find it; a pod
+    /// whose namespace cannot be entered falls back to the node, counted); `node`, the node's.
+    #[arg(
+        long,
+        env = "SHUNT_UPSTREAM_SOURCE",
+        value_name = "pod|node",
+        default_value = "pod"
+    )]
+    pub upstream_source: UpstreamSourceMode,
+
     /// How long in-flight connections may finish after SIGTERM.
     #[arg(long, env = "SHUNT_SHUTDOWN_GRACE", value_name = "DURATION", default_value = "10s", value_parser = parse_duration)]
     pub shutdown_grace: Duration,
+}
+
+/// `--upstream-source`: where upstream connections leave from.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum UpstreamSourceMode {
+    /// The client pod's network namespace (source identity preserved).
+    Pod,
+    /// The node's network namespace.
+    Node,
 }
 
 impl RunConfig {

@@ -10,6 +10,8 @@
 //! - [`capture`]: the only module that touches aya: loads, attaches and pins the eBPF programs.
 //! - [`proxy`]: accepts redirected connections and forwards each request by its key; reads a
 //!   table snapshot and an original-destination lookup, never `kube`.
+//! - [`netns`]: source identity: upstream sockets made in the client pod's network namespace,
+//!   for the proxy (which sees it through the [`netns::SourceSockets`] trait).
 //! - [`kube`]: watches and status writes against the API server; never `proxy`. Shared
 //!   Kubernetes helpers for [`mcp`] and [`sandbox`] live here.
 //! - [`admin`]: the health listener (node address) and the debug listener (routes, decisions,
@@ -29,6 +31,8 @@ pub mod kube;
 pub mod mcp;
 #[cfg(feature = "node")]
 pub mod metrics;
+#[cfg(feature = "node")]
+pub mod netns;
 pub mod placement;
 #[cfg(feature = "node")]
 pub mod proxy;

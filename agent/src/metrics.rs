@@ -34,6 +34,7 @@ pub struct Metrics {
     connections_accepted: Counter,
     orig_dst_misses: Counter,
     upstream_connect_errors: Counter,
+    source_netns_fallbacks: Counter,
     steer_insert_failures: Counter,
     routes_not_applied: Gauge,
     node_status_write_errors: Counter,
@@ -53,6 +54,7 @@ impl Metrics {
             connections_accepted: Counter::default(),
             orig_dst_misses: Counter::default(),
             upstream_connect_errors: Counter::default(),
+            source_netns_fallbacks: Counter::default(),
             steer_insert_failures: Counter::default(),
             routes_not_applied: Gauge::default(),
             node_status_write_errors: Counter::default(),
@@ -97,6 +99,12 @@ impl Metrics {
             "shunt_proxy_upstream_connect_errors",
             "Upstream connects that failed or timed out",
             m.upstream_connect_errors.clone(),
+        );
+        registry.register(
+            "shunt_source_netns_fallbacks",
+            "Client connections (and upstream sockets) that left from the node's address because \
+             the client pod's network namespace could not be entered",
+            m.source_netns_fallbacks.clone(),
         );
         registry.register(
             "shunt_steer_insert_failures",
@@ -184,6 +192,12 @@ impl Metrics {
     }
     pub fn orig_dst_misses(&self) -> u64 {
         self.orig_dst_misses.get()
+    }
+    pub fn source_netns_fallback(&self) {
+        self.source_netns_fallbacks.inc();
+    }
+    pub fn source_netns_fallbacks(&self) -> u64 {
+        self.source_netns_fallbacks.get()
     }
 }
 

@@ -16,9 +16,10 @@ use tokio_util::sync::CancellationToken;
 use crate::{
     admin::{self, DebugState, DebugToken, HealthState, listener::ListenerLimits},
     capture::{self, Capture, CaptureConfig},
-    config::RunConfig,
+    config::{RunConfig, UpstreamSourceMode},
     kube::{KubeOptions, KubeSource},
     metrics::Metrics,
+    netns::{NodeSockets, PodNetns, SourceSockets},
     proxy::{
         self, OrigDstLookup, ProxyShared,
         decision_log::DecisionLog,
@@ -205,6 +206,21 @@ async fn run_async(args: RunConfig) -> anyhow::Result<()> {
         }
     };
     let sync_stop = CancellationToken::new();
+    // Source identity: the node's pods, from the same views route sync gets, say which network
+    // namespace a client address is in (in a cluster found through the pod's cgroup).
+    let sources: Arc<dyn SourceSockets> = match args.upstream_source {
+        UpstreamSourceMode::Pod => {
+            let cgroups = args.kube.then(|| {
+                Arc::new(capture::KubeletPodCgroups::new(captured_cgroup.clone()))
+                    as Arc<dyn capture::PodCgroups>
+            });
+            let pods = Arc::new(PodNetns::new(cgroups, metrics.clone()));
+            pods.set_pods(&feed.states.borrow().node_pods);
+            tokio::spawn(pods.clone().follow(feed.states.clone(), sync_stop.clone()));
+            pods
+        }
+        UpstreamSourceMode::Node => Arc::new(NodeSockets),
+    };
     let sync_task = tokio::spawn(route_sync.run(feed, sync_stop.clone()));
     // Without --kube the initial table is in force before the proxy serves, as it always was;
     // with --kube the first apply waits for the first complete list (until then the pinned
@@ -235,7 +251,7 @@ async fn run_async(args: RunConfig) -> anyhow::Result<()> {
                 .with_namespaces(args.strip_keys_from_namespace.clone(), table.clone()),
         ),
         table: table.clone(),
-        upstreams: Upstreams::new(args.connect_timeout, args.idle_timeout),
+        upstreams: Upstreams::with_sources(args.connect_timeout, args.idle_timeout, sources),
         log,
         metrics: metrics.clone(),
         lookup,

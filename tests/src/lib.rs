@@ -13,4 +13,5 @@ pub mod netns;
 pub mod process;
 pub mod routes_fixture;
 pub mod routing_world;
+pub mod source_world;
 pub mod traffic_world;

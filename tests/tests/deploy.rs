@@ -54,9 +54,11 @@ use tests::{
 };
 
 /// The capabilities the agent needs, found by experiment (deploy/README.md): CAP_BPF and
-/// CAP_NET_ADMIN to load and attach the cgroup programs (each alone fails with EPERM). CAP_PERFMON
-/// is not among them: the agent loads and steers without it.
-const MINIMAL_CAPS: [&str; 2] = ["BPF", "NET_ADMIN"];
+/// CAP_NET_ADMIN to load and attach the cgroup programs (each alone fails with EPERM); CAP_SYS_ADMIN
+/// to enter a client pod's network namespace (setns) and CAP_SYS_PTRACE to open it through a pod
+/// process of another user (source identity; without them upstream connections fall back to the
+/// node's address). CAP_PERFMON is not among them: the agent loads and steers without it.
+const MINIMAL_CAPS: [&str; 4] = ["BPF", "NET_ADMIN", "SYS_ADMIN", "SYS_PTRACE"];
 const OVERLAYS: [&str; 2] = ["default", "kind"];
 const NAMESPACE: &str = "shunt-system";
 /// What `$(NODE_IP)` stands for when the DaemonSet's args are parsed here.
@@ -618,13 +620,44 @@ fn daemonset_ports_probes_and_scrape_annotations_match_the_agent() {
     }
 }
 
+/// The Privileges section of deploy/README.md names exactly the DaemonSet's capabilities: in its
+/// `add: [...]` and in the first row of its table (the set the DaemonSet runs with).
+#[test]
+fn readme_states_exactly_the_daemonsets_capabilities() {
+    let readme = read("deploy/README.md");
+    let section = readme
+        .split("### Privileges")
+        .nth(1)
+        .and_then(|s| s.split("\n### ").next())
+        .expect("a Privileges section");
+    let ds_caps: BTreeSet<String> = added_caps(&base_daemonset()).into_iter().collect();
+    let listed = |text: &str| -> BTreeSet<String> {
+        text.split(',').map(|c| c.trim().to_string()).collect()
+    };
+    let add = section
+        .split("`add: [")
+        .nth(1)
+        .and_then(|s| s.split("]`").next())
+        .expect("`add: [...]` in the Privileges section");
+    assert_eq!(listed(add), ds_caps, "the README's add: [...]");
+    let first_row = section
+        .lines()
+        .skip_while(|l| !l.starts_with("|---|"))
+        .nth(1)
+        .expect("the capability table");
+    let set = first_row.trim_start_matches('|').split('|').next().unwrap();
+    assert_eq!(listed(set), ds_caps, "the table's first row: {first_row}");
+}
+
 #[test]
 fn daemonset_is_unprivileged_with_exactly_the_minimal_capabilities() {
     let minimal: BTreeSet<String> = MINIMAL_CAPS.iter().map(|c| c.to_string()).collect();
     for (what, objs) in manifests() {
         let ds: DaemonSet = the(&objs, "DaemonSet", &what);
         let spec = pod_spec(&ds);
-        assert_ne!(spec.host_pid, Some(true), "{what}: hostPID");
+        // Source identity finds a client pod's network namespace through its processes, by
+        // the node's PIDs (deploy/README.md).
+        assert_eq!(spec.host_pid, Some(true), "{what}: hostPID");
         assert_ne!(spec.host_ipc, Some(true), "{what}: hostIPC");
         for c in spec
             .containers
@@ -1352,6 +1385,7 @@ const PORT: u16 = 8080;
 fn cap_number(name: &str) -> u32 {
     match name {
         "NET_ADMIN" => 12,
+        "SYS_PTRACE" => 19,
         "SYS_ADMIN" => 21,
         "SYS_RESOURCE" => 24,
         "PERFMON" => 38,
@@ -1539,7 +1573,32 @@ fn agent_runs_with_only_the_daemonsets_privileges_and_steers() {
     let dst = backend.addr4(PORT);
     let _b = Backend::tcp(&backend.netns, "b", dst).unwrap();
     mount_bpffs(&env.run.bpffs());
-    let pod = pod_like(&env, &ds, dst, true, &[]);
+    // The client pod's "pause" process runs as another user (the pause image's 65535), as on a
+    // node: the agent reaches the pod's network namespace through it (source identity), which
+    // takes CAP_SYS_PTRACE to open and CAP_SYS_ADMIN to enter.
+    let mut pause = Command::new("setpriv");
+    pause.args([
+        "--reuid",
+        "65535",
+        "--regid",
+        "65535",
+        "--clear-groups",
+        "sleep",
+        "120",
+    ]);
+    let pause = spawn_in("pause", pause, Some(&env.topo.pods[0].netns), None).unwrap();
+    let routes = env.run.path.join("node-pods.yaml");
+    fs::write(
+        &routes,
+        format!(
+            "nodePods:\n  - {{ name: client, namespace: front, ips: [{}], netns: /proc/{}/ns/net }}\n",
+            env.topo.pods[0].ip4,
+            pause.pid()
+        ),
+    )
+    .unwrap();
+    let routes_flag = routes.display().to_string();
+    let pod = pod_like(&env, &ds, dst, true, &["--routes", &routes_flag]);
     // The agent's pod sits under the captured root, like every pod on the node.
     let pod_cgroup = env.cgroup.child("agent-pod").unwrap();
     let agent = env.start_agent_wrapped(&pod.wrapper, &pod.args, Some(&pod_cgroup));
@@ -1553,15 +1612,17 @@ fn agent_runs_with_only_the_daemonsets_privileges_and_steers() {
     assert_eq!((caps["CapInh"], caps["CapAmb"]), (0, 0), "{caps:x?}");
 
     // A connection from a pod is steered through the proxy, and the agent's own upstream
-    // connect is not captured again: it found its own cgroup from inside its namespace.
+    // connect is not captured again: it found its own cgroup from inside its namespace. The
+    // upstream connection leaves from the client pod's namespace, with the pod's address.
     let line = env.client(0, true, &["tcp", &dst.to_string()]).remove(0);
     assert_eq!(line.reply().local, dst);
     assert_eq!(
         line.reply().peer.ip(),
-        backend.node_ip4,
-        "steered: {}",
+        env.topo.pods[0].ip4,
+        "steered, from the client pod's own address: {}",
         agent.log_text()
     );
+    assert_eq!(agent.metric("shunt_source_netns_fallbacks_total"), 0.0);
     assert_eq!(
         agent.metric("shunt_proxy_connections_accepted_total"),
         1.0,

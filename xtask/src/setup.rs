@@ -19,11 +19,13 @@ pub const BPF_LINKER_VERSION: &str = "0.13.0";
 pub const BPF_LINKER_LLVM_FEATURE: &str = "llvm-23";
 
 /// Commands the tests run, and the Debian package providing each.
-const APT_TOOLS: [(&str, &str); 5] = [
+const APT_TOOLS: [(&str, &str); 6] = [
     ("ip", "iproute2"),
     ("nsenter", "util-linux"),
     ("setpriv", "util-linux"),
     ("sysctl", "procps"),
+    // The source-identity tests put a NetworkPolicy-like rule in a backend's namespace.
+    ("nft", "nftables"),
     // `cargo xtask demo` run by a normal user raises privileges with it for the built demo only.
     ("sudo", "sudo"),
 ];

@@ -162,6 +162,8 @@ pub fn node_pod(p: &Pod) -> Option<routes::NodePod> {
         uid: p.metadata.uid.clone().unwrap_or_default(),
         ips: pod_ips(p),
         labels: p.metadata.labels.clone().unwrap_or_default(),
+        // Found from the UID through the pod's cgroup (netns::locate).
+        netns: None,
     })
 }
 

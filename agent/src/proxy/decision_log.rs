@@ -39,6 +39,10 @@ pub struct DecisionRecord {
     #[serde(serialize_with = "as_str::shared")]
     pub route: Option<Arc<str>>,
     pub upstream: Option<SocketAddr>,
+    /// Where the upstream connection left from: `pod` (the client pod's own address), `node`
+    /// (not a pod of this node, or a hostNetwork one), or `node_fallback` (the pod's network
+    /// namespace could not be entered).
+    pub source: crate::netns::UpstreamSource,
     pub status: Option<u16>,
     pub latency_us: u64,
 }

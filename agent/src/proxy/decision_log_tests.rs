@@ -15,6 +15,7 @@ fn record(key: Option<&str>) -> DecisionRecord {
         reason: DecisionReason::NoKey,
         route: None,
         upstream: None,
+        source: Default::default(),
         status: Some(200),
         latency_us: 1,
     }

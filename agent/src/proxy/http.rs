@@ -155,7 +155,7 @@ async fn handle(
     let response = if decision.kind == DecisionKind::Reject {
         reject(&decision)
     } else {
-        forward(shared, &mut decision, req).await
+        forward(shared, info.source, &mut decision, req).await
     };
 
     // The connection's baseline endpoint failed: close after the current streams, so the next
@@ -196,6 +196,7 @@ const REPLAY_LIMIT: u64 = 64 * 1024;
 
 async fn forward(
     shared: &ProxyShared,
+    source: crate::netns::UpstreamSource,
     decision: &mut Decision,
     req: Request<Incoming>,
 ) -> Response<ProxyBody> {
@@ -236,7 +237,11 @@ async fn forward(
     let retry = replay.map(|bytes| (parts.clone(), bytes));
     let first = shared
         .upstreams
-        .send(upstream, Request::from_parts(parts, upstream_body(body)))
+        .send(
+            source,
+            upstream,
+            Request::from_parts(parts, upstream_body(body)),
+        )
         .await;
     let result = match first {
         Err(refused) if refused.not_sent() && decision.kind == DecisionKind::Sandbox => {
@@ -249,6 +254,7 @@ async fn forward(
                     shared
                         .upstreams
                         .send(
+                            source,
                             baseline,
                             Request::from_parts(parts, upstream_body(full(bytes))),
                         )

@@ -116,6 +116,7 @@ fn table_with_node_pods(pods: &[(&str, &str, &str)]) -> crate::routes::RouteTabl
                 uid: format!("uid-{name}"),
                 ips: vec![ip.parse().expect("ip")],
                 labels: Default::default(),
+                netns: None,
             })
             .collect(),
         ..Default::default()

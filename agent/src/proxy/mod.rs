@@ -64,6 +64,8 @@ pub struct ConnInfo {
     /// The Service capture found the destination under (kept, not re-derived, for the decision).
     pub service: ServiceId,
     pub protocol: Protocol,
+    /// Where its upstream connections leave from (the client pod's namespace: source identity).
+    pub source: crate::netns::UpstreamSource,
 }
 
 impl ConnInfo {
@@ -124,6 +126,7 @@ impl ProxyShared {
             reason: decision.reason,
             route: decision.route,
             upstream: decision.upstream,
+            source: conn.source,
             status: exit.status,
             latency_us: exit.latency.map_or(0, |l| l.as_micros() as u64),
         });
@@ -192,6 +195,7 @@ async fn handle(shared: &Arc<ProxyShared>, client: tokio::net::TcpStream, peer: 
         original_dst,
         service,
         protocol,
+        source: shared.upstreams.source_for(peer.get().ip()),
     };
     match protocol {
         Protocol::Http1 => h1::serve(shared.clone(), client, info).await,

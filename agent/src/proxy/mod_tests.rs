@@ -44,6 +44,7 @@ fn an_opaque_connection_is_counted_and_logged_alike() {
         original_dst: OrigDstAddr("10.9.9.9:443".parse().expect("addr")),
         service: ServiceId::NONE,
         protocol: Protocol::Tls,
+        source: Default::default(),
     };
     let decision = Decision {
         reason: DecisionReason::OpaqueProtocol,
@@ -77,6 +78,7 @@ fn a_header_read_timeout_keeps_its_metric_label() {
         original_dst: OrigDstAddr("10.96.0.7:80".parse().expect("addr")),
         service: ServiceId(7),
         protocol: Protocol::Http1,
+        source: Default::default(),
     };
     let exit = Exit {
         status: Some(408),

@@ -23,7 +23,7 @@ pub async fn serve(shared: &ProxyShared, client: TcpStream, info: ConnInfo) {
     };
     let upstream = decision.upstream.unwrap_or(info.original_dst.0);
     shared.record(&info, decision, Exit::default());
-    let up = match relay::connect(upstream, shared.limits.connect_timeout).await {
+    let up = match shared.upstreams.connect(info.source, upstream).await {
         Ok(u) => u,
         Err(e) => {
             shared.metrics.upstream_connect_error();

@@ -1,7 +1,9 @@
 //! Upstream connections, pooled per destination: one HTTP/2 connection per upstream address for
 //! h2c (its streams multiplexed), and the idle connections of the HTTP/1.1 path
 //! ([`super::h1::pool`]). Their sockets come from the agent's own cgroup, which the capture
-//! programs exempt, so forwarding never loops back into the proxy.
+//! programs exempt, so forwarding never loops back into the proxy. They are made in the client
+//! pod's network namespace ([`crate::netns`]), so a connection carries one pod's address and
+//! both pools are keyed by (source namespace, upstream address).
 //!
 //! The h2 pool is keyed by the upstream's address, not by the request's URI: a request goes on
 //! with the `:scheme`, `:authority` and `:path` the client sent (authority-based virtual hosting
@@ -24,15 +26,20 @@ use hyper::{
     client::conn::http2,
 };
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use tokio::net::TcpStream;
+
+use crate::netns::{NetnsId, NodeSockets, SourceSockets, UpstreamSource};
 
 /// The body type the proxy forwards: a client's streaming body, or a buffered copy of it.
 pub type ProxyBody = UnsyncBoxBody<Bytes, hyper::Error>;
 
-/// The HTTP/2 (prior knowledge) pool and the HTTP/1.1 pool; both pool by upstream address.
+/// The HTTP/2 (prior knowledge) pool and the HTTP/1.1 pool; both pool by upstream address and
+/// source namespace.
 #[derive(Clone)]
 pub struct Upstreams {
     http2: Arc<H2Pool>,
     pub h1: Arc<super::h1::pool::Pool>,
+    sources: Arc<dyn SourceSockets>,
 }
 
 /// Why forwarding failed. The message names the upstream; the cause is the source (see
@@ -70,32 +77,63 @@ impl UpstreamError {
 }
 
 impl Upstreams {
+    /// Upstreams connected from the node's network namespace.
     pub fn new(connect_timeout: Duration, idle_timeout: Duration) -> Self {
+        Self::with_sources(connect_timeout, idle_timeout, Arc::new(NodeSockets))
+    }
+
+    /// Upstreams connected from wherever `sources` says each client's connections leave from.
+    pub fn with_sources(
+        connect_timeout: Duration,
+        idle_timeout: Duration,
+        sources: Arc<dyn SourceSockets>,
+    ) -> Self {
         Self {
             http2: Arc::new(H2Pool {
                 conns: Mutex::new(HashMap::new()),
                 connect_timeout,
                 idle_timeout,
+                sources: sources.clone(),
             }),
-            h1: Arc::new(super::h1::pool::Pool::new(connect_timeout, idle_timeout)),
+            h1: Arc::new(super::h1::pool::Pool::new(
+                connect_timeout,
+                idle_timeout,
+                sources.clone(),
+            )),
+            sources,
         }
     }
 
-    /// Sends an h2c request to `upstream` over HTTP/2, its URI (scheme, authority, path) as the
-    /// client sent it.
+    /// Where the upstream connections of the client at `client` leave from (once per accepted
+    /// connection).
+    pub fn source_for(&self, client: std::net::IpAddr) -> UpstreamSource {
+        self.sources.source_for(client)
+    }
+
+    /// A new connection to `dst` from `source`, for a path that relays bytes.
+    pub async fn connect(&self, source: UpstreamSource, dst: SocketAddr) -> io::Result<TcpStream> {
+        super::relay::connect_from(&*self.sources, source, dst, self.http2.connect_timeout)
+            .await
+            .map(|(s, _)| s)
+    }
+
+    /// Sends an h2c request to `upstream` over HTTP/2 from `source`, its URI (scheme,
+    /// authority, path) as the client sent it.
     pub async fn send(
         &self,
+        source: UpstreamSource,
         upstream: SocketAddr,
         req: Request<ProxyBody>,
     ) -> Result<Response<Incoming>, UpstreamError> {
         let mut req = req;
-        if let Some(mut pooled) = self.http2.checkout(upstream) {
+        let key = (source.netns(), upstream);
+        if let Some(mut pooled) = self.http2.checkout(key) {
             match pooled.sender.try_send_request(req).await {
                 Ok(resp) => return Ok(resp),
                 Err(mut e) => match e.take_message() {
                     // The pooled connection closed before the request went out: a new one.
                     Some(unsent) => {
-                        self.http2.forget(upstream, pooled.id);
+                        self.http2.forget(key, pooled.id);
                         req = unsent;
                     }
                     None => {
@@ -107,7 +145,7 @@ impl Upstreams {
                 },
             }
         }
-        let mut sender = H2Pool::connect(&self.http2, upstream).await?;
+        let mut sender = H2Pool::connect(&self.http2, source, upstream).await?;
         sender
             .send_request(req)
             .await
@@ -115,12 +153,16 @@ impl Upstreams {
     }
 }
 
-/// One HTTP/2 connection per upstream address; a connection unused for the idle timeout is
-/// let go (hyper closes it once its last stream ends).
+/// What an h2 connection is shared for: one upstream, from one namespace.
+type PoolKey = (Option<NetnsId>, SocketAddr);
+
+/// One HTTP/2 connection per upstream address and source namespace; a connection unused for the
+/// idle timeout is let go (hyper closes it once its last stream ends).
 struct H2Pool {
-    conns: Mutex<HashMap<SocketAddr, Pooled>>,
+    conns: Mutex<HashMap<PoolKey, Pooled>>,
     connect_timeout: Duration,
     idle_timeout: Duration,
+    sources: Arc<dyn SourceSockets>,
 }
 
 #[derive(Clone)]
@@ -132,12 +174,12 @@ struct Pooled {
 }
 
 impl H2Pool {
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<SocketAddr, Pooled>> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<PoolKey, Pooled>> {
         self.conns.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     /// The open connection to `addr`, if any.
-    fn checkout(&self, addr: SocketAddr) -> Option<Pooled> {
+    fn checkout(&self, addr: PoolKey) -> Option<Pooled> {
         let mut conns = self.lock();
         let pooled = conns.get_mut(&addr)?;
         if pooled.sender.is_closed() || pooled.last_used.elapsed() >= self.idle_timeout {
@@ -148,21 +190,23 @@ impl H2Pool {
         Some(pooled.clone())
     }
 
-    fn forget(&self, addr: SocketAddr, id: u64) {
+    fn forget(&self, addr: PoolKey, id: u64) {
         let mut conns = self.lock();
         if conns.get(&addr).is_some_and(|p| p.id == id) {
             conns.remove(&addr);
         }
     }
 
-    /// A new connection to `addr`, pooled for the requests that follow.
+    /// A new connection to `upstream` from `from`, pooled for the requests that follow.
     async fn connect(
         pool: &Arc<Self>,
+        from: UpstreamSource,
         upstream: SocketAddr,
     ) -> Result<http2::SendRequest<ProxyBody>, UpstreamError> {
-        let stream = super::relay::connect(upstream, pool.connect_timeout)
-            .await
-            .map_err(|source| UpstreamError::Connect { upstream, source })?;
+        let (stream, made_from) =
+            super::relay::connect_from(&*pool.sources, from, upstream, pool.connect_timeout)
+                .await
+                .map_err(|source| UpstreamError::Connect { upstream, source })?;
         let (sender, conn) = http2::Builder::new(TokioExecutor::new())
             .timer(TokioTimer::new())
             .handshake(TokioIo::new(stream))
@@ -175,22 +219,25 @@ impl H2Pool {
         });
         static NEXT_ID: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
         let id = NEXT_ID.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        // Pooled for the namespace it was made in: one that fell back to the node is shared
+        // with the node's connections, not handed to the pod's next request as the pod's.
+        let key = (made_from.netns(), upstream);
         pool.lock().insert(
-            upstream,
+            key,
             Pooled {
                 sender: sender.clone(),
                 id,
                 last_used: Instant::now(),
             },
         );
-        tokio::spawn(let_go_when_idle(Arc::downgrade(pool), upstream, id));
+        tokio::spawn(let_go_when_idle(Arc::downgrade(pool), key, id));
         Ok(sender)
     }
 }
 
 /// Drops the pool's handle on connection `id` once it has been unused for the idle timeout (or
 /// has closed); streams still open keep the connection until they end.
-async fn let_go_when_idle(pool: Weak<H2Pool>, addr: SocketAddr, id: u64) {
+async fn let_go_when_idle(pool: Weak<H2Pool>, addr: PoolKey, id: u64) {
     let Some(idle_timeout) = pool.upgrade().map(|p| p.idle_timeout) else {
         return;
     };

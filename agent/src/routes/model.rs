@@ -163,6 +163,10 @@ pub struct NodePod {
     /// Pod IPs, primary first (as `status.podIPs`).
     pub ips: Vec<IpAddr>,
     pub labels: BTreeMap<String, String>,
+    /// The pod's network namespace file, where a source names it (the routes file's `netns:`,
+    /// for pods that are named network namespaces); in a cluster it is found from the UID.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub netns: Option<std::path::PathBuf>,
 }
 
 /// A pod, for selector forks and for resolving named target ports on sandbox pods.

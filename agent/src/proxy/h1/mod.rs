@@ -20,7 +20,7 @@ use tokio::{
     time::{Instant, Sleep},
 };
 
-use super::{ConnInfo, Exit, ProxyShared, relay};
+use super::{ConnInfo, Exit, ProxyShared};
 use crate::routes::{ConnRoute, Decision, DecisionKind, DecisionReason};
 use body::{BodyState, Framing};
 use head::{HeadError, HeadLimits, RequestHead, RequestKind, ResponseHead};
@@ -293,7 +293,7 @@ impl Conn<'_> {
                 Ok(r) => break r,
                 Err(ExchangeError::Closed) if up.reused && whole && !retried => {
                     retried = true;
-                    match self.shared.upstreams.h1.connect(up.addr).await {
+                    match self.shared.upstreams.h1.connect(up.source, up.addr).await {
                         Ok(fresh) => up = fresh,
                         Err(e) => {
                             let text = format!("shunt: connecting to {}: {e}\n", up.addr);
@@ -501,7 +501,7 @@ impl Conn<'_> {
                 }
                 self.shared.upstreams.h1.checkin(c);
             }
-            match self.shared.upstreams.h1.get(addr).await {
+            match self.shared.upstreams.h1.get(self.info.source, addr).await {
                 Ok(c) => return Ok((c, Slot::Keyed)),
                 Err(e) => {
                     tracing::debug!(upstream = %addr, error = %e, "sandbox refused the connection");
@@ -526,7 +526,7 @@ impl Conn<'_> {
         let Some(addr) = decision.upstream else {
             return Err((503, reject_text(decision)));
         };
-        match self.shared.upstreams.h1.get(addr).await {
+        match self.shared.upstreams.h1.get(self.info.source, addr).await {
             Ok(c) => Ok((c, Slot::Pinned)),
             Err(e) => Err((502, format!("shunt: connecting to {addr}: {e}\n"))),
         }
@@ -547,7 +547,7 @@ impl Conn<'_> {
                 .answer_error(&head, decision, 503, &text, true, started)
                 .await;
         };
-        let stream = match relay::connect(addr, self.shared.limits.connect_timeout).await {
+        let stream = match self.shared.upstreams.connect(self.info.source, addr).await {
             Ok(s) => s,
             Err(e) => {
                 let text = format!("shunt: connecting to {addr}: {e}\n");
@@ -559,6 +559,7 @@ impl Conn<'_> {
         let mut up = UpstreamConn {
             stream,
             addr,
+            source: self.info.source,
             reused: false,
         };
         let connect = head.method == http::Method::CONNECT;

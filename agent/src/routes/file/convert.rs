@@ -181,6 +181,16 @@ fn convert(raw: &RawFile, c: &mut Check) -> ClusterState {
             uid: pod.uid.clone(),
             ips: pod.ips.iter().map(|a| a.value).collect(),
             labels: pod.labels.clone(),
+            netns: pod.netns.as_ref().map(|n| {
+                if !n.value.is_absolute() {
+                    c.at(
+                        n.referenced,
+                        format!("{p}.netns"),
+                        "must be an absolute path (/run/netns/NAME, /proc/PID/ns/net)",
+                    );
+                }
+                n.value.clone()
+            }),
         });
     }
     state

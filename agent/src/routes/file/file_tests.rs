@@ -308,6 +308,19 @@ fn a_read_error_names_the_file_once_and_keeps_its_cause_as_the_source() {
 }
 
 #[test]
+fn a_node_pod_names_its_network_namespace_by_absolute_path() {
+    let s = ok("nodePods:\n  - { name: client, ips: [198.18.1.2], netns: /run/netns/client }\n");
+    assert_eq!(
+        s.node_pods[0].netns.as_deref(),
+        Some(std::path::Path::new("/run/netns/client"))
+    );
+    let e = err("nodePods:\n  - { name: client, ips: [198.18.1.2], netns: run/netns/client }\n");
+    assert!(e.contains("nodePods[0].netns"), "{e}");
+    assert!(e.contains("absolute path"), "{e}");
+    assert!(e.contains(":2:"), "the line: {e}");
+}
+
+#[test]
 fn baseline_facts_parse_node_pods_affinity_policy_and_endpoint_owners() {
     let s = ok(r#"
 node: node-a

@@ -105,6 +105,10 @@ pub(super) struct RawNodePod {
     pub(super) ips: Vec<S<IpAddr>>,
     #[serde(default)]
     pub(super) labels: BTreeMap<String, String>,
+    /// The pod's network namespace file (`/run/netns/NAME`, `/proc/PID/ns/net`): its upstream
+    /// connections are made there, with its own address.
+    #[serde(default)]
+    pub(super) netns: Option<S<std::path::PathBuf>>,
 }
 
 #[derive(Deserialize)]

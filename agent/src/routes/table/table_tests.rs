@@ -84,6 +84,7 @@ fn node_pod(namespace: &str, name: &str, addr: &str) -> NodePod {
         uid: format!("uid-{name}"),
         ips: vec![ip(addr)],
         labels: BTreeMap::new(),
+        netns: None,
     }
 }
 

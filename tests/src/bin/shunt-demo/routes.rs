@@ -1,5 +1,6 @@
 //! The demo's routes file: three Services on virtual addresses, the sandbox pods, one route per
-//! sandbox key forking each of its services to its pod, and the sandbox pods as marked sources.
+//! sandbox key forking each of its services to its pod, every pod as a node pod naming its network
+//! namespace, and the sandbox pods as marked sources.
 use std::{collections::BTreeMap, path::Path};
 
 use tests::netns::Topology;
@@ -65,6 +66,14 @@ pub fn yaml(topo: &Topology, captured: &Path, sources: bool) -> String {
         }
         out.push_str("      fallback: Baseline\n");
     }
+    // Every pod is a node pod naming its network namespace, so the agent's upstream connections
+    // leave from the calling pod's own address (source identity).
+    let node_pods: Vec<(usize, &str, &str)> = PODS
+        .iter()
+        .enumerate()
+        .map(|(i, pod)| (i, "shop", pod.name))
+        .collect();
+    out.push_str(&tests::source_world::node_pods_yaml(topo, &node_pods));
     if sources {
         out.push_str("sources:\n");
         for pod in &PODS {
