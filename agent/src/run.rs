@@ -20,7 +20,7 @@ use crate::{
     kube::{KubeOptions, KubeSource},
     metrics::Metrics,
     proxy::{
-        self, OrigDstLookup, ProxyShared,
+        self, CapturedOrigDst, OrigDstLookup, ProxyShared,
         decision_log::DecisionLog,
         key::{KeyExtractor, KeySources},
         key_strip::StripKeysFrom,
@@ -28,8 +28,8 @@ use crate::{
     },
     routes::RouteTable,
     sync::{
-        DEFAULT_RECONCILE_INTERVAL, RouteSync, RouteSyncConfig, SourceFeed, Steering,
-        file_source::RoutesFileWatcher,
+        Cgroupfs, DEFAULT_RECONCILE_INTERVAL, Marking, RouteSync, RouteSyncConfig, SourceFeed,
+        Steering, file_source::RoutesFileWatcher,
     },
     watchdog::Watchdog,
 };
@@ -134,6 +134,7 @@ async fn run_async(args: RunConfig) -> anyhow::Result<()> {
         steered_max_entries: args.steered_max_entries,
         orig_max_entries: args.orig_max_entries,
         flows_max_entries: args.flows_max_entries,
+        marked_max_entries: args.marked_max_entries,
     };
     let capture::CaptureParts {
         guard: mut attach_guard,
@@ -141,6 +142,7 @@ async fn run_async(args: RunConfig) -> anyhow::Result<()> {
         orig_dst,
         stats,
         flows,
+        marked,
     } = Capture::attach(&cfg)?.into_parts();
     attach_guard.forward_logs();
 
@@ -148,13 +150,16 @@ async fn run_async(args: RunConfig) -> anyhow::Result<()> {
     let table = Arc::new(ArcSwap::from_pointee(RouteTable::default()));
     let log = Arc::new(DecisionLog::new(args.decision_log_bytes));
     let health = HealthState::new(registry);
+    let marking = Arc::new(Marking::new(marked, Cgroupfs));
+    let sources = marking.applied();
     let debug_state = Arc::new(DebugState {
         table: table.clone(),
         log: log.clone(),
         flows: Some(flows),
         token: debug_token,
+        sources: sources.clone(),
     });
-    let steering = Arc::new(Steering::new(steered));
+    let steering = Arc::new(Steering::new(steered).with_marking(marking));
     let (route_sync, sync_out) = RouteSync::new(RouteSyncConfig {
         table: table.clone(),
         steering: steering.clone(),
@@ -214,7 +219,10 @@ async fn run_async(args: RunConfig) -> anyhow::Result<()> {
     }
 
     let shutdown = CancellationToken::new();
-    let lookup: Arc<dyn OrigDstLookup> = Arc::new(orig_dst);
+    let lookup: Arc<dyn OrigDstLookup> = Arc::new(CapturedOrigDst {
+        map: orig_dst,
+        sources: sources.clone(),
+    });
     let heartbeat = Arc::new(AtomicU64::new(0));
     let shared = Arc::new(ProxyShared {
         limits: proxy::ProxyLimits {
@@ -238,6 +246,7 @@ async fn run_async(args: RunConfig) -> anyhow::Result<()> {
         log,
         metrics: metrics.clone(),
         lookup,
+        sources,
         shutdown: shutdown.clone(),
         heartbeat: heartbeat.clone(),
         affinity: Default::default(),

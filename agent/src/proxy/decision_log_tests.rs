@@ -17,6 +17,8 @@ fn record(key: Option<&str>) -> DecisionRecord {
         upstream: None,
         status: Some(200),
         latency_us: 1,
+        key_injected: false,
+        source: None,
     }
 }
 

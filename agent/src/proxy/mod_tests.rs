@@ -23,6 +23,7 @@ fn shared(registry: &mut Registry) -> ProxyShared {
         log: Arc::new(DecisionLog::new(64 * 1024)),
         metrics: Metrics::register(registry, None),
         lookup: Arc::new(HashMap::<ClientAddr, (OrigDstAddr, ServiceId)>::new()),
+        sources: Arc::default(),
         shutdown: CancellationToken::new(),
         heartbeat: Arc::default(),
         affinity: Default::default(),
@@ -44,6 +45,7 @@ fn an_opaque_connection_is_counted_and_logged_alike() {
         original_dst: OrigDstAddr("10.9.9.9:443".parse().expect("addr")),
         service: ServiceId::NONE,
         protocol: Protocol::Tls,
+        marked: None,
     };
     let decision = Decision {
         reason: DecisionReason::OpaqueProtocol,
@@ -77,6 +79,7 @@ fn a_header_read_timeout_keeps_its_metric_label() {
         original_dst: OrigDstAddr("10.96.0.7:80".parse().expect("addr")),
         service: ServiceId(7),
         protocol: Protocol::Http1,
+        marked: None,
     };
     let exit = Exit {
         status: Some(408),
