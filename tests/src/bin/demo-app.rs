@@ -6,6 +6,9 @@
 //! `baggage`, `traceparent`, `tracestate`, `uberctx-*`, `ot-baggage-*`) from the incoming request
 //! to its outgoing call; that is all a service needs to do for Shunt to steer its calls.
 //!
+//! With `--drop-baggage` it is a build that never propagates the routing headers (a service
+//! without tracing middleware, or one that lost it): its outgoing call carries none of them.
+//!
 //! With `--fail REASON` it is a broken build: it answers every request 500 (with REASON in its
 //! JSON body) without calling downstream, and logs why, as a service with a bug would.
 //!
@@ -30,7 +33,7 @@ use serde_json::{Value, json};
 const TIMEOUT: Duration = Duration::from_secs(10);
 
 const USAGE: &str = "usage:
-  demo-app serve --service NAME --version V --pod POD --listen IP:PORT [--call http://IP:PORT/PATH] [--fail REASON]
+  demo-app serve --service NAME --version V --pod POD --listen IP:PORT [--call http://IP:PORT/PATH] [--drop-baggage] [--fail REASON]
   demo-app get http://IP:PORT/PATH [-H 'name: value']...";
 
 fn main() -> ExitCode {
@@ -64,6 +67,8 @@ struct App {
     call: Option<Uri>,
     /// A broken build: answer 500 for this reason.
     fail: Option<String>,
+    /// A build that propagates no routing header.
+    drop_baggage: bool,
 }
 
 /// One log line, dated.
@@ -89,6 +94,7 @@ fn serve(args: &[String]) -> anyhow::Result<ExitCode> {
             .transpose()
             .context("--call")?,
         fail: flag(args, "--fail"),
+        drop_baggage: args.iter().any(|a| a == "--drop-baggage"),
     };
     let listen: SocketAddr = need("--listen")?.parse().context("--listen")?;
     runtime()?.block_on(async move {
@@ -181,7 +187,12 @@ async fn handle(
         return Ok(resp);
     }
     if let Some(url) = &app.call {
-        let downstream = match fetch(url, &propagated(req.headers())).await {
+        let headers = if app.drop_baggage {
+            Vec::new()
+        } else {
+            propagated(req.headers())
+        };
+        let downstream = match fetch(url, &headers).await {
             Ok((200, v)) => match serde_json::from_value::<Answer>(v.clone()) {
                 Ok(a) => Downstream::Answer(Box::new(a)),
                 Err(_) => Downstream::Other(v),
