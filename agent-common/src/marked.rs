@@ -19,8 +19,11 @@ pub const DEFAULT_MAX_ENTRIES: u32 = 1_024;
 /// Longest routing key (as `RoutingKey::MAX_LEN` in the agent).
 pub const KEY_MAX: usize = 64;
 
-/// Deepest cgroup level that can be marked: `marked_levels` is a 32-bit mask.
-pub const MAX_LEVEL: u32 = 31;
+/// Deepest cgroup level that can be marked. Pod-level cgroups sit at levels 2 to 4 on a node
+/// (a few more inside a nested cluster such as kind); connect4/6 unroll one probe per level, so
+/// the verifier (which, without CAP_PERFMON, also walks mispredicted branches) never meets a
+/// loop.
+pub const MAX_LEVEL: u32 = 15;
 
 /// The routing key of a marked source: `len` bytes of `key`.
 #[repr(C)]

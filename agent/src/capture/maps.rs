@@ -137,14 +137,6 @@ impl OrigDstMap {
             .map(|o| (o.dst.to_socket_addr(), o.service_id))
     }
 
-    /// As [`Self::get`], with the marked source's cgroup id (0: none).
-    pub fn get_with_source(&self, client: SocketAddr) -> Option<(SocketAddr, u32, u64)> {
-        self.lock()
-            .get(&Endpoint::from_socket_addr(client), 0)
-            .ok()
-            .map(|o| (o.dst.to_socket_addr(), o.service_id, o.source_cgroup_id))
-    }
-
     /// As [`Self::get`], and deletes the entry: what the proxy does for each connection it
     /// accepts. An entry is read once, so a later connection from the same (address, port) that
     /// was not recorded anew (one that reached the proxy without being redirected) finds
