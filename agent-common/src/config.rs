@@ -2,7 +2,7 @@
 
 use crate::Endpoint;
 
-pub const MAP_NAME: &str = "PROXY_CFG_V1";
+pub const MAP_NAME: &str = "PROXY_CFG_V2";
 
 /// `flags` bits.
 pub const FLAG_PROXY4: u32 = 1 << 0;
@@ -25,6 +25,11 @@ pub struct ProxyMapConfig {
     /// Ports in network order.
     pub proxy4_port_be: u16,
     pub proxy6_port_be: u16,
+    /// Bit `n` set: some marked source (`MARKED`) is a cgroup at level `n` (the root is level
+    /// 0). 0 while `MARKED` is empty, so connect skips the lookup. Written by the agent's one
+    /// `MARKED` writer after each change.
+    pub marked_levels: u32,
+    pub _pad: u32,
 }
 
 impl ProxyMapConfig {
@@ -49,7 +54,7 @@ impl ProxyMapConfig {
     }
 }
 
-const _: () = assert!(core::mem::size_of::<ProxyMapConfig>() == 40);
+const _: () = assert!(core::mem::size_of::<ProxyMapConfig>() == 48);
 
 #[cfg(feature = "user")]
 // SAFETY: repr(C), integer fields only, laid out without implicit padding (size assert).

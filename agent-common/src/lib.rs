@@ -15,6 +15,7 @@
 pub mod addr;
 pub mod config;
 pub mod flows;
+pub mod marked;
 pub mod orig;
 pub mod programs;
 pub mod stats;
@@ -25,11 +26,12 @@ pub use addr::{Endpoint, NetAddr};
 /// Every map in the capture object (aya-log's own aside), by its pinned name. The agent and the
 /// test binaries name maps only through these constants; a test checks the list against the
 /// object itself.
-pub const MAP_NAMES: [&str; 6] = [
+pub const MAP_NAMES: [&str; 7] = [
     steered::MAP_NAME,
     config::MAP_NAME,
     orig::COOKIE_MAP_NAME,
     orig::DST_MAP_NAME,
     flows::MAP_NAME,
     stats::MAP_NAME,
+    marked::MAP_NAME,
 ];

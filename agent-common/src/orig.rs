@@ -8,18 +8,22 @@
 
 use crate::Endpoint;
 
-pub const COOKIE_MAP_NAME: &str = "ORIG_COOKIE_V1";
-pub const DST_MAP_NAME: &str = "ORIG_DST_V1";
+pub const COOKIE_MAP_NAME: &str = "ORIG_COOKIE_V2";
+pub const DST_MAP_NAME: &str = "ORIG_DST_V2";
 pub const DEFAULT_MAX_ENTRIES: u32 = 262_144;
 
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct OrigDst {
     pub dst: Endpoint,
+    /// The `STEERED` service id; 0 when the destination is not steered (a marked source's
+    /// connection to anywhere else) or steered without a service (`--steer`).
     pub service_id: u32,
+    /// The cgroup id of the marked source (`MARKED`) the connection came from; 0 for none.
+    pub source_cgroup_id: u64,
 }
 
-const _: () = assert!(core::mem::size_of::<OrigDst>() == 24);
+const _: () = assert!(core::mem::size_of::<OrigDst>() == 32);
 
 #[cfg(feature = "user")]
 // SAFETY: repr(C), integer fields only, no implicit padding (size assert).

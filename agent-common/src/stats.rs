@@ -1,7 +1,7 @@
 //! `STATS_V1`: per-CPU counters of what the capture programs did and why, shared with userspace
 //! by index (like Cilium's drop reasons), so every skipped or failed capture is visible.
 
-pub const MAP_NAME: &str = "STATS_V1";
+pub const MAP_NAME: &str = "STATS_V2";
 
 /// A connect was rewritten to the node proxy.
 pub const STEERED: u32 = 0;
@@ -19,8 +19,10 @@ pub const ORIG_DST_INSERT_FAILED: u32 = 5;
 pub const PEERNAME_RESTORED: u32 = 6;
 /// sock_ops recorded a client endpoint → original destination.
 pub const ORIG_DST_RECORDED: u32 = 7;
+/// A connect from a marked source (`MARKED`) was rewritten to the node proxy.
+pub const MARKED_SOURCE: u32 = 8;
 
-pub const COUNT: u32 = 8;
+pub const COUNT: u32 = 9;
 
 /// Counter names for metrics, indexed like the constants above.
 pub const NAMES: [&str; COUNT as usize] = [
@@ -32,4 +34,5 @@ pub const NAMES: [&str; COUNT as usize] = [
     "orig_dst_insert_failed",
     "peername_restored",
     "orig_dst_recorded",
+    "marked_source",
 ];

@@ -21,8 +21,12 @@ fn try_connect4(ctx: &SockAddrContext) -> i32 {
         Verdict::Redirect { cfg, .. } if cfg.flags & FLAG_PROXY4 == 0 => {
             count(stats::NO_PROXY_FOR_FAMILY)
         }
-        Verdict::Redirect { cfg, service_id } => {
-            if remember(ctx, dst, service_id) {
+        Verdict::Redirect {
+            cfg,
+            service_id,
+            source,
+        } => {
+            if remember(ctx, dst, service_id, source) {
                 sa.user_ip4 = cfg.proxy4;
                 sa.user_port = u32::from(cfg.proxy4_port_be);
                 count(stats::STEERED);

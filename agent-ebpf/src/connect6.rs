@@ -23,7 +23,12 @@ fn try_connect6(ctx: &SockAddrContext) -> i32 {
     let sa = unsafe { &mut *ctx.sock_addr };
     let addr = NetAddr::from_ip6_words(sa.user_ip6);
     let dst = Endpoint::new(addr, sa.user_port as u16);
-    let Verdict::Redirect { cfg, service_id } = decide(ctx, dst) else {
+    let Verdict::Redirect {
+        cfg,
+        service_id,
+        source,
+    } = decide(ctx, dst)
+    else {
         return ALLOW;
     };
     // The proxy for this destination's family, if there is one. Nothing is recorded without it:
@@ -37,7 +42,7 @@ fn try_connect6(ctx: &SockAddrContext) -> i32 {
         count(stats::NO_PROXY_FOR_FAMILY);
         return ALLOW;
     };
-    if remember(ctx, dst, service_id) {
+    if remember(ctx, dst, service_id, source) {
         set_user_ip6(sa, proxy_words);
         sa.user_port = u32::from(proxy_port_be);
         count(stats::STEERED);

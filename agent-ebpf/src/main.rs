@@ -11,6 +11,7 @@ mod connect6;
 mod getpeername4;
 mod getpeername6;
 mod maps;
+mod marked;
 mod sock_ops;
 mod steer;
 

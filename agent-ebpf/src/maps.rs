@@ -4,6 +4,7 @@ use agent_common::{
     Endpoint,
     config::ProxyMapConfig,
     flows::{FlowCounters, FlowKey},
+    marked::MarkedKey,
     orig::OrigDst,
     stats,
     steered::SteeredService,
@@ -17,14 +18,14 @@ use aya_ebpf::{
 pub static STEERED: HashMap<Endpoint, SteeredService> =
     HashMap::pinned(agent_common::steered::DEFAULT_MAX_ENTRIES, 0);
 
-#[map(name = "PROXY_CFG_V1")]
+#[map(name = "PROXY_CFG_V2")]
 pub static PROXY_CFG: Array<ProxyMapConfig> = Array::pinned(1, 0);
 
-#[map(name = "ORIG_COOKIE_V1")]
+#[map(name = "ORIG_COOKIE_V2")]
 pub static ORIG_COOKIE: LruHashMap<u64, OrigDst> =
     LruHashMap::pinned(agent_common::orig::DEFAULT_MAX_ENTRIES, 0);
 
-#[map(name = "ORIG_DST_V1")]
+#[map(name = "ORIG_DST_V2")]
 pub static ORIG_DST: LruHashMap<Endpoint, OrigDst> =
     LruHashMap::pinned(agent_common::orig::DEFAULT_MAX_ENTRIES, 0);
 
@@ -32,7 +33,11 @@ pub static ORIG_DST: LruHashMap<Endpoint, OrigDst> =
 pub static FLOWS: LruPerCpuHashMap<FlowKey, FlowCounters> =
     LruPerCpuHashMap::pinned(agent_common::flows::DEFAULT_MAX_ENTRIES, 0);
 
-#[map(name = "STATS_V1")]
+#[map(name = "MARKED_V1")]
+pub static MARKED: HashMap<u64, MarkedKey> =
+    HashMap::pinned(agent_common::marked::DEFAULT_MAX_ENTRIES, 0);
+
+#[map(name = "STATS_V2")]
 pub static STATS: PerCpuArray<u64> = PerCpuArray::pinned(stats::COUNT, 0);
 
 #[inline(always)]

@@ -8,7 +8,10 @@ use aya_ebpf::{
     programs::SockAddrContext,
 };
 
-use crate::maps::{ORIG_COOKIE, PROXY_CFG, STEERED, count};
+use crate::{
+    maps::{ORIG_COOKIE, PROXY_CFG, STEERED, count},
+    marked::marked_source,
+};
 
 /// Allow the syscall to proceed (with or without a rewrite): cgroup sock_addr verdict.
 pub const ALLOW: i32 = 1;
@@ -20,11 +23,14 @@ const IPPROTO_TCP: u32 = 6;
 pub enum Verdict {
     /// Leave it alone.
     Direct,
-    /// A steered destination from a caller that is not exempt: redirect it to the proxy described
-    /// by `cfg`, if there is one for the connect's family.
+    /// A steered destination, or any destination of a marked source, from a caller that is not
+    /// exempt: redirect it to the proxy described by `cfg`, if there is one for the connect's
+    /// family. `service_id` is 0 for a destination that is not steered; `source` is the marked
+    /// cgroup's id, or 0.
     Redirect {
         cfg: ProxyMapConfig,
         service_id: u32,
+        source: u64,
     },
 }
 
@@ -37,14 +43,16 @@ pub fn decide(ctx: &SockAddrContext, dst: Endpoint) -> Verdict {
     if sa.type_ != SOCK_STREAM || sa.protocol != IPPROTO_TCP {
         return Verdict::Direct;
     }
-    let Some(service) = (unsafe { STEERED.get(&dst) }) else {
-        return Verdict::Direct;
-    };
-    let service_id = service.service_id;
     let Some(cfg) = PROXY_CFG.get(0) else {
         return Verdict::Direct;
     };
     let cfg = *cfg;
+    let source = marked_source(cfg.marked_levels, &dst);
+    let service_id = match unsafe { STEERED.get(&dst) } {
+        Some(service) => service.service_id,
+        None if source != 0 => 0,
+        None => return Verdict::Direct,
+    };
     if cfg.agent_cgroup_id != 0 && unsafe { bpf_get_current_cgroup_id() } == cfg.agent_cgroup_id {
         count(stats::EXEMPT_AGENT_CGROUP);
         return Verdict::Direct;
@@ -56,16 +64,27 @@ pub fn decide(ctx: &SockAddrContext, dst: Endpoint) -> Verdict {
             return Verdict::Direct;
         }
     }
-    Verdict::Redirect { cfg, service_id }
+    Verdict::Redirect {
+        cfg,
+        service_id,
+        source,
+    }
 }
 
 /// Records the original destination of a connect about to be redirected, by socket cookie.
 /// Returns false when the record cannot be written: the caller then leaves the connect direct,
 /// since a redirect without it could never be resolved.
 #[inline(always)]
-pub fn remember(ctx: &SockAddrContext, dst: Endpoint, service_id: u32) -> bool {
+pub fn remember(ctx: &SockAddrContext, dst: Endpoint, service_id: u32, source: u64) -> bool {
     let cookie = unsafe { bpf_get_socket_cookie(ctx.sock_addr.cast()) };
-    let orig = OrigDst { dst, service_id };
+    let orig = OrigDst {
+        dst,
+        service_id,
+        source_cgroup_id: source,
+    };
+    if source != 0 {
+        count(stats::MARKED_SOURCE);
+    }
     if let Err(errno) = ORIG_COOKIE.insert(&cookie, &orig, 0) {
         count(stats::ORIG_COOKIE_INSERT_FAILED);
         aya_log_ebpf::warn!(

@@ -37,6 +37,9 @@ pub enum Command {
     Mcp(crate::mcp::McpArgs),
     /// Fork a Deployment into a sandbox with its SandboxRoute (create, list, delete).
     Sandbox(crate::sandbox::SandboxArgs),
+    /// Run a test command whose requests carry a routing key they do not send (no-cluster
+    /// mode): `shunt test --key KEY -- COMMAND...`.
+    Test(crate::sandbox::test_runner::TestArgs),
     /// Install the shunt-validate agent skill (the validation loop, step by step).
     Skill(crate::skill::SkillArgs),
     /// The traffic API (an aggregated Kubernetes API): serves the agents' decisions, topology
@@ -104,6 +107,7 @@ pub fn main() -> ExitCode {
         }
         Command::Mcp(args) => crate::mcp::run(args),
         Command::Sandbox(args) => crate::sandbox::run(args),
+        Command::Test(args) => return crate::sandbox::test_runner::run(args),
         Command::Skill(args) => crate::skill::run(args),
         #[cfg(feature = "node")]
         Command::TrafficApi(args) => crate::traffic::run(args),

@@ -154,6 +154,11 @@ pub struct RunConfig {
     #[arg(long, env = "SHUNT_FLOWS_MAX_ENTRIES", value_name = "N", default_value_t = agent_common::flows::DEFAULT_MAX_ENTRIES)]
     pub flows_max_entries: u32,
 
+    /// Capacity of the marked-sources map (sandbox pods and test runners whose requests get
+    /// their key added).
+    #[arg(long, env = "SHUNT_MARKED_MAX_ENTRIES", value_name = "N", default_value_t = agent_common::marked::DEFAULT_MAX_ENTRIES)]
+    pub marked_max_entries: u32,
+
     /// Proxy worker threads (0: one per CPU; 1: a single-threaded runtime, the agent then uses
     /// one core for everything).
     #[arg(

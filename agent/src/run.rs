@@ -21,7 +21,7 @@ use crate::{
     metrics::Metrics,
     netns::{NodeSockets, PodNetns, SourceSockets},
     proxy::{
-        self, OrigDstLookup, ProxyShared,
+        self, CapturedOrigDst, OrigDstLookup, ProxyShared,
         decision_log::DecisionLog,
         key::{KeyExtractor, KeySources},
         key_strip::StripKeysFrom,
@@ -29,8 +29,8 @@ use crate::{
     },
     routes::RouteTable,
     sync::{
-        DEFAULT_RECONCILE_INTERVAL, RouteSync, RouteSyncConfig, SourceFeed, Steering,
-        file_source::RoutesFileWatcher,
+        Cgroupfs, DEFAULT_RECONCILE_INTERVAL, Marking, RouteSync, RouteSyncConfig, SourceFeed,
+        Steering, file_source::RoutesFileWatcher,
     },
     watchdog::Watchdog,
 };
@@ -135,6 +135,7 @@ async fn run_async(args: RunConfig) -> anyhow::Result<()> {
         steered_max_entries: args.steered_max_entries,
         orig_max_entries: args.orig_max_entries,
         flows_max_entries: args.flows_max_entries,
+        marked_max_entries: args.marked_max_entries,
     };
     let capture::CaptureParts {
         guard: mut attach_guard,
@@ -142,6 +143,7 @@ async fn run_async(args: RunConfig) -> anyhow::Result<()> {
         orig_dst,
         stats,
         flows,
+        marked,
     } = Capture::attach(&cfg)?.into_parts();
     attach_guard.forward_logs();
 
@@ -149,13 +151,16 @@ async fn run_async(args: RunConfig) -> anyhow::Result<()> {
     let table = Arc::new(ArcSwap::from_pointee(RouteTable::default()));
     let log = Arc::new(DecisionLog::new(args.decision_log_bytes));
     let health = HealthState::new(registry);
+    let marking = Arc::new(Marking::new(marked, Cgroupfs));
+    let sources = marking.applied();
     let debug_state = Arc::new(DebugState {
         table: table.clone(),
         log: log.clone(),
         flows: Some(flows),
         token: debug_token,
+        sources: sources.clone(),
     });
-    let steering = Arc::new(Steering::new(steered));
+    let steering = Arc::new(Steering::new(steered).with_marking(marking));
     let (route_sync, sync_out) = RouteSync::new(RouteSyncConfig {
         table: table.clone(),
         steering: steering.clone(),
@@ -208,7 +213,7 @@ async fn run_async(args: RunConfig) -> anyhow::Result<()> {
     let sync_stop = CancellationToken::new();
     // Source identity: the node's pods, from the same views route sync gets, say which network
     // namespace a client address is in (in a cluster found through the pod's cgroup).
-    let sources: Arc<dyn SourceSockets> = match args.upstream_source {
+    let source_sockets: Arc<dyn SourceSockets> = match args.upstream_source {
         UpstreamSourceMode::Pod => {
             let cgroups = args.kube.then(|| {
                 Arc::new(capture::KubeletPodCgroups::new(captured_cgroup.clone()))
@@ -231,7 +236,10 @@ async fn run_async(args: RunConfig) -> anyhow::Result<()> {
     }
 
     let shutdown = CancellationToken::new();
-    let lookup: Arc<dyn OrigDstLookup> = Arc::new(orig_dst);
+    let lookup: Arc<dyn OrigDstLookup> = Arc::new(CapturedOrigDst {
+        map: orig_dst,
+        sources: sources.clone(),
+    });
     let heartbeat = Arc::new(AtomicU64::new(0));
     let shared = Arc::new(ProxyShared {
         limits: proxy::ProxyLimits {
@@ -251,10 +259,11 @@ async fn run_async(args: RunConfig) -> anyhow::Result<()> {
                 .with_namespaces(args.strip_keys_from_namespace.clone(), table.clone()),
         ),
         table: table.clone(),
-        upstreams: Upstreams::with_sources(args.connect_timeout, args.idle_timeout, sources),
+        upstreams: Upstreams::with_sources(args.connect_timeout, args.idle_timeout, source_sockets),
         log,
         metrics: metrics.clone(),
         lookup,
+        sources,
         shutdown: shutdown.clone(),
         heartbeat: heartbeat.clone(),
         affinity: Default::default(),

@@ -1,4 +1,5 @@
 //! `--debug-addr`: what the agent saw of the node's traffic. `/routes` (the table),
+//! `/routes/sources` (the marked sources applied to `MARKED`, which `shunt test` waits for),
 //! `/decisions?key=K&since=UNIX_MS&namespace=NS&limit=N` (recent routing decisions with their
 //! reasons, newest `limit`, oldest first) and `/topology?namespace=NS` (the service graph from
 //! observed connections). `namespace` keeps only what concerns that namespace: the traffic API
@@ -23,7 +24,7 @@ use super::{
 };
 use crate::{
     proxy::decision_log::{DecisionLog, DecisionQuery},
-    routes::RouteTable,
+    routes::{AppliedSources, RouteTable},
 };
 
 /// The secret the traffic API shows the agents' debug listeners. Compared in constant time.
@@ -91,6 +92,8 @@ pub struct DebugState {
     pub flows: Option<crate::capture::FlowsMap>,
     /// Required of every request when set.
     pub token: Option<DebugToken>,
+    /// The marked sources route sync applied (`/routes/sources`).
+    pub sources: Arc<ArcSwap<AppliedSources>>,
 }
 
 /// Serves until `shutdown` is cancelled.
@@ -157,6 +160,7 @@ async fn route(state: Arc<DebugState>, req: Request<Incoming>) -> Response<Full<
                 .collect();
             json(&routes)
         }
+        "/routes/sources" => json(&state.sources.load().list()),
         "/topology" => {
             // Reading the flow map walks a per-CPU kernel map: off the proxy's runtime.
             let s = state.clone();

@@ -84,6 +84,25 @@ pub fn cgroup_id(path: &Path) -> Result<u64, CaptureError> {
         .map_err(|e| env_err(format!("stat {}: {e}", path.display())))
 }
 
+/// The level of the cgroup v2 directory `path` in its hierarchy (the root is 0), as
+/// `bpf_get_current_ancestor_cgroup_id` counts: the number of cgroup v2 directories above it.
+/// This assumes the mount shows the hierarchy's root (the node's, not a cgroup namespace's), as
+/// capture itself needs.
+pub fn cgroup_level(path: &Path) -> Result<u32, CaptureError> {
+    let path = fs::canonicalize(path).map_err(|e| env_err(format!("{}: {e}", path.display())))?;
+    if !is_cgroup2_dir(&path) {
+        return Err(env_err(format!(
+            "{}: not a cgroup v2 directory",
+            path.display()
+        )));
+    }
+    Ok(path
+        .ancestors()
+        .skip(1)
+        .take_while(|p| is_cgroup2_dir(p))
+        .count() as u32)
+}
+
 /// The calling process's own cgroup v2 directory.
 ///
 /// `/proc/self/cgroup` gives the path relative to the process's cgroup namespace root, so it is

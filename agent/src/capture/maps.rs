@@ -3,12 +3,14 @@ use std::{net::SocketAddr, sync::Mutex};
 
 use agent_common::{
     Endpoint,
+    config::ProxyMapConfig,
     flows::{FlowCounters, FlowKey},
+    marked::MarkedKey,
     orig::OrigDst,
     stats,
     steered::SteeredService,
 };
-use aya::maps::{HashMap, MapData, MapError, PerCpuArray, PerCpuHashMap};
+use aya::maps::{Array, HashMap, MapData, MapError, PerCpuArray, PerCpuHashMap};
 
 /// `STEERED`: which destinations are redirected. One writer: `sync::steering::Steering`.
 pub struct SteeredMap {
@@ -42,6 +44,65 @@ impl SteeredMap {
             .filter_map(Result::ok)
             .map(|(k, v)| (k.to_socket_addr(), v.service_id))
             .collect()
+    }
+}
+
+/// `MARKED` and the `marked_levels` of `PROXY_CFG`: which cgroups are marked sources, and at
+/// which cgroup levels connect must look for them. One writer: `sync::marking::Marking`.
+pub struct MarkedMap {
+    map: HashMap<MapData, u64, MarkedKey>,
+    cfg: Array<MapData, ProxyMapConfig>,
+}
+
+impl MarkedMap {
+    pub(super) fn new(
+        map: HashMap<MapData, u64, MarkedKey>,
+        cfg: Array<MapData, ProxyMapConfig>,
+    ) -> Self {
+        Self { map, cfg }
+    }
+
+    /// Marks the cgroup `cgroup_id` (see [`super::cgroup_id`]) with `key`. A key longer than the
+    /// map holds is refused (routing keys are validated long before this).
+    pub fn mark(&mut self, cgroup_id: u64, key: &str) -> Result<(), MapError> {
+        let value = MarkedKey::new(key.as_bytes()).ok_or(MapError::InvalidValueSize {
+            size: key.len(),
+            expected: agent_common::marked::KEY_MAX,
+        })?;
+        self.map.insert(&cgroup_id, &value, 0)
+    }
+
+    /// Removing an absent entry is not an error.
+    pub fn unmark(&mut self, cgroup_id: u64) -> Result<(), MapError> {
+        match self.map.remove(&cgroup_id) {
+            Err(MapError::KeyNotFound) | Ok(()) => Ok(()),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Every marked cgroup id and its key, as the kernel holds them now.
+    pub fn entries(&self) -> Vec<(u64, String)> {
+        self.map
+            .iter()
+            .filter_map(Result::ok)
+            .map(|(id, k)| (id, String::from_utf8_lossy(k.as_bytes()).into_owned()))
+            .collect()
+    }
+
+    /// The cgroup levels connect looks at (bit n: level n); 0 skips the lookup.
+    pub fn levels(&self) -> Result<u32, MapError> {
+        Ok(self.cfg.get(&0, 0)?.marked_levels)
+    }
+
+    /// Sets the levels connect looks at. The rest of the proxy config is written back as read:
+    /// the agent wrote it at attach and nothing else changes it.
+    pub fn set_levels(&mut self, levels: u32) -> Result<(), MapError> {
+        let mut cfg = self.cfg.get(&0, 0)?;
+        if cfg.marked_levels == levels {
+            return Ok(());
+        }
+        cfg.marked_levels = levels;
+        self.cfg.set(0, &cfg, 0)
     }
 }
 
@@ -81,6 +142,11 @@ impl OrigDstMap {
     /// was not recorded anew (one that reached the proxy without being redirected) finds
     /// nothing instead of an earlier connection's destination.
     pub fn take(&self, client: SocketAddr) -> Option<(SocketAddr, u32)> {
+        self.take_with_source(client).map(|(dst, id, _)| (dst, id))
+    }
+
+    /// As [`Self::take`], with the marked source's cgroup id (0: none).
+    pub fn take_with_source(&self, client: SocketAddr) -> Option<(SocketAddr, u32, u64)> {
         let key = Endpoint::from_socket_addr(client);
         let mut map = self.lock();
         let orig = map.get(&key, 0).ok()?;
@@ -90,7 +156,11 @@ impl OrigDstMap {
             // recorded from this endpoint, and the LRU ages it out otherwise.
             Err(e) => tracing::debug!(error = %e, %client, "ORIG_DST delete failed"),
         }
-        Some((orig.dst.to_socket_addr(), orig.service_id))
+        Some((
+            orig.dst.to_socket_addr(),
+            orig.service_id,
+            orig.source_cgroup_id,
+        ))
     }
 }
 

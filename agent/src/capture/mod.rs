@@ -17,7 +17,7 @@ use std::{
     path::{Path, PathBuf},
 };
 
-use agent_common::{config, flows, orig, programs, stats, steered};
+use agent_common::{config, flows, marked, orig, programs, stats, steered};
 use aya::{
     Ebpf, EbpfLoader,
     maps::{Array, HashMap, MapData, PerCpuArray, PerCpuHashMap},
@@ -28,9 +28,9 @@ pub mod run_stats;
 
 /// Why a map write failed (what [`SteeredMap`] returns).
 pub use aya::maps::MapError;
-pub use env::{cgroup_id, cgroup2_mount, mount_bpffs, own_cgroup_dir};
+pub use env::{cgroup_id, cgroup_level, cgroup2_mount, mount_bpffs, own_cgroup_dir};
 pub use error::CaptureError;
-pub use maps::{CaptureStats, Flow, FlowsMap, OrigDstMap, SteeredMap};
+pub use maps::{CaptureStats, Flow, FlowsMap, MarkedMap, OrigDstMap, SteeredMap};
 pub use pod_cgroup::{KubeletPodCgroups, PodCgroups};
 pub use pods_cgroup::{CgroupSelector, find_pods_cgroup, resolve as resolve_cgroup};
 
@@ -63,6 +63,7 @@ pub struct CaptureConfig {
     pub steered_max_entries: u32,
     pub orig_max_entries: u32,
     pub flows_max_entries: u32,
+    pub marked_max_entries: u32,
 }
 
 /// Loaded and attached capture programs. Dropping it detaches them.
@@ -74,6 +75,7 @@ pub struct Capture {
     orig_dst: OrigDstMap,
     stats: CaptureStats,
     flows: FlowsMap,
+    marked: MarkedMap,
 }
 
 impl Capture {
@@ -91,6 +93,7 @@ impl Capture {
             (orig::COOKIE_MAP_NAME, cfg.orig_max_entries),
             (orig::DST_MAP_NAME, cfg.orig_max_entries),
             (flows::MAP_NAME, cfg.flows_max_entries),
+            (marked::MAP_NAME, cfg.marked_max_entries),
         ];
         // Pinned maps of another size are recreated at a staging pin, filled, then swapped in.
         let resizes = pins::plan_resizes(&cfg.bpffs_dir, &capacities)?;
@@ -118,8 +121,12 @@ impl Capture {
 
         let mut proxy_cfg: Array<MapData, config::ProxyMapConfig> =
             take_map(&mut ebpf, config::MAP_NAME)?;
+        let mut new_cfg = proxy_config(cfg)?;
+        // A restarted agent keeps the levels its predecessor marked (its `MARKED` entries are
+        // pinned too) until route sync reconciles both.
+        new_cfg.marked_levels = proxy_cfg.get(&0, 0).map_or(0, |c| c.marked_levels);
         proxy_cfg
-            .set(0, &proxy_config(cfg)?, 0)
+            .set(0, &new_cfg, 0)
             .map_err(|source| CaptureError::Map {
                 map: config::MAP_NAME,
                 source,
@@ -129,6 +136,7 @@ impl Capture {
         let orig_dst: HashMap<MapData, _, _> = take_map(&mut ebpf, orig::DST_MAP_NAME)?;
         let stats: PerCpuArray<MapData, u64> = take_map(&mut ebpf, stats::MAP_NAME)?;
         let flows: PerCpuHashMap<MapData, _, _> = take_map(&mut ebpf, flows::MAP_NAME)?;
+        let marked_map: HashMap<MapData, _, _> = take_map(&mut ebpf, marked::MAP_NAME)?;
 
         // With bpf_link (kernel >= 5.7) a cgroup attachment is always multi-attach: the kernel
         // rejects explicit flags, so `Single` (no flags) is what coexists with a CNI's own hooks.
@@ -167,6 +175,7 @@ impl Capture {
             orig_dst: OrigDstMap::new(orig_dst),
             stats: CaptureStats::new(stats),
             flows: FlowsMap::new(flows),
+            marked: MarkedMap::new(marked_map, proxy_cfg),
         })
     }
 
@@ -182,6 +191,7 @@ impl Capture {
             orig_dst: self.orig_dst,
             stats: self.stats,
             flows: self.flows,
+            marked: self.marked,
         }
     }
 }
@@ -193,6 +203,7 @@ pub struct CaptureParts {
     pub orig_dst: OrigDstMap,
     pub stats: CaptureStats,
     pub flows: FlowsMap,
+    pub marked: MarkedMap,
 }
 
 /// Opens the pinned maps under `bpffs_dir` without loading or attaching anything: for inspecting
@@ -210,6 +221,24 @@ pub fn open_pinned(bpffs_dir: &Path) -> Result<(SteeredMap, OrigDstMap), Capture
     Ok((
         SteeredMap::new(open(bpffs_dir, steered::MAP_NAME)?),
         OrigDstMap::new(open(bpffs_dir, orig::DST_MAP_NAME)?),
+    ))
+}
+
+/// Opens the pinned `MARKED` map (and the proxy config's levels) under `bpffs_dir`, for
+/// inspection like [`open_pinned`].
+pub fn open_pinned_marked(bpffs_dir: &Path) -> Result<MarkedMap, CaptureError> {
+    fn open<T>(dir: &Path, name: &'static str) -> Result<T, CaptureError>
+    where
+        T: TryFrom<aya::maps::Map, Error = aya::maps::MapError>,
+    {
+        let map = MapData::from_pin(dir.join(name))
+            .and_then(aya::maps::Map::from_map_data)
+            .map_err(|source| CaptureError::Map { map: name, source })?;
+        T::try_from(map).map_err(|source| CaptureError::Map { map: name, source })
+    }
+    Ok(MarkedMap::new(
+        open(bpffs_dir, marked::MAP_NAME)?,
+        open(bpffs_dir, config::MAP_NAME)?,
     ))
 }
 

@@ -17,6 +17,7 @@ use std::{
 use agent_common::{
     Endpoint,
     flows::{self, FlowCounters, FlowKey},
+    marked::{self, MarkedKey},
     steered::{self, SteeredService},
 };
 use aya::{
@@ -105,6 +106,9 @@ pub(super) fn finish_resizes(ebpf: &mut Ebpf, resizes: Vec<Resize>) -> Result<()
         let (carried, failed) = match r.name {
             steered::MAP_NAME => carry_hash::<Endpoint, SteeredService>(old, new),
             flows::MAP_NAME => carry_per_cpu_hash::<FlowKey, FlowCounters>(old, new),
+            // Marked sources keep their keys (the levels are kept in PROXY_CFG) until route sync
+            // reconciles them.
+            marked::MAP_NAME => carry_hash::<u64, MarkedKey>(old, new),
             // ORIG_COOKIE and ORIG_DST start empty (see above).
             _ => Ok((0, 0)),
         }

@@ -22,6 +22,7 @@ fn pod(ns: &str, name: &str, kv: &[(&str, &str)]) -> NodePod {
         uid: format!("uid-{name}"),
         ips: Vec::new(),
         labels: labels(kv),
+        netns: None,
     }
 }
 

@@ -173,6 +173,55 @@ pub fn edit_pods_and_routes(
     Ok(new_state)
 }
 
+#[derive(Serialize)]
+struct FileSource<'a> {
+    cgroup: &'a Path,
+    key: &'a str,
+    origin: &'a str,
+}
+
+#[derive(Serialize)]
+struct SourceSection<'a> {
+    sources: Vec<FileSource<'a>>,
+}
+
+/// Parses `path`, applies `change` to its marked sources (`sources:`), validates and writes the
+/// result (the rest of the file byte for byte). For `shunt test` and the mini-cluster's
+/// sandbox pods.
+pub fn edit_sources(
+    path: &Path,
+    change: impl FnOnce(&mut Vec<crate::routes::MarkedSource>),
+) -> anyhow::Result<ClusterState> {
+    let text = std::fs::read_to_string(path)?;
+    let name = path.display().to_string();
+    let state = parse_routes(&text, &name)?;
+    let mut sources = state.sources.clone();
+    change(&mut sources);
+    if sources == state.sources {
+        return Ok(state);
+    }
+    let section = SourceSection {
+        sources: sources
+            .iter()
+            .map(|s| FileSource {
+                cgroup: &s.cgroup,
+                key: &s.key,
+                origin: &s.origin,
+            })
+            .collect(),
+    };
+    let yaml = if section.sources.is_empty() {
+        "sources: []\n".to_string()
+    } else {
+        serde_saphyr::to_string(&section)?
+    };
+    let new_text = replace_section(&text, "sources", yaml);
+    let new_state = parse_routes(&new_text, &name)
+        .map_err(|e| anyhow::anyhow!("the edited routes file would be invalid: {e}"))?;
+    write_atomically(path, &new_text)?;
+    Ok(new_state)
+}
+
 /// Writes through a temporary file in the same directory and a rename, so the agent's poller
 /// never reads half a file. Keeps the file's permissions.
 fn write_atomically(path: &Path, text: &str) -> std::io::Result<()> {

@@ -401,6 +401,7 @@ fn mini_cluster(args: &McpArgs) -> anyhow::Result<Option<crate::sandbox::local::
         node_netns: node,
         captured,
         netns_prefix: prefix,
+        routes: args.routes.clone(),
     }))
 }
 

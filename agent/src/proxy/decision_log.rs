@@ -45,6 +45,14 @@ pub struct DecisionRecord {
     pub source: crate::netns::UpstreamSource,
     pub status: Option<u16>,
     pub latency_us: u64,
+    /// The key was added by the proxy for a marked source: the request carried none.
+    pub key_injected: bool,
+    /// The marked source the injected key is for (`pod NS/NAME`, `file`, `shunt test`).
+    #[serde(
+        serialize_with = "as_str::shared",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub marked_source: Option<Arc<str>>,
 }
 
 impl DecisionRecord {
@@ -203,6 +211,7 @@ impl DecisionRecord {
         std::mem::size_of::<Self>()
             + self.path.as_deref().map_or(0, str::len)
             + self.key.as_ref().map_or(0, |k| k.as_str().len())
+            + self.marked_source.as_deref().map_or(0, str::len)
     }
 
     /// Cuts the path to [`MAX_PATH_BYTES`] (on a character boundary), ending it with `…`.

@@ -18,6 +18,8 @@ fn record(key: Option<&str>) -> DecisionRecord {
         source: Default::default(),
         status: Some(200),
         latency_us: 1,
+        key_injected: false,
+        marked_source: None,
     }
 }
 

@@ -119,7 +119,8 @@ async fn handle(
     if shared.keys.strips(info.client.get().ip()) {
         shared.keys.strip(&mut parts.headers, &mut parts.uri);
     }
-    let extracted = shared.keys.normalize(&mut parts.headers, &mut parts.uri);
+    let mut extracted = shared.keys.normalize(&mut parts.headers, &mut parts.uri);
+    let key_injected = super::key_inject::inject_h2(&info, &mut parts.headers, &mut extracted);
     let req = Request::from_parts(parts, body);
     if let Some(invalid) = &extracted.invalid
         && !state.invalid_logged.swap(true, Ordering::Relaxed)
@@ -146,6 +147,7 @@ async fn handle(
         let exit = Exit {
             request: Some(request),
             key: extracted.key,
+            key_injected,
             ..Exit::default()
         };
         shared.record(&info, decision, exit);
@@ -173,6 +175,7 @@ async fn handle(
         key: extracted.key,
         status: Some(response.status().as_u16()),
         latency: Some(started.elapsed()),
+        key_injected,
     };
     shared.record(&info, decision, exit);
     Ok(response)

@@ -87,6 +87,9 @@ pub enum KeySource {
     Header(HeaderName),
     /// The `sd-routing-key` query parameter (percent-decoded).
     Query,
+    /// None in the request: added by the proxy for a marked source
+    /// ([`key_inject`](super::key_inject)). Never a source to read.
+    Injected,
 }
 
 impl KeySource {
@@ -99,6 +102,7 @@ impl KeySource {
             KeySource::OtBaggage => "ot-baggage-sd-routing-key",
             KeySource::Header(h) => h.as_str(),
             KeySource::Query => "query",
+            KeySource::Injected => "injected",
         }
     }
 }
@@ -340,7 +344,7 @@ impl KeyExtractor {
                 invalid: &mut invalid,
             };
             let key = match source {
-                KeySource::None => None,
+                KeySource::None | KeySource::Injected => None,
                 KeySource::Baggage => headers
                     .values(BAGGAGE.as_str())
                     .find_map(|v| baggage_member(v, &mut seen)),

@@ -7,6 +7,7 @@ pub mod detect;
 pub mod h1;
 pub mod http;
 pub mod key;
+pub mod key_inject;
 pub mod key_strip;
 pub mod opaque;
 pub mod orig_dst;
@@ -21,11 +22,13 @@ use tokio_util::sync::CancellationToken;
 
 use crate::{
     metrics::Metrics,
-    routes::{ClientAffinity, ConnRoute, Decision, RouteTable, RoutingKey},
+    routes::{AppliedSources, ClientAffinity, ConnRoute, Decision, RouteTable, RoutingKey},
 };
 use decision_log::{DecisionLog, DecisionRecord};
 use detect::Protocol;
-pub use orig_dst::{ClientAddr, OrigDstAddr, OrigDstLookup, ServiceId};
+pub use orig_dst::{
+    CapturedOrigDst, ClientAddr, OrigDstAddr, OrigDstLookup, Redirected, ServiceId,
+};
 
 /// Limits and timeouts of the proxy.
 #[derive(Clone, Debug)]
@@ -48,6 +51,8 @@ pub struct ProxyShared {
     pub log: Arc<DecisionLog>,
     pub metrics: Arc<Metrics>,
     pub lookup: Arc<dyn OrigDstLookup>,
+    /// The marked sources route sync applied, for the decision log's `source`.
+    pub sources: Arc<ArcSwap<AppliedSources>>,
     /// Cancelled on shutdown: stop accepting, finish in-flight requests.
     pub shutdown: CancellationToken,
     /// Bumped on every accept, for the watchdog.
@@ -66,6 +71,8 @@ pub struct ConnInfo {
     pub protocol: Protocol,
     /// Where its upstream connections leave from (the client pod's namespace: source identity).
     pub source: crate::netns::UpstreamSource,
+    /// The marked source the connection came from: its requests without a key get its key.
+    pub marked: Option<key_inject::MarkedConn>,
 }
 
 impl ConnInfo {
@@ -87,6 +94,8 @@ pub struct Exit {
     /// From the request's arrival to its response headers; `None` when nothing was forwarded
     /// per request (an opaque connection, a 408).
     pub latency: Option<Duration>,
+    /// `key` was added by the proxy ([`key_inject`]), not sent by the client.
+    pub key_injected: bool,
 }
 
 impl ProxyShared {
@@ -113,6 +122,17 @@ impl ProxyShared {
         self.metrics
             .request(decision.kind, decision.reason, exit.latency);
         let (method, path) = exit.request.unzip();
+        // Who the key came from, for an injected one.
+        let marked_source = exit
+            .key_injected
+            .then_some(conn.marked)
+            .flatten()
+            .and_then(|m| {
+                let sources = self.sources.load();
+                sources
+                    .get(m.cgroup_id)
+                    .map(|s| Arc::<str>::from(s.origin.as_str()))
+            });
         self.log.push(DecisionRecord {
             time: SystemTime::now(),
             client: conn.client,
@@ -129,6 +149,8 @@ impl ProxyShared {
             source: conn.source,
             status: exit.status,
             latency_us: exit.latency.map_or(0, |l| l.as_micros() as u64),
+            key_injected: exit.key_injected,
+            marked_source,
         });
     }
 }
@@ -182,21 +204,29 @@ pub async fn serve(listener: TcpListener, shared: Arc<ProxyShared>, grace: Durat
 /// Resolves where the connection was going, detects its protocol and hands it to its path.
 async fn handle(shared: &Arc<ProxyShared>, client: tokio::net::TcpStream, peer: SocketAddr) {
     let peer = ClientAddr::from_peer(peer);
-    let Some((original_dst, service)) = shared.lookup.lookup(peer) else {
+    let Some(redirected) = shared.lookup.lookup(peer) else {
         // Never guess: an evicted entry means we do not know where this was going.
         shared.metrics.orig_dst_miss();
         tracing::warn!(%peer, "no original destination for this connection (evicted?); closing it");
         return;
     };
     let _ = client.set_nodelay(true);
-    let protocol = detect::detect(&client, shared.limits.detect_timeout).await;
-    let info = ConnInfo {
+    let mut info = ConnInfo {
         client: peer,
-        original_dst,
-        service,
-        protocol,
+        original_dst: redirected.dst,
+        service: redirected.service,
+        protocol: Protocol::Opaque,
+        marked: redirected
+            .source
+            .as_deref()
+            .map(key_inject::MarkedConn::new),
         source: shared.upstreams.source_for(peer.get().ip()),
     };
+    if key_inject::relay_unknown_opaquely(shared, &info) {
+        return opaque::serve(shared, client, info).await;
+    }
+    let protocol = detect::detect(&client, shared.limits.detect_timeout).await;
+    info.protocol = protocol;
     match protocol {
         Protocol::Http1 => h1::serve(shared.clone(), client, info).await,
         Protocol::H2c => http::serve(shared.clone(), client, info).await,

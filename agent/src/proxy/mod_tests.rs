@@ -23,6 +23,7 @@ fn shared(registry: &mut Registry) -> ProxyShared {
         log: Arc::new(DecisionLog::new(64 * 1024)),
         metrics: Metrics::register(registry, None),
         lookup: Arc::new(HashMap::<ClientAddr, (OrigDstAddr, ServiceId)>::new()),
+        sources: Arc::default(),
         shutdown: CancellationToken::new(),
         heartbeat: Arc::default(),
         affinity: Default::default(),
@@ -45,6 +46,7 @@ fn an_opaque_connection_is_counted_and_logged_alike() {
         service: ServiceId::NONE,
         protocol: Protocol::Tls,
         source: Default::default(),
+        marked: None,
     };
     let decision = Decision {
         reason: DecisionReason::OpaqueProtocol,
@@ -79,6 +81,7 @@ fn a_header_read_timeout_keeps_its_metric_label() {
         service: ServiceId(7),
         protocol: Protocol::Http1,
         source: Default::default(),
+        marked: None,
     };
     let exit = Exit {
         status: Some(408),

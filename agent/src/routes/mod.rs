@@ -19,6 +19,7 @@ mod diff;
 pub mod file;
 pub mod key;
 mod model;
+mod sources;
 mod status;
 mod table;
 
@@ -32,6 +33,7 @@ pub use model::{
     ForkTarget, MarkedSource, NodePod, ObjectRef, Pod, PortRef, SANDBOX_LABEL, SandboxRouteObj,
     SandboxRouteSpec, Service, ServicePort, SpecField, SpecProblem, TargetPort, TrafficPolicy,
 };
+pub use sources::{AppliedSource, AppliedSources};
 pub use status::{ForkStatus, RouteReason, RouteStatus};
 pub use table::{
     ForkPortView, ForkRoute, ForkView, RouteTable, RouteView, ServicePortRef, ServiceRef,

@@ -19,6 +19,7 @@ mod delete;
 pub mod fork;
 mod list;
 pub mod local;
+pub mod test_runner;
 
 use std::{path::PathBuf, time::Duration};
 

@@ -21,6 +21,7 @@
 //!
 //! The watchdog and shutdown never come here: they suspend and resume [`Steering`].
 pub mod file_source;
+pub mod marking;
 pub mod steering;
 
 use std::{collections::BTreeMap, net::SocketAddr, sync::Arc, time::Duration};
@@ -33,6 +34,7 @@ use crate::{
     metrics::Metrics,
     routes::{ClusterState, RouteStatus, RouteTable},
 };
+pub use marking::{Cgroupfs, Marking};
 pub use steering::{ApplyMode, NodeRouteFailure, Steering, SyncReport};
 
 /// How often the steered set is reconciled against the kernel map when nothing else asks.
@@ -214,6 +216,17 @@ impl RouteSync {
             let new = Arc::new(new);
             table.store(new.clone());
             let report = steering.apply(desired, mode, &metrics);
+            if let Some(marking) = steering.marking() {
+                let m = marking.apply(&state.sources, mode == ApplyMode::Reconcile);
+                if m != Default::default() {
+                    tracing::info!(
+                        added = m.added,
+                        removed = m.removed,
+                        dropped = m.dropped,
+                        "marked sources applied"
+                    );
+                }
+            }
             // Suspended (fail open): nothing was tried, so what was last reported stands.
             let failures = report
                 .as_ref()

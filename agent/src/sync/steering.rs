@@ -58,6 +58,9 @@ pub struct SyncReport {
 
 pub struct Steering {
     inner: Mutex<Inner>,
+    /// Suspended and resumed with steering: a wedged proxy must not hold marked sources'
+    /// connections either.
+    marking: Option<std::sync::Arc<super::marking::Marking>>,
 }
 
 struct Inner {
@@ -79,7 +82,19 @@ impl Steering {
                 applied: BTreeMap::new(),
                 suspended: false,
             }),
+            marking: None,
         }
+    }
+
+    /// Also suspends and resumes `marking`, the owner of `MARKED`.
+    pub fn with_marking(mut self, marking: std::sync::Arc<super::marking::Marking>) -> Self {
+        self.marking = Some(marking);
+        self
+    }
+
+    /// The owner of `MARKED`, when marking is on.
+    pub fn marking(&self) -> Option<&std::sync::Arc<super::marking::Marking>> {
+        self.marking.as_ref()
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
@@ -106,6 +121,9 @@ impl Steering {
 
     /// Fails open: empties `STEERED` so new connections go direct, until [`Self::resume`].
     pub fn suspend(&self) -> usize {
+        if let Some(m) = &self.marking {
+            m.suspend();
+        }
         let mut inner = self.lock();
         inner.suspended = true;
         inner
@@ -119,6 +137,10 @@ impl Steering {
         inner.suspended = false;
         let report = inner.write(ApplyMode::Reconcile);
         report_failures(&report, metrics);
+        drop(inner);
+        if let Some(m) = &self.marking {
+            m.resume();
+        }
     }
 
     pub fn is_suspended(&self) -> bool {

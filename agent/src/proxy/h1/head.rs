@@ -141,6 +141,13 @@ pub struct RequestHead {
     pub out: Pieces,
 }
 
+impl RequestHead {
+    /// The key was added by the proxy for a marked source.
+    pub fn key_injected(&self) -> bool {
+        self.extracted.source == crate::proxy::key::KeySource::Injected
+    }
+}
+
 /// The path of a request target, without query.
 fn target_path(target: &str) -> &str {
     let path = absolute_form_path(target).unwrap_or(target);
@@ -176,6 +183,18 @@ pub fn parse_request(
     limits: HeadLimits,
     keys: &KeyExtractor,
     strip: bool,
+) -> Result<Option<RequestHead>, HeadError> {
+    parse_request_injecting(buf, limits, keys, strip, None)
+}
+
+/// [`parse_request`] for a marked source's connection: a request without a key gets `inject`
+/// as a baggage member ([`key_inject`](crate::proxy::key_inject)).
+pub fn parse_request_injecting(
+    buf: &[u8],
+    limits: HeadLimits,
+    keys: &KeyExtractor,
+    strip: bool,
+    inject: Option<&crate::routes::RoutingKey>,
 ) -> Result<Option<RequestHead>, HeadError> {
     let mut stack = [const { MaybeUninit::<httparse::Header<'_>>::uninit() }; STACK_HEADERS];
     let mut heap;
@@ -246,7 +265,8 @@ pub fn parse_request(
         (None, None) => Framing::Empty,
     };
     let upgrade = method == http::Method::CONNECT || conn.upgrade;
-    let (extracted, rewrite) = keys.normalize_raw(headers, target, strip);
+    let (mut extracted, mut rewrite) = keys.normalize_raw(headers, target, strip);
+    crate::proxy::key_inject::inject_raw(inject, headers, &mut extracted, &mut rewrite);
 
     let offset = |s: &str| s.as_ptr() as usize - buf.as_ptr() as usize;
     let path = target_path(target).into();

@@ -45,6 +45,7 @@ pub async fn serve(shared: Arc<ProxyShared>, client: TcpStream, info: ConnInfo) 
         pinned: None,
         keyed: None,
         invalid_logged: false,
+        inject: super::key_inject::key_for_h1(&info),
     };
     let timer = tokio::time::sleep(Duration::ZERO);
     tokio::pin!(timer);
@@ -111,6 +112,8 @@ struct Conn<'a> {
     invalid_logged: bool,
     /// The client is one whose routing keys are stripped (`--strip-keys-from`).
     strip_keys: bool,
+    /// A marked source's key, added to its requests that carry none.
+    inject: Option<crate::routes::RoutingKey>,
 }
 
 impl Conn<'_> {
@@ -142,7 +145,9 @@ impl Conn<'_> {
         let mut header_deadline = None;
         loop {
             if !self.cbuf.is_empty() {
-                match head::parse_request(&self.cbuf, limits, &self.shared.keys, self.strip_keys) {
+                let (keys, strip, inject) =
+                    (&self.shared.keys, self.strip_keys, self.inject.as_ref());
+                match head::parse_request_injecting(&self.cbuf, limits, keys, strip, inject) {
                     Ok(Some(h)) => return ReadHead::Head(Box::new(h)),
                     Ok(None) => {}
                     Err(e) => {
@@ -225,6 +230,7 @@ impl Conn<'_> {
                 Exit {
                     request: Some((head.method.clone(), head.path.clone())),
                     key: head.extracted.key.clone(),
+                    key_injected: head.key_injected(),
                     ..Exit::default()
                 },
             );
@@ -673,6 +679,7 @@ impl Conn<'_> {
                 key: head.extracted.key.clone(),
                 status: Some(status),
                 latency: Some(started.elapsed()),
+                key_injected: head.key_injected(),
             },
         );
     }

@@ -21,12 +21,17 @@ use crate::routes::{
 };
 
 /// Collects diagnostics while converting the raw document.
-struct Check {
+pub(super) struct Check {
     diagnostics: Vec<Diagnostic>,
 }
 
 impl Check {
-    fn at(&mut self, loc: Location, path: impl fmt::Display, message: impl Into<String>) {
+    pub(super) fn at(
+        &mut self,
+        loc: Location,
+        path: impl fmt::Display,
+        message: impl Into<String>,
+    ) {
         self.diagnostics.push(Diagnostic {
             line: loc.line(),
             column: loc.column(),
@@ -251,6 +256,7 @@ fn convert(raw: &RawFile, c: &mut Check) -> ClusterState {
             spec,
         });
     }
+    state.sources = super::sources::convert(&raw.sources, c);
     state
 }
 

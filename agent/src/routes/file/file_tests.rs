@@ -398,3 +398,44 @@ services:
         "{e}"
     );
 }
+
+#[test]
+fn sources_are_read_with_their_key_and_origin() {
+    let s = ok(
+        "sources:\n  - { cgroup: /sys/fs/cgroup/x/b, key: pr-42 }\n  - { cgroup: /sys/fs/cgroup/x/a, key: pr-7, origin: shunt test }\n",
+    );
+    assert_eq!(s.sources.len(), 2);
+    assert_eq!(
+        s.sources[0].cgroup,
+        std::path::Path::new("/sys/fs/cgroup/x/a")
+    );
+    assert_eq!(s.sources[0].origin, "shunt test");
+    assert_eq!(s.sources[1].key, "pr-42");
+    assert_eq!(s.sources[1].origin, "file");
+}
+
+#[test]
+fn bad_sources_are_reported_at_their_line() {
+    let e = err(
+        "sources:\n  - { cgroup: rel/path, key: pr-42 }\n  - { cgroup: /sys/fs/cgroup/a/../b, key: pr-42 }\n  - { cgroup: /sys/fs/cgroup/c, key: 'bad key' }\n  - { cgroup: /sys/fs/cgroup/c, key: pr-1 }\n  - { cgroup: /, key: pr-1 }\n",
+    );
+    assert!(
+        e.contains("routes.yaml:2:15: sources[0].cgroup: \"rel/path\" is not an absolute path"),
+        "{e}"
+    );
+    assert!(e.contains("routes.yaml:3:15: sources[1].cgroup: \"/sys/fs/cgroup/a/../b\": `.` and `..` are not allowed"), "{e}");
+    assert!(
+        e.contains("routes.yaml:4:38: sources[2].key: routing key has ' ' at byte 3"),
+        "{e}"
+    );
+    assert!(
+        e.contains("sources[3].cgroup: /sys/fs/cgroup/c is already a source at line 4"),
+        "{e}"
+    );
+    assert!(
+        e.contains("sources[4].cgroup: the root cgroup cannot be a marked source"),
+        "{e}"
+    );
+    let e = err("sources:\n  - { cgroup: /sys/fs/cgroup/c, key: pr-1, typo: 1 }\n");
+    assert!(e.contains("unknown field `typo`"), "{e}");
+}

@@ -18,6 +18,8 @@
 //! node: node-a                   # the node the agent runs on
 //! nodePods:                      # the pods of that node (uid, ips, labels)
 //!   - { name: reviews-v1, namespace: shop, uid: 7f3c, ips: [198.18.2.2], labels: { app: reviews } }
+//! sources:                      # marked sources: requests without a key get this one
+//!   - { cgroup: /sys/fs/cgroup/shunt/sandbox-reviews-v2, key: pr-42, origin: pod shop/reviews-v2 }
 //! routes:
 //!   - name: pr-42
 //!     namespace: shop
@@ -38,6 +40,7 @@
 //! Kubernetes source, or its route says `ForeignEndpoints`.
 mod convert;
 mod raw;
+mod sources;
 
 use std::path::{Path, PathBuf};
 

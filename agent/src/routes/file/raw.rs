@@ -25,6 +25,20 @@ pub(super) struct RawFile {
     /// The pods of that node.
     #[serde(default, rename = "nodePods")]
     pub(super) node_pods: Vec<RawNodePod>,
+    /// Marked sources (see [`MarkedSource`](crate::routes::MarkedSource)).
+    #[serde(default)]
+    pub(super) sources: Vec<S<RawSource>>,
+}
+
+/// `{ cgroup: /sys/fs/cgroup/..., key: pr-42, origin: "pod shop/reviews-v2" }`.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawSource {
+    pub(super) cgroup: S<String>,
+    pub(super) key: S<String>,
+    /// Who is marked, for the decision log; default `file`.
+    #[serde(default)]
+    pub(super) origin: Option<String>,
 }
 
 #[derive(Deserialize)]

@@ -58,6 +58,9 @@ pub struct MiniCluster {
     pub captured: PathBuf,
     /// Prefix of sandbox network namespace names, so the mini-cluster's teardown finds them.
     pub netns_prefix: String,
+    /// The routes file the agent reads: each sandbox pod is listed in its `sources:` with its
+    /// route's key while it runs, so its calls carry the key even when its build drops it.
+    pub routes: Option<PathBuf>,
 }
 
 /// What to start.
@@ -171,13 +174,52 @@ impl MiniCluster {
                 }
             });
             rec.write(&self.dir).map_err(io("writing", &self.dir))?;
+            if let Err(e) = self.mark(&cgroup, &s.key, &format!("pod {}/{}", s.namespace, s.name)) {
+                PodRecord::remove(&self.dir, &s.name);
+                return Err(e);
+            }
             Ok(rec)
         })();
         if started.is_err() {
+            self.unmark(&cgroup);
             kill_cgroup(&cgroup);
             net::delete(&netns_name);
         }
         started
+    }
+
+    /// Lists the sandbox pod's cgroup as a marked source with its route's key.
+    fn mark(&self, cgroup: &Path, key: &str, origin: &str) -> Result<(), LocalError> {
+        let Some(routes) = &self.routes else {
+            return Ok(());
+        };
+        let source = crate::routes::MarkedSource {
+            cgroup: cgroup.to_path_buf(),
+            key: key.to_string(),
+            origin: origin.to_string(),
+        };
+        crate::mcp::edit::edit_sources(routes, |list| {
+            list.retain(|x| x.cgroup != source.cgroup);
+            list.push(source);
+        })
+        .map(drop)
+        .map_err(|e| LocalError::Command {
+            what: format!("listing the sandbox pod in {}", routes.display()),
+            message: format!("{e:#}"),
+        })
+    }
+
+    /// Removes the sandbox pod's cgroup from the marked sources.
+    fn unmark(&self, cgroup: &Path) {
+        let Some(routes) = &self.routes else {
+            return;
+        };
+        if let Err(e) =
+            crate::mcp::edit::edit_sources(routes, |list| list.retain(|x| x.cgroup != cgroup))
+        {
+            tracing::warn!(routes = %routes.display(), error = %format!("{e:#}"),
+                "removing a sandbox pod from the marked sources failed");
+        }
     }
 
     /// Whether its process still runs; how it ended otherwise.
@@ -227,6 +269,7 @@ impl MiniCluster {
     /// Stops its processes, removes its cgroup, namespace and record; keeps its log.
     pub fn stop(&self, rec: &PodRecord) {
         if let Some(sb) = &rec.sandbox {
+            self.unmark(&sb.cgroup);
             kill_cgroup(&sb.cgroup);
             if let Some(name) = sb.netns.file_name() {
                 net::delete(&name.to_string_lossy());

@@ -346,6 +346,8 @@ pub struct Bench {
     haproxy: Haproxy,
     _backends: Vec<ChildGuard>,
     env: Env,
+    /// Where the load runs: the captured cgroup, or a child of it (`SHUNT_BENCH_MARKED_IN_USE`).
+    client_cgroup: PathBuf,
     /// The CPU list the proxy under test (agent or HAProxy) is pinned to (`taskset -c`).
     proxy_cpu: String,
     routes: PathBuf,
@@ -454,7 +456,7 @@ impl Bench {
         let started = Instant::now();
         let target = Target {
             netns: &self.env.topo.pods[0].netns,
-            cgroup: self.env.cgroup.path(),
+            cgroup: &self.client_cgroup,
             addr: self.addr(s),
             header: s.keyed().then_some(KEY_HEADER),
             scratch: &self.env.run.path,
@@ -1016,6 +1018,21 @@ fn run(o: &Opts) -> anyhow::Result<()> {
     std::fs::write(&routes, routes_yaml(&env, true))?;
     let routes_before = env.run.path.join("routes-before.yaml");
     std::fs::write(&routes_before, routes_yaml(&env, false))?;
+    // `SHUNT_BENCH_MARKED_IN_USE=1`: `MARKED` holds a source (a sibling of the load's cgroup,
+    // at its level), so B's hook-time row prices what an unmarked client pays while sources
+    // are marked: one ancestor lookup in `MARKED` per connect.
+    let client_cgroup = if std::env::var_os("SHUNT_BENCH_MARKED_IN_USE").is_some() {
+        let marked = env.cgroup.child("marked")?;
+        let mut text = std::fs::read_to_string(&routes)?;
+        text.push_str(&format!(
+            "sources:\n  - {{ cgroup: {}, key: pr-7 }}\n",
+            marked.display()
+        ));
+        std::fs::write(&routes, text)?;
+        env.cgroup.child("client")?
+    } else {
+        env.cgroup.path().to_path_buf()
+    };
     let haproxy = Haproxy::start(
         env.node(),
         &env.run.path,
@@ -1026,6 +1043,7 @@ fn run(o: &Opts) -> anyhow::Result<()> {
     )?;
     let mut b = Bench {
         env,
+        client_cgroup,
         proxy_cpu: o.proxy_cpu.clone(),
         routes,
         routes_before,
