@@ -247,6 +247,25 @@ impl Conn<'_> {
                 .answer_locally(head, decision, 503, &text, body, prefix, started)
                 .await;
         }
+        // A sandbox-bound request is charged what it holds while it waits (see
+        // `buffer_budget`); past the proxy's budget it is refused with a 503.
+        let _charge = if decision.kind == DecisionKind::Sandbox {
+            let held = super::buffer_budget::REQUEST_OVERHEAD + head.len + prefix;
+            match super::buffer_budget::Charge::take(held, None, &shared.buffers) {
+                Ok(c) => Some(c),
+                Err(over) => {
+                    decision.kind = DecisionKind::Reject;
+                    decision.reason = DecisionReason::BufferBudgetExhausted;
+                    decision.upstream = None;
+                    let text = format!("shunt: {over}; try again\n");
+                    return self
+                        .answer_locally(head, decision, 503, &text, body, prefix, started)
+                        .await;
+                }
+            }
+        } else {
+            None
+        };
         if head.upgrade {
             return self.upgrade(head, decision, prefix, started).await;
         }
@@ -285,11 +304,25 @@ impl Conn<'_> {
         let whole = body.is_done();
         let request_end = head.len + prefix;
         let mut retried = false;
+        // Only a sandbox gets a deadline for its response headers: a baseline request waits
+        // as long as it would on a direct connection.
+        let deadline = (decision.kind == DecisionKind::Sandbox)
+            .then(|| self.shared.limits.response_header_timeout);
         let response = loop {
-            match self
-                .send(&head, &mut body, request_end, whole, &mut up, kind)
-                .await
-            {
+            let sent = self.send(&head, &mut body, request_end, whole, &mut up, kind);
+            let sent = match deadline {
+                None => sent.await,
+                Some(limit) => match tokio::time::timeout(limit, sent).await {
+                    Ok(r) => r,
+                    Err(_) => {
+                        drop(up);
+                        return self
+                            .sandbox_timed_out(head, decision, body, prefix, whole, started)
+                            .await;
+                    }
+                },
+            };
+            match sent {
                 Ok(r) => break r,
                 Err(ExchangeError::Closed) if up.reused && whole && !retried => {
                     retried = true;
@@ -390,6 +423,62 @@ impl Conn<'_> {
             Slot::Keyed => self.keyed = Some(up),
         }
         if close { Next::Close } else { Next::Continue }
+    }
+
+    /// The sandbox sent no response headers in time: the route's fallback. A request still
+    /// held whole in the buffer goes to the connection's baseline endpoint; one whose body was
+    /// streamed cannot be sent again (504, and the connection closes); under fallback Reject,
+    /// 503.
+    #[allow(clippy::too_many_arguments)]
+    async fn sandbox_timed_out(
+        &mut self,
+        head: RequestHead,
+        mut decision: Decision,
+        body: BodyState,
+        prefix: usize,
+        whole: bool,
+        started: std::time::Instant,
+    ) -> Next {
+        let limit = self.shared.limits.response_header_timeout;
+        self.shared.metrics.sandbox_response_timeout();
+        // Whatever the sandbox sent of a response is dropped with its connection.
+        self.ubuf.clear();
+        decision.reason = DecisionReason::SandboxTimeout;
+        tracing::debug!(client = %self.info.client, upstream = ?decision.upstream, ?limit, "sandbox response timeout");
+        let Some(baseline) = decision.fallback else {
+            decision.kind = DecisionKind::Reject;
+            decision.upstream = None;
+            let text = reject_text(&decision);
+            return self
+                .answer_error(&head, decision, 503, &text, !whole, started)
+                .await;
+        };
+        if !whole {
+            decision.reason = DecisionReason::BodyTooLargeToRetry;
+            let text = format!(
+                "shunt: the sandbox sent no response headers within {limit:?} \
+                 (--response-header-timeout); the request body was streamed, so it cannot be \
+                 sent to the fallback\n"
+            );
+            return self
+                .answer_error(&head, decision, 504, &text, true, started)
+                .await;
+        }
+        decision.kind = DecisionKind::Baseline;
+        decision.upstream = Some(baseline);
+        let up = match self.pinned.take() {
+            Some(c) => c,
+            None => match self.shared.upstreams.h1.get(baseline).await {
+                Ok(c) => c,
+                Err(e) => {
+                    let text = format!("shunt: connecting to {baseline}: {e}\n");
+                    return self
+                        .answer_locally(head, decision, 502, &text, body, prefix, started)
+                        .await;
+                }
+            },
+        };
+        Box::pin(self.forward(head, decision, body, prefix, up, Slot::Pinned, started)).await
     }
 
     /// Writes the request head (and the body bytes already here) to `up`, relays the rest of
@@ -611,7 +700,14 @@ impl Conn<'_> {
             return Next::Close;
         }
         self.cbuf.clear();
-        let _ = tokio::io::copy_bidirectional(&mut self.client, &mut up.stream).await;
+        // The tunnel runs in this connection's task, so it keeps the connection's slots (the
+        // cap's and its client's) until it ends; idle, it ends like an opaque connection.
+        let idle = self.shared.limits.opaque_idle_timeout;
+        if let Err(super::relay::RelayError::Idle(_)) =
+            super::relay::relay(&mut self.client, &mut up.stream, idle).await
+        {
+            self.shared.metrics.opaque_idle_closed();
+        }
         Next::Close
     }
 
