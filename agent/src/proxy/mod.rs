@@ -258,11 +258,15 @@ async fn shed_one(
     reserve: &mut admission::FdReserve,
 ) {
     if !reserve.release() {
+        tracing::debug!("out of file descriptors, and no reserve to give");
         reserve.rearm();
         tokio::time::sleep(Duration::from_millis(10)).await;
         return;
     }
     let accepted = tokio::time::timeout(Duration::from_millis(10), listener.accept()).await;
+    if let Ok(Err(e)) = &accepted {
+        tracing::debug!(error = %e, "out of file descriptors: accept failed with the reserve given");
+    }
     if let Ok(Ok((client, peer))) = accepted {
         shared
             .heartbeat
