@@ -400,9 +400,8 @@ impl SilentBackend {
                             let _ = c.set_read_timeout(Some(Duration::from_millis(200)));
                             let mut buf = [0u8; 65536];
                             while !s.load(Ordering::Relaxed) {
-                                match c.read(&mut buf) {
-                                    Ok(0) => return,
-                                    Ok(_) | Err(_) => {}
+                                if let Ok(0) = c.read(&mut buf) {
+                                    return;
                                 }
                             }
                         });

@@ -307,7 +307,7 @@ impl Conn<'_> {
         // Only a sandbox gets a deadline for its response headers: a baseline request waits
         // as long as it would on a direct connection.
         let deadline = (decision.kind == DecisionKind::Sandbox)
-            .then(|| self.shared.limits.response_header_timeout);
+            .then_some(self.shared.limits.response_header_timeout);
         let response = loop {
             let sent = self.send(&head, &mut body, request_end, whole, &mut up, kind);
             let sent = match deadline {
