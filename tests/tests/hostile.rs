@@ -13,7 +13,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use serde_json::Value;
+use serde_json::{Value, json};
 use tests::{
     bins,
     harness::{AgentProc, DEBUG_PORT},
@@ -624,4 +624,88 @@ fn topology_requests_do_not_delay_proxied_requests() {
         "proxied requests during a {took:?} topology walk: {during:?} ms"
     );
     eprintln!("walk {took:?}, {bytes} bytes; proxied during it: {during:?} ms");
+}
+
+/// The routes world with the `pr-42` sandbox silent (pod 4: accepts, never answers).
+fn silent_sandbox_world(test: &str) -> Option<(World, SilentBackend)> {
+    let spec = RoutesSpec {
+        sandbox_pod: 4,
+        ..RoutesSpec::default()
+    };
+    let w = world(test, spec)?;
+    let silent = SilentBackend::start(
+        &w.env.topo.pods[4].netns,
+        w.env.topo.pods[4].addr4(POD_PORT),
+    );
+    Some((w, silent))
+}
+
+fn last_decision(agent: &AgentProc) -> Value {
+    let (_, text) = agent.debug_get("/decisions?key=pr-42").unwrap();
+    let decisions: Vec<Value> = serde_json::from_str(&text).unwrap();
+    decisions.last().cloned().unwrap_or(Value::Null)
+}
+
+#[test]
+fn keyed_requests_fall_back_when_the_sandbox_does_not_answer_in_time() {
+    let Some((w, _silent)) =
+        silent_sandbox_world("keyed_requests_fall_back_when_the_sandbox_does_not_answer_in_time")
+    else {
+        return;
+    };
+    let agent = w.agent(&["--response-header-timeout", "1s"]);
+    let keyed = r#"[{"path":"/","headers":{"baggage":"sd-routing-key=pr-42"}}]"#;
+    let keyed_post = r#"[{"method":"POST","path":"/","headers":{"baggage":"sd-routing-key=pr-42"},"body":"hello"}]"#;
+    for (flags, reqs) in [(None, keyed), (Some("--h2"), keyed_post)] {
+        let started = Instant::now();
+        let dst = reviews().to_string();
+        let mut args = vec!["http", dst.as_str()];
+        args.extend(flags);
+        args.push(reqs);
+        let lines = w.env.peer(0, &args);
+        let took = started.elapsed();
+        assert_eq!(lines[0]["status"], 200, "{flags:?}: {}", lines[0]);
+        assert_eq!(
+            lines[0]["served_by"], "reviews-v1",
+            "{flags:?}: {}",
+            lines[0]
+        );
+        assert!(
+            took >= Duration::from_millis(900) && took < Duration::from_secs(5),
+            "{flags:?}: {took:?}"
+        );
+        let d = last_decision(&agent);
+        assert_eq!(d["decision"], "baseline", "{d}");
+        assert_eq!(d["reason"], "sandbox_timeout", "{d}");
+    }
+    assert!(agent.metric("shunt_proxy_sandbox_response_timeouts_total") >= 2.0);
+}
+
+#[test]
+fn a_body_over_the_request_buffer_has_no_fallback_and_the_decision_says_so() {
+    let Some((w, _silent)) = silent_sandbox_world(
+        "a_body_over_the_request_buffer_has_no_fallback_and_the_decision_says_so",
+    ) else {
+        return;
+    };
+    let agent = w.agent(&[
+        "--response-header-timeout",
+        "1s",
+        "--max-request-buffer",
+        "16",
+    ]);
+    let body = "x".repeat(100);
+    let reqs = json!([{
+        "method": "POST",
+        "path": "/",
+        "headers": { "baggage": "sd-routing-key=pr-42", "content-length": body.len().to_string() },
+        "body": body,
+    }])
+    .to_string();
+    let lines = w
+        .env
+        .peer(0, &["http", &reviews().to_string(), "--h2", &reqs]);
+    assert_eq!(lines[0]["status"], 504, "{}", lines[0]);
+    let d = last_decision(&agent);
+    assert_eq!(d["reason"], "body_too_large_to_retry", "{d}");
 }
