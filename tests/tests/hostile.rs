@@ -117,8 +117,14 @@ fn idle_connections_from_one_client_do_not_starve_another_client() {
         "one client never switches steering off"
     );
     let idle = line(idle.join().unwrap());
-    assert_eq!(idle["connected"], 40, "{idle}");
-    assert_eq!(idle["open"], 8, "only its share stays open: {idle}");
+    // (A reset that beats the client's connect() to its poll shows as a failed connect.)
+    assert_eq!(
+        idle["connected"].as_u64().unwrap() + idle["connect_failed"].as_u64().unwrap(),
+        40,
+        "{idle}"
+    );
+    // (Counted at the end of the hold: a busy machine may deliver the last resets late.)
+    assert_eq!(idle["open_at_end"], 8, "only its share stays open: {idle}");
 }
 
 #[test]
