@@ -278,7 +278,8 @@ pub struct RunConfig {
     )]
     pub max_client_connections: usize,
 
-    /// An opaque connection (TLS, unknown bytes) with no byte either way for this long is closed.
+    /// An opaque connection (TLS, unknown bytes) or upgraded tunnel (websocket, CONNECT) with no
+    /// byte either way for this long is closed.
     /// A direct connection has no such limit (kube-proxy's conntrack keeps an idle one 24h).
     #[arg(long, env = "SHUNT_OPAQUE_IDLE_TIMEOUT", value_name = "DURATION", default_value = "1h", value_parser = parse_duration)]
     pub opaque_idle_timeout: Duration,
