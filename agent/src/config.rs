@@ -261,7 +261,9 @@ pub struct RunConfig {
     #[arg(long, env = "SHUNT_WATCHDOG_INTERVAL", value_name = "DURATION", default_value = "1s", value_parser = parse_duration)]
     pub watchdog_interval: Duration,
 
-    /// Maximum concurrent proxied connections; further clients wait in the accept queue.
+    /// Maximum concurrent proxied connections (each listener). At the cap the proxy stops
+    /// accepting: new clients wait in the accept queue, and the watchdog fails open after one
+    /// --watchdog-interval, so newer connections go direct.
     #[arg(
         long,
         env = "SHUNT_MAX_CONNECTIONS",
@@ -281,6 +283,70 @@ pub struct RunConfig {
         default_value = "pod"
     )]
     pub upstream_source: UpstreamSourceMode,
+
+    /// Maximum concurrent proxied connections from one client address (a pod), upgraded
+    /// tunnels included. Over it a new connection is reset (and counted), so one client cannot
+    /// fill the connection cap for everyone.
+    #[arg(
+        long,
+        env = "SHUNT_MAX_CLIENT_CONNECTIONS",
+        value_name = "N",
+        default_value_t = 1024
+    )]
+    pub max_client_connections: usize,
+
+    /// An opaque connection (TLS, unknown bytes) or upgraded tunnel (websocket, CONNECT) with no
+    /// byte either way for this long is closed.
+    /// A direct connection has no such limit (kube-proxy's conntrack keeps an idle one 24h).
+    #[arg(long, env = "SHUNT_OPAQUE_IDLE_TIMEOUT", value_name = "DURATION", default_value = "1h", value_parser = parse_duration)]
+    pub opaque_idle_timeout: Duration,
+
+    /// Time a sandbox has to send a request's response headers; then the route's fallback
+    /// applies (baseline when the request can be sent again, else 504; Reject: 503). Requests to
+    /// baseline get no such timeout, as a direct connection would not.
+    #[arg(long, env = "SHUNT_RESPONSE_HEADER_TIMEOUT", value_name = "DURATION", default_value = "30s", value_parser = parse_duration)]
+    pub response_header_timeout: Duration,
+
+    /// Concurrent HTTP/2 streams a client connection may open (SETTINGS_MAX_CONCURRENT_STREAMS).
+    #[arg(
+        long,
+        env = "SHUNT_MAX_CONCURRENT_STREAMS",
+        value_name = "N",
+        default_value_t = 200
+    )]
+    pub max_concurrent_streams: u32,
+
+    /// Largest request body kept in memory so a sandbox-bound request can be sent to its
+    /// fallback; a bigger body is streamed, and that request has no fallback (its decision says
+    /// so).
+    #[arg(
+        long,
+        env = "SHUNT_MAX_REQUEST_BUFFER",
+        value_name = "BYTES",
+        default_value_t = crate::proxy::buffer_budget::DEFAULT_REQUEST_BUFFER
+    )]
+    pub max_request_buffer: usize,
+
+    /// Bytes one client connection's in-flight sandbox-bound requests may hold (kept bodies
+    /// plus a fixed charge per request); past it new sandbox-bound requests are refused
+    /// (HTTP/2: REFUSED_STREAM, which clients retry).
+    #[arg(
+        long,
+        env = "SHUNT_MAX_CONNECTION_BUFFER",
+        value_name = "BYTES",
+        default_value_t = crate::proxy::buffer_budget::DEFAULT_CONNECTION_BUFFER
+    )]
+    pub max_connection_buffer: usize,
+
+    /// Bytes all in-flight sandbox-bound requests may hold together; past it new ones get a 503
+    /// (HTTP/2: REFUSED_STREAM). Baseline requests keep no body and are never refused for it.
+    #[arg(
+        long,
+        env = "SHUNT_MAX_BUFFERED_BYTES",
+        value_name = "BYTES",
+        default_value_t = crate::proxy::buffer_budget::DEFAULT_TOTAL_BUFFER
+    )]
+    pub max_buffered_bytes: usize,
 
     /// How long in-flight connections may finish after SIGTERM.
     #[arg(long, env = "SHUNT_SHUTDOWN_GRACE", value_name = "DURATION", default_value = "10s", value_parser = parse_duration)]

@@ -24,6 +24,20 @@ struct RequestLabels {
     reason: &'static str,
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ShedLabels {
+    reason: &'static str,
+}
+
+/// Why the proxy closed a connection it accepted without serving it (the `reason` label of
+/// `shunt_proxy_connections_shed_total`).
+pub mod shed {
+    /// Its client already had `--max-client-connections` open: reset.
+    pub const CLIENT_LIMIT: &str = "client_limit";
+    /// The proxy was out of file descriptors: answered 503 (HTTP/1.x) or closed.
+    pub const OUT_OF_FDS: &str = "out_of_fds";
+}
+
 /// The agent's own counters.
 pub struct Metrics {
     requests: Family<RequestLabels, Counter>,
@@ -39,6 +53,9 @@ pub struct Metrics {
     routes_not_applied: Gauge,
     node_status_write_errors: Counter,
     unready_agent_nodes: Gauge,
+    connections_shed: Family<ShedLabels, Counter>,
+    opaque_idle_closes: Counter,
+    sandbox_response_timeouts: Counter,
 }
 
 impl Metrics {
@@ -59,7 +76,26 @@ impl Metrics {
             routes_not_applied: Gauge::default(),
             node_status_write_errors: Counter::default(),
             unready_agent_nodes: Gauge::default(),
+            connections_shed: Family::default(),
+            opaque_idle_closes: Counter::default(),
+            sandbox_response_timeouts: Counter::default(),
         });
+        registry.register(
+            "shunt_proxy_connections_shed",
+            "Connections accepted and closed unserved, by reason (client_limit: reset, the \
+             client was over --max-client-connections; out_of_fds: answered 503 or closed)",
+            m.connections_shed.clone(),
+        );
+        registry.register(
+            "shunt_proxy_opaque_idle_closes",
+            "Opaque connections and upgraded tunnels closed after --opaque-idle-timeout idle",
+            m.opaque_idle_closes.clone(),
+        );
+        registry.register(
+            "shunt_proxy_sandbox_response_timeouts",
+            "Sandbox-bound requests with no response headers within --response-header-timeout",
+            m.sandbox_response_timeouts.clone(),
+        );
         registry.register(
             "shunt_requests",
             "Requests (and opaque connections) by routing decision and reason",
@@ -189,6 +225,18 @@ impl Metrics {
 
     pub fn steer_insert_failed(&self, n: u64) {
         self.steer_insert_failures.inc_by(n);
+    }
+    /// An accepted connection closed unserved; `reason` is one of [`shed`]'s.
+    pub fn connection_shed(&self, reason: &'static str) {
+        self.connections_shed
+            .get_or_create(&ShedLabels { reason })
+            .inc();
+    }
+    pub fn opaque_idle_closed(&self) {
+        self.opaque_idle_closes.inc();
+    }
+    pub fn sandbox_response_timeout(&self) {
+        self.sandbox_response_timeouts.inc();
     }
     pub fn orig_dst_misses(&self) -> u64 {
         self.orig_dst_misses.get()

@@ -22,9 +22,11 @@ use crate::{
     netns::{NodeSockets, PodNetns, SourceSockets},
     proxy::{
         self, CapturedOrigDst, OrigDstLookup, ProxyShared,
+        buffer_budget::ByteBudget,
         decision_log::DecisionLog,
         key::{KeyExtractor, KeySources},
         key_strip::StripKeysFrom,
+        self_probe::{ProbeAwareLookup, SelfProbe},
         upstream::Upstreams,
     },
     routes::RouteTable,
@@ -150,7 +152,14 @@ async fn run_async(args: RunConfig) -> anyhow::Result<()> {
     crate::metrics::register_capture(&mut registry, Arc::new(stats));
     let table = Arc::new(ArcSwap::from_pointee(RouteTable::default()));
     let log = Arc::new(DecisionLog::new(args.decision_log_bytes));
-    let health = HealthState::new(registry);
+    // The liveness self-probe: through the proxy's own listeners to an in-process responder.
+    let proxy_addrs = std::iter::once(&listener4)
+        .chain(listener6.as_ref())
+        .map(|l| l.local_addr())
+        .collect::<Result<Vec<_>, _>>()
+        .context("reading the proxy listeners' addresses")?;
+    let self_probe = SelfProbe::start(&proxy_addrs).context("starting the self-probe responder")?;
+    let health = HealthState::new(registry, Some(self_probe.clone()));
     let marking = Arc::new(Marking::new(marked, Cgroupfs));
     let sources = marking.applied();
     let debug_state = Arc::new(DebugState {
@@ -236,9 +245,12 @@ async fn run_async(args: RunConfig) -> anyhow::Result<()> {
     }
 
     let shutdown = CancellationToken::new();
-    let lookup: Arc<dyn OrigDstLookup> = Arc::new(CapturedOrigDst {
-        map: orig_dst,
-        sources: sources.clone(),
+    let lookup: Arc<dyn OrigDstLookup> = Arc::new(ProbeAwareLookup {
+        probe: self_probe.clone(),
+        inner: Arc::new(CapturedOrigDst {
+            map: orig_dst,
+            sources: sources.clone(),
+        }),
     });
     let heartbeat = Arc::new(AtomicU64::new(0));
     let shared = Arc::new(ProxyShared {
@@ -250,6 +262,12 @@ async fn run_async(args: RunConfig) -> anyhow::Result<()> {
             max_connections: args.max_connections,
             max_header_bytes: args.max_header_bytes,
             max_headers: args.max_headers,
+            max_client_connections: args.max_client_connections,
+            opaque_idle_timeout: args.opaque_idle_timeout,
+            response_header_timeout: args.response_header_timeout,
+            max_concurrent_streams: args.max_concurrent_streams,
+            max_request_buffer: args.max_request_buffer,
+            max_connection_buffer: args.max_connection_buffer,
         },
         keys: KeyExtractor::new(
             KeySources::with_headers(key_headers).with_query(args.key_from_query),
@@ -267,6 +285,8 @@ async fn run_async(args: RunConfig) -> anyhow::Result<()> {
         shutdown: shutdown.clone(),
         heartbeat: heartbeat.clone(),
         affinity: Default::default(),
+        buffers: ByteBudget::new(args.max_buffered_bytes),
+        self_probe: Some(self_probe.responder()),
     });
 
     let (watchdog_stop, watchdog_stop_rx) = std::sync::mpsc::channel::<()>();
@@ -281,6 +301,7 @@ async fn run_async(args: RunConfig) -> anyhow::Result<()> {
         interval: args.watchdog_interval,
         steering: steering.clone(),
         metrics: metrics.clone(),
+        probe: self_probe,
         stop: watchdog_stop_rx,
     }
     .spawn()
@@ -296,18 +317,18 @@ async fn run_async(args: RunConfig) -> anyhow::Result<()> {
         header_timeout: args.admin_header_timeout,
         ..ListenerLimits::default()
     };
-    let admin_task = tokio::spawn(admin::health::serve(
-        admin_listener,
+    // The admin and debug listeners run on their own thread and runtime: a map walk, a page of
+    // decisions or a burst of callers never takes the proxy's workers (with --worker-threads 1
+    // the proxy has one), and a wedged proxy cannot silence `/healthz`.
+    let admin_thread = spawn_admin(AdminParts {
+        health_listener: admin_listener.into_std()?,
+        debug_listener: debug_listener.into_std()?,
         limits,
-        health.clone(),
-        admin_shutdown.clone(),
-    ));
-    let debug_task = tokio::spawn(admin::debug::serve(
-        debug_listener,
-        limits,
-        debug_state,
-        admin_shutdown.clone(),
-    ));
+        health: health.clone(),
+        debug: debug_state,
+        shutdown: admin_shutdown.clone(),
+    })
+    .context("starting the admin thread")?;
     health.ready.store(true, Ordering::Relaxed);
     tracing::info!(cgroup = %captured_cgroup.display(), proxy = %args.proxy_addr, "shunt running");
 
@@ -335,8 +356,51 @@ async fn run_async(args: RunConfig) -> anyhow::Result<()> {
     while tasks.join_next().await.is_some() {}
     drop(attach_guard);
     admin_shutdown.cancel();
-    let _ = admin_task.await;
-    let _ = debug_task.await;
+    let _ = tokio::task::spawn_blocking(move || admin_thread.join()).await;
     tracing::info!("stopped");
     Ok(())
+}
+
+/// What the admin thread serves.
+struct AdminParts {
+    health_listener: std::net::TcpListener,
+    debug_listener: std::net::TcpListener,
+    limits: ListenerLimits,
+    health: Arc<HealthState>,
+    debug: Arc<DebugState>,
+    shutdown: CancellationToken,
+}
+
+/// Runs the admin and debug listeners on a thread of their own, with a one-thread runtime (and
+/// its own blocking pool), until `shutdown`.
+fn spawn_admin(parts: AdminParts) -> std::io::Result<std::thread::JoinHandle<()>> {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .thread_name("shunt-admin-blocking")
+        .build()?;
+    std::thread::Builder::new()
+        .name("shunt-admin".into())
+        .spawn(move || {
+            rt.block_on(async move {
+                let (health, debug) = match (
+                    TcpListener::from_std(parts.health_listener),
+                    TcpListener::from_std(parts.debug_listener),
+                ) {
+                    (Ok(h), Ok(d)) => (h, d),
+                    (Err(e), _) | (_, Err(e)) => {
+                        tracing::error!(error = %e, "admin listeners: no runtime registration");
+                        return;
+                    }
+                };
+                tokio::join!(
+                    admin::health::serve(
+                        health,
+                        parts.limits,
+                        parts.health,
+                        parts.shutdown.clone()
+                    ),
+                    admin::debug::serve(debug, parts.limits, parts.debug, parts.shutdown),
+                );
+            });
+        })
 }

@@ -3,8 +3,13 @@
 //! A plain OS thread (not a tokio task, which a wedged runtime would never run) watches each
 //! proxy listener: if connections wait in its accept queue and the accept loop has not taken one
 //! for a whole interval, the proxy is wedged (stuck runtime, or its connection cap reached) and
-//! `STEERED` is emptied so new connections go direct. Steering comes back once the proxy has
-//! accepted again, or its queue is empty, for two intervals in a row.
+//! `STEERED` is emptied so new connections go direct.
+//!
+//! Steering comes back once the proxy serves again: a self-probe sent through the listener
+//! ([`SelfProbe`]) is accepted, forwarded and answered. Not "once it accepts, or its queue is
+//! empty": clients that gave up while queued stay in the queue until accepted, and a proxy at
+//! its connection cap accepts nothing, so neither signal says whether a new connection would be
+//! served. The probe waits in the queue behind them, as a new connection would.
 use std::{
     os::fd::{AsRawFd as _, OwnedFd},
     sync::{
@@ -15,7 +20,7 @@ use std::{
     time::Duration,
 };
 
-use crate::{metrics::Metrics, sync::Steering};
+use crate::{metrics::Metrics, proxy::self_probe::SelfProbe, sync::Steering};
 
 pub struct Watchdog {
     pub listeners: Vec<OwnedFd>,
@@ -23,6 +28,8 @@ pub struct Watchdog {
     pub interval: Duration,
     pub steering: Arc<Steering>,
     pub metrics: Arc<Metrics>,
+    /// Sent through the listeners while tripped: its answer restores steering.
+    pub probe: Arc<SelfProbe>,
     /// Dropping (or sending on) the other end stops the watchdog at once, mid-interval.
     pub stop: Receiver<()>,
 }
@@ -54,9 +61,25 @@ impl Watchdog {
 
     fn run(self) {
         let mut last = self.heartbeat.load(Ordering::Relaxed);
-        let mut healthy_streak = 0u32;
         let mut tripped = false;
         while let Err(RecvTimeoutError::Timeout) = self.stop.recv_timeout(self.interval) {
+            if tripped {
+                // The probe may wait up to an interval in the queue: the proxy serves again
+                // when it gets through.
+                match self
+                    .probe
+                    .probe(self.interval.max(Duration::from_millis(200)))
+                {
+                    Ok(()) => {
+                        tripped = false;
+                        last = self.heartbeat.load(Ordering::Relaxed);
+                        self.steering.resume(&self.metrics);
+                        tracing::warn!("proxy serving again: steering restored");
+                    }
+                    Err(e) => tracing::debug!(error = %e, "proxy still not serving"),
+                }
+                continue;
+            }
             let now = self.heartbeat.load(Ordering::Relaxed);
             let queued = self
                 .listeners
@@ -67,24 +90,14 @@ impl Watchdog {
             let wedged = queued > 0 && now == last;
             last = now;
             if wedged {
-                healthy_streak = 0;
-                if !tripped {
-                    tripped = true;
-                    let cleared = self.steering.suspend();
-                    self.metrics.watchdog_tripped();
-                    tracing::error!(
-                        queued,
-                        cleared,
-                        "proxy is not accepting: cleared STEERED, new connections go direct"
-                    );
-                }
-            } else if tripped {
-                healthy_streak += 1;
-                if healthy_streak >= 2 {
-                    tripped = false;
-                    self.steering.resume(&self.metrics);
-                    tracing::warn!("proxy accepting again: steering restored");
-                }
+                tripped = true;
+                let cleared = self.steering.suspend();
+                self.metrics.watchdog_tripped();
+                tracing::error!(
+                    queued,
+                    cleared,
+                    "proxy is not accepting: cleared STEERED, new connections go direct"
+                );
             }
         }
     }

@@ -26,7 +26,8 @@ use tokio_util::sync::CancellationToken;
 
 use super::{
     ConnInfo, Exit, ProxyShared,
-    upstream::{ProxyBody, UndeclaredLength, error_chain},
+    buffer_budget::{ByteBudget, Charge, REQUEST_OVERHEAD},
+    upstream::{ProxyBody, UndeclaredLength, UpstreamError, error_chain},
 };
 use crate::routes::{ConnRoute, Decision, DecisionKind, DecisionReason};
 
@@ -57,12 +58,20 @@ struct ConnState {
     /// Cancelled when the connection is to close after its current streams: its baseline
     /// endpoint failed (as a TCP connection through kube-proxy would break with it).
     closing: CancellationToken,
+    /// What the connection's in-flight sandbox-bound streams hold (`--max-connection-buffer`).
+    budget: Arc<ByteBudget>,
 }
 
-/// A stream refused without an answer: hyper resets it.
+/// A stream refused without an answer: hyper resets it, with the h2 reason found among the
+/// error's sources (INTERNAL_ERROR when there is none).
 #[derive(Debug, thiserror::Error)]
-#[error("no endpoint on this node (internalTrafficPolicy: Local)")]
-struct Dropped;
+enum Refused {
+    #[error("no endpoint on this node (internalTrafficPolicy: Local)")]
+    Dropped,
+    /// REFUSED_STREAM: the stream was not processed, so the client may send it again.
+    #[error("over the buffer budget")]
+    OverBudget(#[source] h2::Error),
+}
 
 /// Serves one h2c connection until it closes; on shutdown it finishes in-flight streams, then
 /// closes.
@@ -71,6 +80,7 @@ pub async fn serve(shared: Arc<ProxyShared>, stream: TcpStream, info: ConnInfo) 
         invalid_logged: AtomicBool::new(false),
         route: Mutex::new(info.route()),
         closing: CancellationToken::new(),
+        budget: ByteBudget::new(shared.limits.max_connection_buffer),
     });
     let closing = state.closing.clone();
     let svc = {
@@ -88,6 +98,7 @@ pub async fn serve(shared: Arc<ProxyShared>, stream: TcpStream, info: ConnInfo) 
     b.timer(TokioTimer::new())
         .auto_date_header(false)
         .max_header_list_size(limits.max_header_bytes as u32)
+        .max_concurrent_streams(limits.max_concurrent_streams)
         .keep_alive_interval(Some(limits.idle_timeout / 2))
         .keep_alive_timeout(limits.idle_timeout / 2);
     let conn = b.serve_connection(TokioIo::new(stream), svc);
@@ -113,7 +124,7 @@ async fn handle(
     info: ConnInfo,
     state: &ConnState,
     req: Request<Incoming>,
-) -> Result<Response<ProxyBody>, Dropped> {
+) -> Result<Response<ProxyBody>, Refused> {
     let started = Instant::now();
     let (mut parts, body) = req.into_parts();
     if shared.keys.strips(info.client.get().ip()) {
@@ -151,8 +162,43 @@ async fn handle(
             ..Exit::default()
         };
         shared.record(&info, decision, exit);
-        return Err(Dropped);
+        return Err(Refused::Dropped);
     }
+    // A sandbox-bound stream is charged what it holds while it waits (its kept body, its head,
+    // its state), so streams behind a silent sandbox cannot take the agent's memory.
+    let _charge = if decision.kind == DecisionKind::Sandbox {
+        let kept = replay_size(&req, shared.limits.max_request_buffer).unwrap_or(0);
+        let head = req.uri().to_string().len()
+            + req
+                .headers()
+                .iter()
+                .map(|(n, v)| n.as_str().len() + v.len())
+                .sum::<usize>();
+        match Charge::take(
+            REQUEST_OVERHEAD + head + kept,
+            Some(&state.budget),
+            &shared.buffers,
+        ) {
+            Ok(c) => Some(c),
+            Err(over) => {
+                tracing::debug!(client = %info.client, reason = %over, "sandbox-bound stream refused");
+                let refused = Decision {
+                    kind: DecisionKind::Reject,
+                    reason: DecisionReason::BufferBudgetExhausted,
+                    ..decision
+                };
+                let exit = Exit {
+                    request: Some(request),
+                    key: extracted.key,
+                    ..Exit::default()
+                };
+                shared.record(&info, refused, exit);
+                return Err(Refused::OverBudget(h2::Reason::REFUSED_STREAM.into()));
+            }
+        }
+    } else {
+        None
+    };
 
     let response = if decision.kind == DecisionKind::Reject {
         reject(&decision)
@@ -193,9 +239,15 @@ fn reject(decision: &Decision) -> Response<ProxyBody> {
     )
 }
 
-/// Largest request body kept in memory so a sandbox that refuses the connection can be retried
-/// on baseline.
-const REPLAY_LIMIT: u64 = 64 * 1024;
+/// The size of the body to keep for a sandbox-bound request's fallback: its declared length,
+/// if it is at most `limit`.
+fn replay_size<B: hyper::body::Body>(req: &Request<B>, limit: usize) -> Option<usize> {
+    req.body()
+        .size_hint()
+        .upper()
+        .filter(|&n| n <= limit as u64)
+        .map(|n| n as usize)
+}
 
 async fn forward(
     shared: &ProxyShared,
@@ -218,7 +270,10 @@ async fn forward(
         }
     };
     let replayable = decision.kind == DecisionKind::Sandbox
-        && body.size_hint().upper().is_some_and(|n| n <= REPLAY_LIMIT);
+        && body
+            .size_hint()
+            .upper()
+            .is_some_and(|n| n <= shared.limits.max_request_buffer as u64);
     let (body, replay) = if replayable {
         match body.collect().await {
             Ok(c) => {
@@ -238,21 +293,35 @@ async fn forward(
     // The request head is copied only when a retry on baseline is possible (a replayable body):
     // most requests never pay for the clone.
     let retry = replay.map(|bytes| (parts.clone(), bytes));
-    let first = shared
-        .upstreams
-        .send(
-            source,
-            upstream,
-            Request::from_parts(parts, upstream_body(body)),
-        )
-        .await;
+    let sent = shared.upstreams.send(
+        source,
+        upstream,
+        Request::from_parts(parts, upstream_body(body)),
+    );
+    // Only a sandbox gets a deadline for its response headers: a baseline request waits as
+    // long as it would on a direct connection.
+    let first = if decision.kind == DecisionKind::Sandbox {
+        let limit = shared.limits.response_header_timeout;
+        match tokio::time::timeout(limit, sent).await {
+            Ok(r) => r.map_err(Failed::Upstream),
+            Err(_) => {
+                shared.metrics.sandbox_response_timeout();
+                Err(Failed::Timeout(limit))
+            }
+        }
+    } else {
+        sent.await.map_err(Failed::Upstream)
+    };
     let result = match first {
-        Err(refused) if refused.not_sent() && decision.kind == DecisionKind::Sandbox => {
-            tracing::debug!(%upstream, error = %error_chain(&refused), "sandbox refused the connection");
+        Err(failed) if failed.may_fall_back() && decision.kind == DecisionKind::Sandbox => {
+            tracing::debug!(%upstream, error = %error_chain(&failed), "sandbox failed");
+            decision.reason = match failed {
+                Failed::Timeout(_) => DecisionReason::SandboxTimeout,
+                Failed::Upstream(_) => DecisionReason::SandboxUnreachable,
+            };
             match (decision.fallback, retry) {
                 (Some(baseline), Some((parts, bytes))) => {
                     decision.kind = DecisionKind::Baseline;
-                    decision.reason = DecisionReason::SandboxUnreachable;
                     decision.upstream = Some(baseline);
                     shared
                         .upstreams
@@ -262,13 +331,17 @@ async fn forward(
                             Request::from_parts(parts, upstream_body(full(bytes))),
                         )
                         .await
+                        .map_err(Failed::Upstream)
                 }
                 (None, _) => {
                     decision.kind = DecisionKind::Reject;
-                    decision.reason = DecisionReason::SandboxUnreachable;
                     return reject(decision);
                 }
-                (Some(_), None) => Err(refused),
+                (Some(_), None) => {
+                    // The body was streamed, not kept: this request has no fallback.
+                    decision.reason = DecisionReason::BodyTooLargeToRetry;
+                    Err(failed)
+                }
             }
         }
         other => other,
@@ -282,7 +355,36 @@ async fn forward(
         Err(e) => {
             let why = error_chain(&e);
             tracing::debug!(error = %why, "forwarding failed");
-            local_response(StatusCode::BAD_GATEWAY, format!("shunt: {why}\n"))
+            let status = match e {
+                Failed::Timeout(_) => StatusCode::GATEWAY_TIMEOUT,
+                Failed::Upstream(_) => StatusCode::BAD_GATEWAY,
+            };
+            let hint = if decision.reason == DecisionReason::BodyTooLargeToRetry {
+                " (the body was over --max-request-buffer, so it was not kept for the fallback)"
+            } else {
+                ""
+            };
+            local_response(status, format!("shunt: {why}{hint}\n"))
+        }
+    }
+}
+
+/// Why a forwarded request got no response.
+#[derive(Debug, thiserror::Error)]
+enum Failed {
+    #[error(transparent)]
+    Upstream(UpstreamError),
+    #[error("the sandbox sent no response headers within {0:?} (--response-header-timeout)")]
+    Timeout(std::time::Duration),
+}
+
+impl Failed {
+    /// A sandbox failure the route's fallback applies to: the request was not sent, or the
+    /// sandbox did not answer in time.
+    fn may_fall_back(&self) -> bool {
+        match self {
+            Self::Upstream(e) => e.not_sent(),
+            Self::Timeout(_) => true,
         }
     }
 }

@@ -16,6 +16,7 @@ fn shared(registry: &mut Registry) -> ProxyShared {
             max_connections: 1,
             max_header_bytes: 1024,
             max_headers: 10,
+            ..ProxyLimits::default()
         },
         keys: key::KeyExtractor::default(),
         table: Arc::new(ArcSwap::from_pointee(RouteTable::default())),
@@ -27,6 +28,8 @@ fn shared(registry: &mut Registry) -> ProxyShared {
         shutdown: CancellationToken::new(),
         heartbeat: Arc::default(),
         affinity: Default::default(),
+        buffers: buffer_budget::ByteBudget::new(1 << 20),
+        self_probe: None,
     }
 }
 

@@ -32,11 +32,19 @@ pub async fn serve(shared: &ProxyShared, client: TcpStream, info: ConnInfo) {
         }
     };
     // Opaque streams have no request boundary to drain at: on shutdown they get the grace
-    // period, then are closed.
-    match relay::relay(client, up).await {
+    // period, then are closed. An idle one is closed after --opaque-idle-timeout, so idle
+    // connections cannot hold the proxy's slots forever.
+    let (mut client, mut up) = (client, up);
+    match relay::relay(&mut client, &mut up, shared.limits.opaque_idle_timeout).await {
         Ok((a, b)) => {
             tracing::trace!(%upstream, up = a, down = b, elapsed = ?started.elapsed(), "opaque relay done")
         }
-        Err(e) => tracing::debug!(%upstream, error = %e, "opaque relay ended with an error"),
+        Err(relay::RelayError::Idle(after)) => {
+            shared.metrics.opaque_idle_closed();
+            tracing::debug!(client = %info.client, %upstream, ?after, "opaque connection idle: closed");
+        }
+        Err(e) => {
+            tracing::debug!(%upstream, error = %super::upstream::error_chain(&e), "opaque relay ended with an error")
+        }
     }
 }

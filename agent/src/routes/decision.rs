@@ -62,6 +62,15 @@ pub enum DecisionReason {
     /// `internalTrafficPolicy: Local` and no ready endpoint on this node: the connection is
     /// closed unanswered, as kube-proxy drops it.
     NoLocalEndpoint,
+    /// The sandbox sent no response headers within `--response-header-timeout`; the route's
+    /// fallback applied.
+    SandboxTimeout,
+    /// The sandbox failed (refused or timed out), and the request's body was not kept (over
+    /// `--max-request-buffer`, or already streamed), so it could not go to its fallback.
+    BodyTooLargeToRetry,
+    /// A sandbox-bound request was refused (503, or REFUSED_STREAM on HTTP/2): the buffer
+    /// budget (`--max-connection-buffer` or `--max-buffered-bytes`) was spent.
+    BufferBudgetExhausted,
 }
 
 impl DecisionReason {
@@ -78,6 +87,9 @@ impl DecisionReason {
             Self::OpaqueProtocol => "opaque_protocol",
             Self::HeaderReadTimeout => "header_read_timeout",
             Self::NoLocalEndpoint => "no_local_endpoint",
+            Self::SandboxTimeout => "sandbox_timeout",
+            Self::BodyTooLargeToRetry => "body_too_large_to_retry",
+            Self::BufferBudgetExhausted => "buffer_budget_exhausted",
         }
     }
 }

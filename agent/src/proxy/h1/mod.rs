@@ -10,6 +10,7 @@
 pub mod body;
 pub mod head;
 pub mod pool;
+mod sandbox_timeout;
 
 use std::{io, io::IoSlice, pin::Pin, sync::Arc, time::Duration};
 
@@ -253,6 +254,25 @@ impl Conn<'_> {
                 .answer_locally(head, decision, 503, &text, body, prefix, started)
                 .await;
         }
+        // A sandbox-bound request is charged what it holds while it waits (see
+        // `buffer_budget`); past the proxy's budget it is refused with a 503.
+        let _charge = if decision.kind == DecisionKind::Sandbox {
+            let held = super::buffer_budget::REQUEST_OVERHEAD + head.len + prefix;
+            match super::buffer_budget::Charge::take(held, None, &shared.buffers) {
+                Ok(c) => Some(c),
+                Err(over) => {
+                    decision.kind = DecisionKind::Reject;
+                    decision.reason = DecisionReason::BufferBudgetExhausted;
+                    decision.upstream = None;
+                    let text = format!("shunt: {over}; try again\n");
+                    return self
+                        .answer_locally(head, decision, 503, &text, body, prefix, started)
+                        .await;
+                }
+            }
+        } else {
+            None
+        };
         if head.upgrade {
             return self.upgrade(head, decision, prefix, started).await;
         }
@@ -291,11 +311,25 @@ impl Conn<'_> {
         let whole = body.is_done();
         let request_end = head.len + prefix;
         let mut retried = false;
+        // Only a sandbox gets a deadline for its response headers: a baseline request waits
+        // as long as it would on a direct connection.
+        let deadline = (decision.kind == DecisionKind::Sandbox)
+            .then_some(self.shared.limits.response_header_timeout);
         let response = loop {
-            match self
-                .send(&head, &mut body, request_end, whole, &mut up, kind)
-                .await
-            {
+            let sent = self.send(&head, &mut body, request_end, whole, &mut up, kind);
+            let sent = match deadline {
+                None => sent.await,
+                Some(limit) => match tokio::time::timeout(limit, sent).await {
+                    Ok(r) => r,
+                    Err(_) => {
+                        drop(up);
+                        return self
+                            .sandbox_timed_out(head, decision, body, prefix, whole, started)
+                            .await;
+                    }
+                },
+            };
+            match sent {
                 Ok(r) => break r,
                 Err(ExchangeError::Closed) if up.reused && whole && !retried => {
                     retried = true;
@@ -618,7 +652,14 @@ impl Conn<'_> {
             return Next::Close;
         }
         self.cbuf.clear();
-        let _ = tokio::io::copy_bidirectional(&mut self.client, &mut up.stream).await;
+        // The tunnel runs in this connection's task, so it keeps the connection's slots (the
+        // cap's and its client's) until it ends; idle, it ends like an opaque connection.
+        let idle = self.shared.limits.opaque_idle_timeout;
+        if let Err(super::relay::RelayError::Idle(_)) =
+            super::relay::relay(&mut self.client, &mut up.stream, idle).await
+        {
+            self.shared.metrics.opaque_idle_closed();
+        }
         Next::Close
     }
 

@@ -10,6 +10,7 @@ use serde_json::json;
 use tests::backends::Reply;
 
 mod grpc;
+mod hold;
 mod http;
 mod load;
 
@@ -20,7 +21,8 @@ fn main() -> anyhow::Result<()> {
     let usage = "usage: netpeer tcp ADDR[,ADDR...] [COUNT] [--parallel] [--from-port P] [--reset] \
                  | udp ADDR \
                  | http ADDR [--h2] [--concurrent] REQUESTS_JSON | ws ADDR HEADERS_JSON MESSAGE \
-                 | raw ADDR SEND [--stall-ms N]";
+                 | raw ADDR SEND [--stall-ms N] \
+                 | hold ADDR COUNT HOLD_MS [--send TEXT] [--expect PREFIX]";
     let mode = args.get(1).ok_or_else(|| anyhow::anyhow!(usage))?;
     let addrs: Vec<SocketAddr> = args
         .get(2)
@@ -57,6 +59,7 @@ fn main() -> anyhow::Result<()> {
         "grpc" => grpc::run(addr, &args[3..]),
         "load" => load::run(addr, &args[3..]),
         "raw" => raw(addr, &args[3..]),
+        "hold" => hold::run(addr, &args[3..]),
         "udp" => {
             let sock = UdpSocket::bind(if addr.is_ipv4() {
                 "0.0.0.0:0"

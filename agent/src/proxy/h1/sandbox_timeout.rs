@@ -1,0 +1,68 @@
+//! The HTTP/1.1 path's `--response-header-timeout`: what happens to a sandbox-bound request whose
+//! sandbox sends no response headers in time.
+use super::{BodyState, Conn, Next, RequestHead, Slot, reject_text};
+use crate::routes::{Decision, DecisionKind, DecisionReason};
+
+impl Conn<'_> {
+    /// The sandbox sent no response headers in time: the route's fallback. A request still
+    /// held whole in the buffer goes to the connection's baseline endpoint; one whose body was
+    /// streamed cannot be sent again (504, and the connection closes); under fallback Reject,
+    /// 503.
+    #[allow(clippy::too_many_arguments)]
+    pub(super) async fn sandbox_timed_out(
+        &mut self,
+        head: RequestHead,
+        mut decision: Decision,
+        body: BodyState,
+        prefix: usize,
+        whole: bool,
+        started: std::time::Instant,
+    ) -> Next {
+        let limit = self.shared.limits.response_header_timeout;
+        self.shared.metrics.sandbox_response_timeout();
+        // Whatever the sandbox sent of a response is dropped with its connection.
+        self.ubuf.clear();
+        decision.reason = DecisionReason::SandboxTimeout;
+        tracing::debug!(client = %self.info.client, upstream = ?decision.upstream, ?limit, "sandbox response timeout");
+        let Some(baseline) = decision.fallback else {
+            decision.kind = DecisionKind::Reject;
+            decision.upstream = None;
+            let text = reject_text(&decision);
+            return self
+                .answer_error(&head, decision, 503, &text, !whole, started)
+                .await;
+        };
+        if !whole {
+            decision.reason = DecisionReason::BodyTooLargeToRetry;
+            let text = format!(
+                "shunt: the sandbox sent no response headers within {limit:?} \
+                 (--response-header-timeout); the request body was streamed, so it cannot be \
+                 sent to the fallback\n"
+            );
+            return self
+                .answer_error(&head, decision, 504, &text, true, started)
+                .await;
+        }
+        decision.kind = DecisionKind::Baseline;
+        decision.upstream = Some(baseline);
+        let up = match self.pinned.take() {
+            Some(c) => c,
+            None => match self
+                .shared
+                .upstreams
+                .h1
+                .get(self.info.source, baseline)
+                .await
+            {
+                Ok(c) => c,
+                Err(e) => {
+                    let text = format!("shunt: connecting to {baseline}: {e}\n");
+                    return self
+                        .answer_locally(head, decision, 502, &text, body, prefix, started)
+                        .await;
+                }
+            },
+        };
+        Box::pin(self.forward(head, decision, body, prefix, up, Slot::Pinned, started)).await
+    }
+}
