@@ -134,6 +134,7 @@ async fn run_async(args: RunConfig) -> anyhow::Result<()> {
         steered_max_entries: args.steered_max_entries,
         orig_max_entries: args.orig_max_entries,
         flows_max_entries: args.flows_max_entries,
+        count_flows: args.count_flows,
     };
     let capture::CaptureParts {
         guard: mut attach_guard,

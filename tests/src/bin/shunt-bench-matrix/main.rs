@@ -207,6 +207,8 @@ pub struct Opts {
     /// A `shunt-under-test` built from an earlier revision: C′ and D′ run it beside C and D at
     /// every fixed-rate and saturation point, alternating which build goes first.
     pub before: Option<PathBuf>,
+    /// The groups to run (`--only fixed,max,newconn,sweep`; default all).
+    pub only: Vec<Group>,
 }
 
 fn parse_opts() -> anyhow::Result<Opts> {
@@ -228,6 +230,7 @@ fn parse_opts() -> anyhow::Result<Opts> {
         "--command",
         "--proxy-cpu",
         "--before",
+        "--only",
     ];
     let mut i = 0;
     while i < args.len() {
@@ -235,7 +238,7 @@ fn parse_opts() -> anyhow::Result<Opts> {
             bail!(
                 "unknown argument {:?}; usage: shunt-bench-matrix [--quick] [--reps N] \
                  [--sweep-reps N] [--secs S] [--out DIR] [--rates R,R,...] [--no-profile] \
-                 [--proxy-cpu LIST] [--before SHUNT_UNDER_TEST]",
+                 [--proxy-cpu LIST] [--before SHUNT_UNDER_TEST] [--only GROUP,...]",
                 args[i]
             );
         }
@@ -260,7 +263,21 @@ fn parse_opts() -> anyhow::Result<Opts> {
             1000, 2000, 5000, 10_000, 15_000, 20_000, 30_000, 40_000, 60_000, 80_000,
         ],
     };
+    let only = match value("--only") {
+        Some(list) => list
+            .split(',')
+            .map(|g| match g {
+                "fixed" => Ok(Group::Fixed),
+                "max" => Ok(Group::Max),
+                "newconn" => Ok(Group::NewConn),
+                "sweep" => Ok(Group::Sweep),
+                _ => bail!("--only {g}: groups are fixed, max, newconn, sweep"),
+            })
+            .collect::<anyhow::Result<Vec<_>>>()?,
+        None => vec![Group::Fixed, Group::Max, Group::NewConn, Group::Sweep],
+    };
     Ok(Opts {
+        only,
         quick,
         reps,
         sweep_reps: value("--sweep-reps")
@@ -356,6 +373,10 @@ pub struct Bench {
     pub agent_threads: Vec<String>,
     /// The capture hooks' kernel run time over B's new-connection runs.
     pub hook_cost: hookcost::HookCostMeter,
+    /// The same with `--count-flows false`.
+    pub hook_cost_no_flows: hookcost::HookCostMeter,
+    /// The same with the `--before` build.
+    pub hook_cost_before: hookcost::HookCostMeter,
     /// The earlier build for C′ and D′ (`--before`).
     before: Option<PathBuf>,
 }
@@ -389,6 +410,11 @@ impl Bench {
     }
 
     fn start_agent(&self) -> AgentProc {
+        self.start_agent_with(&[])
+    }
+
+    /// The agent under test with `extra` flags after the usual ones.
+    fn start_agent_with(&self, extra: &[&str]) -> AgentProc {
         let mut args = self.env.agent_args();
         args.extend([
             "--routes".into(),
@@ -396,6 +422,7 @@ impl Bench {
             "--worker-threads".into(),
             "1".into(),
         ]);
+        args.extend(extra.iter().map(|a| a.to_string()));
         // `env` and `taskset` exec: the pid is the agent's. Info logging: the harness's debug
         // filter would also turn on hyper's and h2's debug logs.
         let wrapper: Vec<String> = ["env", "SHUNT_LOG=info", "taskset", "-c", &self.proxy_cpu]
@@ -533,7 +560,6 @@ impl Bench {
             self.run_before_build(point, rep, scenarios)?;
         }
         if scenarios.iter().any(|s| s.uses_agent()) {
-            let others = agent::capture::run_stats::snapshot();
             let mut agent = self.start_agent();
             let pid = agent.child.pid();
             self.sample_routing(self.addr(Scenario::C), true)?;
@@ -543,7 +569,7 @@ impl Bench {
                     // B's new connections: the hooks' own kernel run time, per connect().
                     let stats = if s == Scenario::B && point.group == Group::NewConn {
                         match agent::capture::run_stats::enable() {
-                            Ok(guard) => Some((guard, hookcost::snapshot(&others))),
+                            Ok(guard) => Some((guard, hookcost::snapshot(pid))),
                             Err(e) => {
                                 eprintln!("  (no BPF run-time statistics: {e})");
                                 None
@@ -554,13 +580,17 @@ impl Bench {
                     };
                     self.run_one(s, point, rep, Some(pid))?;
                     if let Some((_guard, before)) = stats {
-                        let after = hookcost::snapshot(&others);
+                        let after = hookcost::snapshot(pid);
                         self.hook_cost.add(&before, &after);
                     }
                 }
             }
             self.note_agent(pid);
             agent.terminate(Duration::from_secs(10));
+            if scenarios.contains(&Scenario::B) && point.group == Group::NewConn {
+                self.hook_cost_variant(point, rep, hookcost::Variant::NoFlows)?;
+                self.hook_cost_variant(point, rep, hookcost::Variant::Before)?;
+            }
         }
         if with_before && rep.is_multiple_of(2) {
             self.run_before_build(point, rep, scenarios)?;
@@ -1012,12 +1042,17 @@ fn run(o: &Opts) -> anyhow::Result<()> {
         agent_hwm_kib: 0,
         agent_threads: Vec::new(),
         hook_cost: hookcost::HookCostMeter::default(),
+        hook_cost_no_flows: hookcost::HookCostMeter::default(),
+        hook_cost_before: hookcost::HookCostMeter::default(),
         before: o.before.clone(),
     };
     b.sample_routing(b.addr(Scenario::E), true)?;
     b.sample_routing(b.addr(Scenario::A), false)?;
 
-    let (fixed, max, newconn) = points(o);
+    let (mut fixed, mut max, mut newconn) = points(o);
+    for group in [&mut fixed, &mut max, &mut newconn] {
+        group.retain(|p| o.only.contains(&p.group));
+    }
     for rep in 0..o.reps {
         for p in &fixed {
             b.run_point(p, rep, o.reps, &Scenario::ALL)?;
@@ -1029,7 +1064,11 @@ fn run(o: &Opts) -> anyhow::Result<()> {
             b.run_point(p, rep, o.reps, &[Scenario::A, Scenario::B])?;
         }
     }
-    let knees = sweep(&mut b, o)?;
+    let knees = if o.only.contains(&Group::Sweep) {
+        sweep(&mut b, o)?
+    } else {
+        BTreeMap::new()
+    };
     let profiles = if o.profile {
         eprintln!("profiling (perf record -e cpu-clock)");
         let rates: &[u32] = if o.quick { &[1000] } else { &[1000, 5000] };
