@@ -142,7 +142,7 @@ impl Bench {
             }
         };
         let pid = agent.child.pid();
-        self.sample_routing(self.addr(Scenario::B), false)?;
+        self.sample_routing(Scenario::B, false)?;
         let guard = match run_stats::enable() {
             Ok(g) => g,
             Err(e) => {

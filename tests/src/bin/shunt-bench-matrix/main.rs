@@ -5,24 +5,27 @@
 //! backend pod (pod 1) and a sandbox backend pod (pod 2), all joined to a node namespace where the
 //! agent and HAProxy run. The backends are `bench-backend` processes.
 //!
-//! Scenarios, interleaved A B C D E at every load point:
+//! Scenarios, interleaved A B C D E F at every load point:
 //! - A: direct to the baseline backend, no agent loaded;
 //! - B: the same, agent loaded, destination not steered (the cost of the connect hook);
 //! - C: steered (the Service address), no key: baseline through the proxy;
 //! - D: steered, `baggage: sd-routing-key=pr-42`: the sandbox through the proxy;
-//! - E: HAProxy 2.6 (`nbthread 1`) doing the same baggage match; the client connects to it.
+//! - E: HAProxy 2.6 (`nbthread 1`) doing the same baggage match; the client connects to it;
+//! - F: nginx (one process) doing the same baggage match with a `map` on `$http_baggage`; the
+//!   client connects to it (HTTP/1.1 and h2c listeners of their own).
 //!
 //! Pinning: the load generator and both backends on CPU 0, the proxy (the agent with
-//! `--worker-threads 1`, or HAProxy) on CPU 1.
+//! `--worker-threads 1`, HAProxy or nginx) on CPU 1.
 //!
 //! Run: `cargo build --release -p tests --bins && sudo target/release/shunt-bench-matrix
 //! [--quick] [--reps N] [--secs S] [--out DIR] [--rates R,R,...] [--no-profile]
 //! [--proxy-cpu LIST]`
-//! (or `cargo xtask bench`, which installs oha, h2load and haproxy first).
+//! (or `cargo xtask bench`, which installs oha, h2load, haproxy and nginx first).
 mod compare;
 mod haproxy;
 mod hookcost;
 mod load;
+mod nginx;
 mod procstat;
 mod report;
 
@@ -51,6 +54,8 @@ use crate::{
 };
 
 const HAPROXY_PORT: u16 = 18000;
+const NGINX_PORT: u16 = 18010;
+const NGINX_H2C_PORT: u16 = 18011;
 /// The baseline backend's port that no route names: B's destination.
 const UNSTEERED_PORT: u16 = 8090;
 const POD_PORT: u16 = 8080;
@@ -72,6 +77,7 @@ pub enum Scenario {
     C,
     D,
     E,
+    F,
     /// C with the `--before` build of the agent.
     #[serde(rename = "C-before")]
     CBefore,
@@ -81,7 +87,7 @@ pub enum Scenario {
 }
 
 impl Scenario {
-    pub const ALL: [Scenario; 5] = [Self::A, Self::B, Self::C, Self::D, Self::E];
+    pub const ALL: [Scenario; 6] = [Self::A, Self::B, Self::C, Self::D, Self::E, Self::F];
     /// The scenarios run with `--before`, beside C and D at the same points.
     pub const BEFORE: [Scenario; 2] = [Self::CBefore, Self::DBefore];
 
@@ -92,13 +98,14 @@ impl Scenario {
             Self::C => "C Shunt, no key → baseline",
             Self::D => "D Shunt, key → sandbox",
             Self::E => "E HAProxy, key → sandbox",
+            Self::F => "F nginx, key → sandbox",
             Self::CBefore => "C′ before, no key → baseline",
             Self::DBefore => "D′ before, key → sandbox",
         }
     }
 
     pub fn keyed(self) -> bool {
-        matches!(self, Self::D | Self::E | Self::DBefore)
+        matches!(self, Self::D | Self::E | Self::F | Self::DBefore)
     }
 
     /// The same scenario run with the other build (C ↔ C′, D ↔ D′).
@@ -359,8 +366,9 @@ fn points(o: &Opts) -> (Vec<Point>, Vec<Point>, Vec<Point>) {
 }
 
 pub struct Bench {
-    // Drop order: HAProxy and the backends, then the world they live in.
+    // Drop order: HAProxy, nginx and the backends, then the world they live in.
     haproxy: Haproxy,
+    nginx: nginx::Nginx,
     _backends: Vec<ChildGuard>,
     env: Env,
     /// The CPU list the proxy under test (agent or HAProxy) is pinned to (`taskset -c`).
@@ -382,8 +390,18 @@ pub struct Bench {
 }
 
 impl Bench {
+    /// Where the client connects for `s` over `proto` (nginx has one listener per protocol).
+    fn addr_for(&self, s: Scenario, proto: Proto) -> SocketAddr {
+        match (s, proto) {
+            (Scenario::F, Proto::H1) => SocketAddr::from((PROXY4, NGINX_PORT)),
+            (Scenario::F, Proto::H2c) => SocketAddr::from((PROXY4, NGINX_H2C_PORT)),
+            _ => self.addr(s),
+        }
+    }
+
     fn addr(&self, s: Scenario) -> SocketAddr {
         match s {
+            Scenario::F => SocketAddr::from((PROXY4, NGINX_PORT)),
             Scenario::A | Scenario::B => self.env.topo.pods[1].addr4(UNSTEERED_PORT),
             Scenario::C | Scenario::D | Scenario::CBefore | Scenario::DBefore => {
                 SocketAddr::from((VIP, SERVICE_PORT))
@@ -431,9 +449,9 @@ impl Bench {
         self.env.start_agent_wrapped(&wrapper, &args, None)
     }
 
-    /// A few requests through `addr` with netpeer (HTTP/1.1 and h2c), checking `x-served-by`
+    /// A few requests for scenario `s` with netpeer (HTTP/1.1 and h2c), checking `x-served-by`
     /// per request: unkeyed → baseline, keyed → sandbox (or baseline only, for `unsteered`).
-    fn sample_routing(&self, addr: SocketAddr, keyed_to_sandbox: bool) -> anyhow::Result<()> {
+    fn sample_routing(&self, s: Scenario, keyed_to_sandbox: bool) -> anyhow::Result<()> {
         let reqs = r#"[{"path":"/bytes/16"},{"path":"/bytes/16","headers":{"baggage":"sd-routing-key=pr-42"}},{"path":"/bytes/16"}]"#;
         let want = [
             "baseline",
@@ -445,6 +463,7 @@ impl Bench {
             "baseline",
         ];
         for h2 in [false, true] {
+            let addr = self.addr_for(s, if h2 { Proto::H2c } else { Proto::H1 });
             let a = addr.to_string();
             let mut args = vec!["http", a.as_str(), reqs];
             if h2 {
@@ -480,7 +499,7 @@ impl Bench {
         let target = Target {
             netns: &self.env.topo.pods[0].netns,
             cgroup: self.env.cgroup.path(),
-            addr: self.addr(s),
+            addr: self.addr_for(s, point.shape.proto),
             header: s.keyed().then_some(KEY_HEADER),
             scratch: &self.env.run.path,
         };
@@ -562,8 +581,8 @@ impl Bench {
         if scenarios.iter().any(|s| s.uses_agent()) {
             let mut agent = self.start_agent();
             let pid = agent.child.pid();
-            self.sample_routing(self.addr(Scenario::C), true)?;
-            self.sample_routing(self.addr(Scenario::B), false)?;
+            self.sample_routing(Scenario::C, true)?;
+            self.sample_routing(Scenario::B, false)?;
             for s in [Scenario::B, Scenario::C, Scenario::D] {
                 if scenarios.contains(&s) {
                     // B's new connections: the hooks' own kernel run time, per connect().
@@ -599,6 +618,10 @@ impl Bench {
             let pid = self.haproxy.pid();
             self.run_one(Scenario::E, point, rep, Some(pid))?;
         }
+        if scenarios.contains(&Scenario::F) {
+            let pid = self.nginx.pid();
+            self.run_one(Scenario::F, point, rep, Some(pid))?;
+        }
         Ok(())
     }
 
@@ -616,7 +639,7 @@ impl Bench {
         let mut agent = self.start_agent();
         self.env.bins.agent = current;
         let pid = agent.child.pid();
-        self.sample_routing(self.addr(Scenario::CBefore), true)?;
+        self.sample_routing(Scenario::CBefore, true)?;
         for s in [Scenario::C, Scenario::D] {
             if scenarios.contains(&s) {
                 let b = s.counterpart().expect("C and D have a before counterpart");
@@ -981,7 +1004,7 @@ fn run(o: &Opts) -> anyhow::Result<()> {
         libc::signal(libc::SIGINT, on_signal as *const () as libc::sighandler_t);
         libc::signal(libc::SIGTERM, on_signal as *const () as libc::sighandler_t);
     }
-    for tool in ["oha", "h2load", "haproxy", "taskset"] {
+    for tool in ["oha", "h2load", "haproxy", "nginx", "taskset"] {
         if kernel::which(tool).is_none() {
             bail!("`{tool}` not found in PATH (`cargo xtask bench` installs it)");
         }
@@ -1032,7 +1055,19 @@ fn run(o: &Opts) -> anyhow::Result<()> {
         env.topo.pods[1].addr4(POD_PORT),
         env.topo.pods[2].addr4(POD_PORT),
     )?;
+    let nginx = nginx::Nginx::start(
+        env.node(),
+        &env.run.path,
+        &o.proxy_cpu,
+        nginx::Listen {
+            h1: SocketAddr::from((PROXY4, NGINX_PORT)),
+            h2c: SocketAddr::from((PROXY4, NGINX_H2C_PORT)),
+        },
+        env.topo.pods[1].addr4(POD_PORT),
+        env.topo.pods[2].addr4(POD_PORT),
+    )?;
     let mut b = Bench {
+        nginx,
         env,
         proxy_cpu: o.proxy_cpu.clone(),
         routes,
@@ -1046,8 +1081,9 @@ fn run(o: &Opts) -> anyhow::Result<()> {
         hook_cost_before: hookcost::HookCostMeter::default(),
         before: o.before.clone(),
     };
-    b.sample_routing(b.addr(Scenario::E), true)?;
-    b.sample_routing(b.addr(Scenario::A), false)?;
+    b.sample_routing(Scenario::E, true)?;
+    b.sample_routing(Scenario::F, true)?;
+    b.sample_routing(Scenario::A, false)?;
 
     let (mut fixed, mut max, mut newconn) = points(o);
     for group in [&mut fixed, &mut max, &mut newconn] {
