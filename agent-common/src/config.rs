@@ -9,6 +9,10 @@ pub const FLAG_PROXY4: u32 = 1 << 0;
 pub const FLAG_PROXY6: u32 = 1 << 1;
 /// Skip sockets whose `SO_MARK` equals `agent_mark`.
 pub const FLAG_EXEMPT_MARK: u32 = 1 << 2;
+/// Do not count connections in `FLOWS` (the agent's `--count-flows false`): the service graph
+/// stays empty and each connect() skips the flow map update. A skip flag rather than an enable
+/// flag, so a `PROXY_CFG` written before the flag existed still means "count".
+pub const FLAG_SKIP_FLOWS: u32 = 1 << 3;
 
 /// The one `PROXY_CFG` entry (the proxy's own timeouts and limits live in the agent).
 #[repr(C)]

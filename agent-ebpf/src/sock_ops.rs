@@ -8,12 +8,15 @@
 //! The function is not named `sockops`: a symbol equal to its ELF section breaks bpf-linker.
 use agent_common::{
     Endpoint, NetAddr,
+    config::{FLAG_SKIP_FLOWS, ProxyMapConfig},
     flows::{FlowCounters, FlowKey},
     stats,
 };
 use aya_ebpf::{
     bindings::BPF_SOCK_OPS_TCP_CONNECT_CB,
-    helpers::generated::{bpf_get_current_cgroup_id, bpf_get_socket_cookie, bpf_ktime_get_ns},
+    helpers::generated::{
+        bpf_get_current_cgroup_id, bpf_get_socket_cookie, bpf_ktime_get_coarse_ns,
+    },
     macros::sock_ops,
     programs::SockOpsContext,
 };
@@ -32,9 +35,15 @@ pub fn shunt_sock_ops(ctx: SockOpsContext) -> u32 {
 
 #[inline(always)]
 fn try_sock_ops(ctx: &SockOpsContext) -> u32 {
+    // The kernel runs this program for several operations of every connect (TIMEOUT_INIT,
+    // RWND_INIT, NEEDS_ECN, TCP_CONNECT, ACTIVE_ESTABLISHED): all but one return here.
     if ctx.op() != BPF_SOCK_OPS_TCP_CONNECT_CB {
         return OK;
     }
+    let Some(cfg) = PROXY_CFG.get(0) else {
+        return OK;
+    };
+    let cfg = *cfg;
     let (local, remote) = match ctx.family() {
         AF_INET => (
             NetAddr::from_ip4_be(ctx.local_ip4()),
@@ -49,12 +58,12 @@ fn try_sock_ops(ctx: &SockOpsContext) -> u32 {
     // remote_port holds the network-order port in its upper 16 bits on little-endian.
     let remote = Endpoint::new(remote, (ctx.remote_port() >> 16) as u16);
     let mut dialled = remote;
-    let cookie = unsafe { bpf_get_socket_cookie(ctx.ops.cast()) };
     // A cookie record is trusted only for a connection that really goes to the proxy: a socket
     // whose redirected connect failed may connect again directly, and its record is then stale.
-    if let Some(orig) = unsafe { ORIG_COOKIE.get(&cookie) }
-        && let Some(cfg) = PROXY_CFG.get(0)
-        && cfg.is_proxy(&remote)
+    // The address check comes first: it is free, the cookie and the map lookup are not, and most
+    // connects are not redirected.
+    if cfg.is_proxy(&remote)
+        && let Some(orig) = unsafe { ORIG_COOKIE.get(&bpf_get_socket_cookie(ctx.ops.cast())) }
     {
         let orig = *orig;
         dialled = orig.dst;
@@ -71,16 +80,15 @@ fn try_sock_ops(ctx: &SockOpsContext) -> u32 {
             count(stats::ORIG_DST_RECORDED);
         }
     }
-    count_flow(local, dialled);
+    if cfg.flags & FLAG_SKIP_FLOWS == 0 {
+        count_flow(&cfg, local, dialled);
+    }
     OK
 }
 
 #[inline(always)]
-fn count_flow(src: NetAddr, dst: Endpoint) {
-    if let Some(cfg) = PROXY_CFG.get(0)
-        && cfg.agent_cgroup_id != 0
-        && unsafe { bpf_get_current_cgroup_id() } == cfg.agent_cgroup_id
-    {
+fn count_flow(cfg: &ProxyMapConfig, src: NetAddr, dst: Endpoint) {
+    if cfg.agent_cgroup_id != 0 && unsafe { bpf_get_current_cgroup_id() } == cfg.agent_cgroup_id {
         return;
     }
     let key = FlowKey {
@@ -89,7 +97,9 @@ fn count_flow(src: NetAddr, dst: Endpoint) {
         dst_port_be: dst.port_be,
         _pad: 0,
     };
-    let now = unsafe { bpf_ktime_get_ns() };
+    // The coarse clock (one tick's resolution) is enough for "last seen" and costs no clock
+    // source read.
+    let now = unsafe { bpf_ktime_get_coarse_ns() };
     match FLOWS.get_ptr_mut(&key) {
         // SAFETY: a per-CPU value, so no other CPU writes it concurrently.
         Some(c) => unsafe {

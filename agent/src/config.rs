@@ -150,6 +150,13 @@ pub struct RunConfig {
     #[arg(long, env = "SHUNT_ORIG_MAX_ENTRIES", value_name = "N", default_value_t = agent_common::orig::DEFAULT_MAX_ENTRIES)]
     pub orig_max_entries: u32,
 
+    /// Count every connection of the captured pods for the service graph (`/topology`). Off
+    /// (`--count-flows false`), each connect() skips the flow map update in the kernel (about a
+    /// third of the capture hooks' time per connect; see the README's performance section) and
+    /// `/topology` shows no edges.
+    #[arg(long, env = "SHUNT_COUNT_FLOWS", value_name = "BOOL", default_value_t = true, action = clap::ArgAction::Set)]
+    pub count_flows: bool,
+
     /// Capacity of the per-CPU flow counters behind `/topology` (least recently used age out).
     #[arg(long, env = "SHUNT_FLOWS_MAX_ENTRIES", value_name = "N", default_value_t = agent_common::flows::DEFAULT_MAX_ENTRIES)]
     pub flows_max_entries: u32,

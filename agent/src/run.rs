@@ -138,6 +138,7 @@ async fn run_async(args: RunConfig) -> anyhow::Result<()> {
         orig_max_entries: args.orig_max_entries,
         flows_max_entries: args.flows_max_entries,
         marked_max_entries: args.marked_max_entries,
+        count_flows: args.count_flows,
     };
     let capture::CaptureParts {
         guard: mut attach_guard,

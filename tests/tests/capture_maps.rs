@@ -319,3 +319,51 @@ fn pins_of_other_map_versions_are_removed_once_the_new_ones_are_in_use() {
         agent.log_text()
     );
 }
+
+#[test]
+fn count_flows_false_counts_no_connection_and_still_steers() {
+    let Some(env) = Env::new(
+        "count_flows_false_counts_no_connection_and_still_steers",
+        3,
+        bins!(),
+    ) else {
+        return;
+    };
+    let steered_pod = &env.topo.pods[1];
+    let steered_dst = steered_pod.addr4(PORT);
+    let direct_dst = env.topo.pods[2].addr4(PORT);
+    let _b1 = Backend::tcp(&steered_pod.netns, "steered", steered_dst).unwrap();
+    let _b2 = Backend::tcp(&env.topo.pods[2].netns, "direct", direct_dst).unwrap();
+    let client_ip = std::net::IpAddr::from(env.topo.pods[0].ip4);
+    let bpffs = env.run.bpffs();
+    let connect_both = |env: &Env| {
+        let steered = tcp(env, &["tcp", &steered_dst.to_string()]);
+        assert_eq!(
+            steered.reply().peer.ip(),
+            steered_pod.node_ip4,
+            "through the proxy"
+        );
+        assert_eq!(steered.peername, Some(steered_dst), "getpeername restored");
+        let direct = tcp(env, &["tcp", &direct_dst.to_string()]);
+        assert_eq!(
+            direct.reply().peer.ip(),
+            std::net::IpAddr::from(env.topo.pods[0].ip4)
+        );
+    };
+
+    let mut args = steer_flags(&[steered_dst]);
+    args.extend(["--count-flows".to_string(), "false".into()]);
+    let mut off = env.start_agent(&args, None);
+    connect_both(&env);
+    assert_eq!(flow_connections(&bpffs, client_ip, steered_dst), 0);
+    assert_eq!(flow_connections(&bpffs, client_ip, direct_dst), 0);
+    assert_eq!(off.metric("shunt_proxy_orig_dst_misses_total"), 0.0);
+    off.kill();
+
+    // The default counts both, by the destination the application dialled.
+    let mut on = env.start_agent(&steer_flags(&[steered_dst]), None);
+    connect_both(&env);
+    assert_eq!(flow_connections(&bpffs, client_ip, steered_dst), 1);
+    assert_eq!(flow_connections(&bpffs, client_ip, direct_dst), 1);
+    on.kill();
+}

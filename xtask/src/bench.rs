@@ -1,6 +1,6 @@
-//! `cargo xtask bench`: direct vs Shunt vs HAProxy, latency percentiles and CPU, side by side in
-//! one run (tests/src/bin/shunt-bench-matrix). Installs what the bench needs (haproxy and h2load
-//! from apt, oha from crates.io), builds the bench in release and runs it. Results go to
+//! `cargo xtask bench`: direct vs Shunt vs HAProxy vs nginx, latency percentiles and CPU, side by
+//! side in one run (tests/src/bin/shunt-bench-matrix). Installs what the bench needs (haproxy,
+//! nginx and h2load from apt, oha from crates.io), builds the bench in release and runs it. Results go to
 //! `target/bench/`: results.md, results.json, README-section.md and the profiles.
 use std::{
     path::{Path, PathBuf},
@@ -15,7 +15,7 @@ use crate::setup::{Env, run as exec, step};
 
 #[derive(Args)]
 pub struct BenchArgs {
-    /// One short repetition per point and a shorter sweep (under 2 minutes once built), for
+    /// Short repetitions (one unless --reps) and a shorter sweep (under 2 minutes once built), for
     /// checking a change. The figures are noisy.
     #[arg(long)]
     quick: bool,
@@ -43,11 +43,17 @@ pub struct BenchArgs {
     /// the before runs. The revision is built (release) in `target/bench/before/`.
     #[arg(long, value_name = "REV")]
     before: Option<String>,
+    /// Run only these groups (comma-separated: fixed, max, newconn, sweep), for checking one
+    /// part; `newconn` alone measures the capture hooks' time per connect() in seconds.
+    #[arg(long, value_name = "GROUP,...")]
+    only: Option<String>,
 }
 
 /// Commands the bench runs, and the Debian package providing each.
-const APT_TOOLS: [(&str, &str); 4] = [
+const APT_TOOLS: [(&str, &str); 5] = [
     ("haproxy", "haproxy"),
+    // nginx-light: the HTTP core with http2 and map, no extra modules.
+    ("nginx", "nginx-light"),
     ("h2load", "nghttp2-client"),
     ("taskset", "util-linux"),
     ("perf", "linux-perf"),
@@ -75,7 +81,7 @@ fn install_tools(env: &Env) -> anyhow::Result<()> {
         .collect();
     pkgs.dedup();
     if pkgs.is_empty() {
-        step("bench tools (haproxy, h2load, taskset, perf): installed");
+        step("bench tools (haproxy, nginx, h2load, taskset, perf): installed");
     } else {
         step(&format!("installing apt packages: {}", pkgs.join(" ")));
         exec(Command::new("apt-get").args(["update", "-q"]))?;
@@ -201,6 +207,7 @@ pub fn run(env: &Env, args: BenchArgs) -> anyhow::Result<()> {
     opt("--secs", args.secs.map(|v| v.to_string()));
     opt("--rates", args.rates);
     opt("--proxy-cpu", args.proxy_cpu);
+    opt("--only", args.only);
     if let (Some(rev), Some(before)) = (&args.before, &before) {
         cmd.arg("--before").arg(before);
         command.push_str(&format!(" --before {rev}"));

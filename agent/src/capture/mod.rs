@@ -64,6 +64,8 @@ pub struct CaptureConfig {
     pub orig_max_entries: u32,
     pub flows_max_entries: u32,
     pub marked_max_entries: u32,
+    /// Count connections in `FLOWS` for the service graph.
+    pub count_flows: bool,
 }
 
 /// Loaded and attached capture programs. Dropping it detaches them.
@@ -333,6 +335,9 @@ fn proxy_config(cfg: &CaptureConfig) -> Result<config::ProxyMapConfig, CaptureEr
     if let Some(mark) = cfg.agent_mark {
         out.agent_mark = mark;
         out.flags |= config::FLAG_EXEMPT_MARK;
+    }
+    if !cfg.count_flows {
+        out.flags |= config::FLAG_SKIP_FLOWS;
     }
     Ok(out)
 }

@@ -21,6 +21,7 @@
 //!
 //! The watchdog and shutdown never come here: they suspend and resume [`Steering`].
 pub mod file_source;
+mod heap;
 pub mod marking;
 pub mod steering;
 
@@ -284,6 +285,10 @@ impl RouteSync {
         }
         let _ = self.statuses.send(Arc::new(statuses));
         self.applied.send_modify(|n| *n += 1);
+        // The previous view, table and statuses are gone by now (or soon, with their last
+        // reader): give their pages back rather than keep them for the next recomputation.
+        drop(state);
+        heap::release_free_memory();
         Some(next_expiry)
     }
 }

@@ -57,7 +57,9 @@ fn service(c: &FakeCluster, i: usize) -> anyhow::Result<Ipv4Addr> {
                       "labels": { "kubernetes.io/service-name": name } },
         "addressType": "IPv4",
         "ports": [{ "name": "http", "port": POD_PORT }],
-        "endpoints": [{ "addresses": [ep.to_string()], "conditions": { "ready": true } }],
+        // A Pod of the Service's namespace: other addresses are never steered (issue 16).
+        "endpoints": [{ "addresses": [ep.to_string()], "conditions": { "ready": true },
+                        "targetRef": { "kind": "Pod", "namespace": NS, "name": format!("{name}-pod") } }],
     }))?;
     Ok(ip)
 }
@@ -261,7 +263,15 @@ fn main() -> anyhow::Result<()> {
         n.is_steered(last) == map.contains(last),
         "raw lookup disagrees with the map walk"
     );
-    wait_steered(&map, last, true, started);
+    // A route that never steers (not ready, say) panics in wait_steered: show why.
+    if std::panic::catch_unwind(|| wait_steered(&map, last, true, started)).is_err() {
+        let log = log_text();
+        let lines: Vec<&str> = log.lines().collect();
+        anyhow::bail!(
+            "{last} never steered; the agent's log (last 40 lines):\n{}",
+            lines[lines.len().saturating_sub(40)..].join("\n")
+        );
+    }
     eprintln!(
         "agent synced {existing} routes in {:?} (STEERED: {} entries)",
         started.elapsed(),

@@ -4,11 +4,13 @@
 //! hooks' run count: one run per `connect()`). This includes `sock_ops`' flow counting for the
 //! topology. Statistics add two clock reads per program run, so the figures are a slight upper
 //! bound.
-use std::collections::BTreeMap;
+use std::{collections::BTreeMap, time::Duration};
 
 use agent::capture::run_stats::{self, ProgramRunStats};
 use agent_common::programs;
 use serde::Serialize;
+
+use crate::{Bench, Point, Scenario};
 
 /// One program's share per connection.
 #[derive(Clone, Debug, Serialize)]
@@ -85,10 +87,91 @@ impl HookCostMeter {
     }
 }
 
-/// Snapshot of the agent's programs (ids loaded after `exclude` was taken).
-pub fn snapshot(exclude: &[ProgramRunStats]) -> Vec<ProgramRunStats> {
+/// The capture programs the agent process `pid` holds (by the `prog_id` of its file descriptors):
+/// programs that other agents on the machine load meanwhile (tests, other benches) are not ours.
+pub fn snapshot(pid: i32) -> Vec<ProgramRunStats> {
+    let ids = program_ids(pid);
     run_stats::snapshot()
         .into_iter()
-        .filter(|p| !exclude.iter().any(|e| e.id == p.id))
+        .filter(|p| ids.contains(&p.id))
         .collect()
+}
+
+fn program_ids(pid: i32) -> Vec<u32> {
+    let Ok(dir) = std::fs::read_dir(format!("/proc/{pid}/fdinfo")) else {
+        return Vec::new();
+    };
+    dir.filter_map(Result::ok)
+        .filter_map(|e| std::fs::read_to_string(e.path()).ok())
+        .filter_map(|info| {
+            info.lines()
+                .find_map(|l| l.strip_prefix("prog_id:"))
+                .and_then(|v| v.trim().parse().ok())
+        })
+        .collect()
+}
+
+/// Which agent a hook-cost measurement beside B's is for.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub enum Variant {
+    /// This build with `--count-flows false`: the cost of topology counting, by difference.
+    NoFlows,
+    /// The `--before` build (skipped without one).
+    Before,
+}
+
+impl Bench {
+    /// B's new-connection run once more with another agent, only to measure the hooks: the
+    /// record is dropped (the tables' B is this build with its defaults).
+    pub fn hook_cost_variant(
+        &mut self,
+        point: &Point,
+        rep: usize,
+        variant: Variant,
+    ) -> anyhow::Result<()> {
+        let mut agent = match variant {
+            Variant::NoFlows => self.start_agent_with(&["--count-flows", "false"]),
+            Variant::Before => {
+                let Some(before) = self.before.clone() else {
+                    return Ok(());
+                };
+                let current = std::mem::replace(&mut self.env.bins.agent, before);
+                let agent = self.start_agent();
+                self.env.bins.agent = current;
+                agent
+            }
+        };
+        let pid = agent.child.pid();
+        self.sample_routing(Scenario::B, false)?;
+        let guard = match run_stats::enable() {
+            Ok(g) => g,
+            Err(e) => {
+                eprintln!("  (no BPF run-time statistics: {e})");
+                return Ok(());
+            }
+        };
+        let before = snapshot(pid);
+        let run = self.run_one(Scenario::B, point, rep, Some(pid));
+        let after = snapshot(pid);
+        drop(guard);
+        run?;
+        let rec = self.records.pop();
+        if let Some(r) = rec {
+            eprintln!(
+                "    (hooks only: {} agent, {:.0} connections/s)",
+                match variant {
+                    Variant::NoFlows => "--count-flows false",
+                    Variant::Before => "before",
+                },
+                r.load.rps
+            );
+        }
+        let meter = match variant {
+            Variant::NoFlows => &mut self.hook_cost_no_flows,
+            Variant::Before => &mut self.hook_cost_before,
+        };
+        meter.add(&before, &after);
+        agent.terminate(Duration::from_secs(10));
+        Ok(())
+    }
 }

@@ -5,24 +5,27 @@
 //! backend pod (pod 1) and a sandbox backend pod (pod 2), all joined to a node namespace where the
 //! agent and HAProxy run. The backends are `bench-backend` processes.
 //!
-//! Scenarios, interleaved A B C D E at every load point:
+//! Scenarios, interleaved A B C D E F at every load point:
 //! - A: direct to the baseline backend, no agent loaded;
 //! - B: the same, agent loaded, destination not steered (the cost of the connect hook);
 //! - C: steered (the Service address), no key: baseline through the proxy;
 //! - D: steered, `baggage: sd-routing-key=pr-42`: the sandbox through the proxy;
-//! - E: HAProxy 2.6 (`nbthread 1`) doing the same baggage match; the client connects to it.
+//! - E: HAProxy 2.6 (`nbthread 1`) doing the same baggage match; the client connects to it;
+//! - F: nginx (one process) doing the same baggage match with a `map` on `$http_baggage`; the
+//!   client connects to it (HTTP/1.1 and h2c listeners of their own).
 //!
 //! Pinning: the load generator and both backends on CPU 0, the proxy (the agent with
-//! `--worker-threads 1`, or HAProxy) on CPU 1.
+//! `--worker-threads 1`, HAProxy or nginx) on CPU 1.
 //!
 //! Run: `cargo build --release -p tests --bins && sudo target/release/shunt-bench-matrix
 //! [--quick] [--reps N] [--secs S] [--out DIR] [--rates R,R,...] [--no-profile]
 //! [--proxy-cpu LIST]`
-//! (or `cargo xtask bench`, which installs oha, h2load and haproxy first).
+//! (or `cargo xtask bench`, which installs oha, h2load, haproxy and nginx first).
 mod compare;
 mod haproxy;
 mod hookcost;
 mod load;
+mod nginx;
 mod procstat;
 mod report;
 
@@ -51,6 +54,8 @@ use crate::{
 };
 
 const HAPROXY_PORT: u16 = 18000;
+const NGINX_PORT: u16 = 18010;
+const NGINX_H2C_PORT: u16 = 18011;
 /// The baseline backend's port that no route names: B's destination.
 const UNSTEERED_PORT: u16 = 8090;
 const POD_PORT: u16 = 8080;
@@ -72,6 +77,7 @@ pub enum Scenario {
     C,
     D,
     E,
+    F,
     /// C with the `--before` build of the agent.
     #[serde(rename = "C-before")]
     CBefore,
@@ -81,7 +87,7 @@ pub enum Scenario {
 }
 
 impl Scenario {
-    pub const ALL: [Scenario; 5] = [Self::A, Self::B, Self::C, Self::D, Self::E];
+    pub const ALL: [Scenario; 6] = [Self::A, Self::B, Self::C, Self::D, Self::E, Self::F];
     /// The scenarios run with `--before`, beside C and D at the same points.
     pub const BEFORE: [Scenario; 2] = [Self::CBefore, Self::DBefore];
 
@@ -92,13 +98,14 @@ impl Scenario {
             Self::C => "C Shunt, no key → baseline",
             Self::D => "D Shunt, key → sandbox",
             Self::E => "E HAProxy, key → sandbox",
+            Self::F => "F nginx, key → sandbox",
             Self::CBefore => "C′ before, no key → baseline",
             Self::DBefore => "D′ before, key → sandbox",
         }
     }
 
     pub fn keyed(self) -> bool {
-        matches!(self, Self::D | Self::E | Self::DBefore)
+        matches!(self, Self::D | Self::E | Self::F | Self::DBefore)
     }
 
     /// The same scenario run with the other build (C ↔ C′, D ↔ D′).
@@ -207,6 +214,8 @@ pub struct Opts {
     /// A `shunt-under-test` built from an earlier revision: C′ and D′ run it beside C and D at
     /// every fixed-rate and saturation point, alternating which build goes first.
     pub before: Option<PathBuf>,
+    /// The groups to run (`--only fixed,max,newconn,sweep`; default all).
+    pub only: Vec<Group>,
 }
 
 fn parse_opts() -> anyhow::Result<Opts> {
@@ -228,6 +237,7 @@ fn parse_opts() -> anyhow::Result<Opts> {
         "--command",
         "--proxy-cpu",
         "--before",
+        "--only",
     ];
     let mut i = 0;
     while i < args.len() {
@@ -235,7 +245,7 @@ fn parse_opts() -> anyhow::Result<Opts> {
             bail!(
                 "unknown argument {:?}; usage: shunt-bench-matrix [--quick] [--reps N] \
                  [--sweep-reps N] [--secs S] [--out DIR] [--rates R,R,...] [--no-profile] \
-                 [--proxy-cpu LIST] [--before SHUNT_UNDER_TEST]",
+                 [--proxy-cpu LIST] [--before SHUNT_UNDER_TEST] [--only GROUP,...]",
                 args[i]
             );
         }
@@ -260,7 +270,21 @@ fn parse_opts() -> anyhow::Result<Opts> {
             1000, 2000, 5000, 10_000, 15_000, 20_000, 30_000, 40_000, 60_000, 80_000,
         ],
     };
+    let only = match value("--only") {
+        Some(list) => list
+            .split(',')
+            .map(|g| match g {
+                "fixed" => Ok(Group::Fixed),
+                "max" => Ok(Group::Max),
+                "newconn" => Ok(Group::NewConn),
+                "sweep" => Ok(Group::Sweep),
+                _ => bail!("--only {g}: groups are fixed, max, newconn, sweep"),
+            })
+            .collect::<anyhow::Result<Vec<_>>>()?,
+        None => vec![Group::Fixed, Group::Max, Group::NewConn, Group::Sweep],
+    };
     Ok(Opts {
+        only,
         quick,
         reps,
         sweep_reps: value("--sweep-reps")
@@ -342,8 +366,9 @@ fn points(o: &Opts) -> (Vec<Point>, Vec<Point>, Vec<Point>) {
 }
 
 pub struct Bench {
-    // Drop order: HAProxy and the backends, then the world they live in.
+    // Drop order: HAProxy, nginx and the backends, then the world they live in.
     haproxy: Haproxy,
+    nginx: nginx::Nginx,
     _backends: Vec<ChildGuard>,
     env: Env,
     /// Where the load runs: the captured cgroup, or a child of it (`SHUNT_BENCH_MARKED_IN_USE`).
@@ -360,13 +385,27 @@ pub struct Bench {
     pub agent_threads: Vec<String>,
     /// The capture hooks' kernel run time over B's new-connection runs.
     pub hook_cost: hookcost::HookCostMeter,
+    /// The same with `--count-flows false`.
+    pub hook_cost_no_flows: hookcost::HookCostMeter,
+    /// The same with the `--before` build.
+    pub hook_cost_before: hookcost::HookCostMeter,
     /// The earlier build for C′ and D′ (`--before`).
     before: Option<PathBuf>,
 }
 
 impl Bench {
+    /// Where the client connects for `s` over `proto` (nginx has one listener per protocol).
+    fn addr_for(&self, s: Scenario, proto: Proto) -> SocketAddr {
+        match (s, proto) {
+            (Scenario::F, Proto::H1) => SocketAddr::from((PROXY4, NGINX_PORT)),
+            (Scenario::F, Proto::H2c) => SocketAddr::from((PROXY4, NGINX_H2C_PORT)),
+            _ => self.addr(s),
+        }
+    }
+
     fn addr(&self, s: Scenario) -> SocketAddr {
         match s {
+            Scenario::F => SocketAddr::from((PROXY4, NGINX_PORT)),
             Scenario::A | Scenario::B => self.env.topo.pods[1].addr4(UNSTEERED_PORT),
             Scenario::C | Scenario::D | Scenario::CBefore | Scenario::DBefore => {
                 SocketAddr::from((VIP, SERVICE_PORT))
@@ -393,6 +432,11 @@ impl Bench {
     }
 
     fn start_agent(&self) -> AgentProc {
+        self.start_agent_with(&[])
+    }
+
+    /// The agent under test with `extra` flags after the usual ones.
+    fn start_agent_with(&self, extra: &[&str]) -> AgentProc {
         let mut args = self.env.agent_args();
         args.extend([
             "--routes".into(),
@@ -400,6 +444,7 @@ impl Bench {
             "--worker-threads".into(),
             "1".into(),
         ]);
+        args.extend(extra.iter().map(|a| a.to_string()));
         // `env` and `taskset` exec: the pid is the agent's. Info logging: the harness's debug
         // filter would also turn on hyper's and h2's debug logs.
         let wrapper: Vec<String> = ["env", "SHUNT_LOG=info", "taskset", "-c", &self.proxy_cpu]
@@ -408,9 +453,9 @@ impl Bench {
         self.env.start_agent_wrapped(&wrapper, &args, None)
     }
 
-    /// A few requests through `addr` with netpeer (HTTP/1.1 and h2c), checking `x-served-by`
+    /// A few requests for scenario `s` with netpeer (HTTP/1.1 and h2c), checking `x-served-by`
     /// per request: unkeyed → baseline, keyed → sandbox (or baseline only, for `unsteered`).
-    fn sample_routing(&self, addr: SocketAddr, keyed_to_sandbox: bool) -> anyhow::Result<()> {
+    fn sample_routing(&self, s: Scenario, keyed_to_sandbox: bool) -> anyhow::Result<()> {
         let reqs = r#"[{"path":"/bytes/16"},{"path":"/bytes/16","headers":{"baggage":"sd-routing-key=pr-42"}},{"path":"/bytes/16"}]"#;
         let want = [
             "baseline",
@@ -422,6 +467,7 @@ impl Bench {
             "baseline",
         ];
         for h2 in [false, true] {
+            let addr = self.addr_for(s, if h2 { Proto::H2c } else { Proto::H1 });
             let a = addr.to_string();
             let mut args = vec!["http", a.as_str(), reqs];
             if h2 {
@@ -457,7 +503,7 @@ impl Bench {
         let target = Target {
             netns: &self.env.topo.pods[0].netns,
             cgroup: &self.client_cgroup,
-            addr: self.addr(s),
+            addr: self.addr_for(s, point.shape.proto),
             header: s.keyed().then_some(KEY_HEADER),
             scratch: &self.env.run.path,
         };
@@ -537,11 +583,10 @@ impl Bench {
             self.run_before_build(point, rep, scenarios)?;
         }
         if scenarios.iter().any(|s| s.uses_agent()) {
-            let others = agent::capture::run_stats::snapshot();
             let mut agent = self.start_agent();
             let pid = agent.child.pid();
-            self.sample_routing(self.addr(Scenario::C), true)?;
-            self.sample_routing(self.addr(Scenario::B), false)?;
+            self.sample_routing(Scenario::C, true)?;
+            self.sample_routing(Scenario::B, false)?;
             // C and D measure upstream connections made in the client pod's namespace: the
             // agent must have entered it, not fallen back to the node.
             let fallbacks = agent.metric("shunt_source_netns_fallbacks_total");
@@ -556,7 +601,7 @@ impl Bench {
                     // B's new connections: the hooks' own kernel run time, per connect().
                     let stats = if s == Scenario::B && point.group == Group::NewConn {
                         match agent::capture::run_stats::enable() {
-                            Ok(guard) => Some((guard, hookcost::snapshot(&others))),
+                            Ok(guard) => Some((guard, hookcost::snapshot(pid))),
                             Err(e) => {
                                 eprintln!("  (no BPF run-time statistics: {e})");
                                 None
@@ -567,13 +612,17 @@ impl Bench {
                     };
                     self.run_one(s, point, rep, Some(pid))?;
                     if let Some((_guard, before)) = stats {
-                        let after = hookcost::snapshot(&others);
+                        let after = hookcost::snapshot(pid);
                         self.hook_cost.add(&before, &after);
                     }
                 }
             }
             self.note_agent(pid);
             agent.terminate(Duration::from_secs(10));
+            if scenarios.contains(&Scenario::B) && point.group == Group::NewConn {
+                self.hook_cost_variant(point, rep, hookcost::Variant::NoFlows)?;
+                self.hook_cost_variant(point, rep, hookcost::Variant::Before)?;
+            }
         }
         if with_before && rep.is_multiple_of(2) {
             self.run_before_build(point, rep, scenarios)?;
@@ -581,6 +630,10 @@ impl Bench {
         if scenarios.contains(&Scenario::E) {
             let pid = self.haproxy.pid();
             self.run_one(Scenario::E, point, rep, Some(pid))?;
+        }
+        if scenarios.contains(&Scenario::F) {
+            let pid = self.nginx.pid();
+            self.run_one(Scenario::F, point, rep, Some(pid))?;
         }
         Ok(())
     }
@@ -601,7 +654,7 @@ impl Bench {
         self.env.bins.agent = current;
         self.routes = routes;
         let pid = agent.child.pid();
-        self.sample_routing(self.addr(Scenario::CBefore), true)?;
+        self.sample_routing(Scenario::CBefore, true)?;
         for s in [Scenario::C, Scenario::D] {
             if scenarios.contains(&s) {
                 let b = s.counterpart().expect("C and D have a before counterpart");
@@ -973,7 +1026,7 @@ fn run(o: &Opts) -> anyhow::Result<()> {
         libc::signal(libc::SIGINT, on_signal as *const () as libc::sighandler_t);
         libc::signal(libc::SIGTERM, on_signal as *const () as libc::sighandler_t);
     }
-    for tool in ["oha", "h2load", "haproxy", "taskset"] {
+    for tool in ["oha", "h2load", "haproxy", "nginx", "taskset"] {
         if kernel::which(tool).is_none() {
             bail!("`{tool}` not found in PATH (`cargo xtask bench` installs it)");
         }
@@ -1041,7 +1094,19 @@ fn run(o: &Opts) -> anyhow::Result<()> {
         env.topo.pods[1].addr4(POD_PORT),
         env.topo.pods[2].addr4(POD_PORT),
     )?;
+    let nginx = nginx::Nginx::start(
+        env.node(),
+        &env.run.path,
+        &o.proxy_cpu,
+        nginx::Listen {
+            h1: SocketAddr::from((PROXY4, NGINX_PORT)),
+            h2c: SocketAddr::from((PROXY4, NGINX_H2C_PORT)),
+        },
+        env.topo.pods[1].addr4(POD_PORT),
+        env.topo.pods[2].addr4(POD_PORT),
+    )?;
     let mut b = Bench {
+        nginx,
         env,
         client_cgroup,
         proxy_cpu: o.proxy_cpu.clone(),
@@ -1053,12 +1118,18 @@ fn run(o: &Opts) -> anyhow::Result<()> {
         agent_hwm_kib: 0,
         agent_threads: Vec::new(),
         hook_cost: hookcost::HookCostMeter::default(),
+        hook_cost_no_flows: hookcost::HookCostMeter::default(),
+        hook_cost_before: hookcost::HookCostMeter::default(),
         before: o.before.clone(),
     };
-    b.sample_routing(b.addr(Scenario::E), true)?;
-    b.sample_routing(b.addr(Scenario::A), false)?;
+    b.sample_routing(Scenario::E, true)?;
+    b.sample_routing(Scenario::F, true)?;
+    b.sample_routing(Scenario::A, false)?;
 
-    let (fixed, max, newconn) = points(o);
+    let (mut fixed, mut max, mut newconn) = points(o);
+    for group in [&mut fixed, &mut max, &mut newconn] {
+        group.retain(|p| o.only.contains(&p.group));
+    }
     for rep in 0..o.reps {
         for p in &fixed {
             b.run_point(p, rep, o.reps, &Scenario::ALL)?;
@@ -1070,7 +1141,11 @@ fn run(o: &Opts) -> anyhow::Result<()> {
             b.run_point(p, rep, o.reps, &[Scenario::A, Scenario::B])?;
         }
     }
-    let knees = sweep(&mut b, o)?;
+    let knees = if o.only.contains(&Group::Sweep) {
+        sweep(&mut b, o)?
+    } else {
+        BTreeMap::new()
+    };
     let profiles = if o.profile {
         eprintln!("profiling (perf record -e cpu-clock)");
         let rates: &[u32] = if o.quick { &[1000] } else { &[1000, 5000] };
