@@ -143,6 +143,19 @@ pub fn reason_hint(reason: &str) -> &'static str {
         "header_read_timeout" => {
             "part of the request arrived but its headers did not finish in time (answered 408)"
         }
+        "sandbox_timeout" => {
+            "the sandbox did not send its response headers within --response-header-timeout, so \
+             the route's fallback applied; is the sandbox stuck or slow? (read its logs)"
+        }
+        "body_too_large_to_retry" => {
+            "the request body was larger than --max-request-buffer, so it could not be kept to \
+             send again: the sandbox's failure was answered (504/502) instead of falling back"
+        }
+        "buffer_budget_exhausted" => {
+            "the agent's memory budget for sandbox-bound requests (--max-connection-buffer or \
+             --max-buffered-bytes) was spent; the request was refused (503, or REFUSED_STREAM on \
+             HTTP/2). Send fewer concurrent requests to a slow sandbox"
+        }
         _ => "see the agent documentation",
     }
 }
@@ -165,6 +178,9 @@ mod hint_tests {
             R::OpaqueProtocol,
             R::HeaderReadTimeout,
             R::NoLocalEndpoint,
+            R::SandboxTimeout,
+            R::BodyTooLargeToRetry,
+            R::BufferBudgetExhausted,
         ] {
             assert_ne!(
                 reason_hint(r.as_str()),
