@@ -8,6 +8,7 @@ pub mod h1;
 pub mod http;
 pub mod key;
 pub mod key_strip;
+pub mod listen;
 pub mod opaque;
 pub mod orig_dst;
 pub mod relay;

@@ -9,6 +9,7 @@ use std::{
 use serde_json::json;
 use tests::backends::Reply;
 
+mod churn;
 mod grpc;
 mod http;
 mod load;
@@ -20,7 +21,8 @@ fn main() -> anyhow::Result<()> {
     let usage = "usage: netpeer tcp ADDR[,ADDR...] [COUNT] [--parallel] [--from-port P] [--reset] \
                  | udp ADDR \
                  | http ADDR [--h2] [--concurrent] REQUESTS_JSON | ws ADDR HEADERS_JSON MESSAGE \
-                 | raw ADDR SEND [--stall-ms N]";
+                 | raw ADDR SEND [--stall-ms N] \
+                 | churn ADDR SECS [HEADER:VALUE] [--workers N] [--pause-ms N]";
     let mode = args.get(1).ok_or_else(|| anyhow::anyhow!(usage))?;
     let addrs: Vec<SocketAddr> = args
         .get(2)
@@ -56,6 +58,7 @@ fn main() -> anyhow::Result<()> {
         "ws" => http::websocket(addr, &args[3..]),
         "grpc" => grpc::run(addr, &args[3..]),
         "load" => load::run(addr, &args[3..]),
+        "churn" => churn::run(addr, &args[3..]),
         "raw" => raw(addr, &args[3..]),
         "udp" => {
             let sock = UdpSocket::bind(if addr.is_ipv4() {
