@@ -35,9 +35,15 @@ fn rolling_restart_under_load_sends_no_connection_direct() {
         ],
     );
     std::thread::sleep(Duration::from_millis(1000));
-    // The successor binds the same ports and attaches to the same cgroup and pins.
+    // The successor binds the same ports and attaches to the same cgroup and pins. `/readyz`
+    // may be answered by the old agent (the port is shared): its own log tells it runs.
     let new = w.agent(&[]);
-    std::thread::sleep(Duration::from_millis(1000));
+    let deadline = std::time::Instant::now() + Duration::from_secs(15);
+    while !new.log_text().contains("shunt running") {
+        assert!(std::time::Instant::now() < deadline, "{}", new.log_text());
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    std::thread::sleep(Duration::from_millis(500));
     let status = old.terminate(Duration::from_secs(15));
     assert!(status.success(), "the old agent exits cleanly: {status}");
     let old_log = old.log_text();

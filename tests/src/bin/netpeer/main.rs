@@ -13,6 +13,7 @@ mod churn;
 mod grpc;
 mod http;
 mod load;
+mod mixed;
 
 const TIMEOUT: Duration = Duration::from_secs(5);
 
@@ -22,7 +23,8 @@ fn main() -> anyhow::Result<()> {
                  | udp ADDR \
                  | http ADDR [--h2] [--concurrent] REQUESTS_JSON | ws ADDR HEADERS_JSON MESSAGE \
                  | raw ADDR SEND [--stall-ms N] \
-                 | churn ADDR SECS [HEADER:VALUE] [--workers N] [--pause-ms N]";
+                 | churn ADDR SECS [HEADER:VALUE] [--workers N] [--pause-ms N] \
+                 | mixed HTTP_ADDR GRPC_ADDR SECS RPS KEYS EXPECTS";
     let mode = args.get(1).ok_or_else(|| anyhow::anyhow!(usage))?;
     let addrs: Vec<SocketAddr> = args
         .get(2)
@@ -59,6 +61,7 @@ fn main() -> anyhow::Result<()> {
         "grpc" => grpc::run(addr, &args[3..]),
         "load" => load::run(addr, &args[3..]),
         "churn" => churn::run(addr, &args[3..]),
+        "mixed" => mixed::run(addr, &args[3..]),
         "raw" => raw(addr, &args[3..]),
         "udp" => {
             let sock = UdpSocket::bind(if addr.is_ipv4() {
