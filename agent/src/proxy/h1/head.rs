@@ -5,7 +5,7 @@
 //!
 //! Requests are parsed as a strict server would: anything another parser on the path could
 //! read differently (request smuggling) is refused before a byte of it is forwarded.
-use std::{io::IoSlice, mem::MaybeUninit, ops::Range};
+use std::{borrow::Cow, io::IoSlice, mem::MaybeUninit, ops::Range};
 
 use super::body::Framing;
 use crate::proxy::{
@@ -142,13 +142,16 @@ pub struct RequestHead {
 }
 
 /// The path of a request target, without query.
-fn target_path(target: &str) -> &str {
-    let path = absolute_form_path(target).unwrap_or(target);
-    path.split(['?', '#']).next().unwrap_or("")
+fn target_path(target: &str) -> Box<str> {
+    let path = absolute_form_path(target);
+    let path = path.as_deref().unwrap_or(target);
+    path.split(['?', '#']).next().unwrap_or("").into()
 }
 
-/// The path of an absolute-form target (`http://host/path`); `None` for other forms.
-fn absolute_form_path(target: &str) -> Option<&str> {
+/// The origin form of an absolute-form target (`http://host/path?q` → `/path?q`); `None` for
+/// other forms. An empty path is `/` (RFC 9112, 3.2.1): `http://host?q` → `/?q`, never `?q`,
+/// which is no request target at all.
+fn absolute_form_path(target: &str) -> Option<Cow<'_, str>> {
     let rest = target
         .get(..7)
         .filter(|s| s.eq_ignore_ascii_case("http://"))
@@ -159,7 +162,11 @@ fn absolute_form_path(target: &str) -> Option<&str> {
                 .filter(|s| s.eq_ignore_ascii_case("https://"))
                 .map(|_| &target[8..])
         })?;
-    Some(rest.find(['/', '?']).map_or("/", |i| &rest[i..]))
+    Some(match rest.find(['/', '?']) {
+        Some(i) if rest.as_bytes()[i] == b'/' => Cow::Borrowed(&rest[i..]),
+        Some(i) => Cow::Owned(format!("/{}", &rest[i..])),
+        None => Cow::Borrowed("/"),
+    })
 }
 
 /// Limits of a request head.
@@ -249,7 +256,7 @@ pub fn parse_request(
     let (extracted, rewrite) = keys.normalize_raw(headers, target, strip);
 
     let offset = |s: &str| s.as_ptr() as usize - buf.as_ptr() as usize;
-    let path = target_path(target).into();
+    let path = target_path(target);
     let line_ends: Vec<usize> = headers
         .iter()
         .map(|h| offset(h.name))
@@ -260,6 +267,7 @@ pub fn parse_request(
     let origin_target = rewrite
         .as_ref()
         .and_then(|r| r.target.as_deref())
+        .map(Cow::Borrowed)
         .or_else(|| absolute_form_path(target));
     match origin_target {
         Some(t) => out.push(Piece::Owned(

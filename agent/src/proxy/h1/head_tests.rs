@@ -159,6 +159,17 @@ fn absolute_form_goes_upstream_in_origin_form() {
     assert_eq!(&*parse(raw).unwrap().unwrap().path, "/x");
 }
 
+/// Found by the `h1_request_head` fuzz target: an absolute-form target with an empty path went
+/// upstream as `GET ?q HTTP/1.1` (no request target at all) and was logged with path "".
+#[test]
+fn absolute_form_without_a_path_goes_upstream_with_slash() {
+    let raw = "GET http://svc?q=1 HTTP/1.1\r\nHost: svc\r\n\r\n";
+    assert_eq!(forwarded(raw), "GET /?q=1 HTTP/1.1\r\nHost: svc\r\n\r\n");
+    assert_eq!(&*parse(raw).unwrap().unwrap().path, "/");
+    let raw = "GET http://svc HTTP/1.1\r\nHost: svc\r\n\r\n";
+    assert_eq!(forwarded(raw), "GET / HTTP/1.1\r\nHost: svc\r\n\r\n");
+}
+
 fn response(raw: &str, req: RequestKind) -> ResponseHead {
     parse_response(raw.as_bytes(), LIMITS, req)
         .unwrap()
