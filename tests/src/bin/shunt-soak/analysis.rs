@@ -213,8 +213,9 @@ pub fn analyse(
     r
 }
 
-/// Least-squares slope of RSS over time for each agent process, from minute 2 on and from 10 s
-/// after the process started serving (start-up allocations are not growth), over ≥ 60 s.
+/// Least-squares slope of RSS over time for each agent process, from minute 2 on and from 30 s
+/// after the process started serving (start-up allocations and filling its fixed-size buffers
+/// are not growth), over ≥ 60 s.
 fn rss_slopes(rss: &[Sample], faults: &[Fault]) -> Vec<f64> {
     let mut by_pid: BTreeMap<i32, Vec<(f64, f64)>> = BTreeMap::new();
     for s in rss {
@@ -223,7 +224,7 @@ fn rss_slopes(rss: &[Sample], faults: &[Fault]) -> Vec<f64> {
             .filter(|f| f.at <= s.t)
             .map(|f| s.t - f.at)
             .fold(f64::INFINITY, f64::min);
-        if s.t >= 120.0 && since_fault >= 10.0 {
+        if s.t >= 120.0 && since_fault >= 30.0 {
             by_pid
                 .entry(s.pid)
                 .or_default()
@@ -232,7 +233,7 @@ fn rss_slopes(rss: &[Sample], faults: &[Fault]) -> Vec<f64> {
     }
     by_pid
         .values()
-        .filter(|pts| pts.len() >= 2 && pts[pts.len() - 1].0 - pts[0].0 >= 1.0)
+        .filter(|pts| pts.len() >= 2 && pts[pts.len() - 1].0 - pts[0].0 >= 0.9)
         .map(|pts| {
             let n = pts.len() as f64;
             let (mx, my) = (

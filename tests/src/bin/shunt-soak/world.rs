@@ -149,6 +149,11 @@ routes:
             "100ms",
             "--shutdown-grace",
             "3s",
+            // The decision log is a ring of fixed size (8 MiB by default) that takes minutes to
+            // fill at this rate, longer than an agent lives between restarts here: a small one
+            // fills in seconds, so RSS growth after that is growth the ring does not explain.
+            "--decision-log-bytes",
+            "1048576",
         ]
         .map(String::from);
         let agent = self.env.start_agent(&args, None);
