@@ -144,8 +144,25 @@ pub struct RequestHead {
 /// The path of a request target, without query.
 fn target_path(target: &str) -> Box<str> {
     let path = absolute_form_path(target);
-    let path = path.as_deref().unwrap_or(target);
+    let path = path
+        .as_deref()
+        .or_else(|| other_scheme_path(target))
+        .unwrap_or(target);
     path.split(['?', '#']).next().unwrap_or("").into()
+}
+
+/// The path of an absolute-form target of another scheme (`h2://host/p`). Such a target goes
+/// upstream unchanged; only the logged path comes from here, read as `http::Uri` reads it (an
+/// empty path is `/`), so it is the same before and after a query key is moved to baggage.
+fn other_scheme_path(target: &str) -> Option<&str> {
+    let (scheme, rest) = target.split_once("://")?;
+    let mut chars = scheme.bytes();
+    let valid = chars.next()?.is_ascii_alphabetic()
+        && chars.all(|b| b.is_ascii_alphanumeric() || b"+-.".contains(&b));
+    valid.then(|| match rest.find(['/', '?', '#']) {
+        Some(i) if rest.as_bytes()[i] == b'/' => &rest[i..],
+        _ => "/",
+    })
 }
 
 /// The origin form of an absolute-form target (`http://host/path?q` → `/path?q`); `None` for

@@ -170,6 +170,23 @@ fn absolute_form_without_a_path_goes_upstream_with_slash() {
     assert_eq!(forwarded(raw), "GET / HTTP/1.1\r\nHost: svc\r\n\r\n");
 }
 
+/// Found by the `h1_request_head` fuzz target: an absolute-form target of another scheme with
+/// an empty path was logged with the authority as its path (`h.tp://svc`), and as `/` once its
+/// query key had moved to baggage.
+#[test]
+fn another_schemes_absolute_form_logs_its_path() {
+    let keys = KeyExtractor::new(KeySources::default().with_query(true));
+    let raw = "GET h.tp://svc?sd-routing-key=pr-42 HTTP/1.1\r\nHost: svc\r\n\r\n";
+    let head = parse_request(raw.as_bytes(), LIMITS, &keys, false)
+        .unwrap()
+        .unwrap();
+    assert_eq!(&*head.path, "/");
+    let raw = "GET h.tp://svc/x?q HTTP/1.1\r\nHost: svc\r\n\r\n";
+    assert_eq!(&*parse(raw).unwrap().unwrap().path, "/x");
+    // It goes upstream unchanged.
+    assert_eq!(forwarded(raw), raw);
+}
+
 fn response(raw: &str, req: RequestKind) -> ResponseHead {
     parse_response(raw.as_bytes(), LIMITS, req)
         .unwrap()
