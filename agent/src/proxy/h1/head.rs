@@ -169,7 +169,17 @@ fn other_scheme_path(target: &str) -> Option<&str> {
 /// other forms. An empty path is `/` (RFC 9112, 3.2.1): `http://host?q` → `/?q`, never `?q`,
 /// which is no request target at all.
 fn absolute_form_path(target: &str) -> Option<Cow<'_, str>> {
-    let rest = target
+    let rest = absolute_form_rest(target)?;
+    Some(match rest.find(['/', '?']) {
+        Some(i) if rest.as_bytes()[i] == b'/' => Cow::Borrowed(&rest[i..]),
+        Some(i) => Cow::Owned(format!("/{}", &rest[i..])),
+        None => Cow::Borrowed("/"),
+    })
+}
+
+/// What follows `http://` or `https://` in an absolute-form target.
+fn absolute_form_rest(target: &str) -> Option<&str> {
+    target
         .get(..7)
         .filter(|s| s.eq_ignore_ascii_case("http://"))
         .map(|_| &target[7..])
@@ -178,12 +188,7 @@ fn absolute_form_path(target: &str) -> Option<Cow<'_, str>> {
                 .get(..8)
                 .filter(|s| s.eq_ignore_ascii_case("https://"))
                 .map(|_| &target[8..])
-        })?;
-    Some(match rest.find(['/', '?']) {
-        Some(i) if rest.as_bytes()[i] == b'/' => Cow::Borrowed(&rest[i..]),
-        Some(i) => Cow::Owned(format!("/{}", &rest[i..])),
-        None => Cow::Borrowed("/"),
-    })
+        })
 }
 
 /// Limits of a request head.
@@ -230,6 +235,11 @@ pub fn parse_request(
     let (Some(method), Some(target), Some(version)) = (req.method, req.path, req.version) else {
         return Err(HeadError::Malformed("incomplete request line"));
     };
+    // An http(s) URI with an empty host is invalid and must be rejected (RFC 9110, 4.2.1):
+    // read another way downstream, its query could carry a key the proxy never read.
+    if absolute_form_rest(target).is_some_and(|r| r.is_empty() || r.starts_with(['/', '?', '#'])) {
+        return Err(HeadError::Malformed("absolute-form target without a host"));
+    }
     let method =
         http::Method::from_bytes(method.as_bytes()).map_err(|_| HeadError::Malformed("method"))?;
     let http10 = version == 0;

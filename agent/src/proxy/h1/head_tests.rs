@@ -187,6 +187,23 @@ fn another_schemes_absolute_form_logs_its_path() {
     assert_eq!(forwarded(raw), raw);
 }
 
+/// Found by the `h1_request_head` fuzz target: `http://?sd-routing-key=K` (no host) was routed
+/// unkeyed (its query unread) but went upstream as `/?sd-routing-key=K`, a key the next hop reads,
+/// even from a client whose keys are stripped. An http URI without a host is invalid: 400.
+#[test]
+fn absolute_form_without_a_host_is_refused() {
+    for target in [
+        "http://?sd-routing-key=pr-42",
+        "http:///x",
+        "https://",
+        "HTTP://#f",
+    ] {
+        let raw = format!("GET {target} HTTP/1.1\r\nHost: svc\r\n\r\n");
+        let e = parse(&raw).unwrap_err();
+        assert_eq!(e.status(), 400, "{target}");
+    }
+}
+
 fn response(raw: &str, req: RequestKind) -> ResponseHead {
     parse_response(raw.as_bytes(), LIMITS, req)
         .unwrap()
