@@ -235,10 +235,17 @@ pub fn parse_request(
     let (Some(method), Some(target), Some(version)) = (req.method, req.path, req.version) else {
         return Err(HeadError::Malformed("incomplete request line"));
     };
-    // An http(s) URI with an empty host is invalid and must be rejected (RFC 9110, 4.2.1):
-    // read another way downstream, its query could carry a key the proxy never read.
-    if absolute_form_rest(target).is_some_and(|r| r.is_empty() || r.starts_with(['/', '?', '#'])) {
-        return Err(HeadError::Malformed("absolute-form target without a host"));
+    // An http(s) URI that is invalid (an empty host must be rejected, RFC 9110 4.2.1; a host
+    // `http::Uri` cannot read) is refused: its query goes unread here, yet in origin form the
+    // next hop would read a key from it.
+    if absolute_form_rest(target).is_some()
+        && target
+            .parse::<http::Uri>()
+            .map_or(true, |u| u.host().is_none_or(str::is_empty))
+    {
+        return Err(HeadError::Malformed(
+            "absolute-form target that is no valid URI",
+        ));
     }
     let method =
         http::Method::from_bytes(method.as_bytes()).map_err(|_| HeadError::Malformed("method"))?;
