@@ -42,6 +42,17 @@ pub struct RunConfig {
     #[arg(long, env = "SHUNT_PROXY_ADDR6", value_name = "[IP]:PORT")]
     pub proxy_addr6: Option<SocketAddr>,
 
+    /// Listen backlog of the proxy, admin and debug listeners: connections the kernel queues
+    /// before the agent accepts them. Capped by `net.core.somaxconn` (4096 by default); 4096
+    /// absorbs a node's connect bursts where 128 dropped SYNs and clients waited a second.
+    #[arg(
+        long,
+        env = "SHUNT_LISTEN_BACKLOG",
+        value_name = "N",
+        default_value_t = crate::proxy::listen::DEFAULT_BACKLOG
+    )]
+    pub listen_backlog: u32,
+
     /// bpffs directory where maps are pinned. Mounted there if missing, unless --kube.
     #[arg(
         long,

@@ -18,6 +18,7 @@
 //!   topology); [`traffic`]: the aggregated API through which users read the debug data of
 //!   their namespaces with their own RBAC; [`watchdog`]: fails open when the proxy
 //!   stops accepting (an OS thread on purpose: a wedged runtime could not run it).
+//! - [`handover`]: restarts with no gap (a ready successor takes the node over on SIGTERM).
 //! - [`run`] wires the parts for `shunt run` from a config value; [`cli`] parses the command
 //!   line and is imported by no one.
 pub mod admin;
@@ -27,6 +28,8 @@ pub mod cli;
 #[cfg(feature = "node")]
 pub mod config;
 pub mod duration;
+#[cfg(feature = "node")]
+pub mod handover;
 pub mod kube;
 pub mod mcp;
 #[cfg(feature = "node")]

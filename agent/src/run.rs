@@ -10,13 +10,14 @@ use std::{
 use anyhow::Context as _;
 use arc_swap::ArcSwap;
 use prometheus_client::registry::Registry;
-use tokio::{net::TcpListener, signal::unix::SignalKind};
+use tokio::signal::unix::SignalKind;
 use tokio_util::sync::CancellationToken;
 
 use crate::{
     admin::{self, DebugState, DebugToken, HealthState, listener::ListenerLimits},
     capture::{self, Capture, CaptureConfig},
     config::{RunConfig, UpstreamSourceMode},
+    handover::{self, SuccessorMark},
     kube::{KubeOptions, KubeSource},
     metrics::Metrics,
     netns::{NodeSockets, PodNetns, SourceSockets},
@@ -26,6 +27,7 @@ use crate::{
         decision_log::DecisionLog,
         key::{KeyExtractor, KeySources},
         key_strip::StripKeysFrom,
+        listen,
         self_probe::{ProbeAwareLookup, SelfProbe},
         upstream::Upstreams,
     },
@@ -53,12 +55,6 @@ pub fn run(args: RunConfig) -> anyhow::Result<()> {
         .build()
         .context("starting the tokio runtime")?
         .block_on(run_async(args))
-}
-
-async fn bind(addr: std::net::SocketAddr, flag: &str) -> anyhow::Result<TcpListener> {
-    TcpListener::bind(addr)
-        .await
-        .with_context(|| format!("binding {flag} {addr}"))
 }
 
 /// The debug API's token. Without one the debug API may listen on loopback only: off it, every
@@ -113,15 +109,26 @@ async fn run_async(args: RunConfig) -> anyhow::Result<()> {
         None
     };
 
-    // Listen before capturing, so a redirected connection never meets a closed port.
-    let listener4 = bind(args.proxy_addr, "--proxy-addr").await?;
-    let listener6 = match args.proxy_addr6 {
-        Some(a) => Some(bind(a, "--proxy-addr6").await?),
-        None => None,
-    };
-    let admin_listener = bind(args.admin_addr, "--admin-addr").await?;
+    // Listen before capturing, so a redirected connection never meets a closed port. Every port
+    // is shared with SO_REUSEPORT, so a successor binds beside a running agent (see handover).
+    let bind = |addr, flag| listen::bind(addr, args.listen_backlog, flag);
+    let listener4 = bind(args.proxy_addr, "--proxy-addr")?;
+    let listener6 = args
+        .proxy_addr6
+        .map(|a| bind(a, "--proxy-addr6"))
+        .transpose()?;
+    let admin_listener = bind(args.admin_addr, "--admin-addr")?;
     let debug_token = debug_token(&args)?;
-    let debug_listener = bind(args.debug_addr, "--debug-addr").await?;
+    let debug_listener = bind(args.debug_addr, "--debug-addr")?;
+    match handover::enable_queued_migration() {
+        Ok(true) => tracing::info!(
+            "net.ipv4.tcp_migrate_req set to 1: queued connections move to a successor"
+        ),
+        Ok(false) => {}
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot set net.ipv4.tcp_migrate_req: connections queued on this agent's listener when it hands over are reset (clients retry)")
+        }
+    }
 
     // On a node: the pods' cgroup, never the root (host processes keep their own traffic).
     let captured_cgroup = capture::resolve_cgroup(&args.cgroup_selector(), &args.cgroup_root)?;
@@ -331,18 +338,32 @@ async fn run_async(args: RunConfig) -> anyhow::Result<()> {
     })
     .context("starting the admin thread")?;
     health.ready.store(true, Ordering::Relaxed);
+    // Ready: an older agent on this node may now hand over to us instead of failing open.
+    let mark = SuccessorMark::mark(&args.bpffs_dir)
+        .inspect_err(|e| tracing::warn!(error = %e, "cannot mark this agent as a successor: an older agent's SIGTERM will fail open"))
+        .ok();
     tracing::info!(cgroup = %captured_cgroup.display(), proxy = %args.proxy_addr, "shunt running");
 
     let mut term =
         tokio::signal::unix::signal(SignalKind::terminate()).context("SIGTERM handler")?;
     let mut int = tokio::signal::unix::signal(SignalKind::interrupt()).context("SIGINT handler")?;
     tokio::select! {
-        _ = term.recv() => tracing::info!("SIGTERM: failing open, then draining"),
-        _ = int.recv() => tracing::info!("SIGINT: failing open, then draining"),
+        _ = term.recv() => tracing::info!("SIGTERM"),
+        _ = int.recv() => tracing::info!("SIGINT"),
     }
-    // Fail open first: new connections go direct while in-flight ones drain. The watchdog stops
-    // first so it cannot restore steering behind our back.
+    let handing_over = mark.is_some_and(SuccessorMark::successor_ready);
     health.ready.store(false, Ordering::Relaxed);
+    if handing_over {
+        // The successor answers the health and debug ports from now on (they are shared).
+        tracing::info!(
+            "a ready successor shares our ports: handing over (STEERED kept), then draining"
+        );
+        admin_shutdown.cancel();
+    } else {
+        tracing::info!("no successor: failing open, then draining");
+    }
+    // The watchdog stops first so it cannot restore (or clear) steering behind our back; route
+    // sync stops so that from here on only the successor writes STEERED.
     drop(watchdog_stop);
     let _ = tokio::task::spawn_blocking(move || watchdog.join()).await;
     sync_stop.cancel();
@@ -351,8 +372,13 @@ async fn run_async(args: RunConfig) -> anyhow::Result<()> {
     if let Some(k) = kube_handle {
         k.shutdown().await;
     }
-    let cleared = steering.suspend();
-    tracing::info!(cleared, "cleared STEERED");
+    if !handing_over {
+        // Fail open first: new connections go direct while in-flight ones drain.
+        let cleared = steering.suspend();
+        tracing::info!(cleared, "cleared STEERED");
+    }
+    // Closing the listeners (when serve returns from accepting) moves their queued connections to
+    // the successor's listener; in-flight connections drain here.
     shutdown.cancel();
     while tasks.join_next().await.is_some() {}
     drop(attach_guard);
@@ -384,8 +410,8 @@ fn spawn_admin(parts: AdminParts) -> std::io::Result<std::thread::JoinHandle<()>
         .spawn(move || {
             rt.block_on(async move {
                 let (health, debug) = match (
-                    TcpListener::from_std(parts.health_listener),
-                    TcpListener::from_std(parts.debug_listener),
+                    tokio::net::TcpListener::from_std(parts.health_listener),
+                    tokio::net::TcpListener::from_std(parts.debug_listener),
                 ) {
                     (Ok(h), Ok(d)) => (h, d),
                     (Err(e), _) | (_, Err(e)) => {

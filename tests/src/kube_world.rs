@@ -320,7 +320,8 @@ pub struct KubeNode {
     pub env: Env,
     pub kubeconfig: PathBuf,
     _relay: Relay,
-    _backends: Vec<HttpBackend>,
+    /// The HTTP backends of pods 1-5, in pod order (a test may stop and restart one).
+    pub backends: Vec<HttpBackend>,
 }
 
 impl KubeNode {
@@ -353,7 +354,7 @@ impl KubeNode {
                 env,
                 kubeconfig,
                 _relay: relay,
-                _backends: backends,
+                backends,
             })
         })();
         Some(node.unwrap_or_else(|e| panic!("{test}: building the kube test node: {e:#}")))

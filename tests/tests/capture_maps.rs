@@ -3,6 +3,8 @@
 //! other map-ABI versions.
 use std::{net::SocketAddr, path::Path};
 
+use agent::handover::SUCCESSOR_DIR;
+
 use agent_common::{
     MAP_NAMES, flows,
     flows::{FlowCounters, FlowKey},
@@ -259,7 +261,7 @@ fn restart_with_different_map_sizes_keeps_routes_and_traffic() {
     let leftovers: Vec<_> = std::fs::read_dir(&bpffs)
         .unwrap()
         .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
-        .filter(|n| !MAP_NAMES.contains(&n.as_str()) && !is_bpffs_own(n))
+        .filter(|n| !MAP_NAMES.contains(&n.as_str()) && !is_bpffs_own(n) && n != SUCCESSOR_DIR)
         .collect();
     assert_eq!(leftovers, Vec::<String>::new(), "pins other than the maps");
 }
@@ -306,6 +308,8 @@ fn pins_of_other_map_versions_are_removed_once_the_new_ones_are_in_use() {
     left.sort();
     let mut want: Vec<String> = MAP_NAMES.iter().map(|n| n.to_string()).collect();
     want.push(foreign);
+    // The ready agent's successor mark (a directory: see agent::handover).
+    want.push(SUCCESSOR_DIR.to_string());
     want.sort();
     assert_eq!(
         left, want,

@@ -1,10 +1,12 @@
-//! Project tasks: `cargo xtask setup | test | client | demo | bench`.
+//! Project tasks: `cargo xtask setup | test | client | demo | bench | fuzz | soak`.
 //!
 //! Every task runs `setup` first, so a fresh Debian machine with rustup needs nothing else.
 mod bench;
 mod client;
 mod demo;
+mod fuzz;
 mod setup;
+mod soak;
 mod test;
 
 use clap::{Parser, Subcommand};
@@ -33,6 +35,12 @@ enum Task {
     /// Direct vs Shunt vs HAProxy: latency percentiles, saturation and CPU, side by side in one
     /// run (needs root). Installs haproxy, h2load and oha; writes target/bench/.
     Bench(bench::BenchArgs),
+    /// The cargo-fuzz targets in fuzz/ (libFuzzer, the pinned nightly), one after another:
+    /// 10 million executions each, `--runs N`, or 30 s each with `--smoke` (CI).
+    Fuzz(fuzz::FuzzArgs),
+    /// The agent under mixed load with route churn, restarts and a SIGKILL, for N minutes (needs
+    /// root); fails on a misroute or RSS growth. Writes target/soak/.
+    Soak(soak::SoakArgs),
 }
 
 fn main() -> std::process::ExitCode {
@@ -51,6 +59,8 @@ fn main() -> std::process::ExitCode {
             Task::Client => client::build(&env).and_then(|()| client::check_macos(&env)),
             Task::Demo(args) => demo::run(Some(&env), args),
             Task::Bench(args) => bench::run(&env, args),
+            Task::Fuzz(args) => fuzz::run(&env, args),
+            Task::Soak(args) => soak::run(&env, args),
         }),
     });
     match result {

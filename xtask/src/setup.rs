@@ -15,6 +15,8 @@ pub const STABLE: &str = "1.99.1";
 /// Keep in step with agent/build.rs. Never float: bpf-linker links this nightly's libLLVM.
 pub const EBPF_NIGHTLY: &str = "nightly-2026-10-29";
 pub const BPF_LINKER_VERSION: &str = "0.13.0";
+/// `cargo xtask fuzz` drives the fuzz targets with it (libFuzzer, on `EBPF_NIGHTLY`).
+pub const CARGO_FUZZ_VERSION: &str = "0.13.2";
 /// The LLVM major of `EBPF_NIGHTLY`; bpf-linker's feature must match it.
 pub const BPF_LINKER_LLVM_FEATURE: &str = "llvm-23";
 
@@ -79,6 +81,7 @@ pub fn setup() -> anyhow::Result<Env> {
         env::join_paths(std::iter::once(bin.clone()).chain(env::split_paths(&current)))?
     };
     install_bpf_linker(&bin, &path)?;
+    install_cargo_fuzz(&bin, &path)?;
     install_apt_tools()?;
     eprintln!("setup done in {:.1?}", started.elapsed());
     Ok(Env { path })
@@ -206,6 +209,32 @@ fn install_bpf_linker(bin: &Path, path: &std::ffi::OsStr) -> anyhow::Result<()> 
         );
     }
     Ok(())
+}
+
+fn install_cargo_fuzz(bin: &Path, path: &std::ffi::OsStr) -> anyhow::Result<()> {
+    let installed = output(Command::new(bin.join("cargo-fuzz")).arg("--version"))
+        .is_some_and(|v| v.split_whitespace().any(|w| w == CARGO_FUZZ_VERSION));
+    if installed {
+        step(&format!("cargo-fuzz {CARGO_FUZZ_VERSION}: installed"));
+        return Ok(());
+    }
+    step(&format!(
+        "building cargo-fuzz {CARGO_FUZZ_VERSION} (first time only, about 60 s)"
+    ));
+    let root = bin.parent().context("cargo bin dir has no parent")?;
+    run(Command::new("cargo")
+        .args([
+            "install",
+            "cargo-fuzz",
+            "--version",
+            CARGO_FUZZ_VERSION,
+            "--locked",
+            "--force",
+        ])
+        .arg("--root")
+        .arg(root)
+        .env("PATH", path)
+        .env_remove("CARGO_TARGET_DIR"))
 }
 
 fn install_apt_tools() -> anyhow::Result<()> {

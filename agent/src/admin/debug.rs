@@ -5,6 +5,13 @@
 //! observed connections). `namespace` keeps only what concerns that namespace: the traffic API
 //! asks for exactly what the user may see.
 //!
+//! `/decisions` holds only requests that reached the proxy. A connection opened while `STEERED`
+//! was empty (the agent failing open: a SIGTERM with no ready successor, a crash, the watchdog)
+//! went direct and stays direct for as long as it lives; HTTP/2 and gRPC pools keep such
+//! connections for long. Keyed requests on it reach the baseline and leave no decision here: a
+//! keyed request cannot be steered on a connection that never reached the proxy. A restart with a
+//! ready successor keeps `STEERED` and opens no such connection ([`crate::handover`]).
+//!
 //! On loopback (no cluster) anyone on the host may read it, as they may read the routes file.
 //! In a cluster it listens on the node address and answers only requests carrying the
 //! [`DebugToken`] as a bearer token.

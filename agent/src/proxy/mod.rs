@@ -11,6 +11,7 @@ pub mod http;
 pub mod key;
 pub mod key_inject;
 pub mod key_strip;
+pub mod listen;
 pub mod opaque;
 pub mod orig_dst;
 pub mod relay;

@@ -197,12 +197,17 @@ impl Backend {
             hints.push(if self.is_cluster() {
                 "no routing decision was recorded for this request: the destination is not \
                  steered (no fork covers that service and port), or no agent runs on the request \
-                 pod's node (see sent_from; the DaemonSet must tolerate that node)"
+                 pod's node (see sent_from; the DaemonSet must tolerate that node), or the \
+                 connection was opened direct while the agent was failing open (a restart \
+                 without a successor, a crash): a connection that never reached the proxy \
+                 cannot be steered until the client opens a new one"
                     .into()
             } else {
                 "no routing decision was recorded for this request: the destination is not \
                  steered (no fork covers that service and port), or the client is not in the \
-                 captured cgroup (--client-cgroup)"
+                 captured cgroup (--client-cgroup), or the connection was opened direct while \
+                 the agent was failing open: a connection that never reached the proxy cannot \
+                 be steered until the client opens a new one"
                     .into()
             });
         }

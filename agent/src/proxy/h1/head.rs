@@ -5,7 +5,7 @@
 //!
 //! Requests are parsed as a strict server would: anything another parser on the path could
 //! read differently (request smuggling) is refused before a byte of it is forwarded.
-use std::{io::IoSlice, mem::MaybeUninit, ops::Range};
+use std::{borrow::Cow, io::IoSlice, mem::MaybeUninit, ops::Range};
 
 use super::body::Framing;
 use crate::proxy::{
@@ -149,14 +149,44 @@ impl RequestHead {
 }
 
 /// The path of a request target, without query.
-fn target_path(target: &str) -> &str {
-    let path = absolute_form_path(target).unwrap_or(target);
-    path.split(['?', '#']).next().unwrap_or("")
+fn target_path(target: &str) -> Box<str> {
+    let path = absolute_form_path(target);
+    let path = path
+        .as_deref()
+        .or_else(|| other_scheme_path(target))
+        .unwrap_or(target);
+    path.split(['?', '#']).next().unwrap_or("").into()
 }
 
-/// The path of an absolute-form target (`http://host/path`); `None` for other forms.
-fn absolute_form_path(target: &str) -> Option<&str> {
-    let rest = target
+/// The path of an absolute-form target of another scheme (`h2://host/p`). Such a target goes
+/// upstream unchanged; only the logged path comes from here, read as `http::Uri` reads it (an
+/// empty path is `/`), so it is the same before and after a query key is moved to baggage.
+fn other_scheme_path(target: &str) -> Option<&str> {
+    let (scheme, rest) = target.split_once("://")?;
+    let mut chars = scheme.bytes();
+    let valid = chars.next()?.is_ascii_alphabetic()
+        && chars.all(|b| b.is_ascii_alphanumeric() || b"+-.".contains(&b));
+    valid.then(|| match rest.find(['/', '?', '#']) {
+        Some(i) if rest.as_bytes()[i] == b'/' => &rest[i..],
+        _ => "/",
+    })
+}
+
+/// The origin form of an absolute-form target (`http://host/path?q` → `/path?q`); `None` for
+/// other forms. An empty path is `/` (RFC 9112, 3.2.1): `http://host?q` → `/?q`, never `?q`,
+/// which is no request target at all.
+fn absolute_form_path(target: &str) -> Option<Cow<'_, str>> {
+    let rest = absolute_form_rest(target)?;
+    Some(match rest.find(['/', '?']) {
+        Some(i) if rest.as_bytes()[i] == b'/' => Cow::Borrowed(&rest[i..]),
+        Some(i) => Cow::Owned(format!("/{}", &rest[i..])),
+        None => Cow::Borrowed("/"),
+    })
+}
+
+/// What follows `http://` or `https://` in an absolute-form target.
+fn absolute_form_rest(target: &str) -> Option<&str> {
+    target
         .get(..7)
         .filter(|s| s.eq_ignore_ascii_case("http://"))
         .map(|_| &target[7..])
@@ -165,8 +195,7 @@ fn absolute_form_path(target: &str) -> Option<&str> {
                 .get(..8)
                 .filter(|s| s.eq_ignore_ascii_case("https://"))
                 .map(|_| &target[8..])
-        })?;
-    Some(rest.find(['/', '?']).map_or("/", |i| &rest[i..]))
+        })
 }
 
 /// Limits of a request head.
@@ -225,6 +254,18 @@ pub fn parse_request_injecting(
     let (Some(method), Some(target), Some(version)) = (req.method, req.path, req.version) else {
         return Err(HeadError::Malformed("incomplete request line"));
     };
+    // An http(s) URI that is invalid (an empty host must be rejected, RFC 9110 4.2.1; a host
+    // `http::Uri` cannot read) is refused: its query goes unread here, yet in origin form the
+    // next hop would read a key from it.
+    if absolute_form_rest(target).is_some()
+        && target
+            .parse::<http::Uri>()
+            .map_or(true, |u| u.host().is_none_or(str::is_empty))
+    {
+        return Err(HeadError::Malformed(
+            "absolute-form target that is no valid URI",
+        ));
+    }
     let method =
         http::Method::from_bytes(method.as_bytes()).map_err(|_| HeadError::Malformed("method"))?;
     let http10 = version == 0;
@@ -269,7 +310,7 @@ pub fn parse_request_injecting(
     crate::proxy::key_inject::inject_raw(inject, headers, &mut extracted, &mut rewrite);
 
     let offset = |s: &str| s.as_ptr() as usize - buf.as_ptr() as usize;
-    let path = target_path(target).into();
+    let path = target_path(target);
     let line_ends: Vec<usize> = headers
         .iter()
         .map(|h| offset(h.name))
@@ -280,6 +321,7 @@ pub fn parse_request_injecting(
     let origin_target = rewrite
         .as_ref()
         .and_then(|r| r.target.as_deref())
+        .map(Cow::Borrowed)
         .or_else(|| absolute_form_path(target));
     match origin_target {
         Some(t) => out.push(Piece::Owned(

@@ -159,6 +159,53 @@ fn absolute_form_goes_upstream_in_origin_form() {
     assert_eq!(&*parse(raw).unwrap().unwrap().path, "/x");
 }
 
+/// Found by the `h1_request_head` fuzz target: an absolute-form target with an empty path went
+/// upstream as `GET ?q HTTP/1.1` (no request target at all) and was logged with path "".
+#[test]
+fn absolute_form_without_a_path_goes_upstream_with_slash() {
+    let raw = "GET http://svc?q=1 HTTP/1.1\r\nHost: svc\r\n\r\n";
+    assert_eq!(forwarded(raw), "GET /?q=1 HTTP/1.1\r\nHost: svc\r\n\r\n");
+    assert_eq!(&*parse(raw).unwrap().unwrap().path, "/");
+    let raw = "GET http://svc HTTP/1.1\r\nHost: svc\r\n\r\n";
+    assert_eq!(forwarded(raw), "GET / HTTP/1.1\r\nHost: svc\r\n\r\n");
+}
+
+/// Found by the `h1_request_head` fuzz target: an absolute-form target of another scheme with
+/// an empty path was logged with the authority as its path (`h.tp://svc`), and as `/` once its
+/// query key had moved to baggage.
+#[test]
+fn another_schemes_absolute_form_logs_its_path() {
+    let keys = KeyExtractor::new(KeySources::default().with_query(true));
+    let raw = "GET h.tp://svc?sd-routing-key=pr-42 HTTP/1.1\r\nHost: svc\r\n\r\n";
+    let head = parse_request(raw.as_bytes(), LIMITS, &keys, false)
+        .unwrap()
+        .unwrap();
+    assert_eq!(&*head.path, "/");
+    let raw = "GET h.tp://svc/x?q HTTP/1.1\r\nHost: svc\r\n\r\n";
+    assert_eq!(&*parse(raw).unwrap().unwrap().path, "/x");
+    // It goes upstream unchanged.
+    assert_eq!(forwarded(raw), raw);
+}
+
+/// Found by the `h1_request_head` fuzz target: `http://?sd-routing-key=K` (no host) was routed
+/// unkeyed (its query unread) but went upstream as `/?sd-routing-key=K`, a key the next hop reads,
+/// even from a client whose keys are stripped. An http URI without a host is invalid: 400.
+#[test]
+fn absolute_form_without_a_host_is_refused() {
+    for target in [
+        "http://?sd-routing-key=pr-42",
+        "http:///x",
+        "https://",
+        "HTTP://#f",
+        // Found next: a host http::Uri cannot read.
+        "http://a%pr-p?sd-routing-key=pr-42",
+    ] {
+        let raw = format!("GET {target} HTTP/1.1\r\nHost: svc\r\n\r\n");
+        let e = parse(&raw).unwrap_err();
+        assert_eq!(e.status(), 400, "{target}");
+    }
+}
+
 fn response(raw: &str, req: RequestKind) -> ResponseHead {
     parse_response(raw.as_bytes(), LIMITS, req)
         .unwrap()

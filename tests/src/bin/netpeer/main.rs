@@ -9,10 +9,12 @@ use std::{
 use serde_json::json;
 use tests::backends::Reply;
 
+mod churn;
 mod grpc;
 mod hold;
 mod http;
 mod load;
+mod mixed;
 
 const TIMEOUT: Duration = Duration::from_secs(5);
 
@@ -22,7 +24,9 @@ fn main() -> anyhow::Result<()> {
                  | udp ADDR \
                  | http ADDR [--h2] [--concurrent] REQUESTS_JSON | ws ADDR HEADERS_JSON MESSAGE \
                  | raw ADDR SEND [--stall-ms N] \
-                 | hold ADDR COUNT HOLD_MS [--send TEXT] [--expect PREFIX]";
+                 | hold ADDR COUNT HOLD_MS [--send TEXT] [--expect PREFIX] \
+                 | churn ADDR SECS [HEADER:VALUE] [--workers N] [--pause-ms N] \
+                 | mixed HTTP_ADDR GRPC_ADDR SECS RPS KEYS EXPECTS";
     let mode = args.get(1).ok_or_else(|| anyhow::anyhow!(usage))?;
     let addrs: Vec<SocketAddr> = args
         .get(2)
@@ -58,6 +62,8 @@ fn main() -> anyhow::Result<()> {
         "ws" => http::websocket(addr, &args[3..]),
         "grpc" => grpc::run(addr, &args[3..]),
         "load" => load::run(addr, &args[3..]),
+        "churn" => churn::run(addr, &args[3..]),
+        "mixed" => mixed::run(addr, &args[3..]),
         "raw" => raw(addr, &args[3..]),
         "hold" => hold::run(addr, &args[3..]),
         "udp" => {
