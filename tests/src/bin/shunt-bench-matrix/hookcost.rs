@@ -135,9 +135,12 @@ impl Bench {
                 let Some(before) = self.before.clone() else {
                     return Ok(());
                 };
+                // The before build reads the routes file it knew (no `netns:` of issue 18).
                 let current = std::mem::replace(&mut self.env.bins.agent, before);
+                let routes = std::mem::replace(&mut self.routes, self.routes_before.clone());
                 let agent = self.start_agent();
                 self.env.bins.agent = current;
+                self.routes = routes;
                 agent
             }
         };
