@@ -110,9 +110,6 @@ fn flapping_sandbox_pod_with_fallback_baseline_never_errors() {
 }
 
 #[test]
-#[ignore = "fails: the HTTP/1.1 path answers 502 when a crashed sandbox resets a request in flight, \
-            or refuses the fresh connection that replaces a stale pooled one, instead of taking \
-            the route's fallback (proxy/h1/mod.rs, issue 19's other half)"]
 fn crashing_sandbox_pod_with_fallback_baseline_never_errors() {
     sandbox_flaps_and_every_request_is_served(
         "crashing_sandbox_pod_with_fallback_baseline_never_errors",

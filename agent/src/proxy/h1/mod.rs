@@ -335,6 +335,12 @@ impl Conn<'_> {
                     retried = true;
                     match self.shared.upstreams.h1.connect(up.source, up.addr).await {
                         Ok(fresh) => up = fresh,
+                        Err(e) if decision.kind == DecisionKind::Sandbox => {
+                            drop(up);
+                            return self
+                                .sandbox_refused_on_retry(head, decision, body, prefix, e, started)
+                                .await;
+                        }
                         Err(e) => {
                             let text = format!("shunt: connecting to {}: {e}\n", up.addr);
                             return self

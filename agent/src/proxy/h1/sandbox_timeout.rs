@@ -43,6 +43,48 @@ impl Conn<'_> {
                 .answer_error(&head, decision, 504, &text, true, started)
                 .await;
         }
+        self.send_to_fallback(head, decision, baseline, body, prefix, started)
+            .await
+    }
+
+    /// A reused sandbox connection turned out closed and a fresh one was refused (the sandbox
+    /// pod died while still listed ready): the request, still whole in the buffer and never
+    /// sent, takes the route's fallback like any refused sandbox connection.
+    #[allow(clippy::too_many_arguments)]
+    pub(super) async fn sandbox_refused_on_retry(
+        &mut self,
+        head: RequestHead,
+        mut decision: Decision,
+        body: BodyState,
+        prefix: usize,
+        error: std::io::Error,
+        started: std::time::Instant,
+    ) -> Next {
+        tracing::debug!(upstream = ?decision.upstream, %error, "sandbox refused the retry connection");
+        decision.reason = DecisionReason::SandboxUnreachable;
+        let Some(baseline) = decision.fallback else {
+            decision.kind = DecisionKind::Reject;
+            decision.upstream = None;
+            let text = reject_text(&decision);
+            return self
+                .answer_locally(head, decision, 503, &text, body, prefix, started)
+                .await;
+        };
+        self.send_to_fallback(head, decision, baseline, body, prefix, started)
+            .await
+    }
+
+    /// Sends a whole, buffered request to the connection's baseline endpoint instead of its
+    /// sandbox.
+    async fn send_to_fallback(
+        &mut self,
+        head: RequestHead,
+        mut decision: Decision,
+        baseline: std::net::SocketAddr,
+        body: BodyState,
+        prefix: usize,
+        started: std::time::Instant,
+    ) -> Next {
         decision.kind = DecisionKind::Baseline;
         decision.upstream = Some(baseline);
         let up = match self.pinned.take() {
