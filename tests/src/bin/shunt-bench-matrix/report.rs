@@ -528,8 +528,8 @@ pub fn write(
             w,
             "#### Rate sweep (open loop, HTTP/1.1, 16 connections, 1 KiB): achieved req/s, p99 µs (added p99 vs A, below both knees)\n"
         )?;
-        writeln!(w, "| target | A | B | C | D | E |")?;
-        writeln!(w, "|---|---|---|---|---|---|")?;
+        writeln!(w, "| target | A | B | C | D | E | F |")?;
+        writeln!(w, "|---|---|---|---|---|---|---|")?;
         for r in sweep {
             let p = &r.point;
             let mut row = format!("| {} |", r.shape.rate.unwrap_or(0));
