@@ -208,18 +208,20 @@ pub struct CaptureParts {
     pub marked: MarkedMap,
 }
 
+/// One pinned map under `dir`, typed.
+fn open<T>(dir: &Path, name: &'static str) -> Result<T, CaptureError>
+where
+    T: TryFrom<aya::maps::Map, Error = aya::maps::MapError>,
+{
+    let map = MapData::from_pin(dir.join(name))
+        .and_then(aya::maps::Map::from_map_data)
+        .map_err(|source| CaptureError::Map { map: name, source })?;
+    T::try_from(map).map_err(|source| CaptureError::Map { map: name, source })
+}
+
 /// Opens the pinned maps under `bpffs_dir` without loading or attaching anything: for inspecting
 /// a running (or crashed) agent's state, as the tests and the CLI do.
 pub fn open_pinned(bpffs_dir: &Path) -> Result<(SteeredMap, OrigDstMap), CaptureError> {
-    fn open<T>(dir: &Path, name: &'static str) -> Result<T, CaptureError>
-    where
-        T: TryFrom<aya::maps::Map, Error = aya::maps::MapError>,
-    {
-        let map = MapData::from_pin(dir.join(name))
-            .and_then(aya::maps::Map::from_map_data)
-            .map_err(|source| CaptureError::Map { map: name, source })?;
-        T::try_from(map).map_err(|source| CaptureError::Map { map: name, source })
-    }
     Ok((
         SteeredMap::new(open(bpffs_dir, steered::MAP_NAME)?),
         OrigDstMap::new(open(bpffs_dir, orig::DST_MAP_NAME)?),
@@ -229,15 +231,6 @@ pub fn open_pinned(bpffs_dir: &Path) -> Result<(SteeredMap, OrigDstMap), Capture
 /// Opens the pinned `MARKED` map (and the proxy config's levels) under `bpffs_dir`, for
 /// inspection like [`open_pinned`].
 pub fn open_pinned_marked(bpffs_dir: &Path) -> Result<MarkedMap, CaptureError> {
-    fn open<T>(dir: &Path, name: &'static str) -> Result<T, CaptureError>
-    where
-        T: TryFrom<aya::maps::Map, Error = aya::maps::MapError>,
-    {
-        let map = MapData::from_pin(dir.join(name))
-            .and_then(aya::maps::Map::from_map_data)
-            .map_err(|source| CaptureError::Map { map: name, source })?;
-        T::try_from(map).map_err(|source| CaptureError::Map { map: name, source })
-    }
     Ok(MarkedMap::new(
         open(bpffs_dir, marked::MAP_NAME)?,
         open(bpffs_dir, config::MAP_NAME)?,

@@ -66,22 +66,10 @@ pub struct SandboxRouteSpec {
     /// select on each node) send without one, so a sandbox that drops the key still reaches
     /// downstream sandboxes. On by default; `false` turns it off.
     #[serde(
-        default = "inject_key_default",
-        skip_serializing_if = "is_inject_key_default"
+        default = "crate::routes::inject_key_default",
+        skip_serializing_if = "crate::routes::is_inject_key_default"
     )]
     pub inject_key: bool,
-}
-
-fn inject_key_default() -> bool {
-    true
-}
-
-#[expect(
-    clippy::trivially_copy_pass_by_ref,
-    reason = "serde's skip_serializing_if passes a reference"
-)]
-fn is_inject_key_default(on: &bool) -> bool {
-    *on
 }
 
 /// Requests for `service` carrying the key go to `to`.

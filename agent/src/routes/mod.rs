@@ -32,6 +32,7 @@ pub use model::{
     ClusterState, DEFAULT_AFFINITY_TIMEOUT, EndpointAddr, EndpointTrust, Fallback, ForkSpec,
     ForkTarget, MarkedSource, NodePod, ObjectRef, Pod, PortRef, SANDBOX_LABEL, SandboxRouteObj,
     SandboxRouteSpec, Service, ServicePort, SpecField, SpecProblem, TargetPort, TrafficPolicy,
+    inject_key_default, is_inject_key_default,
 };
 pub use sources::{AppliedSource, AppliedSources};
 pub use status::{ForkStatus, RouteReason, RouteStatus};

@@ -228,15 +228,14 @@ pub struct SandboxRouteSpec {
     pub inject_key: bool,
 }
 
-fn inject_key_default() -> bool {
+/// `injectKey`'s default (on), shared by the routes model and the CRD.
+pub fn inject_key_default() -> bool {
     true
 }
 
-#[expect(
-    clippy::trivially_copy_pass_by_ref,
-    reason = "serde's skip_serializing_if passes a reference"
-)]
-fn is_inject_key_default(on: &bool) -> bool {
+// serde's skip_serializing_if passes a reference.
+#[allow(clippy::trivially_copy_pass_by_ref)]
+pub fn is_inject_key_default(on: &bool) -> bool {
     *on
 }
 
