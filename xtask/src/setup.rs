@@ -238,10 +238,8 @@ fn install_cargo_fuzz(bin: &Path, path: &std::ffi::OsStr) -> anyhow::Result<()> 
 }
 
 fn install_apt_tools() -> anyhow::Result<()> {
-    install_apt(
-        "test tools (ip, nsenter, setpriv, sysctl, sudo)",
-        &APT_TOOLS,
-    )
+    let names: Vec<&str> = APT_TOOLS.iter().map(|(tool, _)| *tool).collect();
+    install_apt(&format!("test tools ({})", names.join(", ")), &APT_TOOLS)
 }
 
 /// Installs the Debian package of each `(command, package)` whose command is missing.
