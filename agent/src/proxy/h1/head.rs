@@ -266,6 +266,16 @@ pub fn parse_request_injecting(
             "absolute-form target that is no valid URI",
         ));
     }
+    // Any other target must be one of RFC 9112's forms (3.2): origin (`/p`), absolute with a
+    // valid scheme, asterisk (`*`), or authority for CONNECT. Anything else (`2http://h?q`)
+    // has no path the proxy and the next hop would read alike, so it is refused.
+    if !(target.starts_with('/')
+        || target == "*"
+        || method == "CONNECT"
+        || other_scheme_path(target).is_some())
+    {
+        return Err(HeadError::Malformed("request target of no known form"));
+    }
     let method =
         http::Method::from_bytes(method.as_bytes()).map_err(|_| HeadError::Malformed("method"))?;
     let http10 = version == 0;

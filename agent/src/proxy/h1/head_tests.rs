@@ -294,3 +294,40 @@ fn a_stripped_client_head_loses_every_key_form_and_keeps_the_rest() {
         Some("pr-2".into())
     );
 }
+
+/// A fuzz finding (`cargo xtask fuzz --smoke` in CI): a target of no RFC 9112 form (`2http:` is
+/// no scheme) had its path changed by key stripping (`2http://h` → `2http://h/`); it is refused.
+#[test]
+fn target_of_no_known_form_is_refused() {
+    let keys = crate::proxy::key::KeyExtractor::new(KeySources::default().with_query(true));
+    let limits = HeadLimits {
+        max_bytes: 16 * 1024,
+        max_headers: 100,
+    };
+    for target in [
+        "2http://h?sd-routing-key=pr-1",
+        "h?sd-routing-key=pr-1",
+        "a b",
+    ] {
+        let data = format!("GET {target} HTTP/1.1\r\nHost: h\r\n\r\n");
+        for strip in [false, true] {
+            assert!(
+                matches!(
+                    parse_request(data.as_bytes(), limits, &keys, strip),
+                    Err(HeadError::Malformed(_))
+                ),
+                "{target:?} strip {strip}"
+            );
+        }
+    }
+    for target in ["/p?q", "*", "h2://h/p", "http://h/p"] {
+        let data = format!("GET {target} HTTP/1.1\r\nHost: h\r\n\r\n");
+        assert!(
+            matches!(
+                parse_request(data.as_bytes(), limits, &keys, false),
+                Ok(Some(_))
+            ),
+            "{target:?}"
+        );
+    }
+}
