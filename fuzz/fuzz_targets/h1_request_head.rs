@@ -15,6 +15,11 @@ const LIMITS: HeadLimits = HeadLimits {
     max_headers: 100,
 };
 
+const REWRITTEN_LIMITS: HeadLimits = HeadLimits {
+    max_bytes: LIMITS.max_bytes + 4096,
+    max_headers: LIMITS.max_headers + 1,
+};
+
 fuzz_target!(|data: &[u8]| {
     let keys = KeyExtractor::new(KeySources::default().with_query(true));
     for strip in [false, true] {
@@ -31,7 +36,9 @@ fuzz_target!(|data: &[u8]| {
             .iter()
             .flat_map(|s| s.to_vec())
             .collect();
-        let again = parse_request(&out, LIMITS, &keys, strip)
+        // Moving a query key into `baggage` may add one header line to the head the proxy
+        // writes, so it is read back with room for that line.
+        let again = parse_request(&out, REWRITTEN_LIMITS, &keys, strip)
             .unwrap_or_else(|e| panic!("the rewritten head does not parse: {e:?}: {out:?}"))
             .unwrap_or_else(|| panic!("the rewritten head is incomplete: {out:?}"));
         assert_eq!(again.method, head.method);
