@@ -254,6 +254,12 @@ pub fn parse_request_injecting(
     let (Some(method), Some(target), Some(version)) = (req.method, req.path, req.version) else {
         return Err(HeadError::Malformed("incomplete request line"));
     };
+    // A fragment is no part of any request target (RFC 9112 3.2). Readers split it off at
+    // different places: `http::Uri` drops `#f?k=v` whole, a path split at `?` keeps `?k=v` as a
+    // query, so the proxy and the next hop would read different keys. Refused, as HAProxy does.
+    if target.contains('#') {
+        return Err(HeadError::Malformed("fragment in request target"));
+    }
     // An http(s) URI that is invalid (an empty host must be rejected, RFC 9110 4.2.1; a host
     // `http::Uri` cannot read) is refused: its query goes unread here, yet in origin form the
     // next hop would read a key from it.
