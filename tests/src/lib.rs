@@ -7,6 +7,7 @@ pub mod harness;
 pub mod http_backend;
 pub mod kernel;
 pub mod kube_world;
+pub mod mcp_cluster;
 pub mod mcp_driver;
 pub mod mcp_world;
 pub mod netns;

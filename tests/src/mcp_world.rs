@@ -14,7 +14,7 @@ use agent::sandbox::local::{PodRecord, kill_cgroup};
 use serde_json::{Value, json};
 
 use crate::{
-    harness::Env,
+    harness::{DEBUG_PORT, Env},
     process::{ChildGuard, spawn_in},
 };
 
@@ -108,6 +108,28 @@ pub fn start_apps(env: &Env, demo_app: &Path) -> Vec<ChildGuard> {
         );
     }
     apps
+}
+
+/// `shunt mcp` in no-cluster mode on `env`'s node: the routes file, the agent's debug listener
+/// in the node namespace, pod 0 as the client for test requests, the captured cgroup; then
+/// `extra`.
+pub fn node_mcp_server(env: &Env, routes: &Path, extra: &[&str]) -> Vec<String> {
+    let mut args = vec![
+        env.bins.agent.display().to_string(),
+        "mcp".into(),
+        "--routes".into(),
+        routes.display().to_string(),
+        "--debug-addr".into(),
+        format!("127.0.0.1:{DEBUG_PORT}"),
+        "--debug-netns".into(),
+        env.node().path(),
+        "--client-netns".into(),
+        env.topo.pods[0].netns.path(),
+        "--client-cgroup".into(),
+        env.cgroup.path().display().to_string(),
+    ];
+    args.extend(extra.iter().map(|s| s.to_string()));
+    args
 }
 
 pub fn wait(timeout: Duration, what: &str, mut f: impl FnMut() -> bool) {

@@ -16,7 +16,7 @@
 use std::{
     fs,
     net::{Ipv4Addr, SocketAddr, TcpStream},
-    path::{Path, PathBuf},
+    path::Path,
     process::{Command, Stdio},
     sync::atomic::{AtomicBool, Ordering},
     time::{Duration, Instant},
@@ -27,6 +27,11 @@ use tests::{
     bins,
     fake_apiserver::FakeApiServer,
     harness::{DEBUG_PORT, Env},
+    mcp_cluster::{
+        self, McpCluster, assert_api_calls_within_mcp_access, assert_calls_within_mcp_access,
+        reviews_endpoints, reviews_service, with_peer,
+    },
+    mcp_world::node_mcp_server,
     netns::Topology,
     process::{ChildGuard, spawn_in},
 };
@@ -204,20 +209,7 @@ fn mcp_client_drives_a_sandbox_through_the_mini_cluster() {
         ],
         None,
     );
-    let server: Vec<String> = vec![
-        env.bins.agent.display().to_string(),
-        "mcp".into(),
-        "--routes".into(),
-        routes.display().to_string(),
-        "--debug-addr".into(),
-        format!("127.0.0.1:{DEBUG_PORT}"),
-        "--debug-netns".into(),
-        env.node().path(),
-        "--client-netns".into(),
-        env.topo.pods[0].netns.path(),
-        "--client-cgroup".into(),
-        env.cgroup.path().display().to_string(),
-    ];
+    let server = node_mcp_server(&env, &routes, &[]);
     let o = mcp_client(&python, "netns", &server);
     let ctx = || format!("agent log:\n{}", agent.log_text());
     check_tools(&o);
@@ -436,32 +428,11 @@ fn mcp_client_drives_a_sandbox_through_the_mini_cluster() {
 // ---------------------------------------------------------------------------------------------
 // Cluster mode: the fake API server
 
-struct FakeCluster {
-    api: FakeApiServer,
-    // Last: the server's tasks run on it.
-    _rt: tokio::runtime::Runtime,
-}
-
-fn fake_cluster() -> FakeCluster {
-    // The runtime-hosted server with the SandboxRoute CRD and namespace `shop`.
-    let tests::kube_world::FakeCluster { api, rt } =
-        tests::kube_world::FakeCluster::start(false).expect("fake API server");
-    for obj in [
-        json!({
-            "apiVersion": "v1", "kind": "Service",
-            "metadata": { "name": "reviews", "namespace": "shop" },
-            "spec": { "clusterIP": "10.96.0.7", "selector": { "app": "reviews" },
-                      "ports": [{ "name": "http", "port": 9080, "targetPort": "http" }] },
-        }),
-        json!({
-            "apiVersion": "discovery.k8s.io/v1", "kind": "EndpointSlice",
-            "metadata": { "name": "reviews-abc", "namespace": "shop",
-                          "labels": { "kubernetes.io/service-name": "reviews" } },
-            "addressType": "IPv4",
-            "endpoints": [{ "addresses": ["10.1.0.5"], "conditions": { "ready": true },
-                            "targetRef": { "kind": "Pod", "name": "reviews-v1-xyz", "namespace": "shop" } }],
-            "ports": [{ "name": "http", "port": 8080, "protocol": "TCP" }],
-        }),
+/// The cluster the SandboxRoute tools work on: `reviews` and its sandbox pod, Running.
+fn shop_cluster() -> McpCluster {
+    let cluster = McpCluster::start([
+        reviews_service(),
+        reviews_endpoints(),
         json!({
             "apiVersion": "v1", "kind": "Pod",
             "metadata": { "name": "reviews-v2-abc", "namespace": "shop",
@@ -469,60 +440,22 @@ fn fake_cluster() -> FakeCluster {
             "spec": { "containers": [{ "name": "app", "image": "reviews:2",
                                        "ports": [{ "name": "http", "containerPort": 8080 }] }] },
         }),
-    ] {
-        api.create(obj.clone())
-            .unwrap_or_else(|e| panic!("creating {obj}: {e}"));
-    }
-    let mut pod = api
+    ]);
+    let mut pod = cluster
+        .api
         .get("v1", "Pod", Some("shop"), "reviews-v2-abc")
         .expect("pod");
     pod["status"] = json!({
         "phase": "Running", "podIP": "10.1.0.9", "podIPs": [{ "ip": "10.1.0.9" }],
         "conditions": [{ "type": "Ready", "status": "True" }],
     });
-    api.replace_status(pod).expect("pod status");
-    FakeCluster { api, _rt: rt }
-}
-
-/// The fake cluster, and a kubeconfig for it (in a directory that lives as long as the guard).
-fn kube_fixture() -> (FakeCluster, tempfile::TempDir, PathBuf) {
-    let cluster = fake_cluster();
-    let dir = tempfile::tempdir().expect("tempdir");
-    let kubeconfig = dir.path().join("kubeconfig");
+    cluster.api.replace_status(pod).expect("pod status");
     cluster
-        .api
-        .write_kubeconfig(&kubeconfig)
-        .expect("kubeconfig");
-    (cluster, dir, kubeconfig)
 }
 
-/// Runs `peer` (a stand-in for the agents' leader or a kubelet) beside `run`, until `run` is
-/// done; returns both results.
-fn with_peer<T: Send>(
-    api: &FakeApiServer,
-    peer: impl FnOnce(&FakeApiServer, &AtomicBool) -> T + Send,
-    run: impl FnOnce() -> Value,
-) -> (Value, T) {
-    let stop = AtomicBool::new(false);
-    std::thread::scope(|s| {
-        let peer = s.spawn(|| peer(api, &stop));
-        let out = run();
-        stop.store(true, Ordering::Relaxed);
-        (out, peer.join().expect("the fake peer"))
-    })
-}
-
-/// `shunt mcp --kube` against the fake API server, default namespace `shop`.
-fn kube_server(kubeconfig: &Path) -> Vec<String> {
-    vec![
-        env!("CARGO_BIN_EXE_shunt-under-test").into(),
-        "mcp".into(),
-        "--kube".into(),
-        "--kubeconfig".into(),
-        kubeconfig.display().to_string(),
-        "--namespace".into(),
-        "shop".into(),
-    ]
+/// `shunt mcp --kube` on `cluster`, then `extra`.
+fn kube_server(cluster: &McpCluster, extra: &[&str]) -> Vec<String> {
+    cluster.server(Path::new(env!("CARGO_BIN_EXE_shunt-under-test")), extra)
 }
 
 /// Plays the agents' leader: marks every SandboxRoute without a status Ready. Returns the
@@ -556,9 +489,9 @@ fn mcp_cluster_mode_manages_sandbox_routes_through_the_api() {
     let Some(python) = python_with_mcp(test) else {
         return;
     };
-    let (cluster, _dir, kubeconfig) = kube_fixture();
+    let cluster = shop_cluster();
     let (o, seen) = with_peer(&cluster.api, fake_leader, || {
-        mcp_client(&python, "kube", &kube_server(&kubeconfig))
+        mcp_client(&python, "kube", &kube_server(&cluster, &[]))
     });
     check_tools(&o);
 
@@ -637,13 +570,7 @@ fn mcp_cluster_mode_manages_sandbox_routes_through_the_api() {
     );
     assert_eq!(ok(&o, "list_routes_after")["routes"], json!([]));
     // Only the MCP server spoke HTTP to the API here: each of its calls is in MCP_ACCESS.
-    let calls = tests::kube_world::api_calls(&cluster.api);
-    let allowed = tests::kube_world::granted(agent::kube::rbac::MCP_ACCESS);
-    let missing: Vec<_> = calls.difference(&allowed).collect();
-    assert!(
-        missing.is_empty(),
-        "calls missing from MCP_ACCESS: {missing:?}"
-    );
+    assert_api_calls_within_mcp_access(&cluster.api, &[]);
 }
 
 /// Plays a kubelet that cannot pull any request pod's image. Returns the pods' names.
@@ -681,9 +608,8 @@ fn mcp_cluster_mode_request_pod_with_an_unpullable_image_is_an_error_naming_the_
     let Some(python) = python_with_mcp(test) else {
         return;
     };
-    let (cluster, _dir, kubeconfig) = kube_fixture();
-    let mut server = kube_server(&kubeconfig);
-    server.extend(["--request-image".into(), "nope/shunt:1".into()]);
+    let cluster = shop_cluster();
+    let server = kube_server(&cluster, &["--request-image", "nope/shunt:1"]);
     let (o, pods) = with_peer(&cluster.api, kubelet_that_cannot_pull, || {
         mcp_client(&python, "kube_bad_image", &server)
     });
@@ -871,7 +797,11 @@ fn kube_request_run_in(test: &str, user: Option<&str>, restricted: bool) -> Opti
                 .api
                 .write_kubeconfig(&kubeconfig)
                 .expect("kubeconfig");
-            kube_server(&kubeconfig)
+            mcp_cluster::kube_server(
+                Path::new(env!("CARGO_BIN_EXE_shunt-under-test")),
+                &kubeconfig,
+                &[],
+            )
         }
         Some(name) => {
             let token = format!("{name}-token");
@@ -888,9 +818,11 @@ fn kube_request_run_in(test: &str, user: Option<&str>, restricted: bool) -> Opti
                 .write_kubeconfig_with_token(&kubeconfig, &token)
                 .expect("kubeconfig");
             // No access to shunt-system: the request image is given.
-            let mut s = kube_server(&kubeconfig);
-            s.extend(["--request-image".into(), AGENT_IMAGE.into()]);
-            s
+            mcp_cluster::kube_server(
+                Path::new(env!("CARGO_BIN_EXE_shunt-under-test")),
+                &kubeconfig,
+                &["--request-image", AGENT_IMAGE],
+            )
         }
     };
     let (o, request_pods) = with_peer(
@@ -1033,26 +965,17 @@ fn mcp_cluster_mode_sends_a_keyed_request_from_a_pod_and_reads_its_hops() {
 
     // What the MCP server called is in MCP_ACCESS, and the request pods' verbs and the traffic
     // reads are among them.
-    let calls = mcp_calls(&run);
-    let allowed = tests::kube_world::granted(agent::kube::rbac::MCP_ACCESS);
-    let missing: Vec<_> = calls.iter().filter(|c| !allowed.contains(*c)).collect();
-    assert!(
-        missing.is_empty(),
-        "calls missing from MCP_ACCESS: {missing:?}"
+    assert_calls_within_mcp_access(
+        &mcp_calls(&run),
+        &[
+            ("", "pods", "create"),
+            ("", "pods", "get"),
+            ("", "pods", "delete"),
+            ("", "pods/log", "get"),
+            ("traffic.shunt.dev", "decisions", "list"),
+            ("traffic.shunt.dev", "topology", "list"),
+        ],
     );
-    for (group, res, verb) in [
-        ("", "pods", "create"),
-        ("", "pods", "get"),
-        ("", "pods", "delete"),
-        ("", "pods/log", "get"),
-        ("traffic.shunt.dev", "decisions", "list"),
-        ("traffic.shunt.dev", "topology", "list"),
-    ] {
-        assert!(
-            calls.contains(&(group.to_string(), res.to_string(), verb.to_string())),
-            "{verb} {res} not called: {calls:?}"
-        );
-    }
     // Every traffic read was for the namespace of the services, through the aggregated API.
     let traffic: Vec<String> = run
         .cluster

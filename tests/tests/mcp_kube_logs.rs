@@ -3,7 +3,14 @@
 //! returns its restarts, termination reason, why it waits and its Events; only calls MCP_ACCESS
 //! lists, and the ones these tools need.
 use serde_json::json;
-use tests::mcp_driver::{err, mcp_client, ok, python_with_mcp};
+use std::path::Path;
+
+use tests::{
+    mcp_cluster::{
+        McpCluster, assert_api_calls_within_mcp_access, reviews_endpoints, reviews_service,
+    },
+    mcp_driver::{err, mcp_client, ok, python_with_mcp},
+};
 
 #[test]
 fn mcp_cluster_mode_get_logs_reads_pods_log_and_get_sandbox_explains_a_crash_loop() {
@@ -11,24 +18,9 @@ fn mcp_cluster_mode_get_logs_reads_pods_log_and_get_sandbox_explains_a_crash_loo
     let Some(python) = python_with_mcp(test) else {
         return;
     };
-    let tests::kube_world::FakeCluster { api, rt: _rt } =
-        tests::kube_world::FakeCluster::start(false).expect("fake API server");
-    for obj in [
-        json!({
-            "apiVersion": "v1", "kind": "Service",
-            "metadata": { "name": "reviews", "namespace": "shop" },
-            "spec": { "clusterIP": "10.96.0.7", "selector": { "app": "reviews" },
-                      "ports": [{ "name": "http", "port": 9080, "targetPort": "http" }] },
-        }),
-        json!({
-            "apiVersion": "discovery.k8s.io/v1", "kind": "EndpointSlice",
-            "metadata": { "name": "reviews-abc", "namespace": "shop",
-                          "labels": { "kubernetes.io/service-name": "reviews" } },
-            "addressType": "IPv4",
-            "endpoints": [{ "addresses": ["10.1.0.5"], "conditions": { "ready": true },
-                            "targetRef": { "kind": "Pod", "name": "reviews-v1-xyz", "namespace": "shop" } }],
-            "ports": [{ "name": "http", "port": 8080, "protocol": "TCP" }],
-        }),
+    let cluster = McpCluster::start([
+        reviews_service(),
+        reviews_endpoints(),
         json!({
             "apiVersion": "v1", "kind": "Pod",
             "metadata": { "name": "reviews-v1-xyz", "namespace": "shop", "labels": { "app": "reviews" } },
@@ -40,10 +32,8 @@ fn mcp_cluster_mode_get_logs_reads_pods_log_and_get_sandbox_explains_a_crash_loo
                           "labels": { "app": "reviews-v2", "shunt.dev/sandbox": "pr-42" } },
             "spec": { "containers": [{ "name": "app", "image": "reviews:2" }] },
         }),
-    ] {
-        api.create(obj.clone())
-            .unwrap_or_else(|e| panic!("creating {obj}: {e}"));
-    }
+    ]);
+    let api = &cluster.api;
     // The sandbox pod crash-loops, as a kubelet would report it.
     let mut pod = api
         .get("v1", "Pod", Some("shop"), "reviews-v2-abc")
@@ -79,18 +69,7 @@ fn mcp_cluster_mode_get_logs_reads_pods_log_and_get_sandbox_explains_a_crash_loo
         "reviews-v2-abc",
         "v2 started\nGET / -> 500: ERROR stars() nil\nGET / -> 500: ERROR stars() nil\n",
     );
-    let dir = tempfile::tempdir().expect("tempdir");
-    let kubeconfig = dir.path().join("kubeconfig");
-    api.write_kubeconfig(&kubeconfig).expect("kubeconfig");
-    let server = vec![
-        env!("CARGO_BIN_EXE_shunt-under-test").to_string(),
-        "mcp".into(),
-        "--kube".into(),
-        "--kubeconfig".into(),
-        kubeconfig.display().to_string(),
-        "--namespace".into(),
-        "shop".into(),
-    ];
+    let server = cluster.server(Path::new(env!("CARGO_BIN_EXE_shunt-under-test")), &[]);
     let o = mcp_client(&python, "kube_logs", &server);
 
     let pod = ok(&o, "pod");
@@ -133,21 +112,12 @@ fn mcp_cluster_mode_get_logs_reads_pods_log_and_get_sandbox_explains_a_crash_loo
     );
 
     // Every call is in MCP_ACCESS, and pods/log is what was read.
-    let calls = tests::kube_world::api_calls(&api);
-    let allowed = tests::kube_world::granted(agent::kube::rbac::MCP_ACCESS);
-    let missing: Vec<_> = calls.difference(&allowed).collect();
-    assert!(
-        missing.is_empty(),
-        "calls missing from MCP_ACCESS: {missing:?}"
+    assert_api_calls_within_mcp_access(
+        api,
+        &[
+            ("", "pods/log", "get"),
+            ("", "events", "list"),
+            ("", "pods", "list"),
+        ],
     );
-    for (group, res, verb) in [
-        ("", "pods/log", "get"),
-        ("", "events", "list"),
-        ("", "pods", "list"),
-    ] {
-        assert!(
-            calls.contains(&(group.to_string(), res.to_string(), verb.to_string())),
-            "{verb} {res} not called: {calls:?}"
-        );
-    }
 }

@@ -4,6 +4,7 @@
 //! namespace, and says so when the pod was never marked. The fake server runs no pods: a thread
 //! plays the kubelet (status and log), as a real one would report them.
 use std::{
+    path::Path,
     sync::atomic::{AtomicBool, Ordering},
     time::Duration,
 };
@@ -11,11 +12,21 @@ use std::{
 use serde_json::{Value, json};
 use tests::{
     fake_apiserver::FakeApiServer,
-    kube_world::FakeCluster,
+    mcp_cluster::{McpCluster, assert_api_calls_within_mcp_access, with_peer},
     mcp_driver::{err, mcp_client, ok, python_with_mcp},
 };
 
 const COMPONENT: &str = "test-runner";
+
+/// The route whose key the tests run with.
+fn route_pr_42() -> Value {
+    json!({
+        "apiVersion": "shunt.dev/v1alpha1", "kind": "SandboxRoute",
+        "metadata": { "name": "pr-42", "namespace": "shop" },
+        "spec": { "routingKey": "pr-42",
+                  "forks": [{ "service": "reviews", "to": { "selector": { "shunt.dev/sandbox": "pr-42" } } }] },
+    })
+}
 
 /// Plays the kubelet for test pods: the init step's verdict and the test container's exit, by
 /// the pod's `CASE` variable. Returns the pods as created.
@@ -80,34 +91,14 @@ fn run_tests_runs_a_marked_pod_and_returns_its_exit_code_and_log() {
     let Some(python) = python_with_mcp(test) else {
         return;
     };
-    let FakeCluster { api, rt: _rt } = FakeCluster::start(false).expect("fake API server");
-    api.create(json!({
-        "apiVersion": "shunt.dev/v1alpha1", "kind": "SandboxRoute",
-        "metadata": { "name": "pr-42", "namespace": "shop" },
-        "spec": { "routingKey": "pr-42",
-                  "forks": [{ "service": "reviews", "to": { "selector": { "shunt.dev/sandbox": "pr-42" } } }] },
-    }))
-    .expect("route");
-    let dir = tempfile::tempdir().expect("tempdir");
-    let kubeconfig = dir.path().join("kubeconfig");
-    api.write_kubeconfig(&kubeconfig).expect("kubeconfig");
-    let server = vec![
-        env!("CARGO_BIN_EXE_shunt-under-test").to_string(),
-        "mcp".into(),
-        "--kube".into(),
-        "--kubeconfig".into(),
-        kubeconfig.display().to_string(),
-        "--namespace".into(),
-        "shop".into(),
-        "--request-image".into(),
-        "shunt:test".into(),
-    ];
-    let stop = AtomicBool::new(false);
-    let (o, pods) = std::thread::scope(|s| {
-        let peer = s.spawn(|| kubelet(&api, &stop));
-        let o = mcp_client(&python, "kube_run_tests", &server);
-        stop.store(true, Ordering::Relaxed);
-        (o, peer.join().expect("the fake kubelet"))
+    let cluster = McpCluster::start([route_pr_42()]);
+    let api = &cluster.api;
+    let server = cluster.server(
+        Path::new(env!("CARGO_BIN_EXE_shunt-under-test")),
+        &["--request-image", "shunt:test"],
+    );
+    let (o, pods) = with_peer(api, kubelet, || {
+        mcp_client(&python, "kube_run_tests", &server)
     });
 
     // No route of the key in the namespace: refused before any pod exists.
@@ -181,11 +172,5 @@ fn run_tests_runs_a_marked_pod_and_returns_its_exit_code_and_log() {
         .filter(|p| p["metadata"]["labels"]["app.kubernetes.io/component"] == COMPONENT)
         .collect();
     assert!(left.is_empty(), "test pods left: {left:?}");
-    let calls = tests::kube_world::api_calls(&api);
-    let allowed = tests::kube_world::granted(agent::kube::rbac::MCP_ACCESS);
-    let missing: Vec<_> = calls.difference(&allowed).collect();
-    assert!(
-        missing.is_empty(),
-        "calls missing from MCP_ACCESS: {missing:?}"
-    );
+    assert_api_calls_within_mcp_access(api, &[]);
 }

@@ -5,6 +5,7 @@
 //! it created, except what it created with `keep`. Every API call is in MCP_ACCESS, and every
 //! permission this adds is used.
 use std::{
+    path::Path,
     sync::atomic::{AtomicBool, Ordering},
     time::Duration,
 };
@@ -12,6 +13,7 @@ use std::{
 use serde_json::{Value, json};
 use tests::{
     fake_apiserver::FakeApiServer,
+    mcp_cluster::{McpCluster, assert_api_calls_within_mcp_access, reviews_service, with_peer},
     mcp_driver::{err, mcp_client, ok, python_with_mcp},
 };
 
@@ -96,15 +98,8 @@ fn mcp_cluster_mode_create_sandbox_forks_the_deployment_and_the_session_cleans_u
     let Some(python) = python_with_mcp(test) else {
         return;
     };
-    let tests::kube_world::FakeCluster { api, rt: _rt } =
-        tests::kube_world::FakeCluster::start(false).expect("fake API server");
-    for obj in [
-        json!({
-            "apiVersion": "v1", "kind": "Service",
-            "metadata": { "name": "reviews", "namespace": "shop" },
-            "spec": { "clusterIP": "10.96.0.7", "selector": { "app": "reviews" },
-                      "ports": [{ "name": "http", "port": 9080, "targetPort": "http" }] },
-        }),
+    let cluster = McpCluster::start([
+        reviews_service(),
         json!({
             "apiVersion": "apps/v1", "kind": "Deployment",
             "metadata": { "name": "reviews", "namespace": "shop", "labels": { "app": "reviews" } },
@@ -128,30 +123,14 @@ fn mcp_cluster_mode_create_sandbox_forks_the_deployment_and_the_session_cleans_u
             "spec": { "routingKey": "pr-person", "forks": [{ "service": "reviews",
                       "to": { "selector": { "shunt.dev/sandbox": "pr-person" } } }] },
         }),
-    ] {
-        api.create(obj.clone())
-            .unwrap_or_else(|e| panic!("creating {obj}: {e}"));
-    }
-    let stop = AtomicBool::new(false);
-    let dir = tempfile::tempdir().expect("tempdir");
-    let kubeconfig = dir.path().join("kubeconfig");
-    api.write_kubeconfig(&kubeconfig).expect("kubeconfig");
-    let server = vec![
-        env!("CARGO_BIN_EXE_shunt-under-test").to_string(),
-        "mcp".into(),
-        "--kube".into(),
-        "--kubeconfig".into(),
-        kubeconfig.display().to_string(),
-        "--namespace".into(),
-        "shop".into(),
-        "--session-ttl".into(),
-        "3s".into(),
-    ];
-    let o = std::thread::scope(|scope| {
-        scope.spawn(|| fake_kubelet_and_leader(&api, &stop));
-        let o = mcp_client(&python, "kube_sandbox", &server);
-        stop.store(true, Ordering::Relaxed);
-        o
+    ]);
+    let api = &cluster.api;
+    let server = cluster.server(
+        Path::new(env!("CARGO_BIN_EXE_shunt-under-test")),
+        &["--session-ttl", "3s"],
+    );
+    let (o, ()) = with_peer(api, fake_kubelet_and_leader, || {
+        mcp_client(&python, "kube_sandbox", &server)
     });
 
     err(&o, "create_no_image", "invalid_input");
@@ -194,13 +173,13 @@ fn mcp_cluster_mode_create_sandbox_forks_the_deployment_and_the_session_cleans_u
 
     // The session ended (stdin EOF): what it created without keep is gone; its kept sandbox
     // and the person's remain.
-    assert!(route_for(&api, "pr-bad").is_none(), "pr-bad route left");
+    assert!(route_for(api, "pr-bad").is_none(), "pr-bad route left");
     assert!(
         api.get("apps/v1", "Deployment", Some("shop"), "reviews-pr-bad")
             .is_none(),
         "pr-bad clone left"
     );
-    let kept = route_for(&api, "pr-keep").expect("kept route");
+    let kept = route_for(api, "pr-keep").expect("kept route");
     assert_eq!(kept["metadata"]["labels"]["shunt.dev/session"], session);
     assert!(kept["spec"].get("expiresAt").is_none_or(Value::is_null));
     let clone = api
@@ -215,27 +194,18 @@ fn mcp_cluster_mode_create_sandbox_forks_the_deployment_and_the_session_cleans_u
         clone["spec"]["template"]["spec"]["containers"][0]["image"],
         "reviews:2"
     );
-    assert!(route_for(&api, "pr-person").is_some(), "a person's route");
+    assert!(route_for(api, "pr-person").is_some(), "a person's route");
 
     // Every call is in MCP_ACCESS; and the permissions create/delete_sandbox need were used.
-    let calls = tests::kube_world::api_calls(&api);
-    let allowed = tests::kube_world::granted(agent::kube::rbac::MCP_ACCESS);
-    let missing: Vec<_> = calls.difference(&allowed).collect();
-    assert!(
-        missing.is_empty(),
-        "calls missing from MCP_ACCESS: {missing:?}"
+    assert_api_calls_within_mcp_access(
+        api,
+        &[
+            ("apps", "deployments", "get"),
+            ("apps", "deployments", "create"),
+            ("apps", "deployments", "delete"),
+            ("shunt.dev", "sandboxroutes", "create"),
+            ("shunt.dev", "sandboxroutes", "delete"),
+            ("shunt.dev", "sandboxroutes", "patch"),
+        ],
     );
-    for (group, res, verb) in [
-        ("apps", "deployments", "get"),
-        ("apps", "deployments", "create"),
-        ("apps", "deployments", "delete"),
-        ("shunt.dev", "sandboxroutes", "create"),
-        ("shunt.dev", "sandboxroutes", "delete"),
-        ("shunt.dev", "sandboxroutes", "patch"),
-    ] {
-        assert!(
-            calls.contains(&(group.to_string(), res.to_string(), verb.to_string())),
-            "{verb} {group}/{res} not called: {calls:?}"
-        );
-    }
 }

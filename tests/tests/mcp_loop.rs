@@ -14,9 +14,11 @@ use agent::sandbox::local::PodRecord;
 use serde_json::{Value, json};
 use tests::{
     bins,
-    harness::{DEBUG_PORT, Env},
+    harness::Env,
     mcp_driver::{err, mcp_client_with, ok, python_with_mcp},
-    mcp_world::{POD_PORT, SandboxSweep, netns_exists, routes_yaml, start_apps, vip, wait},
+    mcp_world::{
+        POD_PORT, SandboxSweep, netns_exists, node_mcp_server, routes_yaml, start_apps, vip, wait,
+    },
 };
 
 fn served_path(body: &Value) -> Vec<String> {
@@ -58,24 +60,12 @@ fn agent_fixes_a_broken_sandbox_through_mcp_and_the_session_cleans_up() {
         ],
         None,
     );
-    let server: Vec<String> = vec![
-        env.bins.agent.display().to_string(),
-        "mcp".into(),
-        "--routes".into(),
-        routes.display().to_string(),
-        "--debug-addr".into(),
-        format!("127.0.0.1:{DEBUG_PORT}"),
-        "--debug-netns".into(),
-        env.node().path(),
-        "--client-netns".into(),
-        env.topo.pods[0].netns.path(),
-        "--client-cgroup".into(),
-        env.cgroup.path().display().to_string(),
-        "--cluster-dir".into(),
-        env.run.path.display().to_string(),
-        "--max-sandboxes-per-session".into(),
-        "2".into(),
-    ];
+    let dir = env.run.path.display().to_string();
+    let server = node_mcp_server(
+        &env,
+        &routes,
+        &["--cluster-dir", &dir, "--max-sandboxes-per-session", "2"],
+    );
     let cfg = json!({
         "demo_app": env!("CARGO_BIN_EXE_demo-app"),
         "ratings_url": format!("http://{}/", vip("ratings")),

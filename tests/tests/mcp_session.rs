@@ -6,8 +6,8 @@ use agent::sandbox::local::PodRecord;
 use serde_json::json;
 use tests::{
     bins,
-    harness::{DEBUG_PORT, Env},
-    mcp_world::{RawSession, SandboxSweep, netns_exists, routes_yaml, start_apps},
+    harness::Env,
+    mcp_world::{RawSession, SandboxSweep, netns_exists, node_mcp_server, routes_yaml, start_apps},
 };
 
 #[test]
@@ -30,24 +30,12 @@ fn session_end_by_signal_deletes_its_sandboxes_and_a_killed_sessions_expire() {
         None,
     );
     let server = |ttl: &str| -> Vec<String> {
-        vec![
-            env.bins.agent.display().to_string(),
-            "mcp".into(),
-            "--routes".into(),
-            routes.display().to_string(),
-            "--debug-addr".into(),
-            format!("127.0.0.1:{DEBUG_PORT}"),
-            "--debug-netns".into(),
-            env.node().path(),
-            "--client-netns".into(),
-            env.topo.pods[0].netns.path(),
-            "--client-cgroup".into(),
-            env.cgroup.path().display().to_string(),
-            "--cluster-dir".into(),
-            env.run.path.display().to_string(),
-            "--session-ttl".into(),
-            ttl.into(),
-        ]
+        let dir = env.run.path.display().to_string();
+        node_mcp_server(
+            &env,
+            &routes,
+            &["--cluster-dir", &dir, "--session-ttl", ttl],
+        )
     };
     let create = |s: &mut RawSession, name: &str, key: &str| {
         let r = s.tool(
