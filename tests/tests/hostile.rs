@@ -166,6 +166,21 @@ fn upgraded_tunnels_count_against_the_connection_limit() {
     });
 }
 
+/// An agent whose proxy has one connection slot, a fast watchdog and fast detection: one idle
+/// connection wedges it until `opaque_idle_timeout` closes that connection.
+fn one_slot_agent(w: &World, opaque_idle_timeout: &str) -> AgentProc {
+    w.agent(&[
+        "--max-connections",
+        "1",
+        "--watchdog-interval",
+        "200ms",
+        "--detect-timeout",
+        "200ms",
+        "--opaque-idle-timeout",
+        opaque_idle_timeout,
+    ])
+}
+
 #[test]
 fn watchdog_restores_steering_after_the_queue_drains() {
     let Some(w) = world(
@@ -174,16 +189,7 @@ fn watchdog_restores_steering_after_the_queue_drains() {
     ) else {
         return;
     };
-    let agent = w.agent(&[
-        "--max-connections",
-        "1",
-        "--watchdog-interval",
-        "200ms",
-        "--detect-timeout",
-        "200ms",
-        "--opaque-idle-timeout",
-        "3s",
-    ]);
+    let agent = one_slot_agent(&w, "3s");
     let dst = w.env.topo.pods[1].addr4(POD_PORT);
     // An idle connection holds the only slot...
     let idle = w
@@ -239,16 +245,7 @@ fn liveness_fails_while_the_proxy_is_wedged() {
     ) else {
         return;
     };
-    let agent = w.agent(&[
-        "--max-connections",
-        "1",
-        "--watchdog-interval",
-        "200ms",
-        "--detect-timeout",
-        "200ms",
-        "--opaque-idle-timeout",
-        "4s",
-    ]);
+    let agent = one_slot_agent(&w, "4s");
     assert_eq!(agent.admin_get("/healthz").unwrap().0, 200);
     // The only slot taken by an idle connection: the proxy accepts nothing.
     let dst = w.env.topo.pods[1].addr4(POD_PORT).to_string();

@@ -13,6 +13,11 @@ use tests::{
     source_world::{NodePodSpec, Outcome, admit_only, call, routes_with_node_pods},
 };
 
+/// The routing world with its default routes spec (`reviews` forked under `pr-42`).
+fn world(test: &str) -> Option<World> {
+    World::new(test, bins!(), RoutesSpec::default())
+}
+
 /// Pod 0 is the client, pod 4 another pod of the node; both are listed with their namespaces.
 const NODE_PODS: [NodePodSpec; 2] = [(0, "front", "client"), (4, "shop", "ratings-v2")];
 
@@ -55,11 +60,7 @@ fn network_policy_sees_the_client_pod_not_the_node() {
     if !tests::source_world::nft_available("network_policy_sees_the_client_pod_not_the_node") {
         return;
     }
-    let Some(w) = World::new(
-        "network_policy_sees_the_client_pod_not_the_node",
-        bins!(),
-        RoutesSpec::default(),
-    ) else {
+    let Some(w) = world("network_policy_sees_the_client_pod_not_the_node") else {
         return;
     };
     let env = &w.env;
@@ -137,11 +138,7 @@ fn network_policy_sees_the_client_pod_not_the_node() {
 
 #[test]
 fn sandbox_sees_the_client_pod_address() {
-    let Some(w) = World::new(
-        "sandbox_sees_the_client_pod_address",
-        bins!(),
-        RoutesSpec::default(),
-    ) else {
+    let Some(w) = world("sandbox_sees_the_client_pod_address") else {
         return;
     };
     let env = &w.env;
@@ -170,11 +167,7 @@ fn sandbox_sees_the_client_pod_address() {
 
 #[test]
 fn namespace_that_cannot_be_entered_falls_back_to_the_node_address() {
-    let Some(w) = World::new(
-        "namespace_that_cannot_be_entered_falls_back_to_the_node_address",
-        bins!(),
-        RoutesSpec::default(),
-    ) else {
+    let Some(w) = world("namespace_that_cannot_be_entered_falls_back_to_the_node_address") else {
         return;
     };
     let env = &w.env;
