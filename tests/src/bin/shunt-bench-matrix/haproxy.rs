@@ -1,22 +1,10 @@
 //! Scenario E: HAProxy in the node namespace, one thread pinned to the proxy CPU, doing the same
 //! baggage match as Shunt. Upstream protocol follows the client's (HTTP/1.1 or h2c), as Shunt's.
-use std::{
-    net::{SocketAddr, TcpStream},
-    path::Path,
-    process::Command,
-    time::{Duration, Instant},
-};
+use std::{net::SocketAddr, path::Path, process::Command};
 
-use anyhow::bail;
-use tests::{
-    netns::Netns,
-    process::{ChildGuard, spawn_in},
-};
+use tests::netns::Netns;
 
-pub struct Haproxy {
-    pub child: ChildGuard,
-    pub version: String,
-}
+use crate::peer_proxy::{PeerProxy, version_line};
 
 pub fn config(listen: SocketAddr, baseline: SocketAddr, sandbox: SocketAddr) -> String {
     format!(
@@ -57,62 +45,26 @@ backend sandbox_h2
 }
 
 pub fn version() -> String {
-    Command::new("haproxy")
-        .arg("-v")
-        .output()
-        .ok()
-        .and_then(|o| {
-            String::from_utf8_lossy(&o.stdout)
-                .lines()
-                .next()
-                .map(str::to_string)
-        })
-        .unwrap_or_else(|| "haproxy not found".into())
+    version_line("haproxy", false, "")
 }
 
-impl Haproxy {
-    /// Starts `taskset -c CPU haproxy -db -f CFG` in `node` and waits until it accepts.
-    pub fn start(
-        node: &Netns,
-        dir: &Path,
-        cpu: &str,
-        listen: SocketAddr,
-        baseline: SocketAddr,
-        sandbox: SocketAddr,
-    ) -> anyhow::Result<Self> {
-        let cfg = dir.join("haproxy.cfg");
-        std::fs::write(&cfg, config(listen, baseline, sandbox))?;
-        let log = std::fs::File::create(dir.join("haproxy.log"))?;
-        let mut cmd = Command::new("taskset");
-        cmd.args(["-c", cpu, "haproxy", "-db", "-f"])
-            .arg(&cfg)
-            .stdout(log.try_clone()?)
-            .stderr(log);
-        let mut child = spawn_in("haproxy", cmd, Some(node), None)?;
-        let deadline = Instant::now() + Duration::from_secs(10);
-        loop {
-            if node
-                .run(move || TcpStream::connect_timeout(&listen, Duration::from_millis(200)))?
-                .is_ok()
-            {
-                break;
-            }
-            if let Some(Ok(Some(st))) = child.child.as_mut().map(|c| c.try_wait()) {
-                let log = std::fs::read_to_string(dir.join("haproxy.log")).unwrap_or_default();
-                bail!("haproxy exited ({st}):\n{log}");
-            }
-            if Instant::now() > deadline {
-                bail!("haproxy not listening on {listen} within 10 s");
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        Ok(Self {
-            child,
-            version: version(),
-        })
-    }
-
-    pub fn pid(&self) -> i32 {
-        self.child.pid()
-    }
+/// Starts `taskset -c CPU haproxy -db -f CFG` in `node` and waits until it accepts.
+pub fn start(
+    node: &Netns,
+    dir: &Path,
+    cpu: &str,
+    listen: SocketAddr,
+    baseline: SocketAddr,
+    sandbox: SocketAddr,
+) -> anyhow::Result<PeerProxy> {
+    let cfg = dir.join("haproxy.cfg");
+    std::fs::write(&cfg, config(listen, baseline, sandbox))?;
+    let log_path = dir.join("haproxy.log");
+    let log = std::fs::File::create(&log_path)?;
+    let mut cmd = Command::new("taskset");
+    cmd.args(["-c", cpu, "haproxy", "-db", "-f"])
+        .arg(&cfg)
+        .stdout(log.try_clone()?)
+        .stderr(log);
+    PeerProxy::start("haproxy", node, cmd, &log_path, &[listen], version())
 }

@@ -26,6 +26,7 @@ mod haproxy;
 mod hookcost;
 mod load;
 mod nginx;
+mod peer_proxy;
 mod procstat;
 mod report;
 
@@ -49,8 +50,8 @@ use tests::{
 };
 
 use crate::{
-    haproxy::Haproxy,
     load::{LoadResult, Proto, Shape, Target, Tool},
+    peer_proxy::PeerProxy,
 };
 
 const HAPROXY_PORT: u16 = 18000;
@@ -367,8 +368,8 @@ fn points(o: &Opts) -> (Vec<Point>, Vec<Point>, Vec<Point>) {
 
 pub struct Bench {
     // Drop order: HAProxy, nginx and the backends, then the world they live in.
-    haproxy: Haproxy,
-    nginx: nginx::Nginx,
+    haproxy: PeerProxy,
+    nginx: PeerProxy,
     _backends: Vec<ChildGuard>,
     env: Env,
     /// Where the load runs: the captured cgroup, or a child of it (`SHUNT_BENCH_MARKED_IN_USE`).
@@ -1086,7 +1087,7 @@ fn run(o: &Opts) -> anyhow::Result<()> {
     } else {
         env.cgroup.path().to_path_buf()
     };
-    let haproxy = Haproxy::start(
+    let haproxy = haproxy::start(
         env.node(),
         &env.run.path,
         &o.proxy_cpu,
@@ -1094,7 +1095,7 @@ fn run(o: &Opts) -> anyhow::Result<()> {
         env.topo.pods[1].addr4(POD_PORT),
         env.topo.pods[2].addr4(POD_PORT),
     )?;
-    let nginx = nginx::Nginx::start(
+    let nginx = nginx::start(
         env.node(),
         &env.run.path,
         &o.proxy_cpu,

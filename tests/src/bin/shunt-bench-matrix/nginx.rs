@@ -4,23 +4,11 @@
 //! (`listen ... http2` without TLS speaks nothing else), so F has two listeners, HTTP/1.1 and
 //! h2c. Its upstreams are always HTTP/1.1 (open-source nginx has no HTTP/2 to upstreams outside
 //! gRPC), on kept-alive connections.
-use std::{
-    net::{SocketAddr, TcpStream},
-    path::Path,
-    process::Command,
-    time::{Duration, Instant},
-};
+use std::{net::SocketAddr, path::Path, process::Command};
 
-use anyhow::bail;
-use tests::{
-    netns::Netns,
-    process::{ChildGuard, spawn_in},
-};
+use tests::netns::Netns;
 
-pub struct Nginx {
-    pub child: ChildGuard,
-    pub version: String,
-}
+use crate::peer_proxy::{PeerProxy, version_line};
 
 /// Where nginx listens: one address per protocol.
 #[derive(Clone, Copy)]
@@ -92,70 +80,38 @@ http {{
 
 pub fn version() -> String {
     // `nginx -v` prints to stderr.
-    Command::new("nginx")
-        .arg("-v")
-        .output()
-        .ok()
-        .and_then(|o| {
-            String::from_utf8_lossy(&o.stderr)
-                .lines()
-                .next()
-                .map(|l| l.trim_start_matches("nginx version: ").to_string())
-        })
-        .unwrap_or_else(|| "nginx not found".into())
+    version_line("nginx", true, "nginx version: ")
 }
 
-impl Nginx {
-    /// Starts `taskset -c CPU nginx -c CFG` in `node` and waits until both listeners accept.
-    pub fn start(
-        node: &Netns,
-        dir: &Path,
-        cpu: &str,
-        listen: Listen,
-        baseline: SocketAddr,
-        sandbox: SocketAddr,
-    ) -> anyhow::Result<Self> {
-        std::fs::create_dir_all(dir.join("nginx-tmp"))?;
-        let cfg = dir.join("nginx.conf");
-        std::fs::write(&cfg, config(dir, listen, baseline, sandbox))?;
-        let log_path = dir.join("nginx.log");
-        let log = std::fs::File::create(&log_path)?;
-        let mut cmd = Command::new("taskset");
-        cmd.args(["-c", cpu, "nginx", "-p"])
-            .arg(dir)
-            .arg("-e")
-            .arg(&log_path)
-            .arg("-c")
-            .arg(&cfg)
-            .stdout(log.try_clone()?)
-            .stderr(log);
-        let mut child = spawn_in("nginx", cmd, Some(node), None)?;
-        let deadline = Instant::now() + Duration::from_secs(10);
-        for addr in [listen.h1, listen.h2c] {
-            loop {
-                if node
-                    .run(move || TcpStream::connect_timeout(&addr, Duration::from_millis(200)))?
-                    .is_ok()
-                {
-                    break;
-                }
-                if let Some(Ok(Some(st))) = child.child.as_mut().map(|c| c.try_wait()) {
-                    let log = std::fs::read_to_string(&log_path).unwrap_or_default();
-                    bail!("nginx exited ({st}):\n{log}");
-                }
-                if Instant::now() > deadline {
-                    bail!("nginx not listening on {addr} within 10 s");
-                }
-                std::thread::sleep(Duration::from_millis(50));
-            }
-        }
-        Ok(Self {
-            child,
-            version: version(),
-        })
-    }
-
-    pub fn pid(&self) -> i32 {
-        self.child.pid()
-    }
+/// Starts `taskset -c CPU nginx -c CFG` in `node` and waits until both listeners accept.
+pub fn start(
+    node: &Netns,
+    dir: &Path,
+    cpu: &str,
+    listen: Listen,
+    baseline: SocketAddr,
+    sandbox: SocketAddr,
+) -> anyhow::Result<PeerProxy> {
+    std::fs::create_dir_all(dir.join("nginx-tmp"))?;
+    let cfg = dir.join("nginx.conf");
+    std::fs::write(&cfg, config(dir, listen, baseline, sandbox))?;
+    let log_path = dir.join("nginx.log");
+    let log = std::fs::File::create(&log_path)?;
+    let mut cmd = Command::new("taskset");
+    cmd.args(["-c", cpu, "nginx", "-p"])
+        .arg(dir)
+        .arg("-e")
+        .arg(&log_path)
+        .arg("-c")
+        .arg(&cfg)
+        .stdout(log.try_clone()?)
+        .stderr(log);
+    PeerProxy::start(
+        "nginx",
+        node,
+        cmd,
+        &log_path,
+        &[listen.h1, listen.h2c],
+        version(),
+    )
 }
