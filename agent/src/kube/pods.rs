@@ -33,6 +33,33 @@ pub fn waiting_containers(status: &PodStatus) -> Vec<(String, String)> {
         .collect()
 }
 
+/// What a pod's waiting containers say about whether it will start.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Waiting {
+    /// A container's image cannot be pulled ([`IMAGE_ERRORS`]): its detail.
+    ImageUnpullable(String),
+    /// A container will not start as configured ([`START_ERRORS`]): its detail.
+    WontStart(String),
+    /// Still starting: the last waiting container's detail.
+    Starting(String),
+}
+
+/// The verdict of a pod's waiting containers ([`waiting_containers`]): the first that cannot
+/// pull or cannot start, else the last one's detail; `None` when no container waits.
+pub fn waiting_verdict(status: &PodStatus) -> Option<Waiting> {
+    let mut last = None;
+    for (reason, detail) in waiting_containers(status) {
+        if IMAGE_ERRORS.contains(&reason.as_str()) {
+            return Some(Waiting::ImageUnpullable(detail));
+        }
+        if START_ERRORS.contains(&reason.as_str()) {
+            return Some(Waiting::WontStart(detail));
+        }
+        last = Some(Waiting::Starting(detail));
+    }
+    last
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -61,5 +88,32 @@ mod tests {
             ]
         );
         assert!(IMAGE_ERRORS.contains(&"ErrImagePull"));
+    }
+
+    #[test]
+    fn a_pull_or_start_failure_decides_over_a_container_still_starting() {
+        let status = |reasons: &[&str]| -> PodStatus {
+            let statuses: Vec<_> = reasons
+                .iter()
+                .map(|r| {
+                    json!({ "name": r, "image": "i", "imageID": "", "ready": false,
+                                 "restartCount": 0, "state": { "waiting": { "reason": r } } })
+                })
+                .collect();
+            serde_json::from_value(json!({ "containerStatuses": statuses })).expect("status")
+        };
+        assert_eq!(waiting_verdict(&status(&[])), None);
+        assert_eq!(
+            waiting_verdict(&status(&["ContainerCreating", "PodInitializing"])),
+            Some(Waiting::Starting("PodInitializing".into()))
+        );
+        assert_eq!(
+            waiting_verdict(&status(&["ContainerCreating", "ImagePullBackOff"])),
+            Some(Waiting::ImageUnpullable("ImagePullBackOff".into()))
+        );
+        assert_eq!(
+            waiting_verdict(&status(&["CrashLoopBackOff", "ErrImagePull"])),
+            Some(Waiting::WontStart("CrashLoopBackOff".into()))
+        );
     }
 }

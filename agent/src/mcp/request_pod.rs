@@ -26,7 +26,7 @@ use super::{
     error::{ToolError, ToolErrorKind, ToolResult},
     request::{ChildRequest, ChildResponse, REQUEST_ENV},
 };
-use crate::kube::pods::{IMAGE_ERRORS, START_ERRORS, waiting_containers};
+use crate::kube::pods::{Waiting, waiting_verdict};
 
 /// Labels of every request pod (for `kubectl get pods -l ...` and for clean-up).
 pub const REQUEST_POD_LABELS: [(&str, &str); 2] = [
@@ -245,24 +245,25 @@ impl Cluster {
             if phase == "Succeeded" || phase == "Failed" {
                 break pod;
             }
-            for (reason, detail) in waiting_containers(&status) {
-                if IMAGE_ERRORS.contains(&reason.as_str()) {
+            match waiting_verdict(&status) {
+                Some(Waiting::ImageUnpullable(detail)) => {
                     return Err(ToolError::new(
                         ToolErrorKind::RequestFailed,
                         format!("the request pod's image {image} cannot be pulled ({detail})"),
                         "give `shunt mcp --request-image IMAGE` an image the cluster can pull \
-                         whose entrypoint is the shunt binary (the agent's image is)",
+                     whose entrypoint is the shunt binary (the agent's image is)",
                     ));
                 }
-                if START_ERRORS.contains(&reason.as_str()) {
+                Some(Waiting::WontStart(detail)) => {
                     return Err(ToolError::new(
                         ToolErrorKind::RequestFailed,
                         format!("the request pod {namespace}/{name} does not start ({detail})"),
                         "check --request-image (its entrypoint must be the shunt binary) and \
-                         that pods may run as non-root in this namespace",
+                     that pods may run as non-root in this namespace",
                     ));
                 }
-                last_state = detail;
+                Some(Waiting::Starting(detail)) => last_state = detail,
+                None => {}
             }
             if let Some(c) = status
                 .conditions

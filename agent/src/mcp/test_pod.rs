@@ -32,7 +32,7 @@ use crate::{
     kube::{
         crd::SandboxRoute,
         marks::INJECT_KEY_LABEL,
-        pods::{IMAGE_ERRORS, START_ERRORS, waiting_containers},
+        pods::{Waiting, waiting_verdict},
     },
     routes::RoutingKey,
 };
@@ -285,26 +285,27 @@ impl Cluster {
             if phase == "Succeeded" || phase == "Failed" {
                 break pod;
             }
-            for (reason, detail) in waiting_containers(&status) {
-                if IMAGE_ERRORS.contains(&reason.as_str()) {
+            match waiting_verdict(&status) {
+                Some(Waiting::ImageUnpullable(detail)) => {
                     return Err(ToolError::new(
                         ToolErrorKind::RequestFailed,
                         format!("the test pod {ns}/{name} cannot pull its image ({detail})"),
                         format!(
                             "check the image {image:?} (and the agent image the init step uses, \
-                             or `shunt mcp --request-image`)"
+                         or `shunt mcp --request-image`)"
                         ),
                     ));
                 }
-                if START_ERRORS.contains(&reason.as_str()) {
+                Some(Waiting::WontStart(detail)) => {
                     return Err(ToolError::new(
                         ToolErrorKind::RequestFailed,
                         format!("the test pod {ns}/{name} does not start ({detail})"),
                         "the test container runs as uid 65532 without capabilities (Pod \
-                         Security restricted): check that the image and command work so",
+                     Security restricted): check that the image and command work so",
                     ));
                 }
-                last_state = detail;
+                Some(Waiting::Starting(detail)) => last_state = detail,
+                None => {}
             }
             if !phase.is_empty() && last_state == "not created yet" {
                 last_state = phase;

@@ -19,7 +19,7 @@ use super::{clone, delete::remove};
 use crate::{
     kube::{
         crd::{self, SandboxRoute},
-        pods::{IMAGE_ERRORS, START_ERRORS, waiting_containers},
+        pods::{Waiting, waiting_verdict},
     },
     routes::SANDBOX_LABEL,
 };
@@ -284,20 +284,21 @@ pub async fn wait_ready(
             {
                 ready += 1;
             }
-            for (reason, detail) in waiting_containers(status) {
-                if IMAGE_ERRORS.contains(&reason.as_str()) {
+            match waiting_verdict(status) {
+                Some(Waiting::ImageUnpullable(detail)) => {
                     remove(client, ns, &plan.route_name, key).await;
                     return Err(ForkError::NotReady(format!(
                         "image {image} cannot be pulled ({detail}); removed the sandbox; fix: check the image name and tag (and the cluster's access to its registry), then create it again"
                     )));
                 }
-                if START_ERRORS.contains(&reason.as_str()) {
+                Some(Waiting::WontStart(detail)) => {
                     return Err(ForkError::NotReady(format!(
                         "the sandbox pod {} does not start ({detail}); fix: check `kubectl logs -n {ns} {}` and your image/env, then `shunt sandbox delete {key} -n {ns}` and create again",
                         p.name_any(),
                         p.name_any()
                     )));
                 }
+                Some(Waiting::Starting(_)) | None => {}
             }
         }
         let state = format!(
