@@ -89,6 +89,10 @@ fn cargo_fuzz(env: &Env, fuzz: &Path) -> Command {
         .arg("fuzz")
         .current_dir(fuzz)
         .env("PATH", &env.path)
+        // `cargo fuzz run` builds with `--config profile.release.debug="line-tables-only"`,
+        // `cargo fuzz build` with full debug info: without the same setting for both, every run
+        // after the build step compiled the agent a second time.
+        .env("CARGO_PROFILE_RELEASE_DEBUG", "line-tables-only")
         // The nightly, not rust-toolchain.toml's stable.
         .env_remove("RUSTUP_TOOLCHAIN")
         .env_remove("CARGO_TARGET_DIR");
