@@ -7,7 +7,7 @@ pub mod buffer_budget;
 pub mod decision_log;
 pub mod detect;
 pub mod h1;
-pub mod http;
+pub mod h2c;
 pub mod key;
 pub mod key_inject;
 pub mod key_strip;
@@ -383,7 +383,7 @@ async fn handle(shared: &Arc<ProxyShared>, client: tokio::net::TcpStream, peer: 
     info.protocol = protocol;
     match protocol {
         Protocol::Http1 => h1::serve(shared.clone(), client, info).await,
-        Protocol::H2c => http::serve(shared.clone(), client, info).await,
+        Protocol::H2c => h2c::serve(shared.clone(), client, info).await,
         Protocol::Tls | Protocol::Opaque => opaque::serve(shared, client, info).await,
     }
 }

@@ -10,28 +10,22 @@
 //! and authorization upstream see what they would see without the proxy).
 use std::{
     collections::HashMap,
+    future::poll_fn,
     io,
     net::SocketAddr,
-    pin::Pin,
-    sync::{Arc, Mutex, Weak},
-    task::{Context, Poll},
+    sync::{
+        Arc, Mutex, Weak,
+        atomic::{AtomicBool, Ordering},
+    },
     time::{Duration, Instant},
 };
 
 use bytes::Bytes;
-use http_body_util::{BodyExt as _, combinators::UnsyncBoxBody};
-use hyper::{
-    Request, Response,
-    body::{Body, Frame, Incoming, SizeHint},
-    client::conn::http2,
-};
-use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use h2::client::{ResponseFuture, SendRequest};
+use hyper::Request;
 use tokio::net::TcpStream;
 
 use crate::netns::{NetnsId, NodeSockets, SourceSockets, UpstreamSource};
-
-/// The body type the proxy forwards: a client's streaming body, or a buffered copy of it.
-pub type ProxyBody = UnsyncBoxBody<Bytes, hyper::Error>;
 
 /// The HTTP/2 (prior knowledge) pool and the HTTP/1.1 pool; both pool by upstream address and
 /// source namespace.
@@ -58,14 +52,14 @@ pub enum UpstreamError {
     Handshake {
         upstream: SocketAddr,
         #[source]
-        source: hyper::Error,
+        source: h2::Error,
     },
     /// The upstream failed after the request was (maybe) sent.
     #[error("upstream {upstream}")]
     Request {
         upstream: SocketAddr,
         #[source]
-        source: hyper::Error,
+        source: h2::Error,
     },
 }
 
@@ -75,6 +69,10 @@ impl UpstreamError {
         matches!(self, Self::Connect { .. } | Self::Handshake { .. })
     }
 }
+
+/// An h2c request on its way upstream: its response to come, and its body's stream (closed
+/// already when the request was sent with END_STREAM).
+pub type Opened = (ResponseFuture, h2::SendStream<Bytes>);
 
 impl Upstreams {
     /// Upstreams connected from the node's network namespace.
@@ -117,38 +115,31 @@ impl Upstreams {
             .map(|(s, _)| s)
     }
 
-    /// Sends an h2c request to `upstream` over HTTP/2 from `source`, its URI (scheme,
-    /// authority, path) as the client sent it.
+    /// Opens an h2c stream to `upstream` from `source` with the request head `head` (its URI:
+    /// scheme, authority, path, as the client sent it); `eos` when the request has no body.
+    /// The caller sends the body on the returned stream.
     pub async fn send(
         &self,
         source: UpstreamSource,
         upstream: SocketAddr,
-        req: Request<ProxyBody>,
-    ) -> Result<Response<Incoming>, UpstreamError> {
-        let mut req = req;
+        head: Request<()>,
+        eos: bool,
+    ) -> Result<Opened, UpstreamError> {
         let key = (source.netns(), upstream);
-        if let Some(mut pooled) = self.http2.checkout(key) {
-            match pooled.sender.try_send_request(req).await {
-                Ok(resp) => return Ok(resp),
-                Err(mut e) => match e.take_message() {
-                    // The pooled connection closed before the request went out: a new one.
-                    Some(unsent) => {
-                        self.http2.forget(key, pooled.id);
-                        req = unsent;
-                    }
-                    None => {
-                        return Err(UpstreamError::Request {
-                            upstream,
-                            source: e.into_error(),
-                        });
-                    }
-                },
-            }
-        }
-        let mut sender = H2Pool::connect(&self.http2, source, upstream).await?;
+        let mut sender = match self.http2.checkout(key) {
+            // A pooled connection that failed (or was told to go away) takes no new stream: the
+            // request has not left, so it goes on a new connection.
+            Some(mut pooled) => match poll_fn(|cx| pooled.sender.poll_ready(cx)).await {
+                Ok(()) => pooled.sender,
+                Err(_) => {
+                    self.http2.forget(key, pooled.id);
+                    H2Pool::connect(&self.http2, source, upstream).await?
+                }
+            },
+            None => H2Pool::connect(&self.http2, source, upstream).await?,
+        };
         sender
-            .send_request(req)
-            .await
+            .send_request(head, eos)
             .map_err(|source| UpstreamError::Request { upstream, source })
     }
 }
@@ -157,7 +148,7 @@ impl Upstreams {
 type PoolKey = (Option<NetnsId>, SocketAddr);
 
 /// One HTTP/2 connection per upstream address and source namespace; a connection unused for the
-/// idle timeout is let go (hyper closes it once its last stream ends).
+/// idle timeout is let go (it closes once its last stream ends).
 struct H2Pool {
     conns: Mutex<HashMap<PoolKey, Pooled>>,
     connect_timeout: Duration,
@@ -165,12 +156,34 @@ struct H2Pool {
     sources: Arc<dyn SourceSockets>,
 }
 
-#[derive(Clone)]
 struct Pooled {
-    sender: http2::SendRequest<ProxyBody>,
+    sender: SendRequest<Bytes>,
     /// Tells this connection from a later one to the same address.
     id: u64,
     last_used: Instant,
+    /// Set when the connection's task ends.
+    closed: Arc<AtomicBool>,
+}
+
+impl Pooled {
+    fn is_closed(&self) -> bool {
+        self.closed.load(Ordering::Acquire)
+    }
+}
+
+/// The settings hyper's HTTP/2 client used here before (its defaults): windows large enough
+/// that a 64 KiB body is not held up waiting for WINDOW_UPDATEs.
+fn client_builder() -> h2::client::Builder {
+    let mut b = h2::client::Builder::new();
+    b.initial_window_size(2 * 1024 * 1024)
+        .initial_connection_window_size(5 * 1024 * 1024)
+        .max_frame_size(16 * 1024)
+        .max_send_buffer_size(1024 * 1024)
+        .max_header_list_size(16 * 1024)
+        .initial_max_send_streams(100)
+        .max_local_error_reset_streams(Some(1024))
+        .enable_push(false);
+    b
 }
 
 impl H2Pool {
@@ -182,12 +195,18 @@ impl H2Pool {
     fn checkout(&self, addr: PoolKey) -> Option<Pooled> {
         let mut conns = self.lock();
         let pooled = conns.get_mut(&addr)?;
-        if pooled.sender.is_closed() || pooled.last_used.elapsed() >= self.idle_timeout {
+        let now = Instant::now();
+        if pooled.is_closed() || now.duration_since(pooled.last_used) >= self.idle_timeout {
             conns.remove(&addr);
             return None;
         }
-        pooled.last_used = Instant::now();
-        Some(pooled.clone())
+        pooled.last_used = now;
+        Some(Pooled {
+            sender: pooled.sender.clone(),
+            id: pooled.id,
+            last_used: now,
+            closed: pooled.closed.clone(),
+        })
     }
 
     fn forget(&self, addr: PoolKey, id: u64) {
@@ -197,28 +216,37 @@ impl H2Pool {
         }
     }
 
-    /// A new connection to `upstream` from `from`, pooled for the requests that follow.
+    /// A new connection to `upstream` from `from`, pooled for the requests that follow; ready
+    /// for a stream.
     async fn connect(
         pool: &Arc<Self>,
         from: UpstreamSource,
         upstream: SocketAddr,
-    ) -> Result<http2::SendRequest<ProxyBody>, UpstreamError> {
+    ) -> Result<SendRequest<Bytes>, UpstreamError> {
         let (stream, made_from) =
             super::relay::connect_from(&*pool.sources, from, upstream, pool.connect_timeout)
                 .await
                 .map_err(|source| UpstreamError::Connect { upstream, source })?;
-        let (sender, conn) = http2::Builder::new(TokioExecutor::new())
-            .timer(TokioTimer::new())
-            .handshake(TokioIo::new(stream))
+        let (sender, conn) = client_builder()
+            .handshake::<_, Bytes>(stream)
             .await
             .map_err(|source| UpstreamError::Handshake { upstream, source })?;
-        tokio::spawn(async move {
-            if let Err(e) = conn.await {
-                tracing::debug!(%upstream, error = %e, "upstream h2 connection ended with an error");
-            }
-        });
+        let closed = Arc::new(AtomicBool::new(false));
+        {
+            let closed = closed.clone();
+            tokio::spawn(async move {
+                if let Err(e) = conn.await {
+                    tracing::debug!(%upstream, error = %e, "upstream h2 connection ended with an error");
+                }
+                closed.store(true, Ordering::Release);
+            });
+        }
+        let sender = sender
+            .ready()
+            .await
+            .map_err(|source| UpstreamError::Handshake { upstream, source })?;
         static NEXT_ID: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
-        let id = NEXT_ID.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let id = NEXT_ID.fetch_add(1, Ordering::Relaxed);
         // Pooled for the namespace it was made in: one that fell back to the node is shared
         // with the node's connections, not handed to the pod's next request as the pod's.
         let key = (made_from.netns(), upstream);
@@ -228,6 +256,7 @@ impl H2Pool {
                 sender: sender.clone(),
                 id,
                 last_used: Instant::now(),
+                closed,
             },
         );
         tokio::spawn(let_go_when_idle(Arc::downgrade(pool), key, id));
@@ -250,44 +279,11 @@ async fn let_go_when_idle(pool: Weak<H2Pool>, addr: PoolKey, id: u64) {
             return;
         };
         let next = pooled.last_used + idle_timeout;
-        if pooled.sender.is_closed() || next <= Instant::now() {
+        if pooled.is_closed() || next <= Instant::now() {
             conns.remove(&addr);
             return;
         }
         due = next;
-    }
-}
-
-/// A request body whose length is told to hyper only when the client declared it
-/// (`content-length`): hyper's HTTP/2 client adds a `content-length` for a body of known size,
-/// and the proxy adds no header.
-pub struct UndeclaredLength(pub ProxyBody);
-
-impl Body for UndeclaredLength {
-    type Data = Bytes;
-    type Error = hyper::Error;
-
-    fn poll_frame(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
-        Pin::new(&mut self.0).poll_frame(cx)
-    }
-
-    fn is_end_stream(&self) -> bool {
-        self.0.is_end_stream()
-    }
-
-    fn size_hint(&self) -> SizeHint {
-        let mut hint = SizeHint::new();
-        hint.set_lower(self.0.size_hint().lower());
-        hint
-    }
-}
-
-impl UndeclaredLength {
-    pub fn boxed(body: ProxyBody) -> ProxyBody {
-        Self(body).boxed_unsync()
     }
 }
 
