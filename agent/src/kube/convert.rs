@@ -250,19 +250,22 @@ pub fn cluster_state<'a>(
     let services = sorted_by_name(services);
     let pods = sorted_by_name(pods);
     let routes = sorted_by_name(routes);
+    // Sized up front: a filtered collect grows by doubling, copying every route each time and
+    // keeping up to half the capacity unused for as long as the state lives.
+    let mut converted_services = Vec::with_capacity(services.len());
+    converted_services.extend(services.into_iter().filter_map(|s| {
+        let key = (
+            s.metadata.namespace.as_deref().unwrap_or_default(),
+            s.metadata.name.as_deref().unwrap_or_default(),
+        );
+        service(s, by_service.get(&key).map_or(&[], Vec::as_slice))
+    }));
+    let mut converted_routes = Vec::with_capacity(routes.len());
+    converted_routes.extend(routes.into_iter().filter_map(route));
     ClusterState {
-        services: services
-            .into_iter()
-            .filter_map(|s| {
-                let key = (
-                    s.metadata.namespace.as_deref().unwrap_or_default(),
-                    s.metadata.name.as_deref().unwrap_or_default(),
-                );
-                service(s, by_service.get(&key).map_or(&[], Vec::as_slice))
-            })
-            .collect(),
+        services: converted_services,
         pods: pods.into_iter().filter_map(pod).collect(),
-        routes: routes.into_iter().filter_map(route).collect(),
+        routes: converted_routes,
         node: None,
         node_pods: Vec::new(),
         // Anyone who may write an EndpointSlice in a namespace wrote its addresses.
