@@ -103,8 +103,6 @@ const TRIM_AFTER: Duration = Duration::from_millis(500);
 
 impl RouteSync {
     pub fn new(cfg: RouteSyncConfig) -> (Self, RouteSyncOutputs) {
-        // Before the blocking pool starts the threads that compute tables.
-        heap::limit_arenas();
         let (statuses, statuses_rx) = watch::channel(Arc::new(Vec::new()));
         let (node_failures, node_failures_rx) = watch::channel(Arc::new(Vec::new()));
         let (applied, applied_rx) = watch::channel(0);
