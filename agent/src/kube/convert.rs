@@ -245,35 +245,48 @@ pub fn cluster_state<'a>(
         };
         by_service.entry((ns, svc.as_str())).or_default().push(s);
     }
-    let mut state = ClusterState {
-        services: services
-            .into_iter()
-            .filter_map(|s| {
-                let key = (
-                    s.metadata.namespace.as_deref().unwrap_or_default(),
-                    s.metadata.name.as_deref().unwrap_or_default(),
-                );
-                service(s, by_service.get(&key).map_or(&[], Vec::as_slice))
-            })
-            .collect(),
+    // Sorted as references, then converted in order: sorting the converted objects would move
+    // each (a few hundred bytes) many times over, at 10,000 routes a cost on every change.
+    let services = sorted_by_name(services);
+    let pods = sorted_by_name(pods);
+    let routes = sorted_by_name(routes);
+    // Sized up front: a filtered collect grows by doubling, copying every route each time and
+    // keeping up to half the capacity unused for as long as the state lives.
+    let mut converted_services = Vec::with_capacity(services.len());
+    converted_services.extend(services.into_iter().filter_map(|s| {
+        let key = (
+            s.metadata.namespace.as_deref().unwrap_or_default(),
+            s.metadata.name.as_deref().unwrap_or_default(),
+        );
+        service(s, by_service.get(&key).map_or(&[], Vec::as_slice))
+    }));
+    let mut converted_routes = Vec::with_capacity(routes.len());
+    converted_routes.extend(routes.into_iter().filter_map(route));
+    ClusterState {
+        services: converted_services,
         pods: pods.into_iter().filter_map(pod).collect(),
-        routes: routes.into_iter().filter_map(route).collect(),
+        routes: converted_routes,
         node: None,
         node_pods: Vec::new(),
         // Anyone who may write an EndpointSlice in a namespace wrote its addresses.
         endpoint_trust: EndpointTrust::OwnPodsOnly,
         sources: Vec::new(),
-    };
-    state
-        .services
-        .sort_by(|a, b| (&a.namespace, &a.name).cmp(&(&b.namespace, &b.name)));
-    state
-        .pods
-        .sort_by(|a, b| (&a.namespace, &a.name).cmp(&(&b.namespace, &b.name)));
-    state
-        .routes
-        .sort_by(|a, b| (&a.namespace, &a.name).cmp(&(&b.namespace, &b.name)));
-    state
+    }
+}
+
+/// Objects sorted by (namespace, name), as the state lists them.
+fn sorted_by_name<'a, K: kube::Resource + 'a>(objs: impl IntoIterator<Item = &'a K>) -> Vec<&'a K> {
+    let mut v: Vec<&K> = objs.into_iter().collect();
+    v.sort_by(|a, b| {
+        let key = |o: &'a K| {
+            (
+                o.meta().namespace.as_deref().unwrap_or_default(),
+                o.meta().name.as_deref().unwrap_or_default(),
+            )
+        };
+        key(a).cmp(&key(b))
+    });
+    v
 }
 
 #[cfg(test)]

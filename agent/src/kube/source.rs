@@ -171,7 +171,12 @@ impl Watches {
                 what: "SandboxRoutes",
                 api: Api::all(client.clone()),
                 cfg: watcher::Config::default(),
-                strip: |r| r.managed_fields_mut().clear(),
+                // Nothing reads a route's annotations (`kubectl apply` keeps a whole copy of
+                // the object in one).
+                strip: |r| {
+                    r.managed_fields_mut().clear();
+                    r.annotations_mut().clear();
+                },
                 relevant: route_relevance,
                 touched: Some(touched_tx),
             },

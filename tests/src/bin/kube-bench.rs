@@ -11,7 +11,8 @@
 //!
 //! Run: `cargo build --release -p tests --bins && sudo target/release/kube-bench
 //! [--routes 1000] [--changes 200] [--total 10000] [--big 20] [--debounce 50ms]`
-//! (`KUBE_BENCH_LOG=info,agent::kube=debug` also prints the agent's own recompute timings.)
+//! (`KUBE_BENCH_LOG=info,agent::kube=debug` also prints the agent's own recompute timings;
+//! `KUBE_BENCH_WRAP="heaptrack -o /tmp/agent"` runs the agent under a profiler.)
 use std::{
     net::{Ipv4Addr, SocketAddr},
     process::{Command, Stdio},
@@ -238,7 +239,20 @@ fn main() -> anyhow::Result<()> {
     let mut args = n.env.agent_args();
     args.extend(n.kube_args("bench-node", &["--kube-debounce", &debounce]));
     let log = n.env.run.path.join("agent.log");
-    let mut cmd = Command::new(&bins.agent);
+    // KUBE_BENCH_WRAP="heaptrack -o /tmp/agent", say: run the agent under a profiler.
+    let wrap: Vec<String> = std::env::var("KUBE_BENCH_WRAP")
+        .unwrap_or_default()
+        .split_whitespace()
+        .map(str::to_string)
+        .collect();
+    let mut cmd = match wrap.split_first() {
+        Some((prog, rest)) => {
+            let mut c = Command::new(prog);
+            c.args(rest).arg(&bins.agent);
+            c
+        }
+        None => Command::new(&bins.agent),
+    };
     cmd.args(&args)
         .env(
             "SHUNT_LOG",
@@ -352,12 +366,12 @@ fn main() -> anyhow::Result<()> {
     // With KUBE_BENCH_LOG=info,agent::kube=debug: the agent's own recompute timings.
     let recomputes: Vec<String> = log_text()
         .lines()
-        .filter(|l| l.contains("route table recomputed"))
+        .filter(|l| l.contains("route table applied") || l.contains("cluster state published"))
         .map(str::to_string)
         .collect();
     if !recomputes.is_empty() {
-        eprintln!("{} recomputes; the last ones:", recomputes.len());
-        for l in recomputes.iter().rev().take(6).rev() {
+        eprintln!("{} applies and publishes; the last ones:", recomputes.len());
+        for l in recomputes.iter().rev().take(12).rev() {
             eprintln!("  {l}");
         }
     }

@@ -203,7 +203,7 @@ impl RouteTable {
                 &b.name,
             ))
         });
-        let mut claims: HashMap<(&str, &str), usize> = HashMap::new();
+        let mut claims: HashMap<(&str, &str), usize> = HashMap::with_capacity(state.routes.len());
         let mut next_expiry: Option<Timestamp> = None;
         for &i in &order {
             let r = &state.routes[i];
@@ -242,7 +242,9 @@ impl RouteTable {
             node_pod_namespaces: owned::node_pod_namespaces(state),
             ..RouteTable::default()
         };
-        let mut views: Vec<RouteView> = Vec::new();
+        // Sized up front: at 10,000 routes, growing it one push at a time copied every view
+        // many times over and left up to half of it unused.
+        let mut views: Vec<RouteView> = Vec::with_capacity(state.routes.len());
         let mut covered_ports: BTreeMap<u32, BTreeSet<usize>> = BTreeMap::new();
         let mut winners: Vec<usize> = claims.into_values().collect();
         winners.sort_unstable();
