@@ -389,6 +389,12 @@ struct SilentBackend {
 
 impl SilentBackend {
     fn start(netns: &Netns, addr: SocketAddr) -> Self {
+        Self::start_with(netns, addr, false)
+    }
+
+    /// `reset`: each connection is reset once a request has arrived, as when the sandbox's
+    /// process dies under it.
+    fn start_with(netns: &Netns, addr: SocketAddr, reset: bool) -> Self {
         let listener = netns.run(move || TcpListener::bind(addr)).unwrap().unwrap();
         listener.set_nonblocking(true).unwrap();
         let stop = Arc::new(AtomicBool::new(false));
@@ -403,8 +409,14 @@ impl SilentBackend {
                             let _ = c.set_read_timeout(Some(Duration::from_millis(200)));
                             let mut buf = [0u8; 65536];
                             while !s.load(Ordering::Relaxed) {
-                                if let Ok(0) = c.read(&mut buf) {
-                                    return;
+                                match c.read(&mut buf) {
+                                    Ok(0) => return,
+                                    Ok(_) if reset => {
+                                        let _ = socket2::SockRef::from(&c)
+                                            .set_linger(Some(Duration::ZERO));
+                                        return;
+                                    }
+                                    _ => {}
                                 }
                             }
                         });
@@ -711,4 +723,32 @@ fn a_body_over_the_request_buffer_has_no_fallback_and_the_decision_says_so() {
     assert_eq!(lines[0]["status"], 504, "{}", lines[0]);
     let d = last_decision(&agent);
     assert_eq!(d["reason"], "body_too_large_to_retry", "{d}");
+}
+
+#[test]
+fn sandbox_that_resets_under_an_idempotent_request_sends_it_to_the_fallback() {
+    let test = "sandbox_that_resets_under_an_idempotent_request_sends_it_to_the_fallback";
+    let spec = RoutesSpec {
+        sandbox_pod: 4,
+        ..RoutesSpec::default()
+    };
+    let Some(w) = world(test, spec) else {
+        return;
+    };
+    let pod = &w.env.topo.pods[4];
+    let _crashing = SilentBackend::start_with(&pod.netns, pod.addr4(POD_PORT), true);
+    let agent = w.agent(&[]);
+    let dst = reviews().to_string();
+    // A GET may be sent again (RFC 9110 9.2.2): the fallback answers it.
+    let get = r#"[{"path":"/","headers":{"baggage":"sd-routing-key=pr-42"}}]"#;
+    let lines = w.env.peer(0, &["http", &dst, get]);
+    assert_eq!(lines[0]["status"], 200, "{}", lines[0]);
+    assert_eq!(lines[0]["served_by"], "reviews-v1", "{}", lines[0]);
+    let d = last_decision(&agent);
+    assert_eq!(d["decision"], "baseline", "{d}");
+    assert_eq!(d["reason"], "sandbox_unreachable", "{d}");
+    // A POST may have been processed: it is not sent twice, the client gets the error.
+    let post = r#"[{"method":"POST","path":"/","headers":{"baggage":"sd-routing-key=pr-42"},"body":"hello"}]"#;
+    let lines = w.env.peer(0, &["http", &dst, post]);
+    assert_eq!(lines[0]["status"], 502, "{}", lines[0]);
 }

@@ -338,7 +338,14 @@ impl Conn<'_> {
                         Err(e) if decision.kind == DecisionKind::Sandbox => {
                             drop(up);
                             return self
-                                .sandbox_refused_on_retry(head, decision, body, prefix, e, started)
+                                .sandbox_went_away(
+                                    head,
+                                    decision,
+                                    body,
+                                    prefix,
+                                    &e.to_string(),
+                                    started,
+                                )
                                 .await;
                         }
                         Err(e) => {
@@ -348,6 +355,20 @@ impl Conn<'_> {
                                 .await;
                         }
                     }
+                }
+                // A sandbox that closes or resets before any response (its pod crashed): an
+                // idempotent request still whole in the buffer may be sent again (RFC 9110
+                // 9.2.2), so it takes the fallback rather than an error.
+                Err(e @ (ExchangeError::Closed | ExchangeError::Io(_)))
+                    if decision.kind == DecisionKind::Sandbox
+                        && whole
+                        && head.method.is_idempotent() =>
+                {
+                    drop(up);
+                    let why = super::upstream::error_chain(&e);
+                    return self
+                        .sandbox_went_away(head, decision, body, prefix, &why, started)
+                        .await;
                 }
                 Err(e) => {
                     let why = super::upstream::error_chain(&e);

@@ -47,20 +47,23 @@ impl Conn<'_> {
             .await
     }
 
-    /// A reused sandbox connection turned out closed and a fresh one was refused (the sandbox
-    /// pod died while still listed ready): the request, still whole in the buffer and never
-    /// sent, takes the route's fallback like any refused sandbox connection.
+    /// The sandbox went away under a request still whole in the buffer (the pod died while
+    /// still listed ready): a reused connection turned out closed and a fresh one was refused,
+    /// or an idempotent request's connection closed before any response. The request takes the
+    /// route's fallback like any refused sandbox connection.
     #[allow(clippy::too_many_arguments)]
-    pub(super) async fn sandbox_refused_on_retry(
+    pub(super) async fn sandbox_went_away(
         &mut self,
         head: RequestHead,
         mut decision: Decision,
         body: BodyState,
         prefix: usize,
-        error: std::io::Error,
+        error: &str,
         started: std::time::Instant,
     ) -> Next {
-        tracing::debug!(upstream = ?decision.upstream, %error, "sandbox refused the retry connection");
+        tracing::debug!(upstream = ?decision.upstream, %error, "sandbox went away under a request");
+        // Whatever the sandbox sent of a response is dropped with its connection.
+        self.ubuf.clear();
         decision.reason = DecisionReason::SandboxUnreachable;
         let Some(baseline) = decision.fallback else {
             decision.kind = DecisionKind::Reject;
