@@ -44,10 +44,12 @@ fn try_sock_ops(ctx: &SockOpsContext) -> u32 {
     if ctx.op() != BPF_SOCK_OPS_TCP_CONNECT_CB {
         return OK;
     }
-    // Read in place: the entry is written once, at attach.
     let Some(cfg) = PROXY_CFG.get(0) else {
         return OK;
     };
+    // A copy, not a reference into the map value: field reads chosen by branch would become
+    // pointer arithmetic on the map value, which the verifier refuses without CAP_PERFMON.
+    let cfg = *cfg;
     let (local, remote) = match ctx.family() {
         AF_INET => (
             NetAddr::from_ip4_be(ctx.local_ip4()),
@@ -85,7 +87,7 @@ fn try_sock_ops(ctx: &SockOpsContext) -> u32 {
         }
     }
     if cfg.flags & FLAG_SKIP_FLOWS == 0 {
-        count_flow(cfg, local, dialled);
+        count_flow(&cfg, local, dialled);
     }
     OK
 }

@@ -28,7 +28,7 @@ pub enum Verdict {
     /// family. `service_id` is 0 for a destination that is not steered; `source` is the marked
     /// cgroup's id, or 0.
     Redirect {
-        cfg: &'static ProxyMapConfig,
+        cfg: ProxyMapConfig,
         service_id: u32,
         source: u64,
     },
@@ -43,10 +43,10 @@ pub fn decide(ctx: &SockAddrContext, dst: Endpoint) -> Verdict {
     if sa.type_ != SOCK_STREAM || sa.protocol != IPPROTO_TCP {
         return Verdict::Direct;
     }
-    // Read in place (the entry is written once, at attach): most connects need two of its fields.
     let Some(cfg) = PROXY_CFG.get(0) else {
         return Verdict::Direct;
     };
+    let cfg = *cfg;
     let source = marked_source(cfg.marked_levels, &dst);
     let service_id = match unsafe { STEERED.get(&dst) } {
         Some(service) => service.service_id,
