@@ -13,6 +13,11 @@ pub const FLAG_EXEMPT_MARK: u32 = 1 << 2;
 /// stays empty and each connect() skips the flow map update. A skip flag rather than an enable
 /// flag, so a `PROXY_CFG` written before the flag existed still means "count".
 pub const FLAG_SKIP_FLOWS: u32 = 1 << 3;
+/// The agent's cgroup is outside the captured one, so none of its sockets reach the programs:
+/// flow counting skips the agent-cgroup comparison (`bpf_get_current_cgroup_id`, about a third of
+/// counting's cost per connect). A skip flag, so a `PROXY_CFG` without it keeps the comparison.
+/// Steering's own exemption (connect4/6) ignores it: a loop costs more than the helper call.
+pub const FLAG_AGENT_UNCAPTURED: u32 = 1 << 4;
 
 /// The one `PROXY_CFG` entry (the proxy's own timeouts and limits live in the agent).
 #[repr(C)]

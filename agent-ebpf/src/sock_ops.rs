@@ -3,12 +3,16 @@
 //!   accept (`ORIG_DST`): only when the socket's cookie has a record and its remote end is the
 //!   proxy (the proxy deletes the entry once it has read it);
 //! - every connection opened in the captured cgroup is counted in `FLOWS`, by the destination
-//!   the application dialled, for the service graph. The agent's own connections are not.
+//!   the application dialled, for the service graph. The agent's own connections are not (the
+//!   check is skipped when the agent's cgroup is outside the captured one: `FLAG_AGENT_UNCAPTURED`).
+//!
+//! Counting stays here rather than in connect4/6: the flow's source address is chosen by the
+//! route lookup inside `connect()`, after connect4/6 run, and no helper open to them can tell it.
 //!
 //! The function is not named `sockops`: a symbol equal to its ELF section breaks bpf-linker.
 use agent_common::{
     Endpoint, NetAddr,
-    config::{FLAG_SKIP_FLOWS, ProxyMapConfig},
+    config::{FLAG_AGENT_UNCAPTURED, FLAG_SKIP_FLOWS, ProxyMapConfig},
     flows::{FlowCounters, FlowKey},
     stats,
 };
@@ -43,6 +47,8 @@ fn try_sock_ops(ctx: &SockOpsContext) -> u32 {
     let Some(cfg) = PROXY_CFG.get(0) else {
         return OK;
     };
+    // A copy, not a reference into the map value: field reads chosen by branch would become
+    // pointer arithmetic on the map value, which the verifier refuses without CAP_PERFMON.
     let cfg = *cfg;
     let (local, remote) = match ctx.family() {
         AF_INET => (
@@ -88,7 +94,10 @@ fn try_sock_ops(ctx: &SockOpsContext) -> u32 {
 
 #[inline(always)]
 fn count_flow(cfg: &ProxyMapConfig, src: NetAddr, dst: Endpoint) {
-    if cfg.agent_cgroup_id != 0 && unsafe { bpf_get_current_cgroup_id() } == cfg.agent_cgroup_id {
+    if cfg.flags & FLAG_AGENT_UNCAPTURED == 0
+        && cfg.agent_cgroup_id != 0
+        && unsafe { bpf_get_current_cgroup_id() } == cfg.agent_cgroup_id
+    {
         return;
     }
     let key = FlowKey {

@@ -371,3 +371,69 @@ fn count_flows_false_counts_no_connection_and_still_steers() {
     assert_eq!(flow_connections(&bpffs, client_ip, direct_dst), 1);
     on.kill();
 }
+
+/// `PROXY_CFG`'s flags, as the agent wrote them.
+fn proxy_cfg_flags(bpffs: &Path) -> u32 {
+    let cfg = aya::maps::Array::<_, agent_common::config::ProxyMapConfig>::try_from(pinned(
+        bpffs,
+        agent_common::config::MAP_NAME,
+    ))
+    .unwrap();
+    cfg.get(&0, 0).unwrap().flags
+}
+
+/// Every source FLOWS has counted a connection from to `dst`.
+fn flow_sources(bpffs: &Path, dst: SocketAddr) -> Vec<std::net::IpAddr> {
+    let map = PerCpuHashMap::<_, FlowKey, FlowCounters>::try_from(pinned(bpffs, flows::MAP_NAME))
+        .unwrap();
+    let d = agent_common::Endpoint::from_socket_addr(dst);
+    map.keys()
+        .map(Result::unwrap)
+        .filter(|k| k.dst == d.addr && k.dst_port_be == d.port_be)
+        .map(|k| k.src.to_ip())
+        .collect()
+}
+
+#[test]
+fn flow_counting_skips_the_agent_check_only_for_an_agent_outside_capture() {
+    use agent_common::config::FLAG_AGENT_UNCAPTURED;
+    let Some(env) = Env::new(
+        "flow_counting_skips_the_agent_check_only_for_an_agent_outside_capture",
+        2,
+        bins!(),
+    ) else {
+        return;
+    };
+    let pod = &env.topo.pods[1];
+    let dst = pod.addr4(PORT);
+    let _b = Backend::tcp(&pod.netns, "b", dst).unwrap();
+    let client_ip = std::net::IpAddr::from(env.topo.pods[0].ip4);
+    let bpffs = env.run.bpffs();
+    let relayed = |env: &Env| {
+        let line = tcp(env, &["tcp", &dst.to_string()]);
+        assert_eq!(line.reply().peer.ip(), pod.node_ip4, "through the proxy");
+    };
+
+    // Outside the captured cgroup (the runner's own): none of the agent's sockets reach the
+    // programs, so counting skips the comparison.
+    let mut outside = env.start_agent(&steer_flags(&[dst]), None);
+    assert_ne!(proxy_cfg_flags(&bpffs) & FLAG_AGENT_UNCAPTURED, 0);
+    relayed(&env);
+    assert_eq!(flow_sources(&bpffs, dst), vec![client_ip]);
+    outside.kill();
+
+    // Inside it, as a DaemonSet pod runs: the comparison stays, and the proxy's own upstream
+    // connect to the same destination is not counted.
+    let agent_cg = env.cgroup.child("agent").unwrap();
+    let mut inside = env.start_agent(&steer_flags(&[dst]), Some(&agent_cg));
+    assert_eq!(proxy_cfg_flags(&bpffs) & FLAG_AGENT_UNCAPTURED, 0);
+    relayed(&env);
+    assert_eq!(
+        inside.metric("shunt_proxy_connections_accepted_total"),
+        1.0,
+        "no loop"
+    );
+    assert_eq!(flow_sources(&bpffs, dst), vec![client_ip]);
+    assert_eq!(flow_connections(&bpffs, client_ip, dst), 2);
+    inside.kill();
+}

@@ -84,6 +84,36 @@ pub fn cgroup_id(path: &Path) -> Result<u64, CaptureError> {
         .map_err(|e| env_err(format!("stat {}: {e}", path.display())))
 }
 
+/// Whether the cgroup v2 directory with id `id` is `root` or below it, by walking `root`'s subtree
+/// and comparing ids (inode numbers): unlike paths, ids are the same through any mount and from
+/// inside a cgroup namespace, where the agent sees its own cgroup as a root. A directory that
+/// vanishes during the walk (a pod going away) is skipped.
+pub fn cgroup_subtree_contains(root: &Path, id: u64) -> Result<bool, CaptureError> {
+    let mut dirs = vec![root.to_path_buf()];
+    while let Some(dir) = dirs.pop() {
+        let meta = match fs::symlink_metadata(&dir) {
+            Ok(m) => m,
+            Err(e) if dir != root && e.kind() == std::io::ErrorKind::NotFound => continue,
+            Err(e) => return Err(env_err(format!("stat {}: {e}", dir.display()))),
+        };
+        if meta.ino() == id {
+            return Ok(true);
+        }
+        let entries = match fs::read_dir(&dir) {
+            Ok(entries) => entries,
+            Err(e) if dir != root && e.kind() == std::io::ErrorKind::NotFound => continue,
+            Err(e) => return Err(env_err(format!("reading {}: {e}", dir.display()))),
+        };
+        for entry in entries.flatten() {
+            // Only real directories: a cgroup's files (and any symlink) are not cgroups.
+            if entry.file_type().is_ok_and(|t| t.is_dir()) {
+                dirs.push(entry.path());
+            }
+        }
+    }
+    Ok(false)
+}
+
 /// The level of the cgroup v2 directory `path` in its hierarchy (the root is 0), as
 /// `bpf_get_current_ancestor_cgroup_id` counts: the number of cgroup v2 directories above it.
 /// This assumes the mount shows the hierarchy's root (the node's, not a cgroup namespace's), as
@@ -225,3 +255,7 @@ pub fn mount_bpffs(dir: &Path) -> std::io::Result<()> {
     }
     Ok(())
 }
+
+#[cfg(test)]
+#[path = "env_tests.rs"]
+mod tests;

@@ -331,6 +331,17 @@ fn proxy_config(cfg: &CaptureConfig) -> Result<config::ProxyMapConfig, CaptureEr
     }
     if !cfg.count_flows {
         out.flags |= config::FLAG_SKIP_FLOWS;
+    } else if !agent_is_captured(cfg, out.agent_cgroup_id) {
+        out.flags |= config::FLAG_AGENT_UNCAPTURED;
     }
     Ok(out)
+}
+
+/// Whether the agent's own sockets reach the capture programs: its cgroup is the captured one or
+/// below it. When that cannot be told, it is taken to be captured (the exemption check stays).
+fn agent_is_captured(cfg: &CaptureConfig, agent_cgroup_id: u64) -> bool {
+    env::cgroup_subtree_contains(&cfg.cgroup, agent_cgroup_id).unwrap_or_else(|e| {
+        tracing::debug!(error = %e, "cannot tell whether the agent is captured; assuming it is");
+        true
+    })
 }
