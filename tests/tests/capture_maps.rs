@@ -84,6 +84,15 @@ fn is_bpffs_own(name: &str) -> bool {
     name.contains('.')
 }
 
+/// Pod 0 the client, pod 1 a TCP backend on `PORT` (its address returned), alive with the guard.
+fn client_and_backend(test: &str) -> Option<(Env, SocketAddr, Backend)> {
+    let env = Env::new(test, 2, bins!())?;
+    let pod = &env.topo.pods[1];
+    let dst = pod.addr4(PORT);
+    let backend = Backend::tcp(&pod.netns, "b", dst).unwrap();
+    Some((env, dst, backend))
+}
+
 #[test]
 fn ipv6_connect_without_proxy_addr6_writes_no_map_entries() {
     let Some(env) = Env::new(
@@ -131,12 +140,10 @@ fn ipv6_connect_without_proxy_addr6_writes_no_map_entries() {
 
 #[test]
 fn stale_orig_dst_entry_is_never_used() {
-    let Some(env) = Env::new("stale_orig_dst_entry_is_never_used", 2, bins!()) else {
+    let Some((env, dst, _b)) = client_and_backend("stale_orig_dst_entry_is_never_used") else {
         return;
     };
     let pod = &env.topo.pods[1];
-    let dst = pod.addr4(PORT);
-    let _b = Backend::tcp(&pod.netns, "b", dst).unwrap();
     let agent = env.start_agent(&steer_flags(&[dst]), None);
     // Both connections use this client port and end with a reset: no TIME_WAIT on either side,
     // so the second may reuse the exact endpoint pair at once.
@@ -185,16 +192,12 @@ fn stale_orig_dst_entry_is_never_used() {
 
 #[test]
 fn restart_with_different_map_sizes_keeps_routes_and_traffic() {
-    let Some(env) = Env::new(
-        "restart_with_different_map_sizes_keeps_routes_and_traffic",
-        2,
-        bins!(),
-    ) else {
+    let Some((env, dst, _b)) =
+        client_and_backend("restart_with_different_map_sizes_keeps_routes_and_traffic")
+    else {
         return;
     };
     let pod = &env.topo.pods[1];
-    let dst = pod.addr4(PORT);
-    let _b = Backend::tcp(&pod.netns, "b", dst).unwrap();
     let client_ip = std::net::IpAddr::from(env.topo.pods[0].ip4);
     let bpffs = env.run.bpffs();
     let sized = |steered: u32, orig: u32, flows: u32| {
@@ -268,16 +271,12 @@ fn restart_with_different_map_sizes_keeps_routes_and_traffic() {
 
 #[test]
 fn pins_of_other_map_versions_are_removed_once_the_new_ones_are_in_use() {
-    let Some(env) = Env::new(
-        "pins_of_other_map_versions_are_removed_once_the_new_ones_are_in_use",
-        2,
-        bins!(),
-    ) else {
+    let Some((env, dst, _b)) =
+        client_and_backend("pins_of_other_map_versions_are_removed_once_the_new_ones_are_in_use")
+    else {
         return;
     };
     let pod = &env.topo.pods[1];
-    let dst = pod.addr4(PORT);
-    let _b = Backend::tcp(&pod.netns, "b", dst).unwrap();
     let bpffs = env.run.bpffs();
     tests::kube_world::mount_bpffs(&bpffs).unwrap();
     // What an agent of an older map ABI (and one of a newer) left pinned, beside a pin of
@@ -397,16 +396,12 @@ fn flow_sources(bpffs: &Path, dst: SocketAddr) -> Vec<std::net::IpAddr> {
 #[test]
 fn flow_counting_skips_the_agent_check_only_for_an_agent_outside_capture() {
     use agent_common::config::FLAG_AGENT_UNCAPTURED;
-    let Some(env) = Env::new(
-        "flow_counting_skips_the_agent_check_only_for_an_agent_outside_capture",
-        2,
-        bins!(),
-    ) else {
+    let Some((env, dst, _b)) =
+        client_and_backend("flow_counting_skips_the_agent_check_only_for_an_agent_outside_capture")
+    else {
         return;
     };
     let pod = &env.topo.pods[1];
-    let dst = pod.addr4(PORT);
-    let _b = Backend::tcp(&pod.netns, "b", dst).unwrap();
     let client_ip = std::net::IpAddr::from(env.topo.pods[0].ip4);
     let bpffs = env.run.bpffs();
     let relayed = |env: &Env| {
