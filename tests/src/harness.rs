@@ -230,11 +230,7 @@ impl Env {
             .output_timeout(Duration::from_secs(60))
             .expect("netpeer finished in time");
         assert!(status.success(), "netpeer {args:?} failed: {err}");
-        out.lines()
-            .map(|l| {
-                serde_json::from_str(l).unwrap_or_else(|e| panic!("bad netpeer line {l:?}: {e}"))
-            })
-            .collect()
+        netpeer_lines(&out)
     }
 }
 
@@ -362,4 +358,11 @@ pub fn http_get(addr: SocketAddr, path: &str) -> anyhow::Result<(u16, String)> {
         bail!("empty response");
     }
     Ok((status, body))
+}
+
+/// The JSON lines a netpeer printed.
+pub fn netpeer_lines<T: serde::de::DeserializeOwned>(out: &str) -> Vec<T> {
+    out.lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("bad netpeer line {l:?}: {e}")))
+        .collect()
 }

@@ -324,6 +324,22 @@ pub struct KubeNode {
     pub backends: Vec<HttpBackend>,
 }
 
+/// The fake API server and a node with its [`KubeNode::standard_objects`]; `None` when kernel
+/// tests cannot run here (checked before the server starts).
+pub fn standard_world(
+    test: &str,
+    lease_namespace: bool,
+    bins: Bins,
+) -> Option<(FakeCluster, KubeNode)> {
+    if !crate::kernel::available(test) {
+        return None;
+    }
+    let cluster = FakeCluster::start(lease_namespace).expect("fake API server");
+    let node = KubeNode::new(test, &cluster, bins)?;
+    node.standard_objects(&cluster);
+    Some((cluster, node))
+}
+
 impl KubeNode {
     /// `None` when kernel tests cannot run here.
     pub fn new(test: &str, cluster: &FakeCluster, bins: Bins) -> Option<Self> {

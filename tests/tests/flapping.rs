@@ -14,13 +14,7 @@ use tests::{
 };
 
 fn world(test: &str) -> Option<(FakeCluster, KubeNode)> {
-    if !tests::kernel::available(test) {
-        return None;
-    }
-    let cluster = FakeCluster::start(true).expect("fake API server");
-    let node = KubeNode::new(test, &cluster, bins!())?;
-    node.standard_objects(&cluster);
-    Some((cluster, node))
+    tests::kube_world::standard_world(test, true, bins!())
 }
 
 fn sorted(mut v: Vec<(SocketAddr, u32)>) -> Vec<(SocketAddr, u32)> {
@@ -174,12 +168,7 @@ fn sandbox_flaps_and_every_request_is_served(test: &str, flap: Flap) {
         c.pod_ready(NS, "reviews-v2", ip, true);
         std::thread::sleep(Duration::from_millis(500));
     }
-    let lines: Vec<Value> = load
-        .join()
-        .unwrap()
-        .lines()
-        .map(|l| serde_json::from_str(l).unwrap())
-        .collect();
+    let lines: Vec<Value> = tests::harness::netpeer_lines(&load.join().unwrap());
     let count = |who: &str| lines.iter().filter(|l| l["served_by"] == who).count();
     let (sandbox_n, baseline_n) = (count("reviews-v2"), count("reviews-v1"));
     let errors: Vec<&Value> = lines

@@ -52,12 +52,7 @@ fn rolling_restart_under_load_sends_no_connection_direct() {
         "the old agent saw its successor:\n{old_log}"
     );
 
-    let lines: Vec<Value> = load
-        .join()
-        .unwrap()
-        .lines()
-        .map(|l| serde_json::from_str(l).unwrap())
-        .collect();
+    let lines: Vec<Value> = tests::harness::netpeer_lines(&load.join().unwrap());
     assert!(
         lines.len() > 200,
         "enough load: {} connections",

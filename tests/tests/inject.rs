@@ -57,9 +57,7 @@ fn http_in(w: &World, cgroup: &Path, dst: SocketAddr, flags: &[&str], reqs: Valu
         .output_timeout(Duration::from_secs(60))
         .expect("netpeer finished in time");
     assert!(status.success(), "netpeer failed: {err}");
-    out.lines()
-        .map(|l| serde_json::from_str(l).expect("netpeer line"))
-        .collect()
+    tests::harness::netpeer_lines(&out)
 }
 
 fn baggage(line: &Value) -> Option<&str> {
@@ -284,10 +282,7 @@ fn test_runner_without_key_headers_reaches_the_sandbox() {
         "shunt test failed: {err}\n{}",
         agent.log_text()
     );
-    let lines: Vec<Value> = out
-        .lines()
-        .map(|l| serde_json::from_str(l).expect("netpeer line"))
-        .collect();
+    let lines: Vec<Value> = tests::harness::netpeer_lines(&out);
     assert_eq!(lines.len(), 2, "{out}");
     for l in &lines {
         assert_eq!(served_by(l), "reviews-v2", "{l}");

@@ -17,13 +17,7 @@ use tests::{
 const DEADLINE: Duration = Duration::from_secs(15);
 
 fn world(test: &str, lease_namespace: bool) -> Option<(FakeCluster, KubeNode)> {
-    if !tests::kernel::available(test) {
-        return None;
-    }
-    let cluster = FakeCluster::start(lease_namespace).expect("fake API server");
-    let node = KubeNode::new(test, &cluster, bins!())?;
-    node.standard_objects(&cluster);
-    Some((cluster, node))
+    tests::kube_world::standard_world(test, lease_namespace, bins!())
 }
 
 fn reviews_vip() -> SocketAddr {

@@ -23,13 +23,7 @@ const EVIL: &str = "evil";
 const BAIT_IP: Ipv4Addr = Ipv4Addr::new(10, 96, 100, 66);
 
 fn world(test: &str) -> Option<(FakeCluster, KubeNode)> {
-    if !tests::kernel::available(test) {
-        return None;
-    }
-    let cluster = FakeCluster::start(true).expect("fake API server");
-    let node = KubeNode::new(test, &cluster, bins!())?;
-    node.standard_objects(&cluster);
-    Some((cluster, node))
+    tests::kube_world::standard_world(test, true, bins!())
 }
 
 /// A selector-less Service `name` in `namespace` with the `http` port.
