@@ -88,11 +88,7 @@ async fn exchange(
         .send_request(req.body(Empty::<Bytes>::new())?)
         .await?;
     let status = resp.status().as_u16();
-    let served_by = resp
-        .headers()
-        .get("x-served-by")
-        .and_then(|v| v.to_str().ok())
-        .map(str::to_string);
+    let served_by = crate::http::served_by(resp.headers());
     let body = resp.into_body().collect().await?.to_bytes();
     let served: serde_json::Value = serde_json::from_slice(&body).unwrap_or_default();
     Ok(json!({ "status": status, "served_by": served_by, "peer": served["peer"] }))

@@ -23,6 +23,14 @@ struct Req {
     body: String,
 }
 
+/// Who answered: the backend's `x-served-by` header.
+pub fn served_by(headers: &hyper::HeaderMap) -> Option<String> {
+    headers
+        .get("x-served-by")
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_string)
+}
+
 fn get() -> String {
     "GET".into()
 }
@@ -111,11 +119,7 @@ where
         Ok(Err(e)) => json!({ "error": e.to_string() }),
         Ok(Ok(resp)) => {
             let status = resp.status().as_u16();
-            let served_by = resp
-                .headers()
-                .get("x-served-by")
-                .and_then(|v| v.to_str().ok())
-                .map(str::to_string);
+            let served_by = served_by(resp.headers());
             let (parts, body) = resp.into_parts();
             match tokio::time::timeout(TIMEOUT, body.collect()).await {
                 Ok(Ok(b)) => {
@@ -155,11 +159,7 @@ pub fn websocket(addr: SocketAddr, args: &[String]) -> anyhow::Result<()> {
         }
         let (mut ws, resp) =
             tokio::time::timeout(TIMEOUT, tokio_tungstenite::client_async(req, stream)).await??;
-        let served_by = resp
-            .headers()
-            .get("x-served-by")
-            .and_then(|v| v.to_str().ok())
-            .map(str::to_string);
+        let served_by = served_by(resp.headers());
         let mut replies = Vec::new();
         for i in 0..3 {
             ws.send(tokio_tungstenite::tungstenite::Message::text(format!(

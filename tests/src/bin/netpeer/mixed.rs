@@ -221,12 +221,7 @@ impl Conn {
             }
         };
         let status = resp.status();
-        let served_by = resp
-            .headers()
-            .get("x-served-by")
-            .and_then(|v| v.to_str().ok())
-            .unwrap_or("")
-            .to_string();
+        let served_by = crate::http::served_by(resp.headers()).unwrap_or_default();
         let body = resp.into_body().collect().await?.to_bytes();
         anyhow::ensure!(status.is_success(), "status {status}");
         // The backend names the peer it saw: the node (through a proxy) or the client (direct).
