@@ -155,7 +155,8 @@ fn target_path(target: &str) -> Box<str> {
         .as_deref()
         .or_else(|| other_scheme_path(target))
         .unwrap_or(target);
-    path.split(['?', '#']).next().unwrap_or("").into()
+    // No `#`: a target with a fragment is refused before this is read.
+    path.split('?').next().unwrap_or("").into()
 }
 
 /// The path of an absolute-form target of another scheme (`h2://host/p`). Such a target goes
@@ -166,7 +167,7 @@ fn other_scheme_path(target: &str) -> Option<&str> {
     let mut chars = scheme.bytes();
     let valid = chars.next()?.is_ascii_alphabetic()
         && chars.all(|b| b.is_ascii_alphanumeric() || b"+-.".contains(&b));
-    valid.then(|| match rest.find(['/', '?', '#']) {
+    valid.then(|| match rest.find(['/', '?']) {
         Some(i) if rest.as_bytes()[i] == b'/' => &rest[i..],
         _ => "/",
     })

@@ -295,17 +295,21 @@ fn a_stripped_client_head_loses_every_key_form_and_keeps_the_rest() {
     );
 }
 
-/// A fuzz finding (`cargo xtask fuzz --smoke` in CI): a target of no RFC 9112 form (`2http:` is
-/// no scheme) had its path changed by key stripping (`2http://h` → `2http://h/`); it is refused.
-#[test]
-fn target_with_a_fragment_is_refused() {
-    // The fuzzer's finding: `http::Uri` reads `http://h#f?k` as host `h`, path `/`, no query,
-    // while the origin form sent upstream was `/?k`, a key the next hop reads.
+/// `GET {target}` parsed with query keys on, keys kept (`strip` false) and stripped.
+fn parse_target(target: &str, strip: bool) -> Result<Option<RequestHead>, HeadError> {
     let keys = crate::proxy::key::KeyExtractor::new(KeySources::default().with_query(true));
     let limits = HeadLimits {
         max_bytes: 16 * 1024,
         max_headers: 100,
     };
+    let data = format!("GET {target} HTTP/1.1\r\nHost: h\r\n\r\n");
+    parse_request(data.as_bytes(), limits, &keys, strip)
+}
+
+#[test]
+fn target_with_a_fragment_is_refused() {
+    // The fuzzer's finding: `http::Uri` reads `http://h#f?k` as host `h`, path `/`, no query,
+    // while the origin form sent upstream was `/?k`, a key the next hop reads.
     for target in [
         "http://h#f?sd-routing-key=pr-1",
         "http://h/p#f?sd-routing-key=pr-1",
@@ -313,11 +317,10 @@ fn target_with_a_fragment_is_refused() {
         "/p?a=1#f",
         "h2://h/p#f",
     ] {
-        let data = format!("GET {target} HTTP/1.1\r\nHost: h\r\n\r\n");
         for strip in [false, true] {
             assert!(
                 matches!(
-                    parse_request(data.as_bytes(), limits, &keys, strip),
+                    parse_target(target, strip),
                     Err(HeadError::Malformed("fragment in request target"))
                 ),
                 "{target:?} strip {strip}"
@@ -326,36 +329,25 @@ fn target_with_a_fragment_is_refused() {
     }
 }
 
+/// A fuzz finding (`cargo xtask fuzz --smoke` in CI): a target of no RFC 9112 form (`2http:` is
+/// no scheme) had its path changed by key stripping (`2http://h` → `2http://h/`); it is refused.
 #[test]
 fn target_of_no_known_form_is_refused() {
-    let keys = crate::proxy::key::KeyExtractor::new(KeySources::default().with_query(true));
-    let limits = HeadLimits {
-        max_bytes: 16 * 1024,
-        max_headers: 100,
-    };
     for target in [
         "2http://h?sd-routing-key=pr-1",
         "h?sd-routing-key=pr-1",
         "a b",
     ] {
-        let data = format!("GET {target} HTTP/1.1\r\nHost: h\r\n\r\n");
         for strip in [false, true] {
             assert!(
-                matches!(
-                    parse_request(data.as_bytes(), limits, &keys, strip),
-                    Err(HeadError::Malformed(_))
-                ),
+                matches!(parse_target(target, strip), Err(HeadError::Malformed(_))),
                 "{target:?} strip {strip}"
             );
         }
     }
     for target in ["/p?q", "*", "h2://h/p", "http://h/p"] {
-        let data = format!("GET {target} HTTP/1.1\r\nHost: h\r\n\r\n");
         assert!(
-            matches!(
-                parse_request(data.as_bytes(), limits, &keys, false),
-                Ok(Some(_))
-            ),
+            matches!(parse_target(target, false), Ok(Some(_))),
             "{target:?}"
         );
     }
