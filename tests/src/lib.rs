@@ -14,5 +14,6 @@ pub mod netns;
 pub mod process;
 pub mod routes_fixture;
 pub mod routing_world;
+pub mod shop_cluster;
 pub mod source_world;
 pub mod traffic_world;

@@ -4,7 +4,7 @@
 //! the MCP server made is one `MCP_ACCESS` grants.
 use std::{
     collections::BTreeSet,
-    path::{Path, PathBuf},
+    path::Path,
     sync::atomic::{AtomicBool, Ordering},
 };
 
@@ -12,37 +12,11 @@ use serde_json::{Value, json};
 
 use crate::{
     fake_apiserver::FakeApiServer,
-    kube_world::{FakeCluster, api_calls, granted},
+    kube_world::{api_calls, granted},
+    shop_cluster::ShopCluster,
 };
 
-/// The fake API server with the given objects, and a kubeconfig for it.
-pub struct McpCluster {
-    pub api: FakeApiServer,
-    pub kubeconfig: PathBuf,
-    _dir: tempfile::TempDir,
-    // Last: the server's tasks run on it.
-    _rt: tokio::runtime::Runtime,
-}
-
-impl McpCluster {
-    /// Starts the server (the SandboxRoute CRD and namespace `shop`) and creates `objects`.
-    pub fn start(objects: impl IntoIterator<Item = Value>) -> Self {
-        let FakeCluster { api, rt } = FakeCluster::start(false).expect("fake API server");
-        for obj in objects {
-            api.create(obj.clone())
-                .unwrap_or_else(|e| panic!("creating {obj}: {e}"));
-        }
-        let dir = tempfile::tempdir().expect("tempdir");
-        let kubeconfig = dir.path().join("kubeconfig");
-        api.write_kubeconfig(&kubeconfig).expect("kubeconfig");
-        Self {
-            api,
-            kubeconfig,
-            _dir: dir,
-            _rt: rt,
-        }
-    }
-
+impl ShopCluster {
     /// `shunt mcp --kube` on this cluster, then `extra`.
     pub fn server(&self, agent: &Path, extra: &[&str]) -> Vec<String> {
         kube_server(agent, &self.kubeconfig, extra)

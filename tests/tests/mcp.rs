@@ -28,12 +28,13 @@ use tests::{
     fake_apiserver::FakeApiServer,
     harness::{DEBUG_PORT, Env},
     mcp_cluster::{
-        self, McpCluster, assert_api_calls_within_mcp_access, assert_calls_within_mcp_access,
+        self, assert_api_calls_within_mcp_access, assert_calls_within_mcp_access,
         reviews_endpoints, reviews_service, with_peer,
     },
     mcp_world::node_mcp_server,
     netns::Topology,
     process::{ChildGuard, spawn_in},
+    shop_cluster::ShopCluster,
 };
 
 const SERVICE_PORT: u16 = 9080;
@@ -429,8 +430,8 @@ fn mcp_client_drives_a_sandbox_through_the_mini_cluster() {
 // Cluster mode: the fake API server
 
 /// The cluster the SandboxRoute tools work on: `reviews` and its sandbox pod, Running.
-fn shop_cluster() -> McpCluster {
-    let cluster = McpCluster::start([
+fn shop_cluster() -> ShopCluster {
+    let cluster = ShopCluster::start([
         reviews_service(),
         reviews_endpoints(),
         json!({
@@ -454,7 +455,7 @@ fn shop_cluster() -> McpCluster {
 }
 
 /// `shunt mcp --kube` on `cluster`, then `extra`.
-fn kube_server(cluster: &McpCluster, extra: &[&str]) -> Vec<String> {
+fn kube_server(cluster: &ShopCluster, extra: &[&str]) -> Vec<String> {
     cluster.server(Path::new(env!("CARGO_BIN_EXE_shunt-under-test")), extra)
 }
 

@@ -6,10 +6,9 @@ use serde_json::json;
 use std::path::Path;
 
 use tests::{
-    mcp_cluster::{
-        McpCluster, assert_api_calls_within_mcp_access, reviews_endpoints, reviews_service,
-    },
+    mcp_cluster::{assert_api_calls_within_mcp_access, reviews_endpoints, reviews_service},
     mcp_driver::{err, mcp_client, ok, python_with_mcp},
+    shop_cluster::ShopCluster,
 };
 
 #[test]
@@ -18,7 +17,7 @@ fn mcp_cluster_mode_get_logs_reads_pods_log_and_get_sandbox_explains_a_crash_loo
     let Some(python) = python_with_mcp(test) else {
         return;
     };
-    let cluster = McpCluster::start([
+    let cluster = ShopCluster::start([
         reviews_service(),
         reviews_endpoints(),
         json!({

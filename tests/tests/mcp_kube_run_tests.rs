@@ -12,8 +12,9 @@ use std::{
 use serde_json::{Value, json};
 use tests::{
     fake_apiserver::FakeApiServer,
-    mcp_cluster::{McpCluster, assert_api_calls_within_mcp_access, with_peer},
+    mcp_cluster::{assert_api_calls_within_mcp_access, with_peer},
     mcp_driver::{err, mcp_client, ok, python_with_mcp},
+    shop_cluster::ShopCluster,
 };
 
 const COMPONENT: &str = "test-runner";
@@ -91,7 +92,7 @@ fn run_tests_runs_a_marked_pod_and_returns_its_exit_code_and_log() {
     let Some(python) = python_with_mcp(test) else {
         return;
     };
-    let cluster = McpCluster::start([route_pr_42()]);
+    let cluster = ShopCluster::start([route_pr_42()]);
     let api = &cluster.api;
     let server = cluster.server(
         Path::new(env!("CARGO_BIN_EXE_shunt-under-test")),

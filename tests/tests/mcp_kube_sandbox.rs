@@ -13,8 +13,9 @@ use std::{
 use serde_json::{Value, json};
 use tests::{
     fake_apiserver::FakeApiServer,
-    mcp_cluster::{McpCluster, assert_api_calls_within_mcp_access, reviews_service, with_peer},
+    mcp_cluster::{assert_api_calls_within_mcp_access, reviews_service, with_peer},
     mcp_driver::{err, mcp_client, ok, python_with_mcp},
+    shop_cluster::ShopCluster,
 };
 
 const ROUTES: &str = "shunt.dev/v1alpha1";
@@ -98,7 +99,7 @@ fn mcp_cluster_mode_create_sandbox_forks_the_deployment_and_the_session_cleans_u
     let Some(python) = python_with_mcp(test) else {
         return;
     };
-    let cluster = McpCluster::start([
+    let cluster = ShopCluster::start([
         reviews_service(),
         json!({
             "apiVersion": "apps/v1", "kind": "Deployment",

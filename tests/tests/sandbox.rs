@@ -6,7 +6,6 @@
 //! the agents' leader (writes Ready on new routes), image pull errors come from a Pod the test
 //! creates, and garbage collection is checked as the ownerReference that would drive it.
 use std::{
-    path::PathBuf,
     process::{Command, Stdio},
     sync::{
         Arc,
@@ -16,23 +15,14 @@ use std::{
 };
 
 use serde_json::{Value, json};
-use tests::{fake_apiserver::FakeApiServer, process::spawn_in};
+use tests::{fake_apiserver::FakeApiServer, process::spawn_in, shop_cluster::ShopCluster};
 
 const ROUTES: &str = "shunt.dev/v1alpha1";
 
-struct Cluster {
-    api: FakeApiServer,
-    kubeconfig: PathBuf,
-    _dir: tempfile::TempDir,
-    // Last: the server's tasks run on it.
-    _rt: tokio::runtime::Runtime,
-}
-
-fn cluster() -> Cluster {
-    // The runtime-hosted server with the SandboxRoute CRD and namespace `shop`.
-    let tests::kube_world::FakeCluster { api, rt } =
-        tests::kube_world::FakeCluster::start(false).expect("fake API server");
-    for obj in [
+/// The cluster the tests start from: Services `reviews` and `ratings`, and the `reviews`
+/// Deployment a sandbox clones.
+fn cluster() -> ShopCluster {
+    ShopCluster::start([
         json!({
             "apiVersion": "v1", "kind": "Service",
             "metadata": { "name": "reviews", "namespace": "shop" },
@@ -61,22 +51,16 @@ fn cluster() -> Cluster {
                 },
             },
         }),
-    ] {
-        api.create(obj.clone())
-            .unwrap_or_else(|e| panic!("creating {obj}: {e}"));
-    }
-    let dir = tempfile::tempdir().expect("tempdir");
-    let kubeconfig = dir.path().join("kubeconfig");
-    api.write_kubeconfig(&kubeconfig).expect("kubeconfig");
-    Cluster {
-        api,
-        kubeconfig,
-        _dir: dir,
-        _rt: rt,
-    }
+    ])
 }
 
-impl Cluster {
+/// `shunt` run against the cluster's kubeconfig, and reads of what it wrote in `shop`.
+trait ShuntOnCluster {
+    fn shunt(&self, args: &[&str]) -> (bool, String, String);
+    fn get(&self, api_version: &str, kind: &str, name: &str) -> Option<Value>;
+}
+
+impl ShuntOnCluster for ShopCluster {
     /// `shunt ARGS... --kubeconfig K`: (success, stdout, stderr).
     fn shunt(&self, args: &[&str]) -> (bool, String, String) {
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_shunt-under-test"));
