@@ -29,6 +29,7 @@ mod nginx;
 mod peer_proxy;
 mod procstat;
 mod report;
+mod vs_haproxy;
 
 use std::{
     collections::BTreeMap,

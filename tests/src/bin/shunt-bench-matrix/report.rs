@@ -3,11 +3,7 @@ use std::{collections::BTreeMap, fmt::Write as _, path::Path, process::Command, 
 
 use serde::Serialize;
 
-use crate::{
-    Bench, Group, Knee, Opts, Profile, Record, Scenario,
-    load::{Proto, Tool},
-    median,
-};
+use crate::{Bench, Group, Knee, Opts, Profile, Record, Scenario, load::Tool, median};
 
 /// Where and how the numbers were taken.
 #[derive(Clone, Debug, Serialize)]
@@ -102,18 +98,23 @@ impl Meta {
 }
 
 /// Medians over repetitions.
-struct Agg<'a> {
-    recs: &'a [Record],
+pub(crate) struct Agg<'a> {
+    pub(crate) recs: &'a [Record],
 }
 
 impl Agg<'_> {
-    fn of(&self, point: &str, s: Scenario) -> impl Iterator<Item = &Record> {
+    pub(crate) fn of(&self, point: &str, s: Scenario) -> impl Iterator<Item = &Record> {
         self.recs
             .iter()
             .filter(move |r| r.point == point && r.scenario == s)
     }
 
-    fn med(&self, point: &str, s: Scenario, f: impl Fn(&Record) -> Option<f64>) -> Option<f64> {
+    pub(crate) fn med(
+        &self,
+        point: &str,
+        s: Scenario,
+        f: impl Fn(&Record) -> Option<f64>,
+    ) -> Option<f64> {
         median(self.of(point, s).filter_map(f).collect())
     }
 
@@ -122,7 +123,7 @@ impl Agg<'_> {
     }
 
     /// Points of a group, in the order they were run.
-    fn points(&self, g: Group) -> Vec<&Record> {
+    pub(crate) fn points(&self, g: Group) -> Vec<&Record> {
         let mut seen: Vec<&Record> = Vec::new();
         for r in self.recs.iter().filter(|r| r.group == g) {
             if !seen.iter().any(|x| x.point == r.point) {
@@ -189,67 +190,8 @@ fn worst_added(a: &Agg<'_>, s: Scenario, pct: fn(&Record) -> f64) -> Option<(f64
 }
 
 /// The median `pct` of `s` at `point`, minus A's.
-fn added(a: &Agg<'_>, point: &str, s: Scenario, pct: fn(&Record) -> f64) -> Option<f64> {
+pub(crate) fn added(a: &Agg<'_>, point: &str, s: Scenario, pct: fn(&Record) -> f64) -> Option<f64> {
     Some(a.med(point, s, |x| Some(pct(x)))? - a.med(point, Scenario::A, |x| Some(pct(x)))?)
-}
-
-/// Issue 22's rule against HAProxy, per protocol: at every 1 KiB point at 1000 req/s, C's and
-/// D's `metric` ≤ 1.05× E's, and ≤ 1.0× on the median of those ratios. One goal row per
-/// protocol and metric; `None` where a point lacks E.
-fn against_haproxy(a: &Agg<'_>) -> Vec<Goal> {
-    type Metric = fn(&Agg<'_>, &str, Scenario) -> Option<f64>;
-    let metrics: [(&str, Metric); 3] = [
-        ("proxy CPU per 1000 req/s", |a, p, s| {
-            a.med(p, s, Record::vcpu_per_krps)
-        }),
-        ("added p50", |a, p, s| added(a, p, s, |r| r.load.p50_us)),
-        ("added p99", |a, p, s| added(a, p, s, |r| r.load.p99_us)),
-    ];
-    let mut g = Vec::new();
-    for proto in [Proto::H1, Proto::H2c] {
-        let points: Vec<String> = a
-            .points(Group::Fixed)
-            .into_iter()
-            .filter(|r| {
-                r.shape.bytes == 1024
-                    && r.shape.tool == Tool::Oha
-                    && r.shape.proto == proto
-                    && r.shape.rate == Some(1000)
-            })
-            .map(|r| r.point.clone())
-            .collect();
-        for (name, metric) in metrics {
-            let mut ratios: Vec<(f64, String)> = Vec::new();
-            for p in &points {
-                let Some(e) = metric(a, p, Scenario::E).filter(|e| *e > 0.0) else {
-                    continue;
-                };
-                for s in [Scenario::C, Scenario::D] {
-                    if let Some(v) = metric(a, p, s) {
-                        ratios.push((v / e, format!("{} {}", &s.label()[..1], p)));
-                    }
-                }
-            }
-            let worst = ratios.iter().max_by(|x, y| x.0.total_cmp(&y.0)).cloned();
-            let med = median(ratios.iter().map(|r| r.0).collect());
-            g.push(Goal {
-                goal: format!(
-                    "{} {name} vs HAProxy (E), C and D at each 1 KiB point at 1000/s",
-                    proto.label()
-                ),
-                target: "≤ 1.05× at each, ≤ 1.0× on the median".into(),
-                measured: match (&worst, med) {
-                    (Some((w, at)), Some(m)) => format!(
-                        "worst {w:.2}× ({at}); median {m:.2}× of {} ratios",
-                        ratios.len()
-                    ),
-                    _ => "—".into(),
-                },
-                met: worst.zip(med).map(|((w, _), m)| w <= 1.05 && m <= 1.0),
-            });
-        }
-    }
-    g
 }
 
 /// Requests per second per proxy core at saturation: requests / proxy CPU seconds.
@@ -350,7 +292,7 @@ fn goals(a: &Agg<'_>) -> Vec<Goal> {
             .unwrap_or_else(|| "—".into()),
         met: sat.map(|(r, _, _)| r >= 1.2),
     });
-    g.extend(against_haproxy(a));
+    g.extend(crate::vs_haproxy::goals(a));
     g
 }
 
@@ -463,6 +405,8 @@ pub fn write(
         )?;
     }
     writeln!(w)?;
+
+    w.push_str(&crate::vs_haproxy::section(&a));
 
     writeln!(
         w,
