@@ -425,10 +425,14 @@ fn run(o: &Opts) -> anyhow::Result<()> {
     let profiles = if o.profile {
         eprintln!("profiling (perf record -e cpu-clock)");
         let rates: &[u32] = if o.quick { &[1000] } else { &[1000, 5000] };
+        // HTTP/1.1 at 16 connections, and h2c at the 1-connection point of issue 22's goals,
+        // where the proxy's CPU per request is highest.
+        let mut at: Vec<(Proto, usize, u32)> = rates.iter().map(|&r| (Proto::H1, 16, r)).collect();
+        at.push((Proto::H2c, 1, 1000));
         let mut v = Vec::new();
-        for &rate in rates {
-            v.push(profile(&mut b, o, Scenario::D, rate));
-            v.push(profile(&mut b, o, Scenario::E, rate));
+        for (proto, conns, rate) in at {
+            v.push(profile(&mut b, o, Scenario::D, proto, conns, rate));
+            v.push(profile(&mut b, o, Scenario::E, proto, conns, rate));
         }
         v
     } else {

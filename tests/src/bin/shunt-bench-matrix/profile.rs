@@ -7,6 +7,8 @@ use super::*;
 pub struct Profile {
     pub who: String,
     pub rate: u32,
+    /// The point profiled (`Point::key`): Shunt's and HAProxy's profiles pair on it.
+    pub at: String,
     /// The proxy's CPU during the profiled run.
     pub vcpu_per_krps: Option<f64>,
     pub load: String,
@@ -25,12 +27,23 @@ pub struct Profile {
 
 /// HTTP/1.1, 16 keep-alive connections, 1 KiB, at `rate` requests/s for `secs`.
 pub(crate) fn h1_keepalive_point(group: Group, rate: u32, secs: f64) -> Point {
+    keepalive_point(group, Proto::H1, 16, rate, secs)
+}
+
+/// Keep-alive connections of `proto`, 1 KiB, at `rate` requests/s for `secs`.
+pub(crate) fn keepalive_point(
+    group: Group,
+    proto: Proto,
+    conns: usize,
+    rate: u32,
+    secs: f64,
+) -> Point {
     Point {
         group,
         shape: Shape {
             tool: Tool::Oha,
-            proto: Proto::H1,
-            conns: 16,
+            proto,
+            conns,
             rate: Some(rate),
             bytes: KIB,
             keepalive: true,
@@ -39,14 +52,32 @@ pub(crate) fn h1_keepalive_point(group: Group, rate: u32, secs: f64) -> Point {
     }
 }
 
-pub(crate) fn profile(b: &mut Bench, o: &Opts, s: Scenario, rate: u32) -> Profile {
+/// Profiles scenario `s` (D: Shunt, E: HAProxy) at `conns` keep-alive connections of `proto`,
+/// 1 KiB, `rate` requests/s.
+pub(crate) fn profile(
+    b: &mut Bench,
+    o: &Opts,
+    s: Scenario,
+    proto: Proto,
+    conns: usize,
+    rate: u32,
+) -> Profile {
     let secs = if o.quick { 2.0 } else { o.secs.max(5.0) };
-    let point = h1_keepalive_point(Group::Fixed, rate, secs);
+    let point = keepalive_point(Group::Fixed, proto, conns, rate, secs);
     let proxy = if s == Scenario::E { "haproxy" } else { "shunt" };
-    let who = format!("{proxy}-{rate}");
+    let proto_name = match proto {
+        Proto::H1 => "h1",
+        Proto::H2c => "h2c",
+    };
+    // HTTP/1.1 keeps its old file names (profile-shunt-1000.txt), which the README cites.
+    let who = match proto {
+        Proto::H1 => format!("{proxy}-{rate}"),
+        Proto::H2c => format!("{proxy}-{proto_name}-{rate}"),
+    };
     let mut p = Profile {
         who: proxy.into(),
         rate,
+        at: point.key(),
         load: format!("{} at {}", s.label(), point.key()),
         ..Default::default()
     };

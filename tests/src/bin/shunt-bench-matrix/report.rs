@@ -651,17 +651,14 @@ pub fn write(
     };
     let mut lines = Vec::new();
     for s in profiles.iter().filter(|p| p.who == "shunt") {
-        let Some(h) = profiles
-            .iter()
-            .find(|p| p.who == "haproxy" && p.rate == s.rate)
-        else {
+        let Some(h) = profiles.iter().find(|p| p.who == "haproxy" && p.at == s.at) else {
             continue;
         };
         if let (Some((sk, su)), Some((hk, hu))) = (split(s), split(h)) {
             lines.push(format!(
-                "- at {}/s (HTTP/1.1, 16 connections): kernel {sk:.3} (HAProxy {hk:.3}), user \
-                 space incl. libc {su:.3} (HAProxy {hu:.3}) vCPU per 1000 req/s",
-                s.rate
+                "- at {}: kernel {sk:.3} (HAProxy {hk:.3}), user space incl. libc {su:.3} \
+                 (HAProxy {hu:.3}) vCPU per 1000 req/s",
+                s.at
             ));
         }
     }
@@ -716,7 +713,9 @@ pub fn write(
         let mut head = String::from("| per request |");
         let mut sep = String::from("|---|");
         for p in profiles {
-            let _ = write!(head, " {} at {}/s |", p.who, p.rate);
+            // "HTTP/1.1 16 conns, 1 KiB, 1000/s" → "HTTP/1.1 16 conns, 1000/s".
+            let at = p.at.replace(", 1 KiB", "");
+            let _ = write!(head, " {} at {at} |", p.who);
             sep.push_str("---|");
         }
         writeln!(w, "{head}\n{sep}")?;
