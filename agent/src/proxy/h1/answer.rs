@@ -50,17 +50,25 @@ impl Conn<'_> {
         status: u16,
         started: std::time::Instant,
     ) {
-        // The method is a tag for the standard ones; only the path is copied.
         self.shared.record(
             &self.info,
             decision,
             Exit {
-                request: Some((head.method.clone(), head.path.clone())),
-                key: head.extracted.key.clone(),
                 status: Some(status),
                 latency: Some(started.elapsed()),
-                key_injected: head.key_injected(),
+                ..exit_of(head)
             },
         );
+    }
+}
+
+/// What a decision record says of the request: its method and path, and its key.
+pub(super) fn exit_of(head: &RequestHead) -> Exit {
+    // The method is a tag for the standard ones; only the path is copied.
+    Exit {
+        request: Some((head.method.clone(), head.path.clone())),
+        key: head.extracted.key.clone(),
+        key_injected: head.key_injected(),
+        ..Exit::default()
     }
 }

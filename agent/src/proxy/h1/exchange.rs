@@ -21,16 +21,8 @@ impl Conn<'_> {
         if decision.drops_connection() {
             // No endpoint on this node under `internalTrafficPolicy: Local`: closed unanswered,
             // as kube-proxy drops it.
-            self.shared.record(
-                &self.info,
-                decision,
-                Exit {
-                    request: Some((head.method.clone(), head.path.clone())),
-                    key: head.extracted.key.clone(),
-                    key_injected: head.key_injected(),
-                    ..Exit::default()
-                },
-            );
+            self.shared
+                .record(&self.info, decision, super::answer::exit_of(&head));
             return Next::Close;
         }
         // The body bytes already here. A malformed chunked prefix refuses the request before

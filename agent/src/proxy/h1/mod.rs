@@ -209,6 +209,7 @@ impl Conn<'_> {
             );
         }
     }
+
     /// Gives idle upstream connections back to the pool and closes the client connection,
     /// reading what it still sends for a moment so the last response is not lost to a reset.
     async fn close(mut self) {
