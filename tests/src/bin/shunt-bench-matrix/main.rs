@@ -23,6 +23,7 @@
 //! (or `cargo xtask bench`, which installs oha, h2load, haproxy and nginx first).
 mod bench;
 mod compare;
+mod goals;
 mod haproxy;
 mod hookcost;
 mod load;

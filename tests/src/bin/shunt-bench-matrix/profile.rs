@@ -230,3 +230,122 @@ pub(crate) fn perf_rows(text: &str) -> Vec<(f64, Vec<&str>)> {
         })
         .collect()
 }
+
+/// The report's profile sections: kernel against user space beside HAProxy at each profiled
+/// point, each profile's top symbols, and syscalls and context switches per request.
+pub(crate) fn write_sections(w: &mut String, profiles: &[Profile]) -> std::fmt::Result {
+    use std::fmt::Write as _;
+
+    let split = |p: &Profile| -> Option<(f64, f64)> {
+        let v = p.vcpu_per_krps?;
+        let kernel: f64 = p
+            .by_dso
+            .iter()
+            .filter(|(_, d)| d.contains("kernel"))
+            .map(|(pct, _)| pct)
+            .sum();
+        Some((v * kernel / 100.0, v * (100.0 - kernel) / 100.0))
+    };
+    let mut lines = Vec::new();
+    for s in profiles.iter().filter(|p| p.who == "shunt") {
+        let Some(h) = profiles.iter().find(|p| p.who == "haproxy" && p.at == s.at) else {
+            continue;
+        };
+        if let (Some((sk, su)), Some((hk, hu))) = (split(s), split(h)) {
+            lines.push(format!(
+                "- at {}: kernel {sk:.3} (HAProxy {hk:.3}), user space incl. libc {su:.3} \
+                 (HAProxy {hu:.3}) vCPU per 1000 req/s",
+                s.at
+            ));
+        }
+    }
+    if !lines.is_empty() {
+        writeln!(
+            w,
+            "#### Where the proxy's CPU goes (perf, kernel vs user space)\n\n{}\n",
+            lines.join("\n")
+        )?;
+    }
+
+    for prof in profiles {
+        writeln!(w, "#### Profile: {} ({})\n", prof.who, prof.load)?;
+        if let Some(e) = &prof.error {
+            writeln!(w, "Profile failed: {e}\n")?;
+            continue;
+        }
+        let dsos: Vec<String> = prof
+            .by_dso
+            .iter()
+            .filter(|(pct, _)| *pct >= 1.0)
+            .map(|(pct, d)| match prof.vcpu_per_krps {
+                Some(v) => format!("{d} {pct:.0} % ({:.3})", v * pct / 100.0),
+                None => format!("{d} {pct:.0} %"),
+            })
+            .collect();
+        writeln!(
+            w,
+            "`perf record -e cpu-clock -g` on the proxy process: {} vCPU per 1000 req/s during \
+             the run; samples by binary (vCPU per 1000 req/s): {}. Top symbols by self time (full \
+             report `{}`, callers `{}`):\n",
+            prof.vcpu_per_krps
+                .map(|v| format!("{v:.3}"))
+                .unwrap_or_else(|| "?".into()),
+            dsos.join(", "),
+            prof.report_file,
+            prof.callers_file
+        )?;
+        writeln!(w, "| self % | symbol |")?;
+        writeln!(w, "|---|---|")?;
+        for (pct, sym) in &prof.top {
+            writeln!(w, "| {pct:.1} | `{}` |", sym.replace('|', "\\|"))?;
+        }
+        writeln!(w)?;
+    }
+
+    if profiles.iter().any(|p| !p.per_request.is_empty()) {
+        writeln!(
+            w,
+            "#### Per request, during the profiled runs (`perf stat`, syscall tracepoints)\n"
+        )?;
+        let mut head = String::from("| per request |");
+        let mut sep = String::from("|---|");
+        for p in profiles {
+            // "HTTP/1.1 16 conns, 1 KiB, 1000/s" → "HTTP/1.1 16 conns, 1000/s".
+            let at = p.at.replace(", 1 KiB", "");
+            let _ = write!(head, " {} at {at} |", p.who);
+            sep.push_str("---|");
+        }
+        writeln!(w, "{head}\n{sep}")?;
+        let names: Vec<&String> = profiles
+            .iter()
+            .flat_map(|p| p.per_request.iter().map(|(n, _)| n))
+            .fold(Vec::new(), |mut v, n| {
+                if !v.contains(&n) {
+                    v.push(n);
+                }
+                v
+            });
+        for n in names {
+            let vals: Vec<f64> = profiles
+                .iter()
+                .map(|p| {
+                    p.per_request
+                        .iter()
+                        .find(|(x, _)| x == n)
+                        .map(|(_, v)| *v)
+                        .unwrap_or(0.0)
+                })
+                .collect();
+            if vals.iter().all(|v| *v < 0.005) {
+                continue;
+            }
+            let mut row = format!("| {n} |");
+            for v in vals {
+                let _ = write!(row, " {v:.2} |");
+            }
+            writeln!(w, "{row}")?;
+        }
+        writeln!(w)?;
+    }
+    Ok(())
+}

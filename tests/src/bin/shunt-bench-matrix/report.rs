@@ -3,7 +3,11 @@ use std::{collections::BTreeMap, fmt::Write as _, path::Path, process::Command, 
 
 use serde::Serialize;
 
-use crate::{Bench, Group, Knee, Opts, Profile, Record, Scenario, load::Tool, median};
+use crate::{
+    Bench, Group, Knee, Opts, Profile, Record, Scenario,
+    goals::{Goal, goals, per_core},
+    median,
+};
 
 /// Where and how the numbers were taken.
 #[derive(Clone, Debug, Serialize)]
@@ -170,130 +174,6 @@ fn yes(ok: Option<bool>) -> &'static str {
         Some(false) => "**no**",
         None => "n/a",
     }
-}
-
-#[derive(Clone, Debug, Serialize)]
-pub struct Goal {
-    pub goal: String,
-    pub target: String,
-    pub measured: String,
-    pub met: Option<bool>,
-}
-
-/// Worst (largest) added percentile of `s` over A at the fixed 1 KiB points, with its point.
-fn worst_added(a: &Agg<'_>, s: Scenario, pct: fn(&Record) -> f64) -> Option<(f64, String)> {
-    a.points(Group::Fixed)
-        .into_iter()
-        .filter(|r| r.shape.bytes == 1024 && r.shape.tool == Tool::Oha)
-        .filter_map(|r| Some((added(a, &r.point, s, pct)?, r.point.clone())))
-        .max_by(|x, y| x.0.total_cmp(&y.0))
-}
-
-/// The median `pct` of `s` at `point`, minus A's.
-pub(crate) fn added(a: &Agg<'_>, point: &str, s: Scenario, pct: fn(&Record) -> f64) -> Option<f64> {
-    Some(a.med(point, s, |x| Some(pct(x)))? - a.med(point, Scenario::A, |x| Some(pct(x)))?)
-}
-
-/// Requests per second per proxy core at saturation: requests / proxy CPU seconds.
-fn per_core(a: &Agg<'_>, point: &str, s: Scenario) -> Option<f64> {
-    a.med(point, s, |r| {
-        r.proxy_cpu_s
-            .filter(|c| *c > 0.0)
-            .map(|c| (r.load.ok + r.load.non2xx) as f64 / c)
-    })
-}
-
-fn goals(a: &Agg<'_>) -> Vec<Goal> {
-    let mut g = Vec::new();
-    let max = a.points(Group::Max).first().map(|r| r.point.clone());
-    let newconn = a
-        .points(Group::NewConn)
-        .into_iter()
-        .find(|r| r.shape.rate.is_none())
-        .map(|r| r.point.clone());
-    let ratio = |point: &Option<String>, s: Scenario, base: Scenario| {
-        let p = point.as_deref()?;
-        Some(a.med(p, s, |r| Some(r.load.rps))? / a.med(p, base, |r| Some(r.load.rps))?)
-    };
-    for (what, point) in [
-        ("B throughput vs A (keep-alive, saturation)", &max),
-        ("B new-connection rate vs A (saturation)", &newconn),
-    ] {
-        let r = ratio(point, Scenario::B, Scenario::A);
-        g.push(Goal {
-            goal: what.into(),
-            target: "≥ 0.99".into(),
-            measured: r.map(|r| format!("{r:.3}")).unwrap_or_else(|| "—".into()),
-            met: r.map(|r| r >= 0.99),
-        });
-    }
-    for s in [Scenario::C, Scenario::D] {
-        for (name, pct, limit) in [
-            (
-                "p90",
-                (|r: &Record| r.load.p90_us) as fn(&Record) -> f64,
-                60.0,
-            ),
-            ("p99", |r: &Record| r.load.p99_us, 100.0),
-        ] {
-            let w = worst_added(a, s, pct);
-            g.push(Goal {
-                goal: format!(
-                    "{} added {name} at 1000 req/s (worst 1 KiB point)",
-                    &s.label()[..1]
-                ),
-                target: format!("≤ {limit:.0} µs"),
-                measured: w
-                    .as_ref()
-                    .map(|(v, p)| format!("{v:+.0} µs ({p})"))
-                    .unwrap_or_else(|| "—".into()),
-                met: w.map(|(v, _)| v <= limit),
-            });
-        }
-    }
-    let cpu = a
-        .points(Group::Fixed)
-        .into_iter()
-        .filter(|r| r.shape.bytes == 1024 && r.shape.tool == Tool::Oha)
-        .flat_map(|r| {
-            [Scenario::C, Scenario::D].map(|s| {
-                a.med(&r.point, s, Record::vcpu_per_krps)
-                    .map(|v| (v, format!("{}, {}", &s.label()[..1], r.point)))
-            })
-        })
-        .flatten()
-        .max_by(|x, y| x.0.total_cmp(&y.0));
-    g.push(Goal {
-        goal: "Shunt CPU per 1000 req/s (worst C/D 1 KiB point)".into(),
-        target: "≤ 0.05 vCPU".into(),
-        measured: cpu
-            .as_ref()
-            .map(|(v, p)| format!("{v:.3} ({p})"))
-            .unwrap_or_else(|| "—".into()),
-        met: cpu.map(|(v, _)| v <= 0.05),
-    });
-    let sat = max.as_deref().and_then(|p| {
-        let d = per_core(a, p, Scenario::D)?;
-        let e = per_core(a, p, Scenario::E)?;
-        Some((d / e, d, e))
-    });
-    let raw = ratio(&max, Scenario::D, Scenario::E);
-    g.push(Goal {
-        goal: "Saturation per proxy core, D vs HAProxy (E)".into(),
-        target: "≥ 1.2×".into(),
-        measured: sat
-            .map(|(r, d, e)| {
-                format!(
-                    "{r:.2}× ({d:.0} vs {e:.0} req/s per core-second; raw req/s ratio {})",
-                    raw.map(|x| format!("{x:.2}×"))
-                        .unwrap_or_else(|| "—".into())
-                )
-            })
-            .unwrap_or_else(|| "—".into()),
-        met: sat.map(|(r, _, _)| r >= 1.2),
-    });
-    g.extend(crate::vs_haproxy::goals(a));
-    g
 }
 
 pub fn write(
@@ -639,117 +519,7 @@ pub fn write(
         }
     }
 
-    let split = |p: &Profile| -> Option<(f64, f64)> {
-        let v = p.vcpu_per_krps?;
-        let kernel: f64 = p
-            .by_dso
-            .iter()
-            .filter(|(_, d)| d.contains("kernel"))
-            .map(|(pct, _)| pct)
-            .sum();
-        Some((v * kernel / 100.0, v * (100.0 - kernel) / 100.0))
-    };
-    let mut lines = Vec::new();
-    for s in profiles.iter().filter(|p| p.who == "shunt") {
-        let Some(h) = profiles.iter().find(|p| p.who == "haproxy" && p.at == s.at) else {
-            continue;
-        };
-        if let (Some((sk, su)), Some((hk, hu))) = (split(s), split(h)) {
-            lines.push(format!(
-                "- at {}: kernel {sk:.3} (HAProxy {hk:.3}), user space incl. libc {su:.3} \
-                 (HAProxy {hu:.3}) vCPU per 1000 req/s",
-                s.at
-            ));
-        }
-    }
-    if !lines.is_empty() {
-        writeln!(
-            w,
-            "#### Where the proxy's CPU goes (perf, kernel vs user space)\n\n{}\n",
-            lines.join("\n")
-        )?;
-    }
-
-    for prof in profiles {
-        writeln!(w, "#### Profile: {} ({})\n", prof.who, prof.load)?;
-        if let Some(e) = &prof.error {
-            writeln!(w, "Profile failed: {e}\n")?;
-            continue;
-        }
-        let dsos: Vec<String> = prof
-            .by_dso
-            .iter()
-            .filter(|(pct, _)| *pct >= 1.0)
-            .map(|(pct, d)| match prof.vcpu_per_krps {
-                Some(v) => format!("{d} {pct:.0} % ({:.3})", v * pct / 100.0),
-                None => format!("{d} {pct:.0} %"),
-            })
-            .collect();
-        writeln!(
-            w,
-            "`perf record -e cpu-clock -g` on the proxy process: {} vCPU per 1000 req/s during \
-             the run; samples by binary (vCPU per 1000 req/s): {}. Top symbols by self time (full \
-             report `{}`, callers `{}`):\n",
-            prof.vcpu_per_krps
-                .map(|v| format!("{v:.3}"))
-                .unwrap_or_else(|| "?".into()),
-            dsos.join(", "),
-            prof.report_file,
-            prof.callers_file
-        )?;
-        writeln!(w, "| self % | symbol |")?;
-        writeln!(w, "|---|---|")?;
-        for (pct, sym) in &prof.top {
-            writeln!(w, "| {pct:.1} | `{}` |", sym.replace('|', "\\|"))?;
-        }
-        writeln!(w)?;
-    }
-
-    if profiles.iter().any(|p| !p.per_request.is_empty()) {
-        writeln!(
-            w,
-            "#### Per request, during the profiled runs (`perf stat`, syscall tracepoints)\n"
-        )?;
-        let mut head = String::from("| per request |");
-        let mut sep = String::from("|---|");
-        for p in profiles {
-            // "HTTP/1.1 16 conns, 1 KiB, 1000/s" → "HTTP/1.1 16 conns, 1000/s".
-            let at = p.at.replace(", 1 KiB", "");
-            let _ = write!(head, " {} at {at} |", p.who);
-            sep.push_str("---|");
-        }
-        writeln!(w, "{head}\n{sep}")?;
-        let names: Vec<&String> = profiles
-            .iter()
-            .flat_map(|p| p.per_request.iter().map(|(n, _)| n))
-            .fold(Vec::new(), |mut v, n| {
-                if !v.contains(&n) {
-                    v.push(n);
-                }
-                v
-            });
-        for n in names {
-            let vals: Vec<f64> = profiles
-                .iter()
-                .map(|p| {
-                    p.per_request
-                        .iter()
-                        .find(|(x, _)| x == n)
-                        .map(|(_, v)| *v)
-                        .unwrap_or(0.0)
-                })
-                .collect();
-            if vals.iter().all(|v| *v < 0.005) {
-                continue;
-            }
-            let mut row = format!("| {n} |");
-            for v in vals {
-                let _ = write!(row, " {v:.2} |");
-            }
-            writeln!(w, "{row}")?;
-        }
-        writeln!(w)?;
-    }
+    crate::profile::write_sections(w, profiles)?;
 
     std::fs::write(out.join("results.md"), &md)?;
     let section = format!("## Performance\n\n{md}");

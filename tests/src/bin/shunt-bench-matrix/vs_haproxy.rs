@@ -8,9 +8,10 @@ use std::fmt::Write as _;
 
 use crate::{
     Group, Record, Scenario,
+    goals::{Goal, added},
     load::{Proto, Tool},
     median,
-    report::{Agg, Goal, added},
+    report::Agg,
 };
 
 /// One figure of a record, given A's record of the same repetition (for the added latencies).
