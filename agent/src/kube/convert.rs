@@ -3,6 +3,7 @@
 use std::{
     collections::{BTreeMap, HashMap},
     net::IpAddr,
+    sync::Arc,
     time::Duration,
 };
 
@@ -232,6 +233,22 @@ pub fn cluster_state<'a>(
     pods: impl IntoIterator<Item = &'a Pod>,
     routes: impl IntoIterator<Item = &'a SandboxRoute>,
 ) -> ClusterState {
+    let routes = sorted_by_name(routes);
+    // Sized up front: a filtered collect grows by doubling, copying every route each time and
+    // keeping up to half the capacity unused for as long as the state lives.
+    let mut converted_routes = Vec::with_capacity(routes.len());
+    converted_routes.extend(routes.into_iter().filter_map(route).map(Arc::new));
+    cluster_state_with_routes(services, slices, pods, converted_routes)
+}
+
+/// [`cluster_state`] with the routes already converted, in (namespace, name) order (the kube
+/// source keeps them converted: see `route_cache`).
+pub fn cluster_state_with_routes<'a>(
+    services: impl IntoIterator<Item = &'a Service>,
+    slices: impl IntoIterator<Item = &'a EndpointSlice>,
+    pods: impl IntoIterator<Item = &'a Pod>,
+    routes: Vec<Arc<routes::SandboxRouteObj>>,
+) -> ClusterState {
     let mut by_service: HashMap<(&str, &str), Vec<&EndpointSlice>> = HashMap::new();
     for s in slices {
         let (Some(ns), Some(svc)) = (
@@ -249,9 +266,6 @@ pub fn cluster_state<'a>(
     // each (a few hundred bytes) many times over, at 10,000 routes a cost on every change.
     let services = sorted_by_name(services);
     let pods = sorted_by_name(pods);
-    let routes = sorted_by_name(routes);
-    // Sized up front: a filtered collect grows by doubling, copying every route each time and
-    // keeping up to half the capacity unused for as long as the state lives.
     let mut converted_services = Vec::with_capacity(services.len());
     converted_services.extend(services.into_iter().filter_map(|s| {
         let key = (
@@ -260,12 +274,10 @@ pub fn cluster_state<'a>(
         );
         service(s, by_service.get(&key).map_or(&[], Vec::as_slice))
     }));
-    let mut converted_routes = Vec::with_capacity(routes.len());
-    converted_routes.extend(routes.into_iter().filter_map(route));
     ClusterState {
         services: converted_services,
         pods: pods.into_iter().filter_map(pod).collect(),
-        routes: converted_routes,
+        routes,
         node: None,
         node_pods: Vec::new(),
         // Anyone who may write an EndpointSlice in a namespace wrote its addresses.

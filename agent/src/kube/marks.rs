@@ -63,7 +63,12 @@ pub fn marked_sources(
     finished: &BTreeSet<String>,
     pod_dir: &dyn Fn(&str) -> Option<PathBuf>,
 ) -> Marks {
-    let routes: Vec<&SandboxRouteObj> = state.routes.iter().filter(|r| applies(r, now)).collect();
+    let routes: Vec<&SandboxRouteObj> = state
+        .routes
+        .iter()
+        .map(|r| &**r)
+        .filter(|r| applies(r, now))
+        .collect();
     let keys: BTreeSet<(&str, &str)> = routes
         .iter()
         .map(|r| (r.namespace.as_str(), r.spec.routing_key.as_str()))

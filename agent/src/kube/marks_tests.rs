@@ -106,7 +106,10 @@ fn shop() -> ClusterState {
                 &[("app", "reviews"), (SANDBOX_LABEL, "pr-42")],
             ),
         ],
-        routes: vec![route("shop", "pr-42", "pr-42", selector("pr-42"))],
+        routes: vec![route("shop", "pr-42", "pr-42", selector("pr-42"))]
+            .into_iter()
+            .map(std::sync::Arc::new)
+            .collect(),
         ..ClusterState::default()
     }
 }
@@ -122,7 +125,7 @@ fn selector_fork_pods_carry_the_route_key() {
 #[test]
 fn inject_key_false_marks_no_sandbox_pod() {
     let mut s = shop();
-    s.routes[0].spec.inject_key = false;
+    std::sync::Arc::make_mut(&mut s.routes[0]).spec.inject_key = false;
     assert!(marks(&s).sources.is_empty());
 }
 
@@ -137,7 +140,7 @@ fn service_fork_pods_are_marked_but_baseline_pods_never() {
     ));
     s.node_pods
         .push(pod("shop", "reviews-sbx", &[("app", "sbx")]));
-    s.routes[0].spec.forks[0].to = ForkTarget {
+    std::sync::Arc::make_mut(&mut s.routes[0]).spec.forks[0].to = ForkTarget {
         selector: None,
         service: Some("reviews-pr-42".into()),
     };
@@ -174,7 +177,8 @@ fn inject_label_needs_a_route_with_that_key_in_the_pod_namespace() {
 #[test]
 fn expired_routes_mark_nothing_and_lend_no_key() {
     let mut s = shop();
-    s.routes[0].spec.expires_at = Some("2029-01-01T00:00:00Z".parse().expect("ts"));
+    std::sync::Arc::make_mut(&mut s.routes[0]).spec.expires_at =
+        Some("2029-01-01T00:00:00Z".parse().expect("ts"));
     s.node_pods
         .push(pod("shop", "runner", &[(INJECT_KEY_LABEL, "pr-42")]));
     let m = marks(&s);
@@ -185,8 +189,12 @@ fn expired_routes_mark_nothing_and_lend_no_key() {
 #[test]
 fn a_pod_claimed_by_two_keys_is_not_marked() {
     let mut s = shop();
-    s.routes
-        .push(route("shop", "pr-7", "pr-7", selector("pr-42")));
+    s.routes.push(std::sync::Arc::new(route(
+        "shop",
+        "pr-7",
+        "pr-7",
+        selector("pr-42"),
+    )));
     let m = marks(&s);
     assert!(m.sources.is_empty(), "{m:?}");
     assert!(m.ignored[0].why.contains("several keys"), "{m:?}");

@@ -6,6 +6,7 @@
 //! - [`convert`]: Kubernetes objects → `ClusterState` (pure).
 //! - [`marks`]: which pods of this node are marked sources (pure).
 //! - [`source`]: watches, caches, and the loop that publishes them as `ClusterState`s.
+//! - `route_cache`: SandboxRoutes converted once per generation, from the watch's events.
 //! - [`lease`]: leader election (one status writer per cluster).
 //! - [`status`]: status writes and deletion of expired routes, by the leader.
 //! - [`node_status`]: each agent's own entry in `status.nodes[]` (what its node could not
@@ -33,6 +34,8 @@ mod node_source;
 pub mod node_status;
 pub mod pods;
 pub mod rbac;
+#[cfg(feature = "node")]
+mod route_cache;
 pub mod route_status;
 #[cfg(feature = "node")]
 pub mod source;

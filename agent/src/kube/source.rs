@@ -12,7 +12,13 @@
 //!   `default_backoff`).
 //! - Each relist after the first is counted on `relists`, so route sync reconciles the kernel
 //!   map against the fresh view.
-use std::{collections::HashMap, fmt::Debug, pin::Pin, sync::Arc, time::Duration};
+use std::{
+    collections::HashMap,
+    fmt::Debug,
+    pin::Pin,
+    sync::{Arc, Mutex},
+    time::Duration,
+};
 
 use futures::{StreamExt as _, stream::FuturesUnordered};
 use k8s_openapi::api::{
@@ -35,6 +41,7 @@ use super::{
     convert,
     crd::SandboxRoute,
     marks::{self, Marks},
+    route_cache::ConvertedRoutes,
 };
 use crate::{
     capture::PodCgroups,
@@ -48,6 +55,8 @@ const UNRESOLVED_RETRY: Duration = Duration::from_secs(1);
 #[derive(Clone)]
 pub struct Stores {
     pub routes: Store<SandboxRoute>,
+    /// `routes`, converted once per generation (the watch keeps both).
+    pub converted_routes: Arc<Mutex<ConvertedRoutes>>,
     pub services: Store<Service>,
     pub slices: Store<EndpointSlice>,
     pub pods: Store<Pod>,
@@ -62,17 +71,21 @@ impl Stores {
     /// The cluster as the caches have it now, with this node's marked sources in
     /// `sources` (and the marks' report: pods left unmarked and why).
     pub fn cluster_state(&self) -> (ClusterState, Marks) {
-        let (services, slices, pods, routes) = (
+        let (services, slices, pods) = (
             self.services.state(),
             self.slices.state(),
             self.pods.state(),
-            self.routes.state(),
         );
-        let mut state = convert::cluster_state(
+        let routes = self
+            .converted_routes
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .routes();
+        let mut state = convert::cluster_state_with_routes(
             services.iter().map(AsRef::as_ref),
             slices.iter().map(AsRef::as_ref),
             pods.iter().map(AsRef::as_ref),
-            routes.iter().map(AsRef::as_ref),
+            routes,
         );
         state.node = Some(self.node.to_string());
         let node_pods = self.node_pods.state();
@@ -115,7 +128,12 @@ struct WatchSpec<K> {
     strip: fn(&mut K),
     relevant: fn(&K) -> u64,
     touched: Option<watch::Sender<u64>>,
+    /// Sees every event after the cache has (the routes' conversions).
+    follow: Option<Follower<K>>,
 }
+
+/// Something that follows a watch's events (after its cache has).
+type Follower<K> = Box<dyn FnMut(&Event<K>) + Send>;
 
 fn hash_of(v: impl std::hash::Hash) -> u64 {
     use std::hash::Hasher as _;
@@ -166,6 +184,8 @@ impl Watches {
         let (touched_tx, routes_touched) = watch::channel(0u64);
         let (relists_tx, relists) = watch::channel(0u64);
         let mut tasks = Vec::new();
+        let converted_routes = Arc::new(Mutex::new(ConvertedRoutes::default()));
+        let converted = converted_routes.clone();
         let (routes, t) = watch_into_store(
             WatchSpec::<SandboxRoute> {
                 what: "SandboxRoutes",
@@ -179,6 +199,12 @@ impl Watches {
                 },
                 relevant: route_relevance,
                 touched: Some(touched_tx),
+                follow: Some(Box::new(move |ev| {
+                    converted
+                        .lock()
+                        .unwrap_or_else(std::sync::PoisonError::into_inner)
+                        .on_event(ev);
+                })),
             },
             tx.clone(),
             relists_tx.clone(),
@@ -197,6 +223,7 @@ impl Watches {
                 },
                 relevant: always,
                 touched: None,
+                follow: None,
             },
             tx.clone(),
             relists_tx.clone(),
@@ -224,6 +251,7 @@ impl Watches {
                 },
                 relevant: always,
                 touched: None,
+                follow: None,
             },
             tx.clone(),
             relists_tx.clone(),
@@ -258,6 +286,7 @@ impl Watches {
                 },
                 relevant: pod_relevance,
                 touched: None,
+                follow: None,
             },
             tx.clone(),
             relists_tx.clone(),
@@ -285,6 +314,7 @@ impl Watches {
                 },
                 relevant: node_pod_relevance,
                 touched: None,
+                follow: None,
             },
             tx,
             relists_tx,
@@ -294,6 +324,7 @@ impl Watches {
         Self {
             stores: Stores {
                 routes,
+                converted_routes,
                 services,
                 slices,
                 pods,
@@ -333,6 +364,7 @@ where
         strip,
         relevant,
         touched,
+        mut follow,
     } = spec;
     let task = tokio::spawn(async move {
         let stream = watcher::watcher(api, cfg)
@@ -358,6 +390,9 @@ where
                 ev = stream.next() => ev,
             };
             let Some(ev) = ev else { return };
+            if let (Some(f), Ok(ev)) = (follow.as_mut(), &ev) {
+                f(ev);
+            }
             match ev {
                 Ok(Event::Apply(o)) => {
                     if let Some(t) = &touched {

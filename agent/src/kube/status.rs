@@ -250,7 +250,12 @@ impl StatusWriter {
             .unwrap_or_else(|_| jiff::Timestamp::now());
         let mut patches = Vec::new();
         let mut expired = Vec::new();
-        for st in statuses {
+        for (i, st) in statuses.iter().enumerate() {
+            // Thousands of routes take milliseconds: let the runtime's other tasks (the watches,
+            // route sync) run in between.
+            if i % 512 == 511 {
+                tokio::task::yield_now().await;
+            }
             let oref = ObjectRef::<SandboxRoute>::new(&st.name).within(&st.namespace);
             let Some(obj) = self.routes.get(&oref) else {
                 continue;

@@ -151,7 +151,11 @@ pub fn edit_pods_and_routes(
     let text = std::fs::read_to_string(path)?;
     let name = path.display().to_string();
     let state = parse_routes(&text, &name)?;
-    let mut routes = state.routes;
+    let mut routes: Vec<SandboxRouteObj> = state
+        .routes
+        .into_iter()
+        .map(std::sync::Arc::unwrap_or_clone)
+        .collect();
     let mut pods = state.pods.clone();
     change(&mut pods, &mut routes)?;
     let mut new_text = replace_routes(&text, &routes)?;
@@ -295,7 +299,7 @@ pods:\n  - { name: p, namespace: shop, ips: [10.0.0.9], labels: { shunt.dev/sand
         assert!(!out.contains("routingKey: old"), "{out}");
         let state = parse_routes(&out, "f").expect("valid");
         assert_eq!(state.routes.len(), 1);
-        assert_eq!(state.routes[0], route("pr-1"));
+        assert_eq!(*state.routes[0], route("pr-1"));
         assert_eq!(state.pods.len(), 1);
         assert_eq!(state.services.len(), 1);
     }

@@ -221,7 +221,7 @@ fn sharing(routes: Vec<SandboxRouteObj>) -> ClusterState {
             sandbox_pod("sbx-a", "10.2.0.1", "a"),
             sandbox_pod("sbx-b", "10.2.0.2", "b"),
         ],
-        routes,
+        routes: routes.into_iter().map(std::sync::Arc::new).collect(),
         node: Some("node-a".into()),
         node_pods: Vec::new(),
         endpoint_trust: Default::default(),

@@ -80,7 +80,10 @@ fn table(fallback: Fallback, sandbox_ready: bool) -> RouteTable {
                 expires_at: None,
                 inject_key: true,
             },
-        }],
+        }]
+        .into_iter()
+        .map(std::sync::Arc::new)
+        .collect(),
         node: None,
         node_pods: Vec::new(),
         endpoint_trust: Default::default(),

@@ -1,6 +1,6 @@
 //! The input of the route computation: what a source (the Kubernetes watch or the routes file)
 //! knows about the cluster. Plain data, no behaviour beyond static validation of a route spec.
-use std::{collections::BTreeMap, fmt, net::IpAddr, time::Duration};
+use std::{collections::BTreeMap, fmt, net::IpAddr, sync::Arc, time::Duration};
 
 use jiff::Timestamp;
 use serde::{Deserialize, Serialize};
@@ -16,7 +16,10 @@ pub const SANDBOX_LABEL: &str = "shunt.dev/sandbox";
 pub struct ClusterState {
     pub services: Vec<Service>,
     pub pods: Vec<Pod>,
-    pub routes: Vec<SandboxRouteObj>,
+    /// Shared: the kube source converts a route once per generation and every later view
+    /// shares it, so a change costs one conversion, not one per route.
+    #[serde(with = "shared_vec")]
+    pub routes: Vec<Arc<SandboxRouteObj>>,
     /// The name of the node this agent runs on: which endpoints are local, for
     /// `internalTrafficPolicy: Local`. `None` when the source does not know it.
     #[serde(default)]
@@ -424,6 +427,26 @@ pub(crate) fn truncate(s: &str, max: usize) -> &str {
     match s.char_indices().nth(max) {
         Some((i, _)) => &s[..i],
         None => s,
+    }
+}
+
+/// A `Vec<Arc<T>>` written as the `Vec<T>` it shares (serde's `rc` feature is off).
+mod shared_vec {
+    use std::sync::Arc;
+
+    use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
+    pub fn serialize<T: Serialize, S: Serializer>(v: &[Arc<T>], s: S) -> Result<S::Ok, S::Error> {
+        s.collect_seq(v.iter().map(|t| &**t))
+    }
+
+    pub fn deserialize<'de, T: Deserialize<'de>, D: Deserializer<'de>>(
+        d: D,
+    ) -> Result<Vec<Arc<T>>, D::Error> {
+        Ok(Vec::<T>::deserialize(d)?
+            .into_iter()
+            .map(Arc::new)
+            .collect())
     }
 }
 

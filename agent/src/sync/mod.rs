@@ -9,7 +9,8 @@
 //! Both sources publish the same thing, a `watch::Receiver<Arc<ClusterState>>`: every version
 //! the receiver has not seen is a complete view of the cluster. They know nothing of what
 //! follows. [`RouteSync::run`] does the rest, in one loop:
-//! - a debounce that is a quiet period (capped, so steady churn still applies);
+//! - a debounce that is a quiet period (capped, so steady churn still applies), except for a
+//!   lone change after a quiet period, applied at once (leading edge);
 //! - the recompute ([`RouteTable::compute`]) on the blocking pool, since a large table takes
 //!   milliseconds and the proxy may share the runtime's only thread;
 //! - the swap of the proxy's table, before capture sends it new traffic;
@@ -137,6 +138,8 @@ impl RouteSync {
             r = feed.states.changed() => if r.is_err() { return },
         }
         let mut wake = Wake::First;
+        // When the source last changed: a change after a quiet period is applied at once.
+        let mut last_change = tokio::time::Instant::now();
         let mut expiry_at = None;
         let mut trim_at: Option<tokio::time::Instant>;
         loop {
@@ -175,9 +178,19 @@ impl RouteSync {
                 _ = sleep_until_opt(trim_at) => Wake::Trim,
             };
             if matches!(wake, Wake::Changed | Wake::Relisted) {
-                // A relist comes with the new view it listed: wait for the quiet period
-                // after either, and reconcile if a relist happened meanwhile.
-                if !self.quiet_period(&mut feed, &stop, &mut wake).await {
+                let now = tokio::time::Instant::now();
+                // Leading edge: a lone change after a quiet period is applied at once, so the
+                // debounce costs nothing to the usual edit. The changes that follow it within
+                // the debounce time are a burst: they wait for the quiet period and cost one
+                // more apply between them. A relist comes with the new view it listed: it
+                // always waits, and a relist meanwhile makes the apply a reconcile.
+                let lone = wake == Wake::Changed && now - last_change >= self.cfg.debounce;
+                last_change = now;
+                if !lone
+                    && !self
+                        .quiet_period(&mut feed, &stop, &mut wake, &mut last_change)
+                        .await
+                {
                     return;
                 }
             }
@@ -185,12 +198,14 @@ impl RouteSync {
     }
 
     /// Waits until `feed` has been quiet for the debounce time (at most ten of them in all, so
-    /// a source that never stops changing is still applied). `false`: stop.
+    /// a source that never stops changing is still applied), noting each change in
+    /// `last_change`. `false`: stop.
     async fn quiet_period(
         &self,
         feed: &mut SourceFeed,
         stop: &CancellationToken,
         wake: &mut Wake,
+        last_change: &mut tokio::time::Instant,
     ) -> bool {
         let debounce = self.cfg.debounce;
         let deadline = tokio::time::Instant::now() + debounce * 10;
@@ -199,10 +214,14 @@ impl RouteSync {
             tokio::select! {
                 _ = stop.cancelled() => return false,
                 _ = tokio::time::sleep_until(quiet_until) => return true,
-                r = feed.states.changed() => if r.is_err() { return false },
+                r = feed.states.changed() => {
+                    if r.is_err() { return false }
+                    *last_change = tokio::time::Instant::now();
+                }
                 Some(r) = changed_opt(feed.relists.as_mut()) => {
                     if r.is_err() { return false }
                     *wake = Wake::Relisted;
+                    *last_change = tokio::time::Instant::now();
                 }
             }
         }
@@ -231,7 +250,9 @@ impl RouteSync {
             let next_expiry = new.next_expiry();
             // The proxy learns the routes before capture sends it the traffic.
             let new = Arc::new(new);
-            table.store(new.clone());
+            // The previous table is dropped only once the map is updated: freeing a large
+            // table takes as long as a good part of computing it.
+            let previous = table.swap(new.clone());
             let report = steering.apply(desired, mode, &metrics);
             if let Some(marking) = steering.marking() {
                 let m = marking.apply(&state.sources, mode == ApplyMode::Reconcile);
@@ -252,6 +273,7 @@ impl RouteSync {
                 metrics.set_routes_not_applied(f.len());
             }
             metrics.table_reloaded();
+            drop(previous);
             (statuses, report, failures, next_expiry, state)
         })
         .await;

@@ -188,6 +188,52 @@ async fn a_burst_of_changes_costs_one_apply_after_a_quiet_period() {
 }
 
 #[tokio::test]
+async fn a_lone_change_after_a_quiet_period_skips_the_debounce_and_a_burst_still_coalesces() {
+    let mut h = start(cluster("10.96.0.7", None), Duration::from_millis(300));
+    h.applied(1).await;
+    // Quiet for longer than the debounce.
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    h.map.ops();
+    let t0 = tokio::time::Instant::now();
+    h.states.send(cluster("10.96.3.0", None)).expect("send");
+    h.applied(2).await;
+    assert!(
+        t0.elapsed() < Duration::from_millis(150),
+        "a lone change does not wait out the 300 ms debounce: {:?}",
+        t0.elapsed()
+    );
+    assert_eq!(h.map.ops(), ["-10.96.0.7:9080", "+10.96.3.0:9080"]);
+    // Quiet again, then a burst: its first change goes at once, the other four coalesce into
+    // one apply after the quiet period.
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    let t1 = tokio::time::Instant::now();
+    for i in 1..=5 {
+        h.states
+            .send(cluster(&format!("10.96.3.{i}"), None))
+            .expect("send");
+        tokio::time::sleep(Duration::from_millis(30)).await;
+    }
+    h.applied(4).await;
+    assert!(
+        t1.elapsed() >= Duration::from_millis(120 + 300),
+        "the burst's tail waited for the quiet period: {:?}",
+        t1.elapsed()
+    );
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    assert_eq!(
+        *h.out.applied.borrow(),
+        4,
+        "two applies for a burst of five"
+    );
+    let keys = h.map.keys();
+    assert!(
+        keys.contains(&"10.96.3.5:9080".parse().expect("addr")),
+        "{keys:?}"
+    );
+    h.stop().await;
+}
+
+#[tokio::test]
 async fn a_source_that_never_goes_quiet_is_still_applied() {
     let mut h = start(cluster("10.96.0.7", None), Duration::from_millis(50));
     h.applied(1).await;

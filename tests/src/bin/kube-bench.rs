@@ -7,7 +7,8 @@
 //!    Service's ClusterIP appears in (or leaves) the pinned `STEERED` map. Prints p50/p90/p99.
 //! 2. Memory: routes are added (distinct keys over the same Services) up to a total
 //!    (default 10,000); once the agent has applied them and written their status, prints its
-//!    VmRSS (and VmHWM), plus a few propagation samples at that size.
+//!    VmRSS (and VmHWM), plus a few propagation samples at that size, then VmRSS again after
+//!    2 s idle (route sync trims the freed heap after 500 ms).
 //!
 //! Run: `cargo build --release -p tests --bins && sudo target/release/kube-bench
 //! [--routes 1000] [--changes 200] [--total 10000] [--big 20] [--debounce 50ms]`
@@ -362,6 +363,13 @@ fn main() -> anyhow::Result<()> {
         status_field(pid, "VmRSS:"),
         status_field(pid, "VmHWM:"),
         n.steered().len()
+    );
+    // Right after a change the freed heap of its computation is still resident; route sync
+    // returns it after 500 ms idle.
+    std::thread::sleep(Duration::from_secs(2));
+    println!(
+        "agent at {total} routes, 2 s idle: VmRSS {}",
+        status_field(pid, "VmRSS:")
     );
     // With KUBE_BENCH_LOG=info,agent::kube=debug: the agent's own recompute timings.
     let recomputes: Vec<String> = log_text()

@@ -241,6 +241,7 @@ impl Backend {
             .state
             .routes
             .iter()
+            .map(|r| &**r)
             .filter(|r| p.namespace.as_ref().is_none_or(|n| *n == r.namespace))
             .filter(|r| r.spec.routing_key == p.key)
             .collect();

@@ -4,6 +4,7 @@ use std::{
     collections::{BTreeMap, HashMap},
     fmt,
     net::IpAddr,
+    sync::Arc,
     time::Duration,
 };
 
@@ -246,7 +247,7 @@ fn convert(raw: &RawFile, c: &mut Check) -> ClusterState {
         } else {
             keys.insert(claim, (format!("{ns}/{name}"), key_loc.line()));
         }
-        state.routes.push(SandboxRouteObj {
+        state.routes.push(Arc::new(SandboxRouteObj {
             namespace: ns,
             name,
             // A file has no history: all routes are equally old, and key clashes are rejected
@@ -254,7 +255,7 @@ fn convert(raw: &RawFile, c: &mut Check) -> ClusterState {
             creation_timestamp: Timestamp::UNIX_EPOCH,
             generation: 1,
             spec,
-        });
+        }));
     }
     state.sources = super::sources::convert(&raw.sources, c);
     state

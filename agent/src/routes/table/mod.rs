@@ -195,14 +195,25 @@ impl RouteTable {
 
         // 1. Static checks and expiry; survivors compete for their key, oldest first.
         let mut order: Vec<usize> = (0..state.routes.len()).collect();
-        order.sort_by(|&a, &b| {
-            let (a, b) = (&state.routes[a], &state.routes[b]);
-            (a.creation_timestamp, &a.namespace, &a.name).cmp(&(
-                b.creation_timestamp,
-                &b.namespace,
-                &b.name,
-            ))
-        });
+        // Sources list routes by (namespace, name): then a stable sort on the creation time
+        // alone gives the same order, without comparing names at every step (at 10,000 routes
+        // the comparisons were a good part of the computation).
+        let by_name = state
+            .routes
+            .windows(2)
+            .all(|w| (&w[0].namespace, &w[0].name) <= (&w[1].namespace, &w[1].name));
+        if by_name {
+            order.sort_by_key(|&i| state.routes[i].creation_timestamp);
+        } else {
+            order.sort_by(|&a, &b| {
+                let (a, b) = (&state.routes[a], &state.routes[b]);
+                (a.creation_timestamp, &a.namespace, &a.name).cmp(&(
+                    b.creation_timestamp,
+                    &b.namespace,
+                    &b.name,
+                ))
+            });
+        }
         let mut claims: HashMap<(&str, &str), usize> = HashMap::with_capacity(state.routes.len());
         let mut next_expiry: Option<Timestamp> = None;
         for &i in &order {

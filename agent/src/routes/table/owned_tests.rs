@@ -131,7 +131,10 @@ fn attack() -> ClusterState {
             ),
         ],
         pods: vec![sandbox_pod("evil", "evil-sbx", "10.6.0.9", "evil")],
-        routes: vec![route("evil", "evil-key", "bait", to_selector("evil"))],
+        routes: vec![route("evil", "evil-key", "bait", to_selector("evil"))]
+            .into_iter()
+            .map(std::sync::Arc::new)
+            .collect(),
         node: Some("node-a".into()),
         node_pods: vec![
             node_pod("shop", "reviews-a", "10.1.0.1"),
@@ -192,8 +195,12 @@ fn an_address_two_namespaces_claim_belongs_to_the_namespace_of_its_pod() {
     s.services[1].endpoints = vec![ep("10.1.0.1", pod_ref("Pod", "evil", "bait-1"))];
     s.pods
         .push(sandbox_pod("shop", "reviews-sbx", "10.2.0.1", "pr-42"));
-    s.routes
-        .push(route("shop", "pr-42", "reviews", to_selector("pr-42")));
+    s.routes.push(std::sync::Arc::new(route(
+        "shop",
+        "pr-42",
+        "reviews",
+        to_selector("pr-42"),
+    )));
     let (t, st) = RouteTable::compute(&s, now());
     let shop = service_id("shop", "reviews");
     assert_eq!(t.steered().get(&sa("10.1.0.1:8080")), Some(&shop));
@@ -233,7 +240,10 @@ fn sandbox_target_outside_the_route_namespace_is_refused() {
         "pr-42",
         "reviews",
         to_service("reviews-pr-42"),
-    )];
+    )]
+    .into_iter()
+    .map(std::sync::Arc::new)
+    .collect();
     s.services.push(service(
         "shop",
         "reviews-pr-42",

@@ -135,7 +135,10 @@ fn state() -> ClusterState {
             "pr-42",
             "pr-42",
             vec![selector_fork("reviews", "pr-42")],
-        )],
+        )]
+        .into_iter()
+        .map(std::sync::Arc::new)
+        .collect(),
         node: None,
         node_pods: Vec::new(),
         endpoint_trust: Default::default(),
@@ -274,7 +277,10 @@ fn numeric_target_port_applies_to_sandbox_pods() {
             service: "ratings".into(),
             ..selector_fork("ratings", "pr-42")
         }],
-    )];
+    )]
+    .into_iter()
+    .map(std::sync::Arc::new)
+    .collect();
     let (t, _) = RouteTable::compute(&s, now());
     let fork = t
         .fork(service_id("shop", "ratings"), &key("pr-42"))
@@ -299,7 +305,7 @@ fn unready_sandbox_pods_are_not_endpoints() {
 #[test]
 fn reject_fallback_is_carried_to_the_fork() {
     let mut s = state();
-    s.routes[0].spec.fallback = Fallback::Reject;
+    std::sync::Arc::make_mut(&mut s.routes[0]).spec.fallback = Fallback::Reject;
     s.pods.clear();
     let (t, st) = RouteTable::compute(&s, now());
     assert_eq!(st[0].reason, RouteReason::NoReadyEndpoints);
@@ -347,7 +353,7 @@ fn older_route_wins_duplicate_key() {
     let mut newer = route("a-newer", "pr-42", vec![selector_fork("ratings", "pr-42")]);
     newer.creation_timestamp = ts("2029-06-01T00:00:00Z");
     // Listed first, named first, but younger: loses.
-    s.routes.insert(0, newer);
+    s.routes.insert(0, newer.into());
     let (t, st) = RouteTable::compute(&s, now());
     assert_eq!(st[0].reason, RouteReason::DuplicateKey);
     assert!(st[0].message.contains("shop/pr-42"), "{}", st[0].message);
@@ -363,11 +369,11 @@ fn older_route_wins_duplicate_key() {
 #[test]
 fn same_age_duplicate_key_goes_to_name_order() {
     let mut s = state();
-    s.routes.push(route(
+    s.routes.push(std::sync::Arc::new(route(
         "a-first",
         "pr-42",
         vec![selector_fork("ratings", "pr-42")],
-    ));
+    )));
     let (_, st) = RouteTable::compute(&s, now());
     assert_eq!(st[0].reason, RouteReason::DuplicateKey); // "pr-42" sorts after "a-first"
     assert_eq!(st[1].reason, RouteReason::EndpointsReady);
@@ -378,7 +384,7 @@ fn same_key_in_other_namespace_is_independent() {
     let mut s = state();
     let mut other = route("pr-42", "pr-42", vec![]);
     other.namespace = "books".into();
-    s.routes.push(other);
+    s.routes.push(std::sync::Arc::new(other));
     let (_, st) = RouteTable::compute(&s, now());
     assert_eq!(st[0].reason, RouteReason::EndpointsReady);
     assert_eq!(st[1].reason, RouteReason::EndpointsReady);
@@ -390,7 +396,7 @@ fn invalid_route_does_not_block_a_valid_one_with_the_same_key() {
     let mut bad = route("old-bad", "pr-42", vec![selector_fork("reviews", "pr-42")]);
     bad.creation_timestamp = ts("2020-01-01T00:00:00Z");
     bad.spec.forks[0].to.selector = Some(labels(&[("app", "reviews")]));
-    s.routes.push(bad);
+    s.routes.push(std::sync::Arc::new(bad));
     let (t, st) = RouteTable::compute(&s, now());
     assert_eq!(st[1].reason, RouteReason::InvalidSelector);
     assert!(st[1].message.starts_with("forks[0].to.selector: "));
@@ -401,7 +407,9 @@ fn invalid_route_does_not_block_a_valid_one_with_the_same_key() {
 #[test]
 fn selector_without_sandbox_label_is_invalid() {
     let mut s = state();
-    s.routes[0].spec.forks[0].to.selector = Some(labels(&[("app", "reviews-sbx")]));
+    std::sync::Arc::make_mut(&mut s.routes[0]).spec.forks[0]
+        .to
+        .selector = Some(labels(&[("app", "reviews-sbx")]));
     let (t, st) = RouteTable::compute(&s, now());
     assert_eq!(st[0].reason, RouteReason::InvalidSelector);
     assert!(!st[0].applied && !st[0].ready);
@@ -411,11 +419,11 @@ fn selector_without_sandbox_label_is_invalid() {
 #[test]
 fn invalid_key_route_affects_nothing_else() {
     let mut s = state();
-    s.routes.push(route(
+    s.routes.push(std::sync::Arc::new(route(
         "bad",
         "bad key!",
         vec![selector_fork("ratings", "x")],
-    ));
+    )));
     let (t, st) = RouteTable::compute(&s, now());
     assert_eq!(st[1].reason, RouteReason::InvalidKey);
     assert_eq!(st[0].reason, RouteReason::EndpointsReady);
@@ -430,7 +438,7 @@ fn invalid_key_route_affects_nothing_else() {
 #[test]
 fn expired_route_is_not_applied() {
     let mut s = state();
-    s.routes[0].spec.expires_at = Some(now());
+    std::sync::Arc::make_mut(&mut s.routes[0]).spec.expires_at = Some(now());
     let (t, st) = RouteTable::compute(&s, now());
     assert_eq!(st[0].reason, RouteReason::Expired);
     assert!(t.fork(reviews_id(), &key("pr-42")).is_none());
@@ -442,7 +450,7 @@ fn expired_route_is_not_applied() {
 fn future_expiry_is_applied_and_reported_as_next_expiry() {
     let mut s = state();
     let at = ts("2030-01-02T00:00:00Z");
-    s.routes[0].spec.expires_at = Some(at);
+    std::sync::Arc::make_mut(&mut s.routes[0]).spec.expires_at = Some(at);
     let (t, st) = RouteTable::compute(&s, now());
     assert_eq!(st[0].reason, RouteReason::EndpointsReady);
     assert_eq!(t.next_expiry(), Some(at));
@@ -454,7 +462,7 @@ fn expired_older_route_lets_the_newer_one_claim_the_key() {
     let mut old = route("old", "pr-42", vec![selector_fork("ratings", "pr-42")]);
     old.creation_timestamp = ts("2020-01-01T00:00:00Z");
     old.spec.expires_at = Some(ts("2029-12-31T00:00:00Z"));
-    s.routes.push(old);
+    s.routes.push(std::sync::Arc::new(old));
     let (_, st) = RouteTable::compute(&s, now());
     assert_eq!(st[1].reason, RouteReason::Expired);
     assert_eq!(st[0].reason, RouteReason::EndpointsReady);
@@ -463,7 +471,7 @@ fn expired_older_route_lets_the_newer_one_claim_the_key() {
 #[test]
 fn missing_service_is_service_not_found_and_other_forks_apply() {
     let mut s = state();
-    s.routes[0]
+    std::sync::Arc::make_mut(&mut s.routes[0])
         .spec
         .forks
         .push(selector_fork("details", "pr-42"));
@@ -478,7 +486,7 @@ fn missing_service_is_service_not_found_and_other_forks_apply() {
 #[test]
 fn cross_namespace_target_is_rejected() {
     let mut s = state();
-    s.routes[0].spec.forks[0].to = ForkTarget {
+    std::sync::Arc::make_mut(&mut s.routes[0]).spec.forks[0].to = ForkTarget {
         selector: None,
         service: Some("books/reviews-pr-42".into()),
     };
@@ -521,7 +529,7 @@ fn service_target_uses_sandbox_service_endpoints() {
         .into_iter()
         .map(|a| node_pod("shop", shop_pod(a).expect("ref").name.as_str(), a))
         .collect();
-    s.routes[0].spec.forks[0].to = ForkTarget {
+    std::sync::Arc::make_mut(&mut s.routes[0]).spec.forks[0].to = ForkTarget {
         selector: None,
         service: Some("reviews-pr-42".into()),
     };
@@ -536,7 +544,7 @@ fn service_target_uses_sandbox_service_endpoints() {
 #[test]
 fn missing_target_service_is_service_not_found() {
     let mut s = state();
-    s.routes[0].spec.forks[0].to = ForkTarget {
+    std::sync::Arc::make_mut(&mut s.routes[0]).spec.forks[0].to = ForkTarget {
         selector: None,
         service: Some("reviews-pr-42".into()),
     };
@@ -555,7 +563,8 @@ fn fork_ports_limit_forked_and_steered_ports() {
         target_port: TargetPort::Number(9090),
     });
     s.services[0].endpoints[0].ports.insert("grpc".into(), 9090);
-    s.routes[0].spec.forks[0].ports = Some(vec![PortRef::Name("http".into())]);
+    std::sync::Arc::make_mut(&mut s.routes[0]).spec.forks[0].ports =
+        Some(vec![PortRef::Name("http".into())]);
     let (t, st) = RouteTable::compute(&s, now());
     assert_eq!(st[0].reason, RouteReason::EndpointsReady);
     let fork = t.fork(reviews_id(), &key("pr-42")).expect("fork");
@@ -574,7 +583,8 @@ fn fork_ports_limit_forked_and_steered_ports() {
 #[test]
 fn unknown_fork_port_is_port_not_found() {
     let mut s = state();
-    s.routes[0].spec.forks[0].ports = Some(vec![PortRef::Number(1234)]);
+    std::sync::Arc::make_mut(&mut s.routes[0]).spec.forks[0].ports =
+        Some(vec![PortRef::Number(1234)]);
     let (t, st) = RouteTable::compute(&s, now());
     assert_eq!(st[0].reason, RouteReason::PortNotFound);
     assert!(!st[0].applied);
@@ -673,7 +683,7 @@ fn statuses_follow_input_order_with_observed_generation() {
     let mut s = state();
     let mut second = route("zz", "pr-7", vec![selector_fork("ratings", "pr-7")]);
     second.generation = 9;
-    s.routes.insert(0, second);
+    s.routes.insert(0, second.into());
     let (_, st) = RouteTable::compute(&s, now());
     assert_eq!(st.len(), 2);
     assert_eq!((st[0].name.as_str(), st[0].observed_generation), ("zz", 9));
@@ -688,11 +698,11 @@ fn statuses_follow_input_order_with_observed_generation() {
 #[test]
 fn routes_view_lists_every_route_as_json() {
     let mut s = state();
-    s.routes.push(route(
+    s.routes.push(std::sync::Arc::new(route(
         "bad",
         "bad key!",
         vec![selector_fork("ratings", "x")],
-    ));
+    )));
     let (t, _) = RouteTable::compute(&s, now());
     let names: Vec<_> = t.routes().iter().map(|r| r.name.as_str()).collect();
     assert_eq!(names, ["bad", "pr-42"]);
@@ -723,7 +733,7 @@ fn two_forks_of_one_service_split_its_ports() {
     let mut grpc = selector_fork("reviews", "pr-42");
     grpc.ports = Some(vec![PortRef::Name("grpc".into())]);
     grpc.to.selector = Some(labels(&[("app", "grpc-sbx"), (SANDBOX_LABEL, "pr-42")]));
-    s.routes[0].spec.forks = vec![http, grpc];
+    std::sync::Arc::make_mut(&mut s.routes[0]).spec.forks = vec![http, grpc];
     let (t, st) = RouteTable::compute(&s, now());
     assert_eq!(st[0].reason, RouteReason::EndpointsReady, "{st:?}");
     let fork = t.fork(reviews_id(), &key("pr-42")).expect("fork");
@@ -738,7 +748,7 @@ fn always_steer_service_vips_are_steered_without_forks() {
     let state = ClusterState {
         services: vec![svc.clone()],
         pods: vec![],
-        routes: vec![],
+        routes: vec![].into_iter().map(std::sync::Arc::new).collect(),
         node: None,
         node_pods: Vec::new(),
         endpoint_trust: Default::default(),
