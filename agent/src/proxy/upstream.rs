@@ -126,6 +126,8 @@ impl Upstreams {
         eos: bool,
     ) -> Result<Opened, UpstreamError> {
         let key = (source.netns(), upstream);
+        // Connecting is boxed: it is rare, and its future (connect, handshake) would otherwise
+        // be part of every request's future, which is moved into place once per request.
         let mut sender = match self.http2.checkout(key) {
             // A pooled connection that failed (or was told to go away) takes no new stream: the
             // request has not left, so it goes on a new connection.
@@ -133,10 +135,10 @@ impl Upstreams {
                 Ok(()) => pooled.sender,
                 Err(_) => {
                     self.http2.forget(key, pooled.id);
-                    H2Pool::connect(&self.http2, source, upstream).await?
+                    Box::pin(H2Pool::connect(&self.http2, source, upstream)).await?
                 }
             },
-            None => H2Pool::connect(&self.http2, source, upstream).await?,
+            None => Box::pin(H2Pool::connect(&self.http2, source, upstream)).await?,
         };
         sender
             .send_request(head, eos)

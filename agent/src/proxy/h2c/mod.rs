@@ -13,12 +13,13 @@ mod pipe;
 mod stream;
 
 use std::{
-    future::poll_fn,
+    future::{Future as _, poll_fn},
     sync::{Arc, Mutex, atomic::AtomicBool},
+    task::{Context, Poll},
 };
 
 use bytes::Bytes;
-use futures::{StreamExt as _, stream::FuturesUnordered};
+use futures::{StreamExt as _, future::Either, stream::FuturesUnordered};
 use tokio::net::TcpStream;
 use tokio_util::sync::CancellationToken;
 
@@ -50,6 +51,50 @@ fn server_builder(limits: &super::ProxyLimits) -> h2::server::Builder {
     b
 }
 
+/// The connection's keep-alive: a PING every tick, and the connection given up when the previous
+/// one is still unanswered at the next.
+struct KeepAlive {
+    /// None once PINGs can no longer be sent.
+    ping: Option<h2::PingPong>,
+    tick: tokio::time::Interval,
+    awaiting_pong: bool,
+}
+
+impl KeepAlive {
+    /// True when a PING went unanswered for a whole tick.
+    fn poll_timed_out(&mut self, cx: &mut Context<'_>) -> bool {
+        let Some(ping) = self.ping.as_mut() else {
+            return false;
+        };
+        if self.awaiting_pong
+            && let Poll::Ready(pong) = ping.poll_pong(cx)
+        {
+            self.awaiting_pong = false;
+            if pong.is_err() {
+                self.ping = None;
+                return false;
+            }
+        }
+        while self.tick.poll_tick(cx).is_ready() {
+            if self.awaiting_pong {
+                return true;
+            }
+            self.awaiting_pong = ping.send_ping(h2::Ping::opaque()).is_ok();
+            if self.awaiting_pong {
+                // Registers for the PONG.
+                if let Poll::Ready(pong) = ping.poll_pong(cx) {
+                    self.awaiting_pong = false;
+                    if pong.is_err() {
+                        self.ping = None;
+                        return false;
+                    }
+                }
+            }
+        }
+        false
+    }
+}
+
 /// Serves one h2c connection until it closes; on shutdown it finishes in-flight streams, then
 /// closes.
 pub async fn serve(shared: Arc<ProxyShared>, stream: TcpStream, info: ConnInfo) {
@@ -72,55 +117,70 @@ pub async fn serve(shared: Arc<ProxyShared>, stream: TcpStream, info: ConnInfo) 
     };
     // Keep-alive as hyper did it: a PING every half idle timeout; a connection that does not
     // answer one before the next is closed.
-    let mut ping = conn.ping_pong();
-    let keepalive = shared.limits.idle_timeout / 2;
-    let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + keepalive, keepalive);
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    let mut awaiting_pong = false;
+    let mut keepalive = KeepAlive {
+        ping: conn.ping_pong(),
+        tick: {
+            let every = shared.limits.idle_timeout / 2;
+            let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            tick
+        },
+        awaiting_pong: false,
+    };
     let mut draining = false;
+    // The streams in flight, and one future that never ends nor wakes: `FuturesUnordered` wakes
+    // its task again whenever one call has polled as many futures as it holds (so it cannot
+    // starve others), which with one stream in flight was every stream still waiting upstream:
+    // one more pass over the connection per request, for nothing. Polled once, when first
+    // pushed, the sentinel keeps that count out of reach.
     let mut streams = FuturesUnordered::new();
-    // Made once: a fresh `cancelled()` per turn of the loop would register with each token anew.
+    streams.push(Either::Right(std::future::pending::<()>()));
+    // Made once: a fresh `cancelled()` per poll would register with each token anew.
     let shutdown = shared.shutdown.cancelled();
     let closing = state.closing.cancelled();
     tokio::pin!(shutdown, closing);
-    let result = loop {
-        tokio::select! {
-            accepted = conn.accept() => match accepted {
-                Some(Ok((req, respond))) => {
-                    streams.push(stream::serve(&shared, info, &state, req, respond));
+    // One pass per wake-up, in this order: the streams first, so what they send (a response,
+    // a body) goes out in the same pass, then the connection (which reads new frames and
+    // flushes), then the streams it has just accepted. (A `select!` loop polled the connection
+    // again after every stream that ended and every stream accepted.)
+    let result = poll_fn(|cx| {
+        if !draining
+            && (shutdown.as_mut().poll(cx).is_ready() || closing.as_mut().poll(cx).is_ready())
+        {
+            draining = true;
+            conn.graceful_shutdown();
+        }
+        if keepalive.poll_timed_out(cx) {
+            tracing::debug!(client = %info.client, "h2c keep-alive timed out");
+            return Poll::Ready(Ok(()));
+        }
+        while let Poll::Ready(Some(())) = streams.poll_next_unpin(cx) {}
+        let mut accepted = false;
+        loop {
+            match conn.poll_accept(cx) {
+                Poll::Ready(Some(Ok((req, respond)))) => {
+                    streams.push(Either::Left(stream::serve(
+                        &shared, info, &state, req, respond,
+                    )));
+                    accepted = true;
                 }
-                Some(Err(e)) => break Err(e),
-                None => break Ok(()),
-            },
-            Some(()) = streams.next(), if !streams.is_empty() => {}
-            _ = &mut shutdown, if !draining => {
-                draining = true;
-                conn.graceful_shutdown();
-            }
-            _ = &mut closing, if !draining => {
-                draining = true;
-                conn.graceful_shutdown();
-            }
-            _ = tick.tick(), if ping.is_some() => {
-                let Some(ping) = ping.as_mut() else { continue };
-                if awaiting_pong {
-                    tracing::debug!(client = %info.client, "h2c keep-alive timed out");
-                    break Ok(());
-                }
-                awaiting_pong = ping.send_ping(h2::Ping::opaque()).is_ok();
-            }
-            pong = poll_fn(|cx| ping.as_mut().expect("guarded").poll_pong(cx)), if awaiting_pong => {
-                awaiting_pong = false;
-                if pong.is_err() {
-                    ping = None;
-                }
+                Poll::Ready(Some(Err(e))) => return Poll::Ready(Err(e)),
+                Poll::Ready(None) => return Poll::Ready(Ok(())),
+                Poll::Pending => break,
             }
         }
-    };
+        if accepted {
+            while let Poll::Ready(Some(())) = streams.poll_next_unpin(cx) {}
+        }
+        Poll::Pending
+    })
+    .await;
     if let Err(e) = result {
         tracing::debug!(client = %info.client, error = %e, "h2c connection ended with an error");
     }
     // The connection is gone (or given up): the streams still open end with it.
     drop(conn);
-    while streams.next().await.is_some() {}
+    while streams.len() > 1 {
+        streams.next().await;
+    }
 }

@@ -6,7 +6,7 @@ use bytes::Bytes;
 use h2::{Reason, RecvStream, client::ResponseFuture, server::SendResponse};
 use hyper::{
     Request, Response, StatusCode,
-    header::{self, HeaderMap, HeaderName, HeaderValue},
+    header::{self, HeaderMap, HeaderValue},
     http::request,
 };
 
@@ -72,8 +72,9 @@ pub(super) async fn serve(
         Err(reason) => respond.send_reset(reason),
         Ok(Reply::Local(resp)) => send_local(&mut respond, resp),
         Ok(Reply::Upstream(resp, request_pipe)) => {
-            let (mut head, body) = resp.into_parts();
-            strip_hop_by_hop(&mut head.headers);
+            // Nothing hop-by-hop to strip, here or from the request: `h2` refuses a message
+            // carrying a connection-specific field (RFC 9113 §8.2.2) before it reaches us.
+            let (head, body) = resp.into_parts();
             let eos = body.is_end_stream();
             let response_pipe = match respond.send_response(Response::from_parts(head, ()), eos) {
                 Ok(send) => (!eos).then(|| BodyPipe::new(body, send)),
@@ -173,7 +174,7 @@ async fn handle(
     let _charge = if decision.kind == DecisionKind::Sandbox {
         let kept =
             replay_size(&parts.headers, &body, shared.limits.max_request_buffer).unwrap_or(0);
-        let head = parts.uri.to_string().len()
+        let head = uri_len(&parts.uri)
             + parts
                 .headers
                 .iter()
@@ -232,6 +233,14 @@ async fn handle(
     Ok(reply)
 }
 
+/// The length of `uri` as it is written out (`Display`), without writing it.
+fn uri_len(uri: &hyper::Uri) -> usize {
+    uri.scheme_str().map_or(0, |s| s.len() + "://".len())
+        + uri.authority().map_or(0, |a| a.as_str().len())
+        + uri.path().len()
+        + uri.query().map_or(0, |q| q.len() + "?".len())
+}
+
 fn reject(decision: &Decision) -> Response<Bytes> {
     local_response(
         StatusCode::SERVICE_UNAVAILABLE,
@@ -283,13 +292,12 @@ async fn forward(
     shared: &ProxyShared,
     source: crate::netns::UpstreamSource,
     decision: &mut Decision,
-    mut parts: request::Parts,
+    parts: request::Parts,
     body: RecvStream,
 ) -> Reply {
     let Some(upstream) = decision.upstream else {
         return Reply::Local(reject(decision));
     };
-    strip_hop_by_hop(&mut parts.headers);
     let replayable = decision.kind == DecisionKind::Sandbox
         && replay_size(&parts.headers, &body, shared.limits.max_request_buffer).is_some();
     let body = if replayable {
@@ -305,11 +313,11 @@ async fn forward(
     } else {
         Outgoing::Streamed(body)
     };
-    // The request head is copied only when a retry on baseline is possible (a kept body): most
-    // requests never pay for the clone.
+    // The request head is copied only when a retry on baseline is possible (a kept body and a
+    // baseline to fall back to): most requests never pay for the clone.
     let retry = match &body {
-        Outgoing::Buffered(b) => Some((parts.clone(), b.clone())),
-        Outgoing::Streamed(_) => None,
+        Outgoing::Buffered(b) if decision.fallback.is_some() => Some((parts.clone(), b.clone())),
+        _ => None,
     };
     let sent = exchange(shared, source, upstream, parts, body);
     // Only a sandbox gets a deadline for its response headers: a baseline request waits as
@@ -441,25 +449,6 @@ impl Failed {
     }
 }
 
-/// Headers that describe one hop, not the message (RFC 9110 §7.6.1).
-fn strip_hop_by_hop(headers: &mut HeaderMap) {
-    let listed: Vec<HeaderName> = headers
-        .get_all(header::CONNECTION)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .filter_map(|t| HeaderName::from_bytes(t.trim().as_bytes()).ok())
-        .collect();
-    for name in listed {
-        headers.remove(name);
-    }
-    for name in [
-        "connection",
-        "keep-alive",
-        "proxy-connection",
-        "transfer-encoding",
-        "upgrade",
-    ] {
-        headers.remove(name);
-    }
-}
+#[cfg(test)]
+#[path = "stream_tests.rs"]
+mod tests;
