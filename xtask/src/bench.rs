@@ -47,6 +47,10 @@ pub struct BenchArgs {
     /// part; `newconn` alone measures the capture hooks' time per connect() in seconds.
     #[arg(long, value_name = "GROUP,...")]
     only: Option<String>,
+    /// Run the fixed-rate points of these protocols only (comma-separated: h1, h2c), e.g. to
+    /// compare h2c builds with `--only fixed --protos h2c --before REV`.
+    #[arg(long, value_name = "PROTO,...")]
+    protos: Option<String>,
 }
 
 /// Commands the bench runs, and the Debian package providing each.
@@ -208,6 +212,7 @@ pub fn run(env: &Env, args: BenchArgs) -> anyhow::Result<()> {
     opt("--rates", args.rates);
     opt("--proxy-cpu", args.proxy_cpu);
     opt("--only", args.only);
+    opt("--protos", args.protos);
     if let (Some(rev), Some(before)) = (&args.before, &before) {
         cmd.arg("--before").arg(before);
         command.push_str(&format!(" --before {rev}"));

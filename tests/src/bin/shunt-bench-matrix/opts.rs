@@ -17,6 +17,8 @@ pub struct Opts {
     pub before: Option<PathBuf>,
     /// The groups to run (`--only fixed,max,newconn,sweep`; default all).
     pub only: Vec<Group>,
+    /// The protocols of the fixed-rate points (`--protos h1,h2c`; default both).
+    pub protos: Vec<Proto>,
 }
 
 pub(crate) fn parse_opts() -> anyhow::Result<Opts> {
@@ -39,6 +41,7 @@ pub(crate) fn parse_opts() -> anyhow::Result<Opts> {
         "--proxy-cpu",
         "--before",
         "--only",
+        "--protos",
     ];
     let mut i = 0;
     while i < args.len() {
@@ -46,7 +49,8 @@ pub(crate) fn parse_opts() -> anyhow::Result<Opts> {
             bail!(
                 "unknown argument {:?}; usage: shunt-bench-matrix [--quick] [--reps N] \
                  [--sweep-reps N] [--secs S] [--out DIR] [--rates R,R,...] [--no-profile] \
-                 [--proxy-cpu LIST] [--before SHUNT_UNDER_TEST] [--only GROUP,...]",
+                 [--proxy-cpu LIST] [--before SHUNT_UNDER_TEST] [--only GROUP,...] \
+                 [--protos h1,h2c]",
                 args[i]
             );
         }
@@ -84,8 +88,20 @@ pub(crate) fn parse_opts() -> anyhow::Result<Opts> {
             .collect::<anyhow::Result<Vec<_>>>()?,
         None => vec![Group::Fixed, Group::Max, Group::NewConn, Group::Sweep],
     };
+    let protos = match value("--protos") {
+        Some(list) => list
+            .split(',')
+            .map(|p| match p {
+                "h1" => Ok(Proto::H1),
+                "h2c" => Ok(Proto::H2c),
+                _ => bail!("--protos {p}: protocols are h1, h2c"),
+            })
+            .collect::<anyhow::Result<Vec<_>>>()?,
+        None => vec![Proto::H1, Proto::H2c],
+    };
     Ok(Opts {
         only,
+        protos,
         quick,
         reps,
         sweep_reps: value("--sweep-reps")
@@ -149,6 +165,10 @@ pub(crate) fn points(o: &Opts) -> (Vec<Point>, Vec<Point>, Vec<Point>) {
         v.push(fixed(Proto::H2c, 4, 64 * KIB));
         v
     };
+    let fixed_points = fixed_points
+        .into_iter()
+        .filter(|p| o.protos.contains(&p.shape.proto))
+        .collect();
     let max = vec![Point {
         group: Group::Max,
         shape: shape(Proto::H1, 16, None, KIB, true),
