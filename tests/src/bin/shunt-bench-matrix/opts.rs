@@ -75,30 +75,15 @@ pub(crate) fn parse_opts() -> anyhow::Result<Opts> {
             1000, 2000, 5000, 10_000, 15_000, 20_000, 30_000, 40_000, 60_000, 80_000,
         ],
     };
-    let only = match value("--only") {
-        Some(list) => list
-            .split(',')
-            .map(|g| match g {
-                "fixed" => Ok(Group::Fixed),
-                "max" => Ok(Group::Max),
-                "newconn" => Ok(Group::NewConn),
-                "sweep" => Ok(Group::Sweep),
-                _ => bail!("--only {g}: groups are fixed, max, newconn, sweep"),
-            })
-            .collect::<anyhow::Result<Vec<_>>>()?,
-        None => vec![Group::Fixed, Group::Max, Group::NewConn, Group::Sweep],
-    };
-    let protos = match value("--protos") {
-        Some(list) => list
-            .split(',')
-            .map(|p| match p {
-                "h1" => Ok(Proto::H1),
-                "h2c" => Ok(Proto::H2c),
-                _ => bail!("--protos {p}: protocols are h1, h2c"),
-            })
-            .collect::<anyhow::Result<Vec<_>>>()?,
-        None => vec![Proto::H1, Proto::H2c],
-    };
+    const GROUPS: [(&str, Group); 4] = [
+        ("fixed", Group::Fixed),
+        ("max", Group::Max),
+        ("newconn", Group::NewConn),
+        ("sweep", Group::Sweep),
+    ];
+    const PROTOS: [(&str, Proto); 2] = [("h1", Proto::H1), ("h2c", Proto::H2c)];
+    let only = named_list("--only", value("--only"), &GROUPS)?;
+    let protos = named_list("--protos", value("--protos"), &PROTOS)?;
     Ok(Opts {
         only,
         protos,
@@ -184,4 +169,44 @@ pub(crate) fn points(o: &Opts) -> (Vec<Point>, Vec<Point>, Vec<Point>) {
         });
     }
     (fixed_points, max, newconn)
+}
+
+/// A comma-separated list of `names` (all of them when the flag is absent).
+fn named_list<T: Copy>(
+    flag: &str,
+    list: Option<&str>,
+    names: &[(&str, T)],
+) -> anyhow::Result<Vec<T>> {
+    let Some(list) = list else {
+        return Ok(names.iter().map(|(_, v)| *v).collect());
+    };
+    list.split(',')
+        .map(|item| match names.iter().find(|(n, _)| *n == item) {
+            Some((_, v)) => Ok(*v),
+            None => {
+                let known: Vec<&str> = names.iter().map(|(n, _)| *n).collect();
+                bail!("{flag} {item}: one of {}", known.join(", "))
+            }
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn named_lists_take_the_names_given_all_when_absent_and_refuse_others() {
+        let names = [("h1", Proto::H1), ("h2c", Proto::H2c)];
+        assert_eq!(
+            named_list("--protos", Some("h2c"), &names).unwrap(),
+            [Proto::H2c]
+        );
+        assert_eq!(
+            named_list("--protos", None, &names).unwrap(),
+            [Proto::H1, Proto::H2c]
+        );
+        let err = named_list("--protos", Some("h1,h3"), &names).unwrap_err();
+        assert_eq!(err.to_string(), "--protos h3: one of h1, h2c");
+    }
 }
