@@ -128,16 +128,20 @@ impl Upstreams {
         let key = (source.netns(), upstream);
         // Connecting is boxed: it is rare, and its future (connect, handshake) would otherwise
         // be part of every request's future, which is moved into place once per request.
-        let mut sender = match self.http2.checkout(key) {
+        let pooled = match self.http2.checkout(key) {
             // A pooled connection that failed (or was told to go away) takes no new stream: the
             // request has not left, so it goes on a new connection.
             Some(mut pooled) => match poll_fn(|cx| pooled.sender.poll_ready(cx)).await {
-                Ok(()) => pooled.sender,
+                Ok(()) => Some(pooled.sender),
                 Err(_) => {
                     self.http2.forget(key, pooled.id);
-                    Box::pin(H2Pool::connect(&self.http2, source, upstream)).await?
+                    None
                 }
             },
+            None => None,
+        };
+        let mut sender = match pooled {
+            Some(sender) => sender,
             None => Box::pin(H2Pool::connect(&self.http2, source, upstream)).await?,
         };
         sender
