@@ -76,11 +76,7 @@ impl Stores {
             self.slices.state(),
             self.pods.state(),
         );
-        let routes = self
-            .converted_routes
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .routes();
+        let routes = locked(&self.converted_routes).routes();
         let mut state = convert::cluster_state_with_routes(
             services.iter().map(AsRef::as_ref),
             slices.iter().map(AsRef::as_ref),
@@ -130,6 +126,14 @@ struct WatchSpec<K> {
     touched: Option<watch::Sender<u64>>,
     /// Sees every event after the cache has (the routes' conversions).
     follow: Option<Follower<K>>,
+}
+
+/// The converted routes, locked; a poisoned lock is taken as it is, as the agent's other locks
+/// are (`Steering::lock`), rather than stopping route sync.
+fn locked(routes: &Mutex<ConvertedRoutes>) -> std::sync::MutexGuard<'_, ConvertedRoutes> {
+    routes
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
 /// Something that follows a watch's events (after its cache has).
@@ -199,12 +203,7 @@ impl Watches {
                 },
                 relevant: route_relevance,
                 touched: Some(touched_tx),
-                follow: Some(Box::new(move |ev| {
-                    converted
-                        .lock()
-                        .unwrap_or_else(std::sync::PoisonError::into_inner)
-                        .on_event(ev);
-                })),
+                follow: Some(Box::new(move |ev| locked(&converted).on_event(ev))),
             },
             tx.clone(),
             relists_tx.clone(),
