@@ -95,6 +95,16 @@ fn report(what: &str, mut v: Vec<Duration>) {
     );
 }
 
+/// VmRSS with its heap (anonymous) and file-backed (the binary's pages) parts.
+fn rss(pid: i32) -> String {
+    format!(
+        "VmRSS {} (anon {}, file {})",
+        status_field(pid, "VmRSS:"),
+        status_field(pid, "RssAnon:"),
+        status_field(pid, "RssFile:")
+    )
+}
+
 fn status_field(pid: i32, field: &str) -> String {
     std::fs::read_to_string(format!("/proc/{pid}/status"))
         .unwrap_or_default()
@@ -322,8 +332,8 @@ fn main() -> anyhow::Result<()> {
     report("  delete", dels);
     let pid = agent.pid();
     println!(
-        "agent at {existing} routes: VmRSS {} VmHWM {}",
-        status_field(pid, "VmRSS:"),
+        "agent at {existing} routes: {} VmHWM {}",
+        rss(pid),
         status_field(pid, "VmHWM:")
     );
 
@@ -359,18 +369,15 @@ fn main() -> anyhow::Result<()> {
     }
     report(&format!("propagation (create) at {total} routes"), big);
     println!(
-        "agent at {total} routes: VmRSS {} VmHWM {} (STEERED {} entries)",
-        status_field(pid, "VmRSS:"),
+        "agent at {total} routes: {} VmHWM {} (STEERED {} entries)",
+        rss(pid),
         status_field(pid, "VmHWM:"),
         n.steered().len()
     );
     // Right after a change the freed heap of its computation is still resident; route sync
     // returns it after 500 ms idle.
     std::thread::sleep(Duration::from_secs(2));
-    println!(
-        "agent at {total} routes, 2 s idle: VmRSS {}",
-        status_field(pid, "VmRSS:")
-    );
+    println!("agent at {total} routes, 2 s idle: {}", rss(pid));
     // With KUBE_BENCH_LOG=info,agent::kube=debug: the agent's own recompute timings.
     let recomputes: Vec<String> = log_text()
         .lines()
