@@ -22,6 +22,7 @@
 //! - [`run`] wires the parts for `shunt run` from a config value; [`cli`] parses the command
 //!   line and is imported by no one.
 pub mod admin;
+pub mod allocator;
 #[cfg(feature = "node")]
 pub mod capture;
 pub mod cli;

@@ -1,3 +1,5 @@
+agent::global_allocator!();
+
 fn main() -> std::process::ExitCode {
     agent::cli::main()
 }

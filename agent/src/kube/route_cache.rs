@@ -58,7 +58,7 @@ fn key(r: &SandboxRoute) -> (String, String) {
 }
 
 impl ConvertedRoutes {
-    /// Follows one watch event (after the reflector cache has).
+    /// Follows one watch event (before the reflector cache does, which keeps no spec).
     pub fn on_event(&mut self, ev: &Event<SandboxRoute>) {
         match ev {
             Event::Apply(r) => {

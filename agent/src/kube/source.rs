@@ -20,7 +20,7 @@ use std::{
     time::Duration,
 };
 
-use futures::{StreamExt as _, stream::FuturesUnordered};
+use futures::{StreamExt as _, TryStreamExt as _, stream::FuturesUnordered};
 use k8s_openapi::api::{
     core::v1::{Pod, Service},
     discovery::v1::EndpointSlice,
@@ -122,9 +122,11 @@ struct WatchSpec<K> {
     api: Api<K>,
     cfg: watcher::Config,
     strip: fn(&mut K),
+    /// What the cache does not keep of what `follow` has seen (after `strip`).
+    strip_cached: fn(&mut K),
     relevant: fn(&K) -> u64,
     touched: Option<watch::Sender<u64>>,
-    /// Sees every event after the cache has (the routes' conversions).
+    /// Sees every event before the cache does (the routes' conversions).
     follow: Option<Follower<K>>,
 }
 
@@ -136,7 +138,7 @@ fn locked(routes: &Mutex<ConvertedRoutes>) -> std::sync::MutexGuard<'_, Converte
         .unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
-/// Something that follows a watch's events (after its cache has).
+/// Something that follows a watch's events (before its cache does).
 type Follower<K> = Box<dyn FnMut(&Event<K>) + Send>;
 
 fn hash_of(v: impl std::hash::Hash) -> u64 {
@@ -201,6 +203,11 @@ impl Watches {
                     r.managed_fields_mut().clear();
                     r.annotations_mut().clear();
                 },
+                // Only the status writers read the cache (metadata and status): the spec,
+                // converted by `follow`, would be a second copy of every route's forks.
+                strip_cached: |r| {
+                    r.spec.forks = Vec::new();
+                },
                 relevant: route_relevance,
                 touched: Some(touched_tx),
                 follow: Some(Box::new(move |ev| locked(&converted).on_event(ev))),
@@ -220,6 +227,7 @@ impl Watches {
                     s.annotations_mut().clear();
                     s.status = None;
                 },
+                strip_cached: |_| {},
                 relevant: always,
                 touched: None,
                 follow: None,
@@ -248,6 +256,7 @@ impl Watches {
                         }
                     }
                 },
+                strip_cached: |_| {},
                 relevant: always,
                 touched: None,
                 follow: None,
@@ -283,6 +292,7 @@ impl Watches {
                         st.init_container_statuses = None;
                     }
                 },
+                strip_cached: |_| {},
                 relevant: pod_relevance,
                 touched: None,
                 follow: None,
@@ -311,6 +321,7 @@ impl Watches {
                         };
                     }
                 },
+                strip_cached: |_| {},
                 relevant: node_pod_relevance,
                 touched: None,
                 follow: None,
@@ -361,6 +372,7 @@ where
         api,
         cfg,
         strip,
+        strip_cached,
         relevant,
         touched,
         mut follow,
@@ -369,6 +381,13 @@ where
         let stream = watcher::watcher(api, cfg)
             .default_backoff()
             .modify(strip)
+            .map_ok(move |ev| {
+                if let Some(f) = follow.as_mut() {
+                    f(&ev);
+                }
+                ev
+            })
+            .modify(strip_cached)
             .reflect(writer);
         let mut stream = std::pin::pin!(stream);
         let mut failing = false;
@@ -389,9 +408,6 @@ where
                 ev = stream.next() => ev,
             };
             let Some(ev) = ev else { return };
-            if let (Some(f), Ok(ev)) = (follow.as_mut(), &ev) {
-                f(ev);
-            }
             match ev {
                 Ok(Event::Apply(o)) => {
                     if let Some(t) = &touched {

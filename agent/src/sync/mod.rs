@@ -22,7 +22,6 @@
 //!
 //! The watchdog and shutdown never come here: they suspend and resume [`Steering`].
 pub mod file_source;
-mod heap;
 pub mod marking;
 pub mod steering;
 
@@ -144,7 +143,7 @@ impl RouteSync {
         let mut trim_at: Option<tokio::time::Instant>;
         loop {
             if wake == Wake::Trim {
-                heap::release_free_memory();
+                crate::allocator::release_free_memory();
                 trim_at = None;
             } else {
                 let state = feed.states.borrow_and_update().clone();
