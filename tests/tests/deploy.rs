@@ -1290,7 +1290,7 @@ fn kind_e2e_pieces_agree() {
         );
         for fork in &spec.forks {
             let _ = service(&fork.service);
-            let sel = fork.to.selector.as_ref().expect("a selector fork");
+            let sel = &fork.to.selector.as_ref().expect("a selector fork").to_map();
             assert!(
                 matches(sel, &sandbox),
                 "the fork selects the sandbox's pods"

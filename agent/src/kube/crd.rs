@@ -18,7 +18,7 @@ use kube::{CustomResource, CustomResourceExt as _};
 use schemars::{JsonSchema, Schema, SchemaGenerator, json_schema};
 use serde::{Deserialize, Serialize};
 
-use crate::routes::{self, PortRef, SANDBOX_LABEL};
+use crate::routes::{self, PortRef, SANDBOX_LABEL, Selector};
 
 /// `shunt.dev`
 pub const GROUP: &str = "shunt.dev";
@@ -253,7 +253,7 @@ impl From<&SandboxRouteSpec> for routes::SandboxRouteSpec {
                 .map(|f| routes::ForkSpec {
                     service: f.service.clone(),
                     to: routes::ForkTarget {
-                        selector: f.to.selector.clone(),
+                        selector: f.to.selector.as_ref().map(Selector::from),
                         service: f.to.service.clone(),
                     },
                     ports: f.ports.as_ref().map(|ps| ps.iter().map(port_ref).collect()),
@@ -295,7 +295,7 @@ impl From<&routes::SandboxRouteSpec> for SandboxRouteSpec {
                 .map(|f| Fork {
                     service: f.service.clone(),
                     to: ForkTo {
-                        selector: f.to.selector.clone(),
+                        selector: f.to.selector.as_ref().map(Selector::to_map),
                         service: f.to.service.clone(),
                     },
                     ports: f

@@ -112,10 +112,11 @@ pub fn marked_sources(
         for fork in &r.spec.forks {
             match (&fork.to.selector, &fork.to.service) {
                 (Some(selector), _) => {
-                    for p in live.iter().copied().filter(|p| {
-                        p.namespace == ns
-                            && selector.iter().all(|(k, v)| p.labels.get(k) == Some(v))
-                    }) {
+                    for p in live
+                        .iter()
+                        .copied()
+                        .filter(|p| p.namespace == ns && selector.matches(&p.labels))
+                    {
                         claims.push((p, key));
                     }
                 }

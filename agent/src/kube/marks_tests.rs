@@ -48,7 +48,7 @@ fn route(ns: &str, name: &str, key: &str, to: ForkTarget) -> SandboxRouteObj {
 
 fn selector(sandbox: &str) -> ForkTarget {
     ForkTarget {
-        selector: Some(labels(&[("app", "reviews"), (SANDBOX_LABEL, sandbox)])),
+        selector: Some(labels(&[("app", "reviews"), (SANDBOX_LABEL, sandbox)]).into()),
         service: None,
     }
 }

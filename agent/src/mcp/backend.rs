@@ -22,7 +22,7 @@ use super::{
     error::{ToolError, ToolErrorKind, ToolResult},
     types::{FallbackParam, ForkTargetInfo, PortValue, RouteForkInfo, RouteInfo},
 };
-use crate::routes::{ClusterState, Fallback, RouteStatus, RouteTable, SandboxRouteObj};
+use crate::routes::{ClusterState, Fallback, RouteStatus, RouteTable, SandboxRouteObj, Selector};
 
 /// What a mode knows about the cluster at one moment.
 pub struct Snapshot {
@@ -77,7 +77,7 @@ pub fn route_info(r: &SandboxRouteObj, st: Option<&RouteStatus>) -> RouteInfo {
                 RouteForkInfo {
                     service: f.service.clone(),
                     to: ForkTargetInfo {
-                        selector: f.to.selector.clone(),
+                        selector: f.to.selector.as_ref().map(Selector::to_map),
                         service: f.to.service.clone(),
                     },
                     ports: f

@@ -63,7 +63,7 @@ fn fork(service: &str, app: &str, sandbox: &str) -> ForkSpec {
     ForkSpec {
         service: service.into(),
         to: ForkTarget {
-            selector: Some(labels(app, sandbox)),
+            selector: Some(labels(app, sandbox).into()),
             service: None,
         },
         ports: None,

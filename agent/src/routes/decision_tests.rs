@@ -71,7 +71,7 @@ fn table(fallback: Fallback, sandbox_ready: bool) -> RouteTable {
                 forks: vec![ForkSpec {
                     service: "reviews".into(),
                     to: ForkTarget {
-                        selector: Some(labels),
+                        selector: Some(labels.into()),
                         service: None,
                     },
                     ports: None,

@@ -7,7 +7,7 @@
 //! and a [`RouteStatus`] per SandboxRoute; [`diff`] turns two steered sets into the BPF map
 //! updates sync applies.
 //!
-//! Rooms: `model` (the input), `table` (the computation and its lookups), `status`, `diff`,
+//! Rooms: `model` (the input, with its `selector`), `table` (the computation and its lookups), `status`, `diff`,
 //! `key` (the routing key a request carries), `file`.
 //!
 //! Dependency rule: this module imports none of `capture`, `proxy`, `kube`, aya, hyper or
@@ -19,6 +19,7 @@ mod diff;
 pub mod file;
 pub mod key;
 mod model;
+mod selector;
 mod sources;
 mod status;
 mod table;
@@ -34,6 +35,7 @@ pub use model::{
     SandboxRouteSpec, Service, ServicePort, SpecField, SpecProblem, TargetPort, TrafficPolicy,
     inject_key_default, is_inject_key_default,
 };
+pub use selector::Selector;
 pub use sources::{AppliedSource, AppliedSources};
 pub use status::{ForkStatus, RouteReason, RouteStatus};
 pub use table::{

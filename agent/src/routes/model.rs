@@ -5,7 +5,7 @@ use std::{collections::BTreeMap, fmt, net::IpAddr, sync::Arc, time::Duration};
 use jiff::Timestamp;
 use serde::{Deserialize, Serialize};
 
-use super::{KeyError, RouteReason, RoutingKey};
+use super::{KeyError, RouteReason, RoutingKey, Selector};
 
 /// The label every selector fork must carry, so a fork can never select baseline pods by
 /// accident (baseline pods do not have it).
@@ -257,7 +257,7 @@ pub struct ForkSpec {
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ForkTarget {
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub selector: Option<BTreeMap<String, String>>,
+    pub selector: Option<Selector>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub service: Option<String>,
 }
@@ -411,13 +411,13 @@ enum SelectorError {
     EmptySandboxLabel,
 }
 
-fn check_selector(sel: &BTreeMap<String, String>) -> Result<(), SelectorError> {
+fn check_selector(sel: &Selector) -> Result<(), SelectorError> {
     if sel.is_empty() {
         return Err(SelectorError::Empty);
     }
     match sel.get(SANDBOX_LABEL) {
         None => Err(SelectorError::NoSandboxLabel),
-        Some(v) if v.is_empty() => Err(SelectorError::EmptySandboxLabel),
+        Some("") => Err(SelectorError::EmptySandboxLabel),
         Some(_) => Ok(()),
     }
 }

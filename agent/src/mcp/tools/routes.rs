@@ -127,7 +127,7 @@ impl Backend {
                         ));
                     }
                     ForkTarget {
-                        selector: Some(sel.clone()),
+                        selector: Some(sel.into()),
                         service: None,
                     }
                 }

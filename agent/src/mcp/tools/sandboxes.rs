@@ -267,7 +267,7 @@ impl Backend {
         let fork = ForkSpec {
             service: svc.name.clone(),
             to: ForkTarget {
-                selector: Some(selector(&rec.name, &p.key)),
+                selector: Some(selector(&rec.name, &p.key).into()),
                 service: None,
             },
             ports: None,

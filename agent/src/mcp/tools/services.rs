@@ -154,10 +154,10 @@ impl Backend {
             .filter(|f| fork_service_name(&svc.namespace, &f.service) == Some(svc.name.as_str()))
             .filter_map(|f| f.to.selector.as_ref())
             .flat_map(|sel| {
-                snap.state.pods.iter().filter(move |pod| {
-                    pod.namespace == svc.namespace
-                        && sel.iter().all(|(k, v)| pod.labels.get(k) == Some(v))
-                })
+                snap.state
+                    .pods
+                    .iter()
+                    .filter(move |pod| pod.namespace == svc.namespace && sel.matches(&pod.labels))
             })
             .map(|pod| format!("{}/{}", pod.namespace, pod.name))
             .collect();

@@ -17,8 +17,8 @@ use super::{
 };
 use crate::routes::{
     ClusterState, DEFAULT_AFFINITY_TIMEOUT, EndpointAddr, EndpointTrust, ForkSpec, ForkTarget,
-    NodePod, Pod, SandboxRouteObj, SandboxRouteSpec, Service, ServicePort, SpecField, TargetPort,
-    TrafficPolicy,
+    NodePod, Pod, SandboxRouteObj, SandboxRouteSpec, Selector, Service, ServicePort, SpecField,
+    TargetPort, TrafficPolicy,
 };
 
 /// Collects diagnostics while converting the raw document.
@@ -217,7 +217,13 @@ fn convert(raw: &RawFile, c: &mut Check) -> ClusterState {
                 .map(|f| ForkSpec {
                     service: f.value.service.value.clone(),
                     to: ForkTarget {
-                        selector: f.value.to.value.selector.as_ref().map(|s| s.value.clone()),
+                        selector: f
+                            .value
+                            .to
+                            .value
+                            .selector
+                            .as_ref()
+                            .map(|s| Selector::from(&s.value)),
                         service: f.value.to.value.service.as_ref().map(|s| s.value.clone()),
                     },
                     ports: f.value.ports.clone(),

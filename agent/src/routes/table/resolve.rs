@@ -214,7 +214,7 @@ impl<'a> Index<'a> {
         let mut ports: Vec<(usize, Vec<SocketAddr>)> = Vec::new();
         match (&fork.to.selector, &fork.to.service) {
             (Some(selector), _) => {
-                let matches = |p: &&Pod| selector.iter().all(|(k, v)| p.labels.get(k) == Some(v));
+                let matches = |p: &&Pod| selector.matches(&p.labels);
                 let local: Vec<&Pod> = self
                     .pods
                     .get(ns)

@@ -103,7 +103,7 @@ fn selector_fork(service: &str, key: &str) -> ForkSpec {
     ForkSpec {
         service: service.into(),
         to: ForkTarget {
-            selector: Some(labels(&[("app", "reviews-sbx"), (SANDBOX_LABEL, key)])),
+            selector: Some(labels(&[("app", "reviews-sbx"), (SANDBOX_LABEL, key)]).into()),
             service: None,
         },
         ports: None,
@@ -395,7 +395,7 @@ fn invalid_route_does_not_block_a_valid_one_with_the_same_key() {
     let mut s = state();
     let mut bad = route("old-bad", "pr-42", vec![selector_fork("reviews", "pr-42")]);
     bad.creation_timestamp = ts("2020-01-01T00:00:00Z");
-    bad.spec.forks[0].to.selector = Some(labels(&[("app", "reviews")]));
+    bad.spec.forks[0].to.selector = Some(labels(&[("app", "reviews")]).into());
     s.routes.push(std::sync::Arc::new(bad));
     let (t, st) = RouteTable::compute(&s, now());
     assert_eq!(st[1].reason, RouteReason::InvalidSelector);
@@ -409,7 +409,7 @@ fn selector_without_sandbox_label_is_invalid() {
     let mut s = state();
     std::sync::Arc::make_mut(&mut s.routes[0]).spec.forks[0]
         .to
-        .selector = Some(labels(&[("app", "reviews-sbx")]));
+        .selector = Some(labels(&[("app", "reviews-sbx")]).into());
     let (t, st) = RouteTable::compute(&s, now());
     assert_eq!(st[0].reason, RouteReason::InvalidSelector);
     assert!(!st[0].applied && !st[0].ready);
@@ -732,7 +732,7 @@ fn two_forks_of_one_service_split_its_ports() {
     http.ports = Some(vec![PortRef::Number(9080)]);
     let mut grpc = selector_fork("reviews", "pr-42");
     grpc.ports = Some(vec![PortRef::Name("grpc".into())]);
-    grpc.to.selector = Some(labels(&[("app", "grpc-sbx"), (SANDBOX_LABEL, "pr-42")]));
+    grpc.to.selector = Some(labels(&[("app", "grpc-sbx"), (SANDBOX_LABEL, "pr-42")]).into());
     std::sync::Arc::make_mut(&mut s.routes[0]).spec.forks = vec![http, grpc];
     let (t, st) = RouteTable::compute(&s, now());
     assert_eq!(st[0].reason, RouteReason::EndpointsReady, "{st:?}");
