@@ -272,7 +272,9 @@ impl RouteSync {
                 metrics.set_routes_not_applied(f.len());
             }
             metrics.table_reloaded();
-            drop(previous);
+            // Freeing a large table takes a good part of the time of computing it: in a task
+            // of its own, so the next apply need not wait for it.
+            tokio::task::spawn_blocking(move || drop(previous));
             (statuses, report, failures, next_expiry, state)
         })
         .await;

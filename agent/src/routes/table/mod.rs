@@ -260,6 +260,10 @@ impl RouteTable {
         let mut winners: Vec<usize> = claims.into_values().collect();
         winners.sort_unstable();
         let mut viewed = vec![false; state.routes.len()];
+        // (service id, fork) of every winner, put in `table.forks` at the end with each
+        // Service's map sized once: growing thousands of small maps one insert at a time was a
+        // tenth of the computation at 10,000 routes.
+        let mut installed: Vec<(u32, ForkRoute)> = Vec::with_capacity(winners.len());
         for i in winners {
             viewed[i] = true;
             let r = &state.routes[i];
@@ -301,15 +305,15 @@ impl RouteTable {
                     continue;
                 }
                 applied = true;
-                table.forks.entry(id).or_default().insert(
-                    key.clone(),
+                installed.push((
+                    id,
                     ForkRoute {
                         route: r.id().into(),
                         key: key.clone(),
                         fallback: r.spec.fallback,
                         ports,
                     },
-                );
+                ));
             }
 
             let worst = resolved
@@ -333,6 +337,19 @@ impl RouteTable {
             st.forks = resolved.iter().map(|f| f.status.clone()).collect();
             views.push(view_of(r, &st, &resolved, &ix));
             statuses[i] = Some(st);
+        }
+
+        let mut per_service: HashMap<u32, usize> = HashMap::new();
+        for (id, _) in &installed {
+            *per_service.entry(*id).or_default() += 1;
+        }
+        table.forks.reserve(per_service.len());
+        for (id, fork) in installed {
+            table
+                .forks
+                .entry(id)
+                .or_insert_with(|| HashMap::with_capacity(per_service[&id]))
+                .insert(fork.key.clone(), fork);
         }
 
         // 3. Services, address index and the steered set.
