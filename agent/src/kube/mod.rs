@@ -41,6 +41,8 @@ pub mod route_status;
 pub mod source;
 #[cfg(feature = "node")]
 pub mod status;
+#[cfg(feature = "node")]
+pub mod touched;
 
 #[cfg(feature = "node")]
 pub use node_source::{KubeFeed, KubeHandle, KubeOptions, KubeSource, default_identity};

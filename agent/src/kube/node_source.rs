@@ -77,6 +77,7 @@ impl KubeSource {
         let mut tasks = std::mem::take(&mut watches.tasks);
         let routes = watches.stores.routes.clone();
         let routes_touched = watches.routes_touched.clone();
+        let touched_routes = watches.touched_routes.clone();
         let relists = watches.relists.clone();
 
         let (leader_tx, leader_rx) = watch::channel(false);
@@ -110,13 +111,15 @@ impl KubeSource {
             .run(node_failures, routes_touched.clone(), stop.clone()),
         ));
         tasks.push(tokio::spawn(
-            status::StatusWriter::new(self.client.clone(), routes, metrics).run(
-                statuses,
-                leader_rx,
-                routes_touched,
-                unready_rx,
-                stop.clone(),
-            ),
+            status::StatusWriter::new(self.client.clone(), routes, metrics)
+                .with_touched(touched_routes)
+                .run(
+                    statuses,
+                    leader_rx,
+                    routes_touched,
+                    unready_rx,
+                    stop.clone(),
+                ),
         ));
         let (states_tx, states) = watch::channel(Arc::new(ClusterState::default()));
         tasks.push(tokio::spawn(source::publish_loop(

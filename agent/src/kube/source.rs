@@ -42,6 +42,7 @@ use super::{
     crd::SandboxRoute,
     marks::{self, Marks},
     route_cache::ConvertedRoutes,
+    touched::TouchedRoutes,
 };
 use crate::{
     capture::PodCgroups,
@@ -110,6 +111,8 @@ pub struct Watches {
     pub changes: watch::Receiver<u64>,
     /// Bumped on every SandboxRoute event, status-only ones included (for the status writer).
     pub routes_touched: watch::Receiver<u64>,
+    /// Which SandboxRoutes those events were about.
+    pub touched_routes: TouchedRoutes,
     /// Bumped by every relist after a watch's first list.
     pub relists: watch::Receiver<u64>,
     pub tasks: Vec<JoinHandle<()>>,
@@ -126,6 +129,8 @@ struct WatchSpec<K> {
     strip_cached: fn(&mut K),
     relevant: fn(&K) -> u64,
     touched: Option<watch::Sender<u64>>,
+    /// Which objects `touched` was bumped for (the routes' status writer skips the others).
+    touched_routes: Option<TouchedRoutes>,
     /// Sees every event before the cache does (the routes' conversions).
     follow: Option<Follower<K>>,
 }
@@ -188,6 +193,7 @@ impl Watches {
     ) -> Self {
         let (tx, changes) = watch::channel(0u64);
         let (touched_tx, routes_touched) = watch::channel(0u64);
+        let touched_routes = TouchedRoutes::default();
         let (relists_tx, relists) = watch::channel(0u64);
         let mut tasks = Vec::new();
         let converted_routes = Arc::new(Mutex::new(ConvertedRoutes::default()));
@@ -210,6 +216,7 @@ impl Watches {
                 },
                 relevant: route_relevance,
                 touched: Some(touched_tx),
+                touched_routes: Some(touched_routes.clone()),
                 follow: Some(Box::new(move |ev| locked(&converted).on_event(ev))),
             },
             tx.clone(),
@@ -230,6 +237,7 @@ impl Watches {
                 strip_cached: |_| {},
                 relevant: always,
                 touched: None,
+                touched_routes: None,
                 follow: None,
             },
             tx.clone(),
@@ -259,6 +267,7 @@ impl Watches {
                 strip_cached: |_| {},
                 relevant: always,
                 touched: None,
+                touched_routes: None,
                 follow: None,
             },
             tx.clone(),
@@ -295,6 +304,7 @@ impl Watches {
                 strip_cached: |_| {},
                 relevant: pod_relevance,
                 touched: None,
+                touched_routes: None,
                 follow: None,
             },
             tx.clone(),
@@ -324,6 +334,7 @@ impl Watches {
                 strip_cached: |_| {},
                 relevant: node_pod_relevance,
                 touched: None,
+                touched_routes: None,
                 follow: None,
             },
             tx,
@@ -344,6 +355,7 @@ impl Watches {
             },
             changes,
             routes_touched,
+            touched_routes,
             relists,
             tasks,
         }
@@ -375,6 +387,7 @@ where
         strip_cached,
         relevant,
         touched,
+        touched_routes,
         mut follow,
     } = spec;
     let task = tokio::spawn(async move {
@@ -410,6 +423,12 @@ where
             let Some(ev) = ev else { return };
             match ev {
                 Ok(Event::Apply(o)) => {
+                    if let Some(t) = &touched_routes {
+                        t.route(
+                            o.meta().namespace.as_deref().unwrap_or_default(),
+                            &o.name_any(),
+                        );
+                    }
                     if let Some(t) = &touched {
                         bump(t);
                     }
@@ -419,6 +438,12 @@ where
                     }
                 }
                 Ok(Event::Delete(o)) => {
+                    if let Some(t) = &touched_routes {
+                        t.route(
+                            o.meta().namespace.as_deref().unwrap_or_default(),
+                            &o.name_any(),
+                        );
+                    }
                     if let Some(t) = &touched {
                         bump(t);
                     }
@@ -438,6 +463,9 @@ where
                     if failing {
                         tracing::info!(watch = what, "watch recovered (relisted)");
                         failing = false;
+                    }
+                    if let Some(t) = &touched_routes {
+                        t.all();
                     }
                     if let Some(t) = &touched {
                         bump(t);

@@ -11,11 +11,7 @@
 //! so in `status.nodes[]` (its own entry, see [`super::node_status`]) or because its agent pod
 //! is not Ready (crash-looping, not started). The message names up to [`NODES_NAMED`] nodes
 //! and counts the rest. The leader never writes `status.nodes`.
-use std::{
-    collections::{HashMap, HashSet},
-    sync::Arc,
-    time::Duration,
-};
+use std::{collections::HashSet, sync::Arc, time::Duration};
 
 use futures::StreamExt as _;
 use kube::{
@@ -30,6 +26,7 @@ use tokio_util::sync::CancellationToken;
 use super::{
     agents::UnreadyAgents,
     crd::{self, RouteCondition, SandboxRoute, SandboxRouteStatus},
+    touched::{ByRoute, Touched, TouchedRoutes},
 };
 use crate::{
     metrics::Metrics,
@@ -179,7 +176,11 @@ pub struct StatusWriter {
     /// we last found its status right or wrote it. While both are unchanged there is nothing
     /// to do (and a write of ours that has not come back through the watch yet is not
     /// repeated), so a pass over thousands of unchanged routes is cheap.
-    seen: HashMap<Key, (u64, Option<String>)>,
+    seen: ByRoute<(u64, Option<String>)>,
+    /// The routes the watch saw change since the last pass: an untouched route with the same
+    /// fingerprint is skipped without looking its object up. Without it every route is looked
+    /// up.
+    touched: Option<TouchedRoutes>,
     /// UIDs of expired routes we already deleted.
     deleted: HashSet<String>,
     /// Nodes whose agent pod is not Ready, as last published.
@@ -192,11 +193,19 @@ impl StatusWriter {
         Self {
             client,
             routes,
-            seen: HashMap::new(),
+            seen: ByRoute::default(),
+            touched: None,
             deleted: HashSet::new(),
             unready: Arc::default(),
             metrics,
         }
+    }
+
+    /// Skips, in each pass, the routes that `touched` (filled by the SandboxRoute watch that
+    /// feeds `routes`) does not name and whose computed status is unchanged.
+    pub fn with_touched(mut self, touched: TouchedRoutes) -> Self {
+        self.touched = Some(touched);
+        self
     }
 
     /// Writes statuses and deletes expired routes while we lead; returns when `stop` fires.
@@ -231,6 +240,9 @@ impl StatusWriter {
                 self.unready = unready;
             }
             if !*leader.borrow_and_update() {
+                if let Some(t) = &self.touched {
+                    t.take();
+                }
                 self.seen.clear();
                 self.deleted.clear();
                 retry_after = None;
@@ -250,11 +262,27 @@ impl StatusWriter {
             .unwrap_or_else(|_| jiff::Timestamp::now());
         let mut patches = Vec::new();
         let mut expired = Vec::new();
+        let touched = match &self.touched {
+            Some(t) => t.take(),
+            None => Touched::everything(),
+        };
         for (i, st) in statuses.iter().enumerate() {
             // Thousands of routes take milliseconds: let the runtime's other tasks (the watches,
             // route sync) run in between.
             if i % 512 == 511 {
                 tokio::task::yield_now().await;
+            }
+            let fp = fingerprint(st);
+            // Found right (or written) at this fingerprint, and no event since: the object is
+            // the one we saw. An expired route goes on: its object is deleted below.
+            if !touched.contains(&st.namespace, &st.name)
+                && self
+                    .seen
+                    .get(&st.namespace, &st.name)
+                    .is_some_and(|(f, _)| *f == fp)
+                && st.reason != RouteReason::Expired
+            {
+                continue;
             }
             let oref = ObjectRef::<SandboxRoute>::new(&st.name).within(&st.namespace);
             let Some(obj) = self.routes.get(&oref) else {
@@ -270,12 +298,10 @@ impl StatusWriter {
             {
                 expired.push((st.namespace.clone(), st.name.clone(), uid));
             }
-            let key = (st.namespace.clone(), st.name.clone());
-            let fp = fingerprint(st);
             let rv = &obj.metadata.resource_version;
             if self
                 .seen
-                .get(&key)
+                .get(&st.namespace, &st.name)
                 .is_some_and(|(f, r)| *f == fp && r == rv)
             {
                 continue;
@@ -283,8 +309,9 @@ impl StatusWriter {
             let not_applied = nodes_not_applied(obj.status.as_ref(), &self.unready);
             let want = desired_status(st, obj.status.as_ref(), &not_applied, now);
             if obj.status.as_ref() == Some(&want) {
-                self.seen.insert(key, (fp, rv.clone()));
+                self.seen.insert(&st.namespace, &st.name, (fp, rv.clone()));
             } else {
+                let key: Key = (st.namespace.clone(), st.name.clone());
                 patches.push((key, fp, rv.clone(), want));
             }
         }
@@ -312,7 +339,7 @@ impl StatusWriter {
                 Ok(_) => {
                     tracing::debug!(route = %format!("{}/{}", key.0, key.1),
                         reason = %want.conditions[0].reason, "status written");
-                    self.seen.insert(key, (fp, rv));
+                    self.seen.insert(&key.0, &key.1, (fp, rv));
                 }
                 // Deleted meanwhile: nothing to report on.
                 Err(kube::Error::Api(s)) if s.code == 404 => {}
@@ -351,11 +378,11 @@ impl StatusWriter {
         }
         // Forget routes that are gone, so the maps do not grow without bound.
         if self.seen.len() > statuses.len() * 2 + 64 {
-            let live: HashSet<Key> = statuses
-                .iter()
-                .map(|s| (s.namespace.clone(), s.name.clone()))
-                .collect();
-            self.seen.retain(|k, _| live.contains(k));
+            let mut live: ByRoute<()> = ByRoute::default();
+            for s in statuses {
+                live.insert(&s.namespace, &s.name, ());
+            }
+            self.seen.retain(|ns, name| live.get(ns, name).is_some());
         }
         failed
     }
