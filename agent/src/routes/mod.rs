@@ -39,8 +39,8 @@ pub use selector::Selector;
 pub use sources::{AppliedSource, AppliedSources};
 pub use status::{ForkStatus, RouteReason, RouteStatus};
 pub use table::{
-    ForkPortView, ForkRoute, ForkView, RouteTable, RouteView, ServicePortRef, ServiceRef,
-    service_id,
+    ForkPortView, ForkRoute, ForkView, ResolveMemo, RouteTable, RouteView, ServicePortRef,
+    ServiceRef, service_id,
 };
 
 #[cfg(test)]

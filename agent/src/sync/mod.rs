@@ -11,7 +11,8 @@
 //! follows. [`RouteSync::run`] does the rest, in one loop:
 //! - a debounce that is a quiet period (capped, so steady churn still applies), except for a
 //!   lone change after a quiet period, applied at once (leading edge);
-//! - the recompute ([`RouteTable::compute`]) on the blocking pool, since a large table takes
+//! - the recompute ([`RouteTable::compute_with`], which reuses what the last one found for
+//!   each unchanged route) on the blocking pool, since a large table takes
 //!   milliseconds and the proxy may share the runtime's only thread;
 //! - the swap of the proxy's table, before capture sends it new traffic;
 //! - the steered set handed to [`Steering`] as a diff against what it last applied; a full
@@ -33,7 +34,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::{
     metrics::Metrics,
-    routes::{ClusterState, RouteStatus, RouteTable},
+    routes::{ClusterState, ResolveMemo, RouteStatus, RouteTable},
 };
 pub use marking::{Cgroupfs, Marking};
 pub use steering::{ApplyMode, NodeRouteFailure, Steering, SyncReport};
@@ -68,6 +69,9 @@ pub struct RouteSyncConfig {
 /// The route sync loop and what it publishes.
 pub struct RouteSync {
     cfg: RouteSyncConfig,
+    /// What each computation found per route, for the next one (applies run one at a time;
+    /// the lock only moves it to the blocking pool and back).
+    memo: Arc<std::sync::Mutex<ResolveMemo>>,
     statuses: watch::Sender<Arc<Vec<RouteStatus>>>,
     node_failures: watch::Sender<Arc<Vec<NodeRouteFailure>>>,
     applied: watch::Sender<u64>,
@@ -109,6 +113,7 @@ impl RouteSync {
         (
             Self {
                 cfg,
+                memo: Arc::default(),
                 statuses,
                 node_failures,
                 applied,
@@ -241,9 +246,15 @@ impl RouteSync {
             self.cfg.metrics.clone(),
         );
         let always = self.cfg.always_steered.clone();
+        let memo = self.memo.clone();
         let started = std::time::Instant::now();
         let computed = tokio::task::spawn_blocking(move || {
-            let (new, statuses) = RouteTable::compute(&state, jiff::Timestamp::now());
+            let (new, statuses) = {
+                let mut memo = memo
+                    .lock()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner);
+                RouteTable::compute_with(&state, jiff::Timestamp::now(), &mut memo)
+            };
             let mut desired: BTreeMap<SocketAddr, u32> = new.steered().clone();
             desired.extend(always.iter().map(|d| (*d, 0)));
             let next_expiry = new.next_expiry();

@@ -6,6 +6,7 @@
 //! addresses and picks the steered set, and [`views`] is the `/routes` view of each route.
 mod baseline;
 mod ids;
+mod memo;
 mod owned;
 mod resolve;
 mod steered;
@@ -33,6 +34,7 @@ use views::view_of;
 
 pub use baseline::VirtualPick;
 pub use ids::service_id;
+pub use memo::ResolveMemo;
 pub use views::{ForkPortView, ForkView, RouteView};
 
 /// A Service as the proxy sees it.
@@ -177,6 +179,39 @@ impl RouteTable {
     /// else, except that the older of two routes claiming a key in a namespace wins (ties broken
     /// by name). Routes with spec errors or past `expiresAt` claim nothing.
     pub fn compute(state: &ClusterState, now: Timestamp) -> (RouteTable, Vec<RouteStatus>) {
+        let (table, statuses, _) = Self::compute_remembering(state, now, HashMap::new());
+        (table, statuses)
+    }
+
+    /// [`Self::compute`], reusing from `memo` what the last computation found for each route
+    /// that has not changed (when nothing but routes changed), and leaving there what this one
+    /// found. The result is the same as [`Self::compute`]'s.
+    pub fn compute_with(
+        state: &Arc<ClusterState>,
+        now: Timestamp,
+        memo: &mut ResolveMemo,
+    ) -> (RouteTable, Vec<RouteStatus>) {
+        let remembered = memo.take_for(state);
+        let (table, statuses, remembered) = Self::compute_remembering(state, now, remembered);
+        memo.keep(state.clone(), remembered);
+        (table, statuses)
+    }
+
+    fn compute_remembering(
+        state: &ClusterState,
+        now: Timestamp,
+        mut remembered: HashMap<usize, memo::Remembered>,
+    ) -> (
+        RouteTable,
+        Vec<RouteStatus>,
+        HashMap<usize, memo::Remembered>,
+    ) {
+        let mut mine: Vec<memo::Remembered> = state
+            .routes
+            .iter()
+            .map(|r| remembered.remove(&memo::route_key(r)).unwrap_or_default())
+            .collect();
+        drop(remembered);
         // A namespace steers only what it owns: every later step sees only owned addresses.
         let known = owned::KnownPods::new(state);
         let owned = owned::owned_endpoints(state, &known);
@@ -225,9 +260,13 @@ impl RouteTable {
                 }
                 next_expiry = Some(next_expiry.map_or(at, |n| n.min(at)));
             }
-            let problems = r.spec.problems(&r.namespace);
-            if let Some(p) = problems.iter().min_by_key(|p| severity(p.reason)) {
-                statuses[i] = Some(status(r, p.reason, format!("{}: {}", p.field, p.message)));
+            let checked = mine[i].checked.get_or_insert_with(|| {
+                let problems = r.spec.problems(&r.namespace);
+                let worst = problems.into_iter().min_by_key(|p| severity(p.reason));
+                worst.map(|p| (p.reason, format!("{}: {}", p.field, p.message)))
+            });
+            if let Some((reason, message)) = checked {
+                statuses[i] = Some(status(r, *reason, message.clone()));
                 continue;
             }
             let claim = (r.namespace.as_str(), r.spec.routing_key.as_str());
@@ -271,17 +310,22 @@ impl RouteTable {
             let Ok(key) = RoutingKey::parse(&r.spec.routing_key) else {
                 continue;
             };
-            let resolved: Vec<ResolvedFork> = r
-                .spec
-                .forks
-                .iter()
-                .map(|f| ix.resolve_fork(&r.namespace, f))
-                .collect();
+            let resolved: Arc<[ResolvedFork]> = mine[i]
+                .resolved
+                .get_or_insert_with(|| {
+                    let ns = &r.namespace;
+                    r.spec
+                        .forks
+                        .iter()
+                        .map(|f| ix.resolve_fork(ns, f))
+                        .collect()
+                })
+                .clone();
 
             // Merge forks of the same Service (e.g. one per port); the first to claim a port
             // keeps it.
             let mut merged: BTreeMap<u32, Vec<ForkPort>> = BTreeMap::new();
-            for f in &resolved {
+            for f in resolved.iter() {
                 let Some(id) = f.service_id else { continue };
                 let Some(svc) = ix.by_id.get(&id) else {
                     continue;
@@ -430,7 +474,8 @@ impl RouteTable {
                 })
             })
             .collect();
-        (table, statuses)
+        let remembered = state.routes.iter().map(memo::route_key).zip(mine).collect();
+        (table, statuses, remembered)
     }
 
     /// The Service and port a connection's original destination belongs to: a ClusterIP:port,

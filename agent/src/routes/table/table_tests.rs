@@ -781,3 +781,6 @@ fn always_steer_service_vips_are_steered_without_forks() {
     // Only the virtual addresses: endpoints are reached directly.
     assert_eq!(table.steered().len(), vips.len());
 }
+
+#[path = "memo_tests.rs"]
+mod memo;
