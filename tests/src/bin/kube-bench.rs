@@ -7,8 +7,9 @@
 //!    Service's ClusterIP appears in (or leaves) the pinned `STEERED` map. Prints p50/p90/p99.
 //! 2. Memory: routes are added (distinct keys over the same Services) up to a total
 //!    (default 10,000); once the agent has applied them and written their status, prints its
-//!    VmRSS (and VmHWM), plus a few propagation samples at that size, then VmRSS again after
-//!    2 s idle (route sync trims the freed heap after 500 ms).
+//!    VmRSS (and VmHWM), plus propagation samples at that size (`--big` of each: a create more
+//!    than the debounce after the last change, and one right after the last change was
+//!    applied), then VmRSS again after 2 s idle (route sync trims the freed heap after 500 ms).
 //!
 //! Run: `cargo build --release -p tests --bins && sudo target/release/kube-bench
 //! [--routes 1000] [--changes 200] [--total 10000] [--big 20] [--debounce 50ms]`
@@ -355,19 +356,44 @@ fn main() -> anyhow::Result<()> {
         t.elapsed()
     );
     std::thread::sleep(Duration::from_secs(3));
-    let mut big = Vec::new();
-    for k in 0..num("--big", 20) {
+    // Two patterns: a create that follows the last change by more than the debounce (one
+    // route change on a quiet agent: applied at once), and one written right after the last
+    // change was applied (within the debounce of it: route sync takes it for the start of a
+    // burst and waits for a quiet period first).
+    let quiet_gap = agent::duration::parse_duration(&debounce)
+        .map_err(|e| anyhow::anyhow!("--debounce {debounce}: {e}"))?
+        + Duration::from_millis(20);
+    let mut isolated = Vec::new();
+    let mut back_to_back = Vec::new();
+    let n_big = num("--big", 20);
+    for k in 0..2 * n_big {
         let s = existing + k % spares.max(1);
         let dst = SocketAddr::from((vips[s], SERVICE_PORT));
         let name = format!("big-{k}");
+        let quiet = k < n_big;
+        if quiet {
+            std::thread::sleep(quiet_gap);
+        }
         let t = Instant::now();
         route(&c, &name, &format!("b-{k}"), s)?;
-        big.push(wait_steered(&map, dst, true, t));
+        let took = wait_steered(&map, dst, true, t);
+        if quiet {
+            isolated.push(took);
+        } else {
+            back_to_back.push(took);
+        }
         c.api
             .delete("shunt.dev/v1alpha1", "SandboxRoute", Some(NS), &name)?;
         wait_steered(&map, dst, false, Instant::now());
     }
-    report(&format!("propagation (create) at {total} routes"), big);
+    report(
+        &format!("propagation (create, {quiet_gap:?} after the last change) at {total} routes"),
+        isolated,
+    );
+    report(
+        &format!("propagation (create, right after the last change was applied) at {total} routes"),
+        back_to_back,
+    );
     println!(
         "agent at {total} routes: {} VmHWM {} (STEERED {} entries)",
         rss(pid),
