@@ -22,8 +22,11 @@ pub struct NetnsThread {
     requests: mpsc::Sender<Request>,
 }
 
-/// Small: the thread only calls `socket()`.
-const STACK_BYTES: usize = 64 * 1024;
+/// Small: the thread only calls `socket()`. But its first allocation (Rust's thread start makes
+/// one) sets up the allocator's cache for the thread, deep in jemalloc: 64 KiB overflowed there
+/// in a debug build (a SIGSEGV in the guard page, with no message, in `shunt-demo --check` about
+/// one run in six). Only the pages touched are resident.
+const STACK_BYTES: usize = 256 * 1024;
 
 impl NetnsThread {
     /// Starts a thread that enters the namespace `ns` (an open nsfs file) and stays there.
