@@ -5,7 +5,7 @@
 //! each thread freed in that thread's arena, and only the top of each heap shrinks: at 10,000
 //! routes the agent's resident memory was about twice its live data, and freeing a large table
 //! took a good part of the time of computing it. jemalloc returns freed pages in a background
-//! thread after the decay time set in [`MALLOC_CONF`], off the proxy's and route sync's paths.
+//! thread, off the proxy's and route sync's paths.
 //!
 //! The binaries that run the agent (`shunt`, and `shunt-under-test` in the tests crate) install
 //! it with [`crate::global_allocator!`]. Without the `node` feature (the client build) the macro
@@ -14,9 +14,10 @@
 /// jemalloc's options, read before `main`. `_RJEM_MALLOC_CONF` in the environment overrides
 /// them (jemalloc reads it after these), e.g. for a profile.
 /// - `background_thread`: a jemalloc thread returns freed pages, not the thread that frees.
-/// - `dirty_decay_ms`: freed pages go back to the system within this time: long enough that a
-///   burst of route changes reuses them, short enough that the memory of a table gone stays
-///   resident about a second.
+/// - `dirty_decay_ms` is left at jemalloc's 10 s: freed pages the proxy will need again are not
+///   returned and faulted back in every second (at 1 s, the proxy's CPU per request rose by up
+///   to a tenth in `cargo xtask bench --before`). Route sync returns a dropped table's pages
+///   itself once it has been idle for a moment ([`release_free_memory`]).
 /// - `muzzy_decay_ms:0`: no second, lazily-freed stage (its pages would still count as resident
 ///   until the kernel needs them).
 /// - `narenas:1`: one arena, so what one blocking-pool thread frees is reused by the next one
@@ -24,8 +25,7 @@
 ///   the proxy's threads the arena's lock). At 10,000 routes this is about 12 MB less resident
 ///   than two arenas.
 #[cfg(feature = "node")]
-pub const MALLOC_CONF: &std::ffi::CStr =
-    c"background_thread:true,dirty_decay_ms:1000,muzzy_decay_ms:0,narenas:1";
+pub const MALLOC_CONF: &std::ffi::CStr = c"background_thread:true,muzzy_decay_ms:0,narenas:1";
 
 /// jemalloc's `malloc_conf` symbol wants a pointer to the options' first byte.
 #[cfg(feature = "node")]
