@@ -43,6 +43,8 @@ pub mod source;
 pub mod status;
 #[cfg(feature = "node")]
 pub mod touched;
+#[cfg(feature = "node")]
+mod watch_store;
 
 #[cfg(feature = "node")]
 pub use node_source::{KubeFeed, KubeHandle, KubeOptions, KubeSource, default_identity};

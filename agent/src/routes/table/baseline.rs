@@ -6,7 +6,7 @@ use std::{
     net::{IpAddr, SocketAddr},
 };
 
-use super::{RouteTable, ServicePortRef, ServiceRef, round_robin};
+use super::{RouteTable, ServicePortRef, ServiceRef, lookups::round_robin};
 use crate::routes::{ClientAffinity, RoutingKey, addr::canonical};
 
 /// The endpoint chosen for a connection to a virtual address.
