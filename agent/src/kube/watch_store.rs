@@ -96,32 +96,28 @@ where
                 ev = stream.next() => ev,
             };
             let Some(ev) = ev else { return };
+            // An event about `o`: for the status writer, which route and that one was touched.
+            let touched_by = |o: &K| {
+                if let Some(t) = &touched_routes {
+                    t.route(
+                        o.meta().namespace.as_deref().unwrap_or_default(),
+                        &o.name_any(),
+                    );
+                }
+                if let Some(t) = &touched {
+                    bump(t);
+                }
+            };
             match ev {
                 Ok(Event::Apply(o)) => {
-                    if let Some(t) = &touched_routes {
-                        t.route(
-                            o.meta().namespace.as_deref().unwrap_or_default(),
-                            &o.name_any(),
-                        );
-                    }
-                    if let Some(t) = &touched {
-                        bump(t);
-                    }
+                    touched_by(&o);
                     let r = relevant(&o);
                     if seen.insert(key(&o), r) != Some(r) {
                         bump(&changes);
                     }
                 }
                 Ok(Event::Delete(o)) => {
-                    if let Some(t) = &touched_routes {
-                        t.route(
-                            o.meta().namespace.as_deref().unwrap_or_default(),
-                            &o.name_any(),
-                        );
-                    }
-                    if let Some(t) = &touched {
-                        bump(t);
-                    }
+                    touched_by(&o);
                     seen.remove(&key(&o));
                     bump(&changes);
                 }
