@@ -135,8 +135,8 @@ impl RouteTable {
     }
 
     /// [`Self::compute`], reusing from `memo` what the last computation found for each route
-    /// that has not changed (when nothing but routes changed), and leaving there what this one
-    /// found. The result is the same as [`Self::compute`]'s.
+    /// that has not changed (its check always, its forks when nothing but routes changed), and
+    /// leaving there what this one found. The result is the same as [`Self::compute`]'s.
     pub fn compute_with(
         state: &Arc<ClusterState>,
         now: Timestamp,
