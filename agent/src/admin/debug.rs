@@ -160,11 +160,8 @@ async fn route(state: Arc<DebugState>, req: Request<Incoming>) -> Response<Full<
     match req.uri().path() {
         "/routes" => {
             let table = state.table.load();
-            let routes: Vec<_> = table
-                .routes()
-                .iter()
-                .filter(|r| p.namespace.as_deref().is_none_or(|ns| r.namespace == ns))
-                .collect();
+            let mut routes = table.routes();
+            routes.retain(|r| p.namespace.as_deref().is_none_or(|ns| r.namespace == ns));
             json(&routes)
         }
         "/routes/sources" => json(&state.sources.load().list()),

@@ -296,6 +296,7 @@ fn two_forks_of_one_shared_pod_address_tie_break_by_name_and_say_so() {
         "{}",
         st.message
     );
-    let view = t.routes().iter().find(|v| v.name == "a").expect("view");
+    let views = t.routes();
+    let view = views.iter().find(|v| v.name == "a").expect("view");
     assert_eq!(view.message, st.message);
 }

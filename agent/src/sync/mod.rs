@@ -333,7 +333,7 @@ impl RouteSync {
                 changed
             });
         }
-        let _ = self.statuses.send(Arc::new(statuses));
+        let _ = self.statuses.send(statuses);
         self.applied.send_modify(|n| *n += 1);
         // The previous view, table and statuses are gone by now (or soon, with their last
         // reader): their pages go back once route sync has been idle for a while (`Wake::Trim`).

@@ -121,9 +121,11 @@ impl RouteTable {
         &self.steered
     }
 
-    /// Every route with its status and installed endpoints, sorted by namespace/name.
-    pub fn routes(&self) -> &[RouteView] {
-        &self.routes
+    /// Every route with its status and installed endpoints, sorted by namespace/name (built
+    /// on each call: for the admin and debug views).
+    pub fn routes(&self) -> Vec<RouteView> {
+        self.views
+            .views(|id| self.services.get(&id).map(|s| &s.declared_ports[..]))
     }
 
     /// Who owns an IP address: a known pod, else the Service it is an endpoint of.

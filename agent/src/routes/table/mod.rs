@@ -28,7 +28,7 @@ use super::{
     ClusterState, Fallback, RouteReason, RouteStatus, RoutingKey, SandboxRouteObj, TrafficPolicy,
 };
 use resolve::{Index, ResolvedFork, baseline_addrs, endpoint_addrs, severity};
-use views::view_of;
+use views::ViewSource;
 
 pub use baseline::VirtualPick;
 pub use ids::service_id;
@@ -85,6 +85,9 @@ struct ServiceEntry {
     affinity: Option<Duration>,
     /// `internalTrafficPolicy: Local`: `candidates` holds only this node's endpoints.
     local_only: bool,
+    /// Its ports as declared, duplicates included: what resolved forks' port indexes point
+    /// into, for the `/routes` view.
+    declared_ports: Box<[ServicePortRef]>,
 }
 
 #[derive(Debug)]
@@ -110,7 +113,8 @@ pub struct RouteTable {
     by_addr: HashMap<SocketAddr, (u32, usize)>,
     forks: HashMap<u32, HashMap<RoutingKey, ForkRoute>>,
     steered: BTreeMap<SocketAddr, u32>,
-    routes: Vec<RouteView>,
+    /// What the `/routes` view is built from.
+    views: ViewSource,
     next_expiry: Option<Timestamp>,
     /// Who an IP address is, for the service graph: a sandbox pod (`ns/pod`) or else the Service
     /// whose endpoint it is (`ns/service`).
@@ -131,17 +135,18 @@ impl RouteTable {
     /// by name). Routes with spec errors or past `expiresAt` claim nothing.
     pub fn compute(state: &ClusterState, now: Timestamp) -> (RouteTable, Vec<RouteStatus>) {
         let (table, statuses, _) = Self::compute_remembering(state, now, HashMap::new());
-        (table, statuses)
+        (table, statuses.as_ref().clone())
     }
 
     /// [`Self::compute`], reusing from `memo` what the last computation found for each route
     /// that has not changed (its check always, its forks when nothing but routes changed), and
-    /// leaving there what this one found. The result is the same as [`Self::compute`]'s.
+    /// leaving there what this one found. The result is the same as [`Self::compute`]'s; the
+    /// statuses are shared with the table's `/routes` view.
     pub fn compute_with(
         state: &Arc<ClusterState>,
         now: Timestamp,
         memo: &mut ResolveMemo,
-    ) -> (RouteTable, Vec<RouteStatus>) {
+    ) -> (RouteTable, Arc<Vec<RouteStatus>>) {
         let remembered = memo.take_for(state);
         let (table, statuses, remembered) = Self::compute_remembering(state, now, remembered);
         memo.keep(state.clone(), remembered);
@@ -154,7 +159,7 @@ impl RouteTable {
         mut remembered: HashMap<usize, memo::Remembered>,
     ) -> (
         RouteTable,
-        Vec<RouteStatus>,
+        Arc<Vec<RouteStatus>>,
         HashMap<usize, memo::Remembered>,
     ) {
         let mut mine: Vec<memo::Remembered> = state
@@ -243,19 +248,16 @@ impl RouteTable {
             node_pod_namespaces: owned::node_pod_namespaces(state),
             ..RouteTable::default()
         };
-        // Sized up front: at 10,000 routes, growing it one push at a time copied every view
-        // many times over and left up to half of it unused.
-        let mut views: Vec<RouteView> = Vec::with_capacity(state.routes.len());
+        // The forks each winner resolved, for the `/routes` view.
+        let mut resolved_of: Vec<Option<Arc<[ResolvedFork]>>> = vec![None; state.routes.len()];
         let mut covered_ports: BTreeMap<u32, BTreeSet<usize>> = BTreeMap::new();
         let mut winners: Vec<usize> = claims.into_values().collect();
         winners.sort_unstable();
-        let mut viewed = vec![false; state.routes.len()];
         // (service id, fork) of every winner, put in `table.forks` at the end with each
         // Service's map sized once: growing thousands of small maps one insert at a time was a
         // tenth of the computation at 10,000 routes.
         let mut installed: Vec<(u32, ForkRoute)> = Vec::with_capacity(winners.len());
         for i in winners {
-            viewed[i] = true;
             let r = &state.routes[i];
             // `problems()` was empty, so the key parses.
             let Ok(key) = RoutingKey::parse(&r.spec.routing_key) else {
@@ -330,7 +332,7 @@ impl RouteTable {
             let mut st = status(r, reason, message);
             st.applied = applied;
             st.forks = resolved.iter().map(|f| f.status.clone()).collect();
-            views.push(view_of(r, &st, &resolved, &ix));
+            resolved_of[i] = Some(resolved);
             statuses[i] = Some(st);
         }
 
@@ -384,6 +386,14 @@ impl RouteTable {
                     vips: svc.addresses.iter().map(IpAddr::to_canonical).collect(),
                     affinity: svc.client_ip_affinity,
                     local_only: svc.internal_traffic_policy == TrafficPolicy::Local,
+                    declared_ports: svc
+                        .ports
+                        .iter()
+                        .map(|sp| ServicePortRef {
+                            name: sp.name.clone(),
+                            port: sp.port,
+                        })
+                        .collect(),
                 },
             );
         }
@@ -398,33 +408,25 @@ impl RouteTable {
                 continue;
             };
             st.message = format!("{}; {note}", st.message);
-            if let Some(v) = views
-                .iter_mut()
-                .find(|v| (v.namespace.as_str(), v.name.as_str()) == (&st.namespace, &st.name))
-            {
-                v.message = st.message.clone();
-            }
         }
 
-        // Routes that lost or never competed for their key are shown too, with their reason.
-        for ((status, r), viewed) in statuses.iter().zip(&state.routes).zip(&viewed) {
-            if let (Some(s), false) = (status, viewed) {
-                views.push(view_of(r, s, &[], &ix));
-            }
-        }
-        views.sort_by(|a, b| (&a.namespace, &a.name).cmp(&(&b.namespace, &b.name)));
-        table.routes = views;
-
-        let statuses = statuses
-            .into_iter()
-            .zip(&state.routes)
-            .map(|(s, r)| {
-                s.unwrap_or_else(|| {
-                    // Unreachable: every route got a status above. Stay total regardless.
-                    status(r, RouteReason::InvalidTarget, "not evaluated".into())
+        let statuses: Arc<Vec<RouteStatus>> = Arc::new(
+            statuses
+                .into_iter()
+                .zip(&state.routes)
+                .map(|(s, r)| {
+                    s.unwrap_or_else(|| {
+                        // Unreachable: every route got a status above. Stay total regardless.
+                        status(r, RouteReason::InvalidTarget, "not evaluated".into())
+                    })
                 })
-            })
-            .collect();
+                .collect(),
+        );
+        table.views = ViewSource {
+            routes: state.routes.clone(),
+            statuses: statuses.clone(),
+            resolved: resolved_of,
+        };
         let remembered = state.routes.iter().map(memo::route_key).zip(mine).collect();
         (table, statuses, remembered)
     }

@@ -704,7 +704,8 @@ fn routes_view_lists_every_route_as_json() {
         vec![selector_fork("ratings", "x")],
     )));
     let (t, _) = RouteTable::compute(&s, now());
-    let names: Vec<_> = t.routes().iter().map(|r| r.name.as_str()).collect();
+    let views = t.routes();
+    let names: Vec<_> = views.iter().map(|r| r.name.as_str()).collect();
     assert_eq!(names, ["bad", "pr-42"]);
     let json = serde_json::to_value(t.routes()).expect("json");
     assert_eq!(json[0]["reason"], "InvalidKey");

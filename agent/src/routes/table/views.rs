@@ -1,10 +1,15 @@
 //! The `/routes` view of each route: its status and the endpoints its forks installed.
-use std::net::SocketAddr;
+//!
+//! Views are built when `/routes` is asked for, from what the table keeps anyway (the routes'
+//! shared objects, their statuses and resolved forks): at 10,000 routes, building and keeping
+//! a view of every route at every computation was a sixth of the table's memory and of the
+//! time to compute it, for a page that is rarely read.
+use std::{fmt, net::SocketAddr, sync::Arc};
 
 use jiff::Timestamp;
 use serde::Serialize;
 
-use super::resolve::{Index, ResolvedFork};
+use super::{ServicePortRef, resolve::ResolvedFork};
 use crate::routes::{Fallback, RouteReason, RouteStatus, SandboxRouteObj};
 
 /// One route for the admin `/routes` view.
@@ -45,18 +50,58 @@ pub struct ForkPortView {
     pub endpoints: Vec<SocketAddr>,
 }
 
+/// What the views of one computation are built from.
+#[derive(Default)]
+pub(super) struct ViewSource {
+    /// The routes of the cluster view, in its order.
+    pub(super) routes: Vec<Arc<SandboxRouteObj>>,
+    /// Their statuses, in the same order (shared with the status writers).
+    pub(super) statuses: Arc<Vec<RouteStatus>>,
+    /// Their resolved forks (shared with the memo), for the routes that got to resolve them.
+    pub(super) resolved: Vec<Option<Arc<[ResolvedFork]>>>,
+}
+
+impl fmt::Debug for ViewSource {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ViewSource")
+            .field("routes", &self.routes.len())
+            .finish_non_exhaustive()
+    }
+}
+
+impl ViewSource {
+    /// Every route's view, sorted by namespace/name. `ports_of(id)` is Service `id`'s ports
+    /// as declared (what a resolved fork's port indexes point into).
+    pub(super) fn views<'a>(
+        &self,
+        ports_of: impl Fn(u32) -> Option<&'a [ServicePortRef]>,
+    ) -> Vec<RouteView> {
+        let mut views: Vec<RouteView> = self
+            .routes
+            .iter()
+            .zip(self.statuses.iter())
+            .zip(&self.resolved)
+            .map(|((r, st), resolved)| {
+                view_of(r, st, resolved.as_deref().unwrap_or(&[]), &ports_of)
+            })
+            .collect();
+        views.sort_by(|a, b| (&a.namespace, &a.name).cmp(&(&b.namespace, &b.name)));
+        views
+    }
+}
+
 /// The view of a route with its status and its resolved forks (none for a route that did not
 /// get to resolve them).
-pub(super) fn view_of(
+fn view_of<'a>(
     r: &SandboxRouteObj,
     st: &RouteStatus,
     resolved: &[ResolvedFork],
-    ix: &Index<'_>,
+    ports_of: &impl Fn(u32) -> Option<&'a [ServicePortRef]>,
 ) -> RouteView {
     let forks = resolved
         .iter()
         .map(|f| {
-            let svc = f.service_id.and_then(|id| ix.by_id.get(&id));
+            let ports = f.service_id.and_then(ports_of);
             ForkView {
                 service: f.status.service.clone(),
                 service_id: f.service_id,
@@ -67,7 +112,7 @@ pub(super) fn view_of(
                     .ports
                     .iter()
                     .filter_map(|(pi, eps)| {
-                        let sp = svc?.ports.get(*pi)?;
+                        let sp = ports?.get(*pi)?;
                         Some(ForkPortView {
                             port: sp.port,
                             name: sp.name.clone(),
