@@ -138,6 +138,52 @@ pub struct SandboxRouteStatus {
     ))]
     #[schemars(length(max = 5000))]
     pub nodes: Vec<NodeStatus>,
+    /// Set only in the agent's watch cache, which keeps a status in its
+    /// [`cached`](Self::cached) form: never read from or written to the API.
+    #[serde(skip)]
+    pub digest: Option<u64>,
+}
+
+impl SandboxRouteStatus {
+    /// A hash of everything the status says (its JSON form), or the one kept in its cached form.
+    pub fn digest(&self) -> u64 {
+        use std::hash::{Hash as _, Hasher as _};
+        if let Some(d) = self.digest {
+            return d;
+        }
+        let mut h = std::collections::hash_map::DefaultHasher::new();
+        serde_json::to_vec(self).unwrap_or_default().hash(&mut h);
+        h.finish()
+    }
+
+    /// What the agent's watch cache keeps of a status: its [`digest`](Self::digest), and what
+    /// the status writers read (the Ready condition's status and transition time, and the
+    /// nodes' entries). At 10,000 routes the whole statuses (messages, one entry per fork) were
+    /// a quarter of the agent's heap, kept only to be compared with the next status computed.
+    pub fn cached(&self) -> Self {
+        Self {
+            observed_generation: self.observed_generation,
+            conditions: self
+                .conditions
+                .iter()
+                .filter(|c| c.type_ == READY)
+                .map(|c| RouteCondition {
+                    type_: c.type_.clone(),
+                    status: c.status.clone(),
+                    last_transition_time: c.last_transition_time,
+                    ..Default::default()
+                })
+                .collect(),
+            forks: Vec::new(),
+            nodes: self.nodes.clone(),
+            digest: Some(self.digest()),
+        }
+    }
+
+    /// Whether this status (whole or cached) says what `whole` says.
+    pub fn says(&self, whole: &SandboxRouteStatus) -> bool {
+        self.digest() == whole.digest()
+    }
 }
 
 /// What one node's agent could not apply.

@@ -183,10 +183,20 @@ impl Watches {
                     r.managed_fields_mut().clear();
                     r.annotations_mut().clear();
                 },
-                // Only the status writers read the cache (metadata and status): the spec,
-                // converted by `follow`, would be a second copy of every route's forks.
+                // Only the status writers read the cache: the names, versions and the status in
+                // its cached form. The spec, converted by `follow`, would be a second copy of
+                // every route's forks.
                 strip_cached: |r| {
                     r.spec.forks = Vec::new();
+                    r.spec.routing_key = String::new();
+                    let m = &mut r.metadata;
+                    m.labels = None;
+                    m.owner_references = None;
+                    m.finalizers = None;
+                    m.creation_timestamp = None;
+                    if let Some(st) = r.status.as_mut() {
+                        *st = st.cached();
+                    }
                 },
                 relevant: route_relevance,
                 touched: Some(touched_tx),

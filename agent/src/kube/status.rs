@@ -138,6 +138,7 @@ pub fn desired_status(
             })
             .collect(),
         nodes: current.map(|c| c.nodes.clone()).unwrap_or_default(),
+        digest: None,
     }
 }
 
@@ -308,7 +309,7 @@ impl StatusWriter {
             }
             let not_applied = nodes_not_applied(obj.status.as_ref(), &self.unready);
             let want = desired_status(st, obj.status.as_ref(), &not_applied, now);
-            if obj.status.as_ref() == Some(&want) {
+            if obj.status.as_ref().is_some_and(|s| s.says(&want)) {
                 self.seen.insert(&st.namespace, &st.name, (fp, rv.clone()));
             } else {
                 let key: Key = (st.namespace.clone(), st.name.clone());

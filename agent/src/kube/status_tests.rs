@@ -55,6 +55,48 @@ fn transition_time_kept_unless_status_flips() {
 }
 
 #[test]
+fn a_cached_status_says_what_its_whole_status_said_and_keeps_what_the_writers_read() {
+    let t0: jiff::Timestamp = "2026-01-01T00:00:00Z".parse().unwrap();
+    let t1: jiff::Timestamp = "2026-01-01T00:01:00Z".parse().unwrap();
+    let mut whole = desired_status(&st(true, RouteReason::EndpointsReady), None, &[], t0);
+    whole.nodes = vec![crd::NodeStatus {
+        name: "node-b".into(),
+        reason: "SteeredMapFull".into(),
+        message: String::new(),
+    }];
+    let cached = whole.cached();
+    assert!(cached.forks.is_empty() && cached.conditions[0].message.is_empty());
+    assert!(cached.says(&whole));
+    // The same status computed again, against the cached form: nothing to write.
+    let again = desired_status(
+        &st(true, RouteReason::EndpointsReady),
+        Some(&cached),
+        &[],
+        t1,
+    );
+    assert!(
+        cached.says(&again),
+        "the transition time and nodes are kept"
+    );
+    // Any change a whole comparison would see, the cached form sees too.
+    let mut other = whole.clone();
+    other.conditions[0].message.push('!');
+    assert!(!cached.says(&other));
+    let mut other = whole.clone();
+    other.forks[0].ready_endpoints += 1;
+    assert!(!cached.says(&other));
+    let down = desired_status(
+        &st(false, RouteReason::NoReadyEndpoints),
+        Some(&cached),
+        &[],
+        t1,
+    );
+    assert!(!cached.says(&down));
+    assert_eq!(down.conditions[0].last_transition_time, Some(t1));
+    assert_eq!(down.nodes, whole.nodes);
+}
+
+#[test]
 fn status_json_shape() {
     let t0: jiff::Timestamp = "2026-01-01T00:00:00Z".parse().unwrap();
     let s = desired_status(&st(false, RouteReason::DuplicateKey), None, &[], t0);
