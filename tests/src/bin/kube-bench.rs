@@ -9,7 +9,9 @@
 //!    (default 10,000); once the agent has applied them and written their status, prints its
 //!    VmRSS (and VmHWM), plus propagation samples at that size (`--big` of each: a create more
 //!    than the debounce after the last change, and one right after the last change was
-//!    applied), then VmRSS again after 2 s idle (route sync trims the freed heap after 500 ms).
+//!    applied; and the delete written as soon as each of those creates was applied, which is
+//!    within the debounce of it), then VmRSS again after 2 s idle (route sync trims the freed
+//!    heap after 500 ms).
 //!
 //! Run: `cargo build --release -p tests --bins && sudo target/release/kube-bench
 //! [--routes 1000] [--changes 200] [--total 10000] [--big 20] [--debounce 50ms]`
@@ -365,6 +367,8 @@ fn main() -> anyhow::Result<()> {
         + Duration::from_millis(20);
     let mut isolated = Vec::new();
     let mut back_to_back = Vec::new();
+    // Each delete is written as soon as its create was applied: a change right after the last.
+    let mut deletes = Vec::new();
     let n_big = num("--big", 20);
     for k in 0..2 * n_big {
         let s = existing + k % spares.max(1);
@@ -382,9 +386,10 @@ fn main() -> anyhow::Result<()> {
         } else {
             back_to_back.push(took);
         }
+        let t = Instant::now();
         c.api
             .delete("shunt.dev/v1alpha1", "SandboxRoute", Some(NS), &name)?;
-        wait_steered(&map, dst, false, Instant::now());
+        deletes.push(wait_steered(&map, dst, false, t));
     }
     report(
         &format!("propagation (create, {quiet_gap:?} after the last change) at {total} routes"),
@@ -393,6 +398,10 @@ fn main() -> anyhow::Result<()> {
     report(
         &format!("propagation (create, right after the last change was applied) at {total} routes"),
         back_to_back,
+    );
+    report(
+        &format!("propagation (delete, right after its create was applied) at {total} routes"),
+        deletes,
     );
     println!(
         "agent at {total} routes: {} VmHWM {} (STEERED {} entries)",
