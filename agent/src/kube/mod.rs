@@ -36,6 +36,8 @@ pub mod pods;
 pub mod rbac;
 #[cfg(feature = "node")]
 mod route_cache;
+#[cfg(feature = "node")]
+pub mod route_records;
 pub mod route_status;
 #[cfg(feature = "node")]
 pub mod source;

@@ -75,7 +75,7 @@ impl KubeSource {
         let mut watches =
             source::Watches::start(&self.client, &stop, &self.opts.identity, pod_cgroups);
         let mut tasks = std::mem::take(&mut watches.tasks);
-        let routes = watches.stores.routes.clone();
+        let routes = watches.stores.route_records.clone();
         let routes_touched = watches.routes_touched.clone();
         let touched_routes = watches.touched_routes.clone();
         let relists = watches.relists.clone();

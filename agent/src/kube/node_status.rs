@@ -16,13 +16,15 @@ use std::{
 use kube::{
     Api, Client,
     api::{Patch, PatchParams},
-    runtime::reflector::Store,
 };
 use serde_json::json;
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
-use super::crd::{self, NodeStatus, SandboxRoute};
+use super::{
+    crd::{self, NodeStatus, SandboxRoute},
+    route_records::RouteRecords,
+};
 use crate::{metrics::Metrics, sync::NodeRouteFailure};
 
 /// How soon failed writes are retried when nothing else changes.
@@ -55,7 +57,7 @@ type Key = (String, String);
 
 pub struct NodeStatusWriter {
     client: Client,
-    routes: Store<SandboxRoute>,
+    routes: RouteRecords,
     node: String,
     metrics: Arc<Metrics>,
     /// Writes made and not yet seen back through the watch: the entry written and the
@@ -64,12 +66,7 @@ pub struct NodeStatusWriter {
 }
 
 impl NodeStatusWriter {
-    pub fn new(
-        client: Client,
-        routes: Store<SandboxRoute>,
-        node: String,
-        metrics: Arc<Metrics>,
-    ) -> Self {
+    pub fn new(client: Client, routes: RouteRecords, node: String, metrics: Arc<Metrics>) -> Self {
         Self {
             client,
             routes,
@@ -124,38 +121,34 @@ impl NodeStatusWriter {
         let mut writes = Vec::new();
         let mut live = HashSet::new();
         let track_live = !self.pending.is_empty();
-        for obj in self.routes.state() {
-            if obj.metadata.deletion_timestamp.is_some() {
-                continue;
+        let (node, pending) = (&self.node, &mut self.pending);
+        self.routes.for_each(|ns, name, obj| {
+            if obj.deleting {
+                return;
             }
-            let (ns, name) = (
-                obj.metadata.namespace.as_deref().unwrap_or_default(),
-                obj.metadata.name.as_deref().unwrap_or_default(),
-            );
             let have = obj
                 .status
                 .iter()
                 .flat_map(|s| &s.nodes)
-                .find(|n| n.name == self.node);
+                .find(|n| n.name == *node);
             let wanted = want.get(&(ns, name));
-            if have == wanted && self.pending.is_empty() {
-                continue;
+            if have == wanted && pending.is_empty() {
+                return;
             }
             let key = (ns.to_owned(), name.to_owned());
             if track_live {
                 live.insert(key.clone());
             }
             if have == wanted {
-                self.pending.remove(&key);
-                continue;
+                pending.remove(&key);
+                return;
             }
-            let rv = obj.metadata.resource_version.clone();
-            let entry = (wanted.cloned(), rv);
-            if self.pending.get(&key) == Some(&entry) {
-                continue;
+            let entry = (wanted.cloned(), obj.resource_version.clone());
+            if pending.get(&key) == Some(&entry) {
+                return;
             }
             writes.push((key, entry));
-        }
+        });
         if track_live {
             self.pending.retain(|k, _| live.contains(k));
         }

@@ -35,6 +35,7 @@ use super::{
     crd::SandboxRoute,
     marks::{self, Marks},
     route_cache::ConvertedRoutes,
+    route_records::RouteRecords,
     touched::TouchedRoutes,
     watch_store::{WatchSpec, watch_into_store},
 };
@@ -49,8 +50,9 @@ const UNRESOLVED_RETRY: Duration = Duration::from_secs(1);
 /// The five caches, the node they were made on, and where its pods' cgroups are.
 #[derive(Clone)]
 pub struct Stores {
-    pub routes: Store<SandboxRoute>,
-    /// `routes`, converted once per generation (the watch keeps both).
+    /// What the status writers read of each SandboxRoute.
+    pub route_records: RouteRecords,
+    /// The SandboxRoutes, converted once per generation (the watch keeps both).
     pub converted_routes: Arc<Mutex<ConvertedRoutes>>,
     pub services: Store<Service>,
     pub slices: Store<EndpointSlice>,
@@ -172,7 +174,9 @@ impl Watches {
         let mut tasks = Vec::new();
         let converted_routes = Arc::new(Mutex::new(ConvertedRoutes::default()));
         let converted = converted_routes.clone();
-        let (routes, t) = watch_into_store(
+        let route_records = RouteRecords::default();
+        let records = route_records.clone();
+        let (_, t) = watch_into_store(
             WatchSpec::<SandboxRoute> {
                 what: "SandboxRoutes",
                 api: Api::all(client.clone()),
@@ -183,25 +187,16 @@ impl Watches {
                     r.managed_fields_mut().clear();
                     r.annotations_mut().clear();
                 },
-                // Only the status writers read the cache: the names, versions and the status in
-                // its cached form. The spec, converted by `follow`, would be a second copy of
-                // every route's forks.
-                strip_cached: |r| {
-                    r.spec.forks = Vec::new();
-                    r.spec.routing_key = String::new();
-                    let m = &mut r.metadata;
-                    m.labels = None;
-                    m.owner_references = None;
-                    m.finalizers = None;
-                    m.creation_timestamp = None;
-                    if let Some(st) = r.status.as_mut() {
-                        *st = st.cached();
-                    }
-                },
+                // The reflector would keep a whole object per route: `follow` converts each
+                // route for the table and keeps the status writers' records instead.
+                cached: false,
                 relevant: route_relevance,
                 touched: Some(touched_tx),
                 touched_routes: Some(touched_routes.clone()),
-                follow: Some(Box::new(move |ev| locked(&converted).on_event(ev))),
+                follow: Some(Box::new(move |ev| {
+                    locked(&converted).on_event(ev);
+                    records.on_event(ev);
+                })),
             },
             tx.clone(),
             relists_tx.clone(),
@@ -218,7 +213,7 @@ impl Watches {
                     s.annotations_mut().clear();
                     s.status = None;
                 },
-                strip_cached: |_| {},
+                cached: true,
                 relevant: always,
                 touched: None,
                 touched_routes: None,
@@ -248,7 +243,7 @@ impl Watches {
                         }
                     }
                 },
-                strip_cached: |_| {},
+                cached: true,
                 relevant: always,
                 touched: None,
                 touched_routes: None,
@@ -285,7 +280,7 @@ impl Watches {
                         st.init_container_statuses = None;
                     }
                 },
-                strip_cached: |_| {},
+                cached: true,
                 relevant: pod_relevance,
                 touched: None,
                 touched_routes: None,
@@ -315,7 +310,7 @@ impl Watches {
                         };
                     }
                 },
-                strip_cached: |_| {},
+                cached: true,
                 relevant: node_pod_relevance,
                 touched: None,
                 touched_routes: None,
@@ -328,7 +323,7 @@ impl Watches {
         tasks.push(t);
         Self {
             stores: Stores {
-                routes,
+                route_records,
                 converted_routes,
                 services,
                 slices,
@@ -445,8 +440,12 @@ async fn wait_until_listed(stores: &Stores, stop: &CancellationToken) -> bool {
         "sandbox Pods",
         "node Pods",
     ];
+    let records = stores.route_records.clone();
     let mut waits: FuturesUnordered<Ready> = [
-        ready("SandboxRoutes", &stores.routes),
+        Box::pin(async move {
+            records.wait_until_listed().await;
+            "SandboxRoutes"
+        }) as Ready,
         ready("Services", &stores.services),
         ready("EndpointSlices", &stores.slices),
         ready("sandbox Pods", &stores.pods),

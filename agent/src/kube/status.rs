@@ -17,7 +17,6 @@ use futures::StreamExt as _;
 use kube::{
     Api, Client,
     api::{DeleteParams, Patch, PatchParams, Preconditions},
-    runtime::reflector::{ObjectRef, Store},
 };
 use serde_json::json;
 use tokio::sync::watch;
@@ -26,6 +25,7 @@ use tokio_util::sync::CancellationToken;
 use super::{
     agents::UnreadyAgents,
     crd::{self, RouteCondition, SandboxRoute, SandboxRouteStatus},
+    route_records::RouteRecords,
     touched::{ByRoute, Touched, TouchedRoutes},
 };
 use crate::{
@@ -172,7 +172,7 @@ fn fingerprint(st: &RouteStatus) -> u64 {
 
 pub struct StatusWriter {
     client: Client,
-    routes: Store<SandboxRoute>,
+    routes: RouteRecords,
     /// Per route: the fingerprint of the computed status and the object's resourceVersion when
     /// we last found its status right or wrote it. While both are unchanged there is nothing
     /// to do (and a write of ours that has not come back through the watch yet is not
@@ -190,7 +190,7 @@ pub struct StatusWriter {
 }
 
 impl StatusWriter {
-    pub fn new(client: Client, routes: Store<SandboxRoute>, metrics: Arc<Metrics>) -> Self {
+    pub fn new(client: Client, routes: RouteRecords, metrics: Arc<Metrics>) -> Self {
         Self {
             client,
             routes,
@@ -285,21 +285,20 @@ impl StatusWriter {
             {
                 continue;
             }
-            let oref = ObjectRef::<SandboxRoute>::new(&st.name).within(&st.namespace);
-            let Some(obj) = self.routes.get(&oref) else {
+            let Some(obj) = self.routes.get(&st.namespace, &st.name) else {
                 continue;
             };
             // Computed from an older generation: a newer computation is on its way.
-            if obj.metadata.generation.unwrap_or(0) != st.observed_generation {
+            if obj.generation.unwrap_or(0) != st.observed_generation {
                 continue;
             }
             if st.reason == RouteReason::Expired
-                && let Some(uid) = obj.metadata.uid.clone()
+                && let Some(uid) = obj.uid.clone()
                 && !self.deleted.contains(&uid)
             {
                 expired.push((st.namespace.clone(), st.name.clone(), uid));
             }
-            let rv = &obj.metadata.resource_version;
+            let rv = &obj.resource_version;
             if self
                 .seen
                 .get(&st.namespace, &st.name)

@@ -46,6 +46,23 @@ impl<V> ByRoute<V> {
         }
     }
 
+    pub fn remove(&mut self, ns: &str, name: &str) -> Option<V> {
+        let names = self.by_ns.get_mut(ns)?;
+        let v = names.remove(name);
+        if names.is_empty() {
+            self.by_ns.remove(ns);
+        }
+        v
+    }
+
+    pub fn for_each(&self, mut f: impl FnMut(&str, &str, &V)) {
+        for (ns, names) in &self.by_ns {
+            for (name, v) in names {
+                f(ns, name, v);
+            }
+        }
+    }
+
     pub fn len(&self) -> usize {
         self.by_ns.values().map(HashMap::len).sum()
     }
@@ -156,6 +173,14 @@ mod tests {
         );
         assert_eq!(m.get("ns", "c"), None);
         assert_eq!(m.len(), 3);
+        assert_eq!(m.remove("other", "a"), Some(3));
+        assert_eq!(m.remove("other", "a"), None);
+        m.insert("other", "a", 3);
+        let mut all = Vec::new();
+        m.for_each(|ns, name, v| all.push((ns.to_owned(), name.to_owned(), *v)));
+        all.sort();
+        assert_eq!(all.len(), 3);
+        assert_eq!(all[0], ("ns".into(), "a".into(), 4));
         m.retain(|ns, name| ns == "ns" && name == "b");
         assert_eq!(
             (m.len(), m.get("ns", "b"), m.get("other", "a")),

@@ -24,8 +24,9 @@ pub(super) struct WatchSpec<K> {
     pub(super) api: Api<K>,
     pub(super) cfg: watcher::Config,
     pub(super) strip: fn(&mut K),
-    /// What the cache does not keep of what `follow` has seen (after `strip`).
-    pub(super) strip_cached: fn(&mut K),
+    /// Whether the reflector keeps the objects (after `strip`). A watch that only `follow`
+    /// reads keeps none, and its store stays empty.
+    pub(super) cached: bool,
     pub(super) relevant: fn(&K) -> u64,
     pub(super) touched: Option<watch::Sender<u64>>,
     /// Which objects `touched` was bumped for (the routes' status writer skips the others).
@@ -59,14 +60,14 @@ where
         api,
         cfg,
         strip,
-        strip_cached,
+        cached,
         relevant,
         touched,
         touched_routes,
         mut follow,
     } = spec;
     let task = tokio::spawn(async move {
-        let stream = watcher::watcher(api, cfg)
+        let events = watcher::watcher(api, cfg)
             .default_backoff()
             .modify(strip)
             .map_ok(move |ev| {
@@ -74,10 +75,13 @@ where
                     f(&ev);
                 }
                 ev
-            })
-            .modify(strip_cached)
-            .reflect(writer);
-        let mut stream = std::pin::pin!(stream);
+            });
+        let mut stream = if cached {
+            events.reflect(writer).boxed()
+        } else {
+            drop(writer);
+            events.boxed()
+        };
         let mut failing = false;
         let mut listed = false;
         // namespace/name → relevance of what the store holds; rebuilt by each relist.

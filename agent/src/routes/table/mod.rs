@@ -63,7 +63,8 @@ pub struct ForkRoute {
     route: Arc<str>,
     key: RoutingKey,
     fallback: Fallback,
-    ports: Vec<ForkPort>,
+    /// Sized exactly: one per route and Service, thousands of them.
+    ports: Box<[ForkPort]>,
 }
 
 #[derive(Debug)]
@@ -308,7 +309,7 @@ impl RouteTable {
                         route: r.id().into(),
                         key: key.clone(),
                         fallback: r.spec.fallback,
-                        ports,
+                        ports: ports.into_boxed_slice(),
                     },
                 ));
             }
