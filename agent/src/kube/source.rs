@@ -3,10 +3,12 @@
 //! does the rest).
 //!
 //! Rules this follows:
-//! - The reflector caches are the truth. A relist (`Init … InitDone`, after a restart, an
-//!   expired resourceVersion (410) or a cut watch) swaps a cache whole, so a missed Delete
-//!   event cannot leave a stale route behind; nothing here acts on single events.
-//! - Nothing is published until every cache has listed once (`Store::wait_until_ready`), and a
+//! - The caches are the truth: the reflector caches, and for SandboxRoutes the converted routes
+//!   and the status writers' records, which follow the same events. A relist (`Init …
+//!   InitDone`, after a restart, an expired resourceVersion (410) or a cut watch) swaps each
+//!   whole, so a missed Delete event cannot leave a stale route behind.
+//! - Nothing is published until every cache has listed once (`Store::wait_until_ready`, and
+//!   `RouteRecords::wait_until_listed` for the routes), and a
 //!   watch error never empties a cache: while the API server is unreachable the last-good table
 //!   stays in force. Watches resume from their resourceVersion with a backoff (kube's
 //!   `default_backoff`).
@@ -47,7 +49,8 @@ use crate::{
 /// How long to wait before looking again for the cgroup of a pod to mark that has none yet.
 const UNRESOLVED_RETRY: Duration = Duration::from_secs(1);
 
-/// The five caches, the node they were made on, and where its pods' cgroups are.
+/// The caches (the SandboxRoutes as records and converted routes, the rest as reflector
+/// caches), the node they were made on, and where its pods' cgroups are.
 #[derive(Clone)]
 pub struct Stores {
     /// What the status writers read of each SandboxRoute.
