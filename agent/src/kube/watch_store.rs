@@ -42,8 +42,9 @@ fn bump(tx: &watch::Sender<u64>) {
     tx.send_modify(|n| *n = n.wrapping_add(1));
 }
 
-/// One watch → reflector → store, as a task. Bumps `changes` when an event changes what the
-/// table reads of an object (per `relevant`), on deletes and on each completed (re)list, and
+/// One watch → reflector → store, as a task (the store stays empty for a watch that is not
+/// `cached`: only its follower reads it). Bumps `changes` when an event changes what the table
+/// reads of an object (per `relevant`), on deletes and on each completed (re)list, and
 /// `relists` on each completed list after the first.
 pub(super) fn watch_into_store<K>(
     spec: WatchSpec<K>,
